@@ -1,0 +1,84 @@
+"""Exceptions. A frame that cannot be read or registered is *not* an exception at the
+pipeline level (it becomes a :class:`~skystack.types.FrameResult`); these are for the
+caller's mistakes and for the per-frame readers to signal a bad frame to the pipeline."""
+from __future__ import annotations
+
+
+class SkystackError(Exception):
+    """Base class. ``exit_code`` is what the CLI returns when this stops a run."""
+
+    exit_code = 1
+
+
+class UsageError(SkystackError):
+    """Bad options or arguments (the caller's mistake)."""
+
+    exit_code = 2
+
+
+class NoFramesError(SkystackError):
+    """No input frame could be found or read at all (empty folder, no image files)."""
+
+    exit_code = 3
+
+
+class BadFrameError(SkystackError):
+    """One frame cannot be used: unreadable, truncated, wrong size, not an image.
+
+    Raised by readers for a single frame; the pipeline turns it into a report entry and
+    goes on. ``path`` names the file, ``reason`` says what is wrong in words a user can act
+    on.
+    """
+
+    exit_code = 4
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class RegistrationError(SkystackError):
+    """Too few frames registered to produce a stack (e.g. the reference has no stars)."""
+
+    exit_code = 5
+
+
+class OutputError(SkystackError):
+    """The output cannot be written (disk full, permission, would overwrite an input)."""
+
+    exit_code = 6
+
+
+class BackendUnavailableError(SkystackError):
+    """A GPU backend was asked for explicitly and no usable device/library is present."""
+
+    exit_code = 7
+
+
+class ClusterError(SkystackError):
+    """The Dask scheduler named by ``--scheduler`` cannot be reached."""
+
+    exit_code = 8
+
+
+class InputChangedError(SkystackError):
+    """A frame changed on disk between phase 1 and phase 2 (size or mtime)."""
+
+    exit_code = 9
+
+
+# Exit codes, documented in `skystack --help` and the README.
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected error (a bug: please report it with the traceback from -v)",
+    2: "bad arguments or options",
+    3: "no readable input frame",
+    4: "a bad input file stopped the run (only when it cannot go on without it)",
+    5: "too few frames registered to stack",
+    6: "the output could not be written",
+    7: "the requested GPU backend is not usable",
+    8: "the Dask scheduler could not be reached",
+    9: "an input changed on disk during the run",
+    130: "interrupted (Ctrl-C); rerun with --resume to continue",
+}

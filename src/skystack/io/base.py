@@ -1,0 +1,66 @@
+"""The one protocol every reader implements.
+
+A :class:`FrameSource` is one file (or one video/cube) holding ``len(source)`` frames of
+the same geometry. Sources are lazy: opening one reads the header only, ``read(i)``
+decodes one frame, and no source ever holds all of its frames in memory. Values are in the
+file's native dtype with FITS BZERO/BSCALE applied (so BITPIX 16 + BZERO 32768 is uint16).
+Colour frames are ``(H, W, 3)`` in **RGB** order (not OpenCV's BGR); CFA mosaics are the
+raw ``(H, W)`` plane with :attr:`bayer` naming the pattern in FITS ``BAYERPAT``
+convention (the 2×2 cell at row 0, column 0 of the array as returned, read row-major).
+
+Readers signal a bad frame with :class:`skystack.errors.BadFrameError` naming the file and
+the reason; the pipeline records it and goes on.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    path: str
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Raw frame shape: ``(H, W)`` for mono/CFA, ``(H, W, 3)`` for RGB."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def bayer(self) -> str | None:
+        """CFA pattern (FITS convention, e.g. ``"GRBG"``) or ``None``."""
+        ...
+
+    @property
+    def sliceable(self) -> bool:
+        """True when :meth:`read_rows` costs about the rows read (memmap, uncompressed)."""
+        ...
+
+    @property
+    def sequential(self) -> bool:
+        """True when random access is expensive (compressed video: a seek per frame)."""
+        ...
+
+    def read(self, i: int) -> np.ndarray: ...
+
+    def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of frame ``i`` (native dtype), without decoding more than needed
+        where the format allows it."""
+        ...
+
+    def name(self, i: int) -> str:
+        """A human name for frame ``i``: the path, plus ``#k`` inside a multi-frame file."""
+        ...
+
+    def meta(self, i: int) -> dict[str, Any]:
+        """Cheap per-frame metadata: ``exposure_s``, ``temperature_c``, ``timestamp``,
+        ``binning``, header cards worth keeping. Missing keys are simply absent."""
+        ...
+
+    def close(self) -> None: ...
