@@ -1,0 +1,83 @@
+"""Levels and stretches for display and final images.
+
+The automatic stretch follows Siril's "autostretch" (a midtones transfer function whose
+black point sits a few robust sigmas below the median and whose midtone brings the median
+to a target brightness), because astrophotographers know what it looks like and it never
+uses the min/max of raw data (one hot pixel would ruin a min-max stretch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def mtf(x: np.ndarray, m: float) -> np.ndarray:
+    """Midtones transfer function on [0, 1]: MTF(m) = 0.5, MTF(0) = 0, MTF(1) = 1."""
+    x = np.clip(x, 0.0, 1.0)
+    if m == 0.5:
+        return x
+    return ((m - 1.0) * x) / ((2.0 * m - 1.0) * x - m)
+
+
+def robust_range(image: np.ndarray, lo_pct: float = 0.1, hi_pct: float = 99.9,
+                 sample: int = 1_000_000) -> tuple[float, float]:
+    """Percentiles of the finite values (on a regular subsample for big images)."""
+    v = image[np.isfinite(image)]
+    if v.size == 0:
+        return 0.0, 1.0
+    if v.size > sample:
+        v = v[:: v.size // sample]
+    lo, hi = np.percentile(v, [lo_pct, hi_pct])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def levels(image: np.ndarray, black: float, white: float, midtone: float = 0.5) -> np.ndarray:
+    """Map ``black``→0, ``white``→1 linearly, then apply the midtone (MTF) balance.
+    NaN stays NaN."""
+    scale = 1.0 / (white - black) if white != black else 1.0
+    x = (image.astype(np.float32) - black) * scale
+    return mtf(x, midtone).astype(np.float32)
+
+
+def asinh_stretch(image: np.ndarray, black: float, white: float, beta: float = 10.0) -> np.ndarray:
+    """asinh stretch (Lupton et al. 2004): keeps star colours, lifts faint signal."""
+    x = np.clip((image.astype(np.float32) - black) / max(white - black, 1e-12), 0.0, 1.0)
+    return (np.arcsinh(beta * x) / np.arcsinh(beta)).astype(np.float32)
+
+
+def autostretch_params(image: np.ndarray, *, shadows_sigma: float = -2.8,
+                       target_bkg: float = 0.25, sample: int = 1_000_000) -> tuple[float, float, float]:
+    """Black point, white point and midtone for Siril-style autostretch.
+
+    Computed on the luminance (mean of channels) of a subsample, in the image's own units.
+    """
+    lum = image.mean(axis=2) if image.ndim == 3 else image
+    v = lum[np.isfinite(lum)]
+    if v.size == 0:
+        return 0.0, 1.0, 0.5
+    if v.size > sample:
+        v = v[:: v.size // sample]
+    lo, hi = np.percentile(v, [0.0, 99.995])
+    hi = max(float(hi), float(lo) + 1e-6)
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    black = max(float(lo), med + shadows_sigma * mad)
+    white = hi
+    x = (med - black) / (white - black)
+    # the midtone m that maps the normalised median x to target_bkg: MTF(x, m) = t
+    t = target_bkg
+    m = 0.5 if x <= 0 or x >= 1 else float(x * (t - 1.0) / (2.0 * x * t - t - x))
+    return black, white, min(max(m, 1e-4), 0.9999)
+
+
+def autostretch(image: np.ndarray, **kw) -> np.ndarray:
+    """Stretch to [0, 1] for display (same parameters on every channel, so colours hold)."""
+    black, white, m = autostretch_params(image, **kw)
+    return levels(image, black, white, m)
+
+
+def to_uint8(display: np.ndarray) -> np.ndarray:
+    """[0, 1] float (NaN → 0) to uint8 for previews."""
+    x = np.nan_to_num(display, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,171 @@
+"""Atomic writers for FITS, TIFF and PNG.
+
+Every file is written to a temporary name in the destination folder and renamed over the
+final name only once complete, so a crash or a full disk never leaves a half-written file
+under the output name, and an existing output is only replaced by a complete new one.
+Inputs are never written: :func:`check_not_input` refuses an output path that is one.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success,
+    delete it on any failure. Failures become :class:`OutputError` naming the file."""
+    final = Path(path)
+    folder = final.parent if str(final.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{final}: cannot create folder {folder}: {e.strerror}") from e
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=folder)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except OutputError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise OutputError(f"{final}: could not write ({why}); nothing was left under that name") from e
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse to write over an input file (same file, also through links)."""
+    out = Path(output)
+    if not out.exists():
+        return
+    for p in inputs:
+        try:
+            if os.path.samefile(out, p):
+                raise OutputError(f"{out}: is one of the input frames; refusing to overwrite an input")
+        except FileNotFoundError:
+            continue
+
+
+def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,
+               history: Iterable[str] = ()) -> Path:
+    """Write float32 FITS. Colour (H, W, 3) becomes a 3-plane cube (NAXIS3 = 3, RGB order)
+    as Siril writes it; ``header`` cards (keyword → value or (value, comment)) and HISTORY
+    lines carry the provenance."""
+    from astropy.io import fits
+
+    data = np.asarray(image, dtype=np.float32)
+    if data.ndim == 3:
+        data = np.moveaxis(data, 2, 0)  # (3, H, W): FITS plane per channel
+    hdu = fits.PrimaryHDU(data)
+    for key, val in (header or {}).items():
+        if isinstance(val, tuple):
+            hdu.header[key] = val
+        else:
+            hdu.header[key] = val
+    if data.ndim == 3:
+        hdu.header["CTYPE3"] = ("RGB", "colour planes R, G, B")
+    for line in history:
+        for chunk in _chunks(str(line), 70):
+            hdu.header.add_history(chunk)
+    with atomic_path(path) as tmp:
+        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+    return Path(path)
+
+
+def _chunks(s: str, n: int) -> Iterator[str]:
+    for i in range(0, max(len(s), 1), n):
+        yield s[i:i + n]
+
+
+def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "float32",
+               scale: tuple[float, float] | None = None, description: str | None = None) -> Path:
+    """Write TIFF: float32 as is, or uint16 scaled from ``scale=(black, white)`` (default:
+    the finite min/max of the image) to 0–65535. NaN becomes 0."""
+    import tifffile
+
+    data = np.asarray(image, dtype=np.float32)
+    if dtype == "uint16":
+        lo, hi = scale if scale is not None else _finite_minmax(data)
+        span = (hi - lo) or 1.0
+        data = np.clip(np.nan_to_num((data - lo) / span, nan=0.0) * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+    elif dtype != "float32":
+        raise ValueError(f"tiff dtype must be uint16 or float32, not {dtype!r}")
+    photometric = "rgb" if data.ndim == 3 else "minisblack"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, photometric=photometric, description=description)
+    return Path(path)
+
+
+def write_png(path: str | os.PathLike, image8: np.ndarray) -> Path:
+    """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR)."""
+    import cv2
+
+    data = image8
+    if data.ndim == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", data)
+    if not ok:
+        raise OutputError(f"{path}: PNG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return Path(path)
+
+
+def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int = 2048) -> Path:
+    """A stretched 8-bit PNG preview (Siril-style autostretch), downsized to ``max_side``."""
+    import cv2
+
+    from ..enhance.stretch import autostretch, to_uint8
+
+    img8 = to_uint8(autostretch(image))
+    h, w = img8.shape[:2]
+    f = max_side / max(h, w)
+    if f < 1:
+        img8 = cv2.resize(img8, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return write_png(path, img8)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,
+                history: Iterable[str] = (), tiff_dtype: str = "float32") -> Path:
+    """Write by extension: .fits/.fit/.fts (float32), .tif/.tiff, .png (stretched 16-bit)."""
+    ext = Path(path).suffix.lower()
+    if ext in (".fits", ".fit", ".fts"):
+        return write_fits(path, image, header=header, history=history)
+    if ext in (".tif", ".tiff"):
+        desc = "; ".join(f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in (header or {}).items())
+        return write_tiff(path, image, dtype=tiff_dtype, description=desc or None)
+    if ext == ".png":
+        from ..enhance.stretch import autostretch
+
+        disp = np.nan_to_num(autostretch(image), nan=0.0)
+        return write_png(path, np.clip(np.rint(disp * 65535.0), 0, 65535).astype(np.uint16))
+    raise OutputError(f"{path}: unknown output format {ext!r} (use .fits, .tif or .png)")
+
+
+def _finite_minmax(a: np.ndarray) -> tuple[float, float]:
+    f = a[np.isfinite(a)]
+    if f.size == 0:
+        return 0.0, 1.0
+    return float(f.min()), float(f.max())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    return Path(path)
