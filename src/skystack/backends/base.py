@@ -1,0 +1,61 @@
+"""The backend contract: how a band of output rows is warped and combined.
+
+Pipeline code calls these methods and never asks which device it runs on. A backend is
+resolved once per run by :func:`skystack.backends.registry.resolve`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..options import StackOptions
+
+
+@dataclass
+class BandJob:
+    """One frame's contribution to one band: its source rows and where they go.
+
+    ``rows`` is a host array (native dtype or float32) of shape ``(hs, W)`` or
+    ``(hs, W, C)`` holding rows ``src_y0 : src_y0 + hs`` of the (debayered) frame.
+    ``matrix`` maps *local* source coordinates (x, y - src_y0) to *local* band
+    coordinates (x, y - band_y0): see :func:`skystack.stack.plan.band_matrix`.
+    ``scale``/``offset`` (one per channel) normalise the warped values:
+    ``v' = v * scale + offset``.
+    """
+
+    rows: np.ndarray
+    matrix: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+
+
+@dataclass
+class BandResult:
+    """A combined band: ``image`` (h, W[, C]) float32, NaN where no frame contributed;
+    ``count`` (h, W[, C]) int32 values kept per pixel; ``rejected`` (N, 2) int64 low/high
+    rejections per frame, summed over the band's pixels and channels."""
+
+    image: np.ndarray
+    count: np.ndarray
+    rejected: np.ndarray
+
+
+class Backend(Protocol):
+    name: str
+
+    def warp(
+        self, rows: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
+        interpolation: str,
+    ) -> np.ndarray:
+        """Resample ``rows`` through ``matrix`` onto an ``out_shape`` (h, W) grid; float32
+        host array, NaN where the frame does not cover the output."""
+        ...
+
+    def combine_band(
+        self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
+        options: StackOptions,
+    ) -> BandResult:
+        """Warp every job into an ``(N, h, W[, C])`` buffer, normalise, reject, reduce."""
+        ...

@@ -1,0 +1,78 @@
+"""CPU backend: OpenCV warps, Numba rejection/reduction kernels."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..options import StackOptions
+from .base import BandJob, BandResult
+
+_CV_INTERP = {"lanczos": 4, "bilinear": 1}  # cv2.INTER_LANCZOS4, cv2.INTER_LINEAR
+
+
+def cv_interp(name: str) -> int:
+    try:
+        return _CV_INTERP[name]
+    except KeyError:
+        raise ValueError(f"interpolation must be lanczos or bilinear, not {name!r}") from None
+
+
+def reject_codes(options: StackOptions) -> tuple[int, int]:
+    from _skystack_kernels.codes import REDUCE, REJECT
+
+    return REJECT[options.reject], REDUCE[options.reduction]
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def warp(self, rows: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
+             interpolation: str, out: np.ndarray | None = None) -> np.ndarray:
+        import cv2
+
+        h, w = out_shape
+        src = rows if rows.dtype == np.float32 else rows.astype(np.float32)
+        # BORDER_CONSTANT with a NaN border makes every output pixel whose interpolation
+        # taps leave the frame NaN, i.e. "not covered" — exactly the coverage semantics
+        # the kernels expect. OpenCV handles at most 4 channels, which covers RGB.
+        return cv2.warpAffine(src, np.asarray(matrix, dtype=np.float64), (w, h), dst=out,
+                              flags=cv_interp(interpolation), borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(float("nan"),) * 4)
+
+    def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
+                     options: StackOptions) -> BandResult:
+        from _skystack_kernels.cpu.combine import combine_band
+
+        h, w = out_shape[:2]
+        c = out_shape[2] if len(out_shape) == 3 else 1
+        n = len(jobs)
+        band = np.empty((n, h, w, c), dtype=np.float32)
+        for k, job in enumerate(jobs):
+            dst = band[k] if c > 1 else band[k, :, :, 0]
+            self.warp(job.rows, job.matrix, (h, w), options.interpolation, out=dst)
+            _normalise_inplace(dst, job.scale, job.offset)
+        image = np.empty((h, w, c), dtype=np.float32)
+        count = np.empty((h, w, c), dtype=np.int32)
+        rejected = np.zeros((n, 2), dtype=np.int64)
+        rej, red = reject_codes(options)
+        w32 = np.ascontiguousarray(weights, dtype=np.float32)
+        for ch in range(c):
+            combine_band(band[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
+                         int(options.max_iter), image[..., ch], count[..., ch], rejected)
+        if c == 1:
+            image, count = image[..., 0], count[..., 0]
+        return BandResult(image=image, count=count, rejected=rejected)
+
+
+def _normalise_inplace(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> None:
+    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+    offset = np.asarray(offset, dtype=np.float32).reshape(-1)
+    if np.all(scale == 1) and np.all(offset == 0):
+        return
+    if x.ndim == 2:
+        x *= scale[0]
+        x += offset[0]
+    else:
+        x *= scale
+        x += offset

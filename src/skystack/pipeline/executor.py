@@ -1,0 +1,81 @@
+"""Run many small tasks on Dask: the local threaded scheduler by default, or an existing
+``dask.distributed`` cluster with ``--scheduler tcp://host:port``.
+
+Tasks are plain functions of small, picklable arguments (paths, indices, matrices) that
+return small results; ``on_result(i, result)`` is called in the calling thread as each one
+finishes (used for the resume journal and progress), so nothing image-sized ever travels
+through the scheduler.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..errors import ClusterError
+
+# Threads are the default: OpenCV and Numba kernels (nogil) release the GIL, and threads
+# share the decoded-frame caches and compiled kernels instead of each process recompiling.
+
+
+def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], *, workers: int, scheduler: str | None,
+              on_result: Callable[[int, Any], None]) -> None:
+    """Run ``fn(*args[i])`` for every i; call ``on_result(i, value)`` as each completes.
+
+    An exception in a task propagates (tasks turn per-frame problems into values
+    themselves; what escapes is a real error).
+    """
+    if not args:
+        return
+    if scheduler:
+        _run_distributed(fn, args, scheduler, on_result)
+    else:
+        _run_threaded(fn, args, workers, on_result)
+
+
+def _run_threaded(fn, args, workers, on_result) -> None:
+    import functools
+
+    import dask
+    from dask.callbacks import Callback
+
+    keys = [("skystack-task", i) for i in range(len(args))]
+    # functools.partial hides the arguments from dask's graph traversal: a tuple argument
+    # that happens to start with a callable, or equals a key, must stay plain data.
+    dsk = {k: (functools.partial(fn, *a),) for k, a in zip(keys, args)}
+
+    class _Notify(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # runs in this thread
+            if isinstance(key, tuple) and key and key[0] == "skystack-task":
+                on_result(key[1], result)
+
+    # One final key per task would make dask keep every result until the end; results are
+    # small by contract, so that is fine, and each is handed on as soon as it exists.
+    with _Notify():
+        dask.threaded.get(dsk, keys, num_workers=max(1, workers))
+
+
+def connect(scheduler: str, timeout: float = 10.0):
+    """A ``distributed.Client`` for ``scheduler`` or a :class:`ClusterError` saying why not."""
+    try:
+        from distributed import Client
+    except ImportError as e:  # pragma: no cover - distributed is a dependency
+        raise ClusterError(f"--scheduler {scheduler}: dask.distributed is not installed ({e})") from e
+    try:
+        return Client(scheduler, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(
+            f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e.__class__.__name__}: {e}); "
+            "check the address and that `dask scheduler` is running") from e
+
+
+def _run_distributed(fn, args, scheduler, on_result) -> None:
+    from distributed import as_completed
+
+    client = connect(scheduler)
+    try:
+        futures = client.map(fn, *zip(*args), pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            on_result(index[fut.key], fut.result())
+            fut.release()
+    finally:
+        client.close()

@@ -1,0 +1,182 @@
+"""The run journal that makes ``--resume`` possible.
+
+Next to the output ``OUT`` we keep a folder ``OUT.skystack-journal/`` holding:
+
+- ``run.json``: what the run depends on (inputs with size and mtime, every option that
+  changes the result). ``--resume`` refuses a journal made for something else.
+- ``phase1.jsonl``: one finished phase-1 :class:`FrameResult` per line, appended and
+  flushed as each frame finishes;
+- ``bands.jsonl``: one finished band per line (index and per-frame rejection counts);
+- ``image.npy`` / ``count.npy``: the output accumulators that finished bands were written
+  into (``.npy`` so they are plain, memory-mappable files);
+- ``mean.npz``: the streaming-mean accumulator checkpoint.
+
+A kill can leave a half-written last line; readers skip a line that does not parse. The
+journal is deleted after the outputs are written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import UsageError
+from ..types import FrameResult
+
+
+class Journal:
+    def __init__(self, output: str | os.PathLike):
+        self.dir = Path(str(output) + ".skystack-journal")
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self, manifest: dict[str, Any], resume: bool) -> bool:
+        """Open the journal. Returns True when resuming an existing compatible journal.
+
+        Without ``resume`` any old journal is discarded. With ``resume`` and no journal,
+        the run simply starts from the beginning.
+        """
+        if self.dir.exists() and resume:
+            old = self._read_manifest()
+            if old is not None and old != _jsonable(manifest):
+                diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != _jsonable(manifest).get(k))
+                raise UsageError(
+                    f"--resume: the journal in {self.dir} belongs to a run with different "
+                    f"{', '.join(diff)}; rerun without --resume to start again")
+            if old is not None:
+                return True
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        tmp = self.dir / "run.json.part"
+        tmp.write_text(json.dumps(_jsonable(manifest), indent=1))
+        os.replace(tmp, self.dir / "run.json")
+        return False
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- phase 1 ------------------------------------------------------------------
+    def phase1_done(self) -> dict[int, FrameResult]:
+        out: dict[int, FrameResult] = {}
+        for d in self._lines("phase1.jsonl"):
+            try:
+                r = FrameResult.from_json(d)
+            except (KeyError, ValueError, TypeError):
+                continue
+            out[r.index] = r
+        return out
+
+    def record_frame(self, result: FrameResult) -> None:
+        self._append("phase1.jsonl", result.to_json())
+
+    # -- phase 2 ------------------------------------------------------------------
+    def bands_done(self) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for d in self._lines("bands.jsonl"):
+            try:
+                out[int(d["band"])] = np.asarray(d["rejected"], dtype=np.int64).reshape(-1, 2)
+            except (KeyError, ValueError, TypeError):
+                continue
+        return out
+
+    def record_band(self, band: int, rejected: np.ndarray) -> None:
+        self._append("bands.jsonl", {"band": band, "rejected": rejected.tolist()})
+
+    def accumulator(self, name: str, shape: tuple[int, ...], dtype: str, fresh: bool) -> Path:
+        """Create (or, when resuming, keep) a zero-filled ``.npy`` file of that shape."""
+        path = self.dir / f"{name}.npy"
+        if fresh or not path.exists() or _npy_shape(path) != (tuple(shape), np.dtype(dtype)):
+            arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            del arr  # zero-filled sparse file; flushed and unmapped here
+        return path
+
+    # -- streaming mean checkpoints -----------------------------------------------
+    def save_mean(self, next_pos: int, arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.dir / "mean.part.npz"
+        with open(tmp, "wb") as f:
+            np.savez(f, next_pos=np.int64(next_pos), **arrays)
+        os.replace(tmp, self.dir / "mean.npz")
+
+    def load_mean(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        try:
+            with np.load(self.dir / "mean.npz") as z:
+                return int(z["next_pos"]), {k: z[k] for k in z.files if k != "next_pos"}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    # -- helpers ------------------------------------------------------------------
+    def _append(self, name: str, obj: dict[str, Any]) -> None:
+        with open(self.dir / name, "a") as f:
+            f.write(json.dumps(obj, allow_nan=False) + "\n")
+            f.flush()
+
+    def _lines(self, name: str) -> Iterator[dict[str, Any]]:
+        try:
+            text = (self.dir / name).read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+
+
+def _read_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = reader(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    try:
+        with open(path, "rb") as f:
+            return _read_header(f)
+    except (OSError, ValueError):
+        return None
+
+
+def npy_data_offset(path: Path) -> int:
+    with open(path, "rb") as f:
+        _read_header(f)
+        return f.tell()
+
+
+def write_rows(path: Path, offset: int, row_bytes: int, y0: int, data: np.ndarray) -> None:
+    """Write rows ``y0 : y0 + len(data)`` of a C-ordered ``.npy`` file with ``pwrite``:
+    no memory map, so the written pages never count towards this process's RSS, and
+    several workers can fill disjoint bands of the same file."""
+    buf = np.ascontiguousarray(data).tobytes()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        pos = offset + y0 * row_bytes
+        view = memoryview(buf)
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
+    finally:
+        os.close(fd)
+
+
+def read_rows(path: Path, offset: int, shape: tuple[int, ...], dtype: str, y0: int, y1: int) -> np.ndarray:
+    row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        f.seek(offset + y0 * row)
+        a = np.fromfile(f, dtype=dtype, count=(y1 - y0) * row // np.dtype(dtype).itemsize)
+    return a.reshape((y1 - y0,) + tuple(shape[1:]))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

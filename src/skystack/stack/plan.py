@@ -1,0 +1,145 @@
+"""Turn a memory budget into a band height, and a frame transform into the source rows
+and local matrix one band needs.
+
+Memory model (DESIGN.md): phase 2 processes the output ``band_rows`` rows at a time. For
+each band every kept frame is warped into an ``(N, band_rows, W, C)`` float32 buffer, the
+kernel rejects and reduces along N, and the band is written out. Peak memory is therefore
+set by the band size, not by how many frames there are.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UsageError
+
+# Taps on each side of the sample point for the interpolation kernels (OpenCV Lanczos-4
+# uses an 8×8 neighbourhood: 3 before, 4 after; bilinear 0 before, 1 after) plus one row
+# of slack for rounding of the inverse-mapped corners.
+INTERP_MARGIN = {"lanczos": 5, "bilinear": 2}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'256M', '1.5G', '800k', '1073741824' → bytes (binary multiples, as `free -h`)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"--memory-limit: cannot read {text!r} as a size (e.g. 256M, 2G)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    return int(value * 1024 ** " kmgt".index(unit or " "))
+
+
+def default_memory_limit() -> int:
+    """A safe share of the RAM available now: half of it, at most 8 GiB, at least 128 MiB."""
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:  # psutil missing or unsupported platform: assume a small machine
+        avail = 2 * 1024**3
+    return int(min(max(avail // 2, 128 * 1024**2), 8 * 1024**3))
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    height: int  # output rows
+    width: int
+    channels: int
+    band_rows: int
+    n_frames: int
+
+    @property
+    def bands(self) -> list[tuple[int, int]]:
+        return [(y0, min(y0 + self.band_rows, self.height)) for y0 in range(0, self.height, self.band_rows)]
+
+
+def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_limit: int,
+               concurrent: int = 1, src_rows_extra: int = 0, band_rows: int | None = None) -> BandPlan:
+    """Choose the band height so that ``concurrent`` bands in flight fit ``memory_limit``.
+
+    Per band in flight we hold the ``N × h × W × C`` float32 buffer, the kernel's per-band
+    outputs (h × W × C float32 + int32) and one frame's source block at a time (``h +
+    src_rows_extra`` rows of float32, the extra covering rotation and interpolation taps).
+    The output accumulators (H × W × C float32 + int32) are shared by all bands.
+
+    Raises
+    ------
+    UsageError
+        When even one output row per band does not fit: the message says the minimum.
+    """
+    n = max(n_frames, 1)
+    row_bytes = width * channels * 4
+    fixed = height * row_bytes * 2  # output image + count, resident as bands are written
+    per_row = concurrent * row_bytes * (n + 3)  # N warped rows + out + count + a source row
+    per_band_fixed = concurrent * row_bytes * (src_rows_extra + 1)
+    available = memory_limit - fixed - per_band_fixed
+    if band_rows is None:
+        if available < per_row:
+            need = fixed + per_band_fixed + per_row
+            raise UsageError(
+                f"--memory-limit {_fmt(memory_limit)} is too small for {n} frames of {width}×{height}"
+                f"{'×' + str(channels) if channels > 1 else ''}: one output row per band needs about "
+                f"{_fmt(need)} (use at least that, or fewer --workers)")
+        band_rows = int(available // per_row)
+    band_rows = max(1, min(band_rows, height))
+    return BandPlan(height=height, width=width, channels=channels, band_rows=band_rows, n_frames=n)
+
+
+def _fmt(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def rotation_extra_rows(width: int, matrices: list[np.ndarray], interpolation: str) -> int:
+    """How many more source rows than output rows a band can need: the vertical extent of
+    a band's inverse image minus its height, maximised over frames."""
+    extra = 0
+    for m in matrices:
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+        # d(src y)/d(dst x) × W is the tilt of a row; the y scale adds proportionally
+        extra = max(extra, math.ceil(abs(inv[1, 0]) * width + abs(inv[1, 1] - 1.0) * 64))
+    return extra + 2 * INTERP_MARGIN.get(interpolation, 5)
+
+
+def source_rows(matrix: np.ndarray, band_y0: int, band_y1: int, width: int, src_height: int,
+                interpolation: str) -> tuple[int, int] | None:
+    """The frame rows ``[y0, y1)`` needed to fill output rows ``[band_y0, band_y1)``.
+
+    ``matrix`` maps frame (x, y) → reference (x, y). The band's corners are mapped back to
+    the frame (an affine map sends the rectangle to a parallelogram whose extreme rows are
+    at its corners) and widened by the interpolation margin. ``None`` when the band sees
+    no row of the frame.
+    """
+    inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    xs = np.array([-0.5, width - 0.5, -0.5, width - 0.5])
+    ys = np.array([band_y0 - 0.5, band_y0 - 0.5, band_y1 - 0.5, band_y1 - 0.5])
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    margin = INTERP_MARGIN.get(interpolation, 5)
+    y0 = max(0, math.floor(sy.min()) - margin)
+    y1 = min(src_height, math.ceil(sy.max()) + margin + 1)
+    if y1 <= y0:
+        return None
+    return y0, y1
+
+
+def band_matrix(matrix: np.ndarray, src_y0: int, band_y0: int) -> np.ndarray:
+    """The 2×3 matrix mapping local source rows (starting at ``src_y0``) to local band rows
+    (starting at ``band_y0``): ``T(0, -band_y0) · M · T(0, +src_y0)``."""
+    m = np.array(matrix, dtype=np.float64).copy()
+    m[0, 2] += m[0, 1] * src_y0
+    m[1, 2] += m[1, 1] * src_y0 - band_y0
+    return m
+
+
+def workers_default() -> int:
+    return os.cpu_count() or 1

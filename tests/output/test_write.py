@@ -1,0 +1,71 @@
+import errno
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from astropy.io import fits
+
+from skystack.errors import OutputError
+from skystack.output import write as w
+
+
+def test_fits_roundtrip_with_provenance(tmp_path, rng):
+    img = rng.normal(size=(20, 30)).astype(np.float32)
+    img[0, 0] = np.nan
+    p = w.write_fits(tmp_path / "a.fits", img, header={"NCOMBINE": (12, "frames")}, history=["input 1: x.fits"])
+    with fits.open(p) as h:
+        assert h[0].header["NCOMBINE"] == 12
+        assert "input 1: x.fits" in str(h[0].header["HISTORY"])
+        assert np.array_equal(h[0].data, img, equal_nan=True)
+    rgb = rng.normal(size=(20, 30, 3)).astype(np.float32)
+    p = w.write_fits(tmp_path / "c.fits", rgb)
+    with fits.open(p) as h:
+        assert h[0].data.shape == (3, 20, 30)
+        assert np.array_equal(np.moveaxis(h[0].data, 0, 2), rgb)
+
+
+def test_tiff_uint16_and_float(tmp_path, rng):
+    img = rng.uniform(10, 20, size=(8, 9, 3)).astype(np.float32)
+    p = w.write_tiff(tmp_path / "a.tif", img, dtype="uint16", scale=(10, 20))
+    back = tifffile.imread(p)
+    assert back.dtype == np.uint16 and back.shape == (8, 9, 3)
+    assert np.allclose(back / 65535 * 10 + 10, img, atol=1e-3)
+    p = w.write_tiff(tmp_path / "b.tif", img[..., 0])
+    assert np.array_equal(tifffile.imread(p), img[..., 0])
+
+
+def test_preview_is_a_png_of_sane_brightness(tmp_path, rng):
+    import cv2
+
+    img = rng.normal(1000, 10, (200, 300)).astype(np.float32)
+    img[100, 100] = 1e6  # one hot pixel must not crush the stretch
+    p = w.write_preview(tmp_path / "p.png", img)
+    png = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    assert png.shape == (200, 300) and 30 < np.median(png) < 120
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.fits"
+    target.write_bytes(b"old complete output")
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fits.PrimaryHDU, "writeto", disk_full)
+    with pytest.raises(OutputError, match="disk full"):
+        w.write_fits(target, np.zeros((4, 4), np.float32))
+    assert target.read_bytes() == b"old complete output"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]
+
+
+def test_refuses_to_overwrite_an_input(tmp_path):
+    src = tmp_path / "frame.fits"
+    src.write_bytes(b"x")
+    with pytest.raises(OutputError, match="is one of the input frames"):
+        w.check_not_input(src, [str(src)])
+    link = tmp_path / "alias.fits"
+    os.symlink(src, link)
+    with pytest.raises(OutputError):
+        w.check_not_input(link, [str(src)])
+    w.check_not_input(tmp_path / "new.fits", [str(src)])
