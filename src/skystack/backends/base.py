@@ -23,12 +23,22 @@ class BandJob:
     coordinates (x, y - band_y0): see :func:`skystack.stack.plan.band_matrix`.
     ``scale``/``offset`` (one per channel) normalise the warped values:
     ``v' = v * scale + offset``.
+
+    The optional absolute geometry (``frame_matrix``: frame → reference for the whole
+    frame; ``src_y0``: frame row of ``rows[0]``; ``band_y0``: output row of the band's
+    first row; ``src_height``: frame height) lets a backend warp on a fixed grid of row
+    tiles (:func:`skystack.stack.plan.tile_warps`), which makes every output pixel
+    independent of how the output was cut into bands, and therefore of the worker count.
     """
 
     rows: np.ndarray
     matrix: np.ndarray
     scale: np.ndarray
     offset: np.ndarray
+    frame_matrix: np.ndarray | None = None
+    src_y0: int = 0
+    band_y0: int = 0
+    src_height: int | None = None
 
 
 @dataclass

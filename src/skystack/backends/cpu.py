@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from ..options import StackOptions
+from ..stack.plan import tile_warps
 from .base import BandJob, BandResult
 
 _CV_INTERP = {"lanczos": 4, "bilinear": 1}  # cv2.INTER_LANCZOS4, cv2.INTER_LINEAR
@@ -40,6 +41,24 @@ class CpuBackend:
                               flags=cv_interp(interpolation), borderMode=cv2.BORDER_CONSTANT,
                               borderValue=(float("nan"),) * 4)
 
+    def warp_job(self, job: BandJob, dst: np.ndarray, interpolation: str) -> None:
+        """Warp one job into ``dst`` (h, W[, C]); on the fixed tile grid when the job carries
+        its absolute geometry, so the result does not depend on the band partition."""
+        h, w = dst.shape[:2]
+        if job.frame_matrix is None:
+            self.warp(job.rows, job.matrix, (h, w), interpolation, out=dst)
+            return
+        src_y1 = job.src_y0 + job.rows.shape[0]
+        dst[...] = np.nan
+        for ty0, ty1, a, b, sy0, sy1, m in tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h,
+                                                      job.src_y0, src_y1, w, job.src_height, interpolation):
+            src = job.rows[sy0 - job.src_y0:sy1 - job.src_y0]
+            if (a, b) == (ty0, ty1):
+                self.warp(src, m, (ty1 - ty0, w), interpolation, out=dst[a - job.band_y0:b - job.band_y0])
+            else:  # the image's last tile, cut by the bottom edge
+                tile = self.warp(src, m, (ty1 - ty0, w), interpolation)
+                dst[a - job.band_y0:b - job.band_y0] = tile[a - ty0:b - ty0]
+
     def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
                      options: StackOptions) -> BandResult:
         from _skystack_kernels.cpu.combine import combine_band
@@ -50,7 +69,7 @@ class CpuBackend:
         band = np.empty((n, h, w, c), dtype=np.float32)
         for k, job in enumerate(jobs):
             dst = band[k] if c > 1 else band[k, :, :, 0]
-            self.warp(job.rows, job.matrix, (h, w), options.interpolation, out=dst)
+            self.warp_job(job, dst, options.interpolation)
             _normalise_inplace(dst, job.scale, job.offset)
         image = np.empty((h, w, c), dtype=np.float32)
         count = np.empty((h, w, c), dtype=np.int32)

@@ -275,9 +275,12 @@ def band_task(spec, y0: int, y1: int, width: int, channels: int, items: list[tup
     accumulator files; return the (N, 2) low/high rejection counts."""
     from ..backends.base import BandJob
     from ..backends.registry import resolve
-    from ..stack.plan import band_matrix, source_rows
+    from ..stack.plan import WARP_TILE_ROWS, band_matrix, source_rows
 
     frames = _frames_for(spec)
+    # the source block must cover every whole warp tile of the band (the last band may end
+    # inside a tile at the image's bottom edge)
+    y1_tiles = -(-y1 // WARP_TILE_ROWS) * WARP_TILE_ROWS
     backend = _backend_for(backend_name)
     jobs, positions = [], []
     for pos, (index, matrix, src_h, mul, add) in enumerate(items):
@@ -286,12 +289,13 @@ def band_task(spec, y0: int, y1: int, width: int, channels: int, items: list[tup
             raise InputChangedError(
                 f"{frames.name(index)}: changed on disk since it was registered "
                 f"(size/mtime {fingerprints[index]} → {fp}); rerun to register it again")
-        rows = source_rows(matrix, y0, y1, width, src_h, options.interpolation)
+        rows = source_rows(matrix, y0, y1_tiles, width, src_h, options.interpolation)
         if rows is None:
             continue
         sy0, sy1 = rows
         jobs.append(BandJob(rows=frames.read_rows(index, sy0, sy1), matrix=band_matrix(matrix, sy0, y0),
-                            scale=mul, offset=add))
+                            scale=mul, offset=add, frame_matrix=matrix, src_y0=sy0, band_y0=y0,
+                            src_height=src_h))
         positions.append(pos)
     shape = (y1 - y0, width) + ((channels,) if channels > 1 else ())
     rejected = np.zeros((len(items), 2), dtype=np.int64)

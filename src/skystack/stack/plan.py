@@ -22,6 +22,15 @@ from ..errors import UsageError
 # of slack for rounding of the inverse-mapped corners.
 INTERP_MARGIN = {"lanczos": 5, "bilinear": 2}
 
+# Warps are done on a fixed grid of output row tiles. Each tile's source rows and local
+# matrix depend only on the tile, so a pixel's value never depends on the band partition
+# (which follows the memory budget and worker count): outputs are bit-identical for any
+# --workers. Bands are whole numbers of tiles, so no tile is ever cut by a band boundary.
+# 8 rows: OpenCV's warp costs the same per pixel on 8-row tiles as on whole frames
+# (measured: 0.24 s per 3000×2000 Lanczos frame either way), and small tiles keep the
+# smallest possible band (one tile) small for tight memory limits.
+WARP_TILE_ROWS = 8
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -81,14 +90,15 @@ def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_
     per_band_fixed = concurrent * row_bytes * (src_rows_extra + 1)
     available = memory_limit - fixed - per_band_fixed
     if band_rows is None:
-        if available < per_row:
-            need = fixed + per_band_fixed + per_row
+        if available < per_row * WARP_TILE_ROWS:
+            need = fixed + per_band_fixed + per_row * WARP_TILE_ROWS
             raise UsageError(
                 f"--memory-limit {_fmt(memory_limit)} is too small for {n} frames of {width}×{height}"
-                f"{'×' + str(channels) if channels > 1 else ''}: one output row per band needs about "
+                f"{'×' + str(channels) if channels > 1 else ''}: the smallest band ({WARP_TILE_ROWS} rows) needs about "
                 f"{_fmt(need)} (use at least that, or fewer --workers)")
         band_rows = int(available // per_row)
-    band_rows = max(1, min(band_rows, height))
+    band_rows = max(WARP_TILE_ROWS, band_rows - band_rows % WARP_TILE_ROWS)
+    band_rows = min(band_rows, height)
     return BandPlan(height=height, width=width, channels=channels, band_rows=band_rows, n_frames=n)
 
 
@@ -139,6 +149,29 @@ def band_matrix(matrix: np.ndarray, src_y0: int, band_y0: int) -> np.ndarray:
     m[0, 2] += m[0, 1] * src_y0
     m[1, 2] += m[1, 1] * src_y0 - band_y0
     return m
+
+
+
+
+def tile_warps(frame_matrix: np.ndarray, band_y0: int, band_y1: int, src_y0: int, src_y1: int,
+               width: int, src_height: int, interpolation: str):
+    """Yield ``(out_y0, out_y1, rows_y0, rows_y1, local_matrix)`` for each grid tile of the
+    band: output rows relative to the band, the slice of the band's source block the tile
+    reads, and the matrix mapping that slice to the tile."""
+    t0 = (band_y0 // WARP_TILE_ROWS) * WARP_TILE_ROWS
+    for ty0 in range(t0, band_y1, WARP_TILE_ROWS):
+        ty1 = ty0 + WARP_TILE_ROWS
+        a, b = max(ty0, band_y0), min(ty1, band_y1)
+        if a >= b:
+            continue
+        rows = source_rows(frame_matrix, ty0, ty1, width, src_height, interpolation)
+        if rows is None:
+            continue
+        sy0, sy1 = rows
+        if sy0 < src_y0 or sy1 > src_y1:
+            raise ValueError(f"band source rows {src_y0}:{src_y1} do not cover tile rows {sy0}:{sy1}; "
+                             "bands must be whole tiles")
+        yield ty0, ty1, a, b, sy0, sy1, band_matrix(frame_matrix, sy0, ty0)
 
 
 def workers_default() -> int:
