@@ -1,0 +1,767 @@
+"""Finding input frames and reading them through one global index.
+
+:func:`open_frames` turns what the user typed (files, folders, globs, list files) into a
+:class:`FrameSet`: every frame of every file gets a global index, in natural order
+(``frame_2`` before ``frame_10``). Opening is lazy: each file's header is read once to
+learn its frame count, geometry and CFA pattern, and no pixel is decoded. Files are
+reopened on demand through a small LRU, so a folder of 5000 frames never holds 5000
+descriptors or memory maps.
+
+A file that cannot be used (not an image, truncated, ...) still gets one global index: it
+shows up in :attr:`FrameSet.problems` and in the report, and reading it raises
+:class:`~skystack.errors.BadFrameError` with the same reason.
+
+The processing of a frame happens in one place, :meth:`FrameSet._process`: raw plane →
+raw steps (calibration, added with :meth:`FrameSet.with_raw_steps`) → demosaic →
+float32. ``read_rows`` runs the same chain on a strip with a margin, so
+``read_rows(i, y0, y1) == read(i)[y0:y1]`` exactly.
+"""
+from __future__ import annotations
+
+import bisect
+import glob
+import os
+import re
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..calibrate.debayer import STRIP_MARGIN, debayer, normalize_pattern, pattern_shift
+from ..errors import BadFrameError, InputChangedError, NoFramesError, UsageError
+from ..options import ReadOptions
+from ..types import FrameInfo
+from .fits import FITS_EXTENSIONS
+from .image import IMAGE_EXTENSIONS, PNG_MAGIC
+from .raw import RAW_EXTENSIONS
+from .ser import SER_EXTENSIONS
+from .tiff import TIFF_EXTENSIONS
+from .video import VIDEO_EXTENSIONS
+
+LIST_EXTENSIONS = (".txt", ".lst")
+
+_KIND_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "fits": FITS_EXTENSIONS,
+    "tiff": TIFF_EXTENSIONS,
+    "image": IMAGE_EXTENSIONS,
+    "raw": RAW_EXTENSIONS,
+    "ser": SER_EXTENSIONS,
+    "video": VIDEO_EXTENSIONS,
+}
+# Longest suffix first so that ".fits.gz" wins over ".gz".
+_SUFFIXES = sorted(
+    ((ext, kind) for kind, exts in _KIND_EXTENSIONS.items() for ext in exts),
+    key=lambda t: -len(t[0]),
+)
+
+# Luminance for registration: the plain mean of R, G and B. Equal weights keep the most
+# signal for stars of any colour and for narrow-band targets (an H-alpha nebula is all
+# red, and a perceptual mix such as Rec. 709's 0.07 for blue would bury blue stars).
+LUMINANCE_WEIGHTS = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0)
+
+DEFAULT_MAX_OPEN = 8
+
+
+# -- kinds ------------------------------------------------------------------------------
+def kind_from_extension(path: str | os.PathLike[str]) -> str | None:
+    """The reader kind a file name implies (``"fits"``, ``"video"``, ...), or ``None``."""
+    name = os.fspath(path).lower()
+    for ext, kind in _SUFFIXES:
+        if name.endswith(ext):
+            return kind
+    return None
+
+
+def sniff_kind(path: str | os.PathLike[str]) -> str | None:
+    """The reader kind a file's first bytes imply, or ``None`` (unreadable or unknown)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
+    if head.startswith(PNG_MAGIC) or head.startswith(b"\xff\xd8\xff") or head.startswith(b"BM"):
+        return "image"
+    if head.startswith(b"LUCAM-RECORDER"):
+        return "ser"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video"
+    if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video"
+    return None
+
+
+def open_source(path: str, kind: str, hints: dict[str, Any] | None = None):
+    """Open one file with the reader for ``kind``; ``hints`` are reader keyword arguments
+    learnt when the file was first opened (they spare a video its counting pass)."""
+    hints = dict(hints or {})
+    if kind == "fits":
+        from .fits import FitsSource
+        return FitsSource(path)
+    if kind == "tiff":
+        from .tiff import TiffSource
+        return TiffSource(path)
+    if kind == "image":
+        from .image import ImageSource
+        return ImageSource(path)
+    if kind == "raw":
+        from .raw import RawSource
+        return RawSource(path)
+    if kind == "ser":
+        from .ser import SerSource
+        return SerSource(path, endianness=hints.get("endianness", "compat"))
+    if kind == "video":
+        from .video import VideoSource
+        return VideoSource(path, mono=hints.get("mono"), frame_count=hints.get("frame_count"),
+                           bits=hints.get("bits"))
+    if kind == "npy-cache":
+        from .cache import NpyCacheSource
+        return NpyCacheSource(path, **hints)
+    raise ValueError(f"unknown reader kind {kind!r}")
+
+
+# -- the resolved description of one file ---------------------------------------------
+@dataclass(frozen=True)
+class SourceEntry:
+    """What :func:`open_frames` learnt about one input file (small and picklable)."""
+
+    path: str
+    kind: str | None  # None: the file is unusable, ``error`` says why
+    n_frames: int = 1
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    bayer: str | None = None
+    sliceable: bool = False
+    sequential: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    fingerprint: tuple[int, int] | None = None  # (size, mtime_ns) when opened
+    hints: dict[str, Any] = field(default_factory=dict)  # reader kwargs for reopening
+    frame_errors: dict[int, str] = field(default_factory=dict)  # local index -> reason
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def readable(self) -> bool:
+        return self.kind is not None and self.error is None
+
+
+@dataclass(frozen=True)
+class FrameSetSpec:
+    """Everything needed to reopen a :class:`FrameSet` in another process.
+
+    ``entries`` holds the per-file facts found when the set was opened, so reopening reads
+    no header; ``raw_steps`` must be picklable callables.
+    """
+
+    entries: tuple[SourceEntry, ...]
+    options: ReadOptions = field(default_factory=ReadOptions)
+    inputs: tuple[str, ...] = ()
+    raw_steps: tuple[Any, ...] = ()
+    cache_dir: str | None = None
+    max_open: int = DEFAULT_MAX_OPEN
+
+
+class RawStep(Protocol):
+    """A processing step on the raw plane, before demosaicing (calibration).
+
+    Called with a raw strip of frame ``index`` holding rows ``y0 : y0 + len(plane)``
+    (the whole frame when ``y0 == 0`` and the strip is full height), in native dtype or
+    float32 from an earlier step. Returns float32 of the same shape. Must only look at
+    pixels within a few rows of each output pixel (``read_rows`` gives it a margin of
+    :data:`~skystack.calibrate.debayer.STRIP_MARGIN` rows) and be picklable.
+    """
+
+    def __call__(self, plane: np.ndarray, *, index: int, y0: int) -> np.ndarray: ...
+
+
+def _fingerprint(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (int(st.st_size), int(st.st_mtime_ns))
+
+
+# -- the frame set ----------------------------------------------------------------------
+class FrameSet:
+    """All input frames behind one global index.
+
+    Build one with :func:`open_frames`; reopen one elsewhere with :meth:`from_spec` (the
+    object also pickles through its spec). Thread-safe: sources that keep decoder state
+    are locked per file.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[SourceEntry],
+        options: ReadOptions = ReadOptions(),
+        *,
+        inputs: Sequence[str] = (),
+        raw_steps: Sequence[RawStep] = (),
+        max_open: int = DEFAULT_MAX_OPEN,
+        _open_sources: dict[str, Any] | None = None,
+    ):
+        self._entries = tuple(entries)
+        self._options = options
+        self._inputs = tuple(inputs)
+        self._raw_steps = tuple(raw_steps)
+        self._max_open = max(1, int(max_open))
+        try:
+            self._override = normalize_pattern(options.bayer_override)
+        except ValueError as e:
+            raise UsageError(f"--bayer: {e}") from e
+        self._starts: list[int] = []
+        total = 0
+        for e in self._entries:
+            self._starts.append(total)
+            total += e.n_frames
+        self._n = total
+        self._lock = threading.RLock()
+        self._lru: OrderedDict[str, Any] = OrderedDict()
+        self._in_use: Counter[str] = Counter()
+        self._source_locks: dict[str, threading.Lock] = {}
+        self._by_path = {e.path: e for e in self._entries}
+        for path, src in (_open_sources or {}).items():
+            self._lru[path] = src
+        self._evict()
+
+    # -- construction / pickling --------------------------------------------------------
+    @property
+    def spec(self) -> FrameSetSpec:
+        return FrameSetSpec(entries=self._entries, options=self._options, inputs=self._inputs,
+                            raw_steps=self._raw_steps, max_open=self._max_open)
+
+    @classmethod
+    def from_spec(cls, spec: FrameSetSpec) -> FrameSet:
+        """Reopen the set described by ``spec`` (no header is read; files open on demand)."""
+        if spec.cache_dir is not None:
+            from .cache import CachedFrames
+            return CachedFrames(spec.entries, spec.options, inputs=spec.inputs,
+                                raw_steps=spec.raw_steps, max_open=spec.max_open,
+                                cache_dir=spec.cache_dir)
+        return FrameSet(spec.entries, spec.options, inputs=spec.inputs,
+                        raw_steps=spec.raw_steps, max_open=spec.max_open)
+
+    def __reduce__(self):
+        return (FrameSet.from_spec, (self.spec,))
+
+    def with_raw_steps(self, *steps: RawStep) -> FrameSet:
+        """A new set over the same files whose frames pass through ``steps`` (e.g.
+        calibration) between the raw plane and demosaicing."""
+        spec = replace(self.spec, raw_steps=self._raw_steps + tuple(steps))
+        return type(self).from_spec(spec)
+
+    def with_options(self, options: ReadOptions) -> FrameSet:
+        """A new set over the same files, decoded with other :class:`ReadOptions`."""
+        return type(self).from_spec(replace(self.spec, options=options))
+
+    @property
+    def entries(self) -> tuple[SourceEntry, ...]:
+        """One :class:`SourceEntry` per input file, in global order."""
+        return self._entries
+
+    @property
+    def options(self) -> ReadOptions:
+        return self._options
+
+    def close(self) -> None:
+        """Close every open file (the set stays usable: files reopen on demand)."""
+        with self._lock:
+            for path in list(self._lru):
+                if self._in_use[path] == 0:
+                    self._close_source(path)
+
+    def __enter__(self) -> FrameSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- indexing -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def locate(self, i: int) -> tuple[SourceEntry, int]:
+        """``(entry, local index)`` of global frame ``i``."""
+        if not 0 <= i < self._n:
+            raise IndexError(f"frame {i} out of range (0..{self._n - 1})")
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._entries[k], i - self._starts[k]
+
+    def entry_start(self, entry_no: int) -> int:
+        """Global index of the first frame of ``entries[entry_no]``."""
+        return self._starts[entry_no]
+
+    def path(self, i: int) -> str:
+        return self.locate(i)[0].path
+
+    def name(self, i: int) -> str:
+        e, k = self.locate(i)
+        return e.path if e.n_frames == 1 else f"{e.path}#{k}"
+
+    def bad_reason(self, i: int) -> str | None:
+        """Why frame ``i`` is known to be unreadable, or ``None`` (it may still fail)."""
+        e, k = self.locate(i)
+        if not e.readable:
+            return e.error or "unreadable"
+        return e.frame_errors.get(k)
+
+    def is_readable(self, i: int) -> bool:
+        return self.bad_reason(i) is None
+
+    def _check_readable(self, i: int) -> tuple[SourceEntry, int]:
+        e, k = self.locate(i)
+        reason = e.error if not e.readable else e.frame_errors.get(k)
+        if reason is not None or e.kind is None:
+            raise BadFrameError(e.path, reason or "unreadable")
+        return e, k
+
+    def frame_sliceable(self, i: int) -> bool:
+        e, k = self.locate(i)
+        return e.readable and e.sliceable
+
+    def frame_sequential(self, i: int) -> bool:
+        e, _ = self.locate(i)
+        return e.readable and e.sequential
+
+    @property
+    def problems(self) -> list[tuple[int, str, str]]:
+        """``(global index or -1, path, reason)`` for every file that could not be used
+        (with its index) and every warning found while opening (index -1)."""
+        out: list[tuple[int, str, str]] = []
+        for start, e in zip(self._starts, self._entries):
+            if not e.readable:
+                out.append((start, e.path, e.error or "unreadable"))
+            for k, reason in sorted(e.frame_errors.items()):
+                out.append((start + k, e.path, reason))
+            for w in e.warnings:
+                out.append((-1, e.path, w))
+        return out
+
+    # -- metadata -----------------------------------------------------------------------
+    def pattern(self, i: int) -> str | None:
+        """The CFA pattern used for frame ``i`` (the override, else the file's), or None
+        for mono and RGB frames."""
+        e, _ = self.locate(i)
+        if not e.readable or len(e.shape) != 2:
+            return None
+        return self._override or e.bayer
+
+    def processed_shape(self, i: int) -> tuple[int, ...]:
+        """Shape of :meth:`read` for frame ``i``: ``(H, W)`` or ``(H, W, 3)``."""
+        e, _ = self._check_readable(i)
+        return self._processed_shape(e)
+
+    def _processed_shape(self, e: SourceEntry) -> tuple[int, ...]:
+        h, w = e.shape[:2]
+        if len(e.shape) == 3:
+            return (h, w, 3)
+        if self._options.debayer == "auto" and (self._override or e.bayer):
+            return (h, w, 3)
+        return (h, w)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The processed shape of the most common readable frame geometry."""
+        counts: Counter[tuple[int, ...]] = Counter()
+        for e in self._entries:
+            if e.readable:
+                counts[self._processed_shape(e)] += e.n_frames - len(e.frame_errors)
+        if not counts:
+            raise NoFramesError("no readable frame in this set")
+        # most_common is stable on ties: the geometry met first wins.
+        return counts.most_common(1)[0][0]
+
+    @property
+    def is_colour(self) -> bool:
+        return len(self.shape) == 3
+
+    def meta(self, i: int) -> dict[str, Any]:
+        """Cheap metadata of frame ``i`` (header values, per-frame timestamps)."""
+        e, k = self._check_readable(i)
+        if e.n_frames == 1:
+            return dict(e.meta)
+        m = dict(e.meta)
+        m.update(self._use(e, lambda src: src.meta(k)))
+        return m
+
+    def info(self, i: int) -> FrameInfo:
+        """:class:`~skystack.types.FrameInfo` of frame ``i`` from headers (raw shape)."""
+        e, k = self._check_readable(i)
+        meta = self.meta(i)
+        exp = meta.get("exposure_s")
+        return FrameInfo(
+            index=i, path=e.path, name=self.name(i), shape=tuple(e.shape), dtype=e.dtype,
+            bayer=self.pattern(i), exposure_s=float(exp) if exp is not None else None,
+            meta=meta,
+        )
+
+    def fingerprint(self, i: int) -> tuple[int, int]:
+        """``(size_bytes, mtime_ns)`` of frame ``i``'s file now; ``(-1, -1)`` if it is gone.
+
+        Compare with the value recorded in phase 1 to detect a file changed on disk.
+        """
+        fp = _fingerprint(self.path(i))
+        return fp if fp is not None else (-1, -1)
+
+    def opened_fingerprint(self, i: int) -> tuple[int, int] | None:
+        """``(size_bytes, mtime_ns)`` of frame ``i``'s file when the set was opened."""
+        return self.locate(i)[0].fingerprint
+
+    def check_unchanged(self, i: int) -> None:
+        """Raise :class:`~skystack.errors.InputChangedError` if frame ``i``'s file changed
+        (size or mtime) since the set was opened."""
+        e, _ = self.locate(i)
+        now = _fingerprint(e.path)
+        if e.fingerprint is not None and now != e.fingerprint:
+            raise InputChangedError(
+                f"{e.path}: changed on disk since it was opened "
+                f"(size, mtime_ns {e.fingerprint} -> {now})"
+            )
+
+    # -- pixels -------------------------------------------------------------------------
+    def read_raw(self, i: int) -> np.ndarray:
+        """The raw plane of frame ``i`` in the file's dtype: ``(H, W)`` mono or CFA,
+        ``(H, W, 3)`` RGB."""
+        e, k = self._check_readable(i)
+        return self._use(e, lambda src: src.read(k))
+
+    def read_raw_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of :meth:`read_raw` (cheap where the file is sliceable)."""
+        e, k = self._check_readable(i)
+        return self._use(e, lambda src: src.read_rows(k, y0, y1))
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame ``i`` processed: float32 ``(H, W)`` mono or ``(H, W, 3)`` RGB, CFA
+        frames demosaiced (``ReadOptions.debayer == "auto"``). NaN/inf stay in place."""
+        e, _ = self._check_readable(i)
+        raw = self.read_raw(i)
+        self._check_shape(e, raw, 0)
+        return self._process(i, raw, 0)
+
+    def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of :meth:`read`, reading only a strip around them where the
+        file allows it. Equal to ``read(i)[y0:y1]`` exactly."""
+        e, _ = self._check_readable(i)
+        h = e.shape[0]
+        y0, y1 = max(0, int(y0)), min(h, int(y1))
+        if y1 <= y0:
+            return np.empty((0,) + self._processed_shape(e)[1:], dtype=np.float32)
+        if self.pattern(i) is None and not self._raw_steps:
+            raw = self.read_raw_rows(i, y0, y1)
+            self._check_shape(e, raw, y1 - y0)
+            return self._process(i, raw, y0)
+        # Demosaicing and raw steps look at neighbours: process an even-aligned strip with
+        # a margin (the CFA pattern is unchanged at an even row) and crop it.
+        ya = max(0, y0 - STRIP_MARGIN)
+        ya -= ya % 2
+        yb = min(h, y1 + STRIP_MARGIN)
+        raw = self.read_raw_rows(i, ya, yb)
+        self._check_shape(e, raw, yb - ya)
+        out = self._process(i, raw, ya)
+        return np.ascontiguousarray(out[y0 - ya:y1 - ya])
+
+    def luminance(self, i: int) -> np.ndarray:
+        """float32 ``(H, W)`` for registration: the frame if mono, else the weighted sum
+        of R, G, B with :data:`LUMINANCE_WEIGHTS`."""
+        return to_luminance(self.read(i))
+
+    def luminance_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of :meth:`luminance`."""
+        return to_luminance(self.read_rows(i, y0, y1))
+
+    def _check_shape(self, e: SourceEntry, raw: np.ndarray, rows: int) -> None:
+        want = (rows or e.shape[0],) + tuple(e.shape[1:])
+        if raw.shape != want:
+            raise BadFrameError(
+                e.path,
+                f"frame is {_fmt_shape(raw.shape)}, the file's header said {_fmt_shape(want)}",
+            )
+
+    def _process(self, i: int, raw: np.ndarray, y0: int) -> np.ndarray:
+        """The one place where a raw plane becomes a processed frame."""
+        plane = raw
+        for step in self._raw_steps:
+            plane = step(plane, index=i, y0=y0)
+        pattern = self.pattern(i)
+        if pattern is not None and self._options.debayer == "auto" and plane.ndim == 2:
+            return debayer(plane, pattern_shift(pattern, 0, y0), self._options.debayer_method)
+        return np.asarray(plane, dtype=np.float32)
+
+    # -- the open-file LRU --------------------------------------------------------------
+    def _use(self, e: SourceEntry, fn: Callable[[Any], Any]) -> Any:
+        with self._lock:
+            src = self._lru.get(e.path)
+            if src is None:
+                if e.kind != "npy-cache" and e.fingerprint is not None:
+                    # Facts in the entry (frame count, geometry) describe the file as it
+                    # was opened; a file changed since then is not silently reread. (The
+                    # decode cache keeps the opened version, so it needs no check.)
+                    now = _fingerprint(e.path)
+                    if now != e.fingerprint:
+                        raise InputChangedError(
+                            f"{e.path}: changed on disk since it was opened "
+                            f"(size, mtime_ns {e.fingerprint} -> {now})"
+                        )
+                src = open_source(e.path, e.kind, e.hints)  # type: ignore[arg-type]
+                self._lru[e.path] = src
+            self._lru.move_to_end(e.path)
+            self._in_use[e.path] += 1
+            lock = None
+            if not getattr(src, "thread_safe", False):
+                lock = self._source_locks.setdefault(e.path, threading.Lock())
+        try:
+            if lock is None:
+                return fn(src)
+            with lock:
+                return fn(src)
+        finally:
+            with self._lock:
+                self._in_use[e.path] -= 1
+                self._evict()
+
+    def _evict(self) -> None:
+        # Oldest first; a file another thread is reading stays open until it is done.
+        for path in list(self._lru):
+            if len(self._lru) <= self._max_open:
+                break
+            if self._in_use[path] == 0:
+                self._close_source(path)
+
+    def _close_source(self, path: str) -> None:
+        src = self._lru.pop(path, None)
+        if src is not None:
+            try:
+                src.close()
+            except Exception:
+                pass
+
+    @property
+    def open_files(self) -> int:
+        """How many files are open right now (at most ``max_open`` when idle)."""
+        return len(self._lru)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self._n} frames from {len(self._entries)} files>"
+
+
+def to_luminance(frame: np.ndarray) -> np.ndarray:
+    """float32 luminance of a processed frame (see :data:`LUMINANCE_WEIGHTS`)."""
+    if frame.ndim == 2:
+        return np.asarray(frame, dtype=np.float32)
+    w = np.asarray(LUMINANCE_WEIGHTS, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.ascontiguousarray(frame[..., 0] * w[0] + frame[..., 1] * w[1] + frame[..., 2] * w[2],
+                                    dtype=np.float32)
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    if len(shape) >= 2:
+        s = f"{shape[1]}x{shape[0]}"
+        return s + (f"x{shape[2]}" if len(shape) == 3 else "")
+    return str(shape)
+
+
+# -- resolving inputs -------------------------------------------------------------------
+_NATURAL = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting ``frame_2`` before ``frame_10`` (digits compare as numbers)."""
+    parts = _NATURAL.split(name)
+    return tuple((int(p) if k % 2 else p.casefold()) for k, p in enumerate(parts)) + (name,)
+
+
+def _natural_sorted(paths: Iterable[str]) -> list[str]:
+    return sorted(paths, key=lambda p: natural_key(os.path.basename(p)) + (p,))
+
+
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+@dataclass
+class _Candidate:
+    path: str
+    explicit: bool  # named by the user (or a list file) rather than found in a folder
+    kind: str | None = None
+    error: str | None = None
+
+
+def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str],
+             depth: int = 0, base: str | None = None) -> list[_Candidate]:
+    out: list[_Candidate] = []
+    for raw in inputs:
+        s = os.path.expanduser(os.fspath(raw))
+        if base is not None and not os.path.isabs(s):
+            s = os.path.join(base, s)
+        searched.append(s)
+        if os.path.isdir(s):
+            names = [os.path.join(s, n) for n in os.listdir(s) if not n.startswith(".")]
+            out += [_Candidate(p, False) for p in _natural_sorted(names) if os.path.isfile(p)]
+        elif os.path.isfile(s):
+            if s.lower().endswith(LIST_EXTENSIONS):
+                if depth >= 4:
+                    out.append(_Candidate(s, True, error="list files nested too deeply"))
+                    continue
+                out += _resolve(_read_list(s), searched, depth + 1, os.path.dirname(os.path.abspath(s)))
+            else:
+                out.append(_Candidate(s, True))
+        elif _has_glob(s):
+            for m in _natural_sorted(glob.glob(s)):
+                if os.path.isdir(m):
+                    out += _resolve([m], [], depth + 1)
+                elif os.path.isfile(m):
+                    out.append(_Candidate(m, False))
+        else:
+            out.append(_Candidate(s, True, error="file does not exist"))
+    return out
+
+
+def _read_list(path: str) -> list[str]:
+    # One path per line; a line starting with '#' is a comment, and so is the rest of a
+    # line after ' #' (a '#' inside a file name, 'frame#1.fits', is kept).
+    lines = []
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            line = re.split(r"\s#", line, maxsplit=1)[0].strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def _entry_for(c: _Candidate, hints: dict[str, Any]) -> tuple[SourceEntry, Any]:
+    """Open one candidate; returns its entry and the open source (or None)."""
+    fp = _fingerprint(c.path)
+    if c.error is not None:
+        return SourceEntry(path=c.path, kind=None, error=c.error, fingerprint=fp), None
+    try:
+        src = open_source(c.path, c.kind, hints.get(c.kind))  # type: ignore[arg-type]
+    except BadFrameError as e:
+        return SourceEntry(path=c.path, kind=None, error=e.reason, fingerprint=fp), None
+    except Exception as e:  # a reader bug or an exotic file must not stop the listing
+        return SourceEntry(path=c.path, kind=None, fingerprint=fp,
+                           error=f"cannot open ({type(e).__name__}: {e})"), None
+    n = len(src)
+    meta = src.meta(0) if n == 1 else _file_meta(src)
+    entry_hints = dict(hints.get(c.kind) or {})
+    if c.kind == "video":
+        entry_hints.update(frame_count=n, mono=src.is_mono, bits=src.bits)
+    entry = SourceEntry(
+        path=c.path, kind=c.kind, n_frames=n, shape=tuple(src.shape), dtype=np.dtype(src.dtype).name,
+        bayer=src.bayer, sliceable=bool(src.sliceable), sequential=bool(src.sequential),
+        meta=meta, fingerprint=fp, hints=entry_hints, warnings=tuple(getattr(src, "problems", ())),
+    )
+    return entry, src
+
+
+def _file_meta(src) -> dict[str, Any]:
+    # File-level metadata of a multi-frame source: frame 0's, without per-frame keys.
+    m = dict(src.meta(0))
+    for key in ("timestamp", "timestamp_s", "time_s", "page"):
+        m.pop(key, None)
+    return m
+
+
+def open_frames(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    options: ReadOptions = ReadOptions(),
+    ser_endianness: str = "compat",
+    max_open: int = DEFAULT_MAX_OPEN,
+) -> FrameSet:
+    """Find and open the input frames.
+
+    Parameters
+    ----------
+    inputs : path, or sequence of paths
+        Files, folders (their files with a known image/video extension, not recursive;
+        hidden files skipped), glob patterns, or ``.txt``/``.lst`` files listing one path
+        per line (``#`` starts a comment; relative paths are relative to the list file).
+        Files within a folder or glob are in natural order; the order of the inputs is
+        kept; a file named twice is used once.
+    options : ReadOptions
+        Demosaicing choices.
+    ser_endianness : {"compat", "spec", "little", "big"}
+        How to read the SER ``LittleEndian`` flag (see :mod:`skystack.io.ser`).
+    max_open : int
+        Most files kept open at once.
+
+    Returns
+    -------
+    FrameSet
+
+    Raises
+    ------
+    NoFramesError
+        Nothing found, or nothing readable among what was found; the message names what
+        was searched and why the files were refused.
+    UsageError
+        An invalid ``options.bayer_override``.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise NoFramesError("no input given")
+    searched: list[str] = []
+    candidates = _resolve(inputs, searched)
+
+    seen: set[str] = set()
+    chosen: list[_Candidate] = []
+    for c in candidates:
+        key = os.path.normcase(os.path.realpath(c.path))
+        if key in seen:
+            continue
+        if c.error is None:
+            c.kind = kind_from_extension(c.path) or sniff_kind(c.path)
+            if c.kind is None:
+                if not c.explicit:
+                    continue  # an unrelated file in a folder: ignored silently
+                ext = Path(c.path).suffix or "(none)"
+                c.error = f"not an image or video file skystack can read (extension {ext})"
+        seen.add(key)
+        chosen.append(c)
+
+    if not chosen:
+        raise NoFramesError(
+            "no image or video files found in " + ", ".join(repr(s) for s in searched)
+        )
+
+    hints = {"ser": {"endianness": ser_endianness}}
+    entries: list[SourceEntry] = []
+    open_sources: OrderedDict[str, Any] = OrderedDict()
+    for c in chosen:
+        entry, src = _entry_for(c, hints)
+        entries.append(entry)
+        if src is not None:
+            open_sources[c.path] = src
+            while len(open_sources) > max_open:  # keep the most recent few open
+                _, old = open_sources.popitem(last=False)
+                old.close()
+
+    if not any(e.readable for e in entries):
+        reasons = "; ".join(f"{e.path}: {e.error}" for e in entries[:5])
+        more = f" (and {len(entries) - 5} more)" if len(entries) > 5 else ""
+        for s in open_sources.values():
+            s.close()
+        raise NoFramesError(f"no readable frame among {len(entries)} files: {reasons}{more}")
+
+    return FrameSet(entries, options, inputs=[os.fspath(i) for i in inputs],
+                    max_open=max_open, _open_sources=open_sources)
