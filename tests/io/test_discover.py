@@ -15,7 +15,7 @@ from astropy.io import fits
 
 from skystack.calibrate.debayer import debayer
 from skystack.errors import BadFrameError, InputChangedError, NoFramesError, UsageError
-from skystack.io import FrameSet, natural_key, open_frames, ser, write_ser
+from skystack.io import FrameSet, FrameSource, natural_key, open_frames, open_source, ser, write_ser
 from skystack.io.discover import LUMINANCE_WEIGHTS, kind_from_extension, sniff_kind
 from skystack.options import ReadOptions
 
@@ -202,6 +202,11 @@ def test_read_rows_equals_read_for_every_format(tmp_path, rng):
             assert np.array_equal(part, full[y0:y1]), (fs.name(i), y0, y1)
         assert np.array_equal(fs.luminance_rows(i, 2, 9), fs.luminance(i)[2:9])
     assert fs.frame_sliceable(0) and not fs.frame_sliceable(4) and fs.frame_sequential(len(fs) - 1)
+    for e in fs.entries:  # every reader satisfies the shared protocol
+        with_src = open_source(e.path, e.kind, e.hints)
+        assert isinstance(with_src, FrameSource), e.kind
+        assert with_src.shape == e.shape and len(with_src) == e.n_frames
+        with_src.close()
 
 
 def test_pickle_and_from_spec(tmp_path, rng):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -61,7 +62,7 @@ class NpyCacheSource:
     original file (``orig_kind``/``orig_hints``)."""
 
     sequential = False
-    thread_safe = False  # the fallback reader may be a video decoder
+    thread_safe = True  # cached reads are independent; the fallback decoder has a lock
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class NpyCacheSource:
         self._n, self._shape, self._dtype, self._bayer = n_frames, tuple(shape), np.dtype(dtype), bayer
         self._orig_kind, self._orig_hints = orig_kind, orig_hints
         self._orig = None
+        self._orig_lock = threading.Lock()
         self._meta = dict(meta or {})
 
     def __len__(self) -> int:
@@ -129,14 +131,16 @@ class NpyCacheSource:
             except (OSError, ValueError) as e:
                 raise BadFrameError(self.path, f"decode cache {f} is unreadable ({e}); "
                                                "delete the cache folder and rerun") from e
-        if self._orig is None:
-            self._orig = open_source(self.path, self._orig_kind, self._orig_hints)
-        return self._orig.read_rows(i, y0, y1)
+        with self._orig_lock:
+            if self._orig is None:
+                self._orig = open_source(self.path, self._orig_kind, self._orig_hints)
+            return self._orig.read_rows(i, y0, y1)
 
     def close(self) -> None:
-        if self._orig is not None:
-            self._orig.close()
-            self._orig = None
+        with self._orig_lock:
+            if self._orig is not None:
+                self._orig.close()
+                self._orig = None
 
 
 class CachedFrames(FrameSet):

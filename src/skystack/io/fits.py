@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -77,7 +78,6 @@ class FitsSource:
     """
 
     sequential = False
-    thread_safe = True  # memmap slicing; no decoder state
 
     def __init__(self, path: str | os.PathLike[str]):
         from astropy.io import fits
@@ -114,6 +114,7 @@ class FitsSource:
         if not self._compressed:
             self._check_truncation(hdu)
         self._raw = None  # the memmapped, unscaled array, created on first read
+        self._raw_lock = threading.Lock()
         self._compressed_hdul = None
         self._meta = _header_meta(h)
         self._bayer = self._read_bayer(h)
@@ -216,6 +217,11 @@ class FitsSource:
     def sliceable(self) -> bool:
         return not (self._compressed or self._gzipped)
 
+    @property
+    def thread_safe(self) -> bool:
+        """Reads of a memory map are plain slicing; decompression keeps state."""
+        return self.sliceable
+
     def name(self, i: int) -> str:
         self._check(i)
         return self.path if self._n == 1 else f"{self.path}#{i}"
@@ -256,21 +262,33 @@ class FitsSource:
                 pass
             self._compressed_hdul = None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # -- internals ----------------------------------------------------------------------
     def _check(self, i: int) -> None:
         if not 0 <= i < self._n:
             raise IndexError(f"frame {i} out of range for {self.path} ({self._n} frames)")
 
     def _raw_array(self) -> np.ndarray:
-        if self._raw is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = self._hdu.data
-            if data is None:
-                raise BadFrameError(self.path, "FITS image HDU has no data")
-            shape = tuple(reversed(self._dims))
-            self._raw = data.reshape(shape)
-        return self._raw
+        with self._raw_lock:  # astropy creates the map lazily, once
+            if self._raw is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    data = self._hdu.data
+                if data is None:
+                    raise BadFrameError(self.path, "FITS image HDU has no data")
+                self._raw = data.reshape(tuple(reversed(self._dims)))
+            return self._raw
 
     def _scale(self, block: np.ndarray) -> np.ndarray:
         """Physical values of raw (big-endian, unscaled) pixels, in native byte order."""

@@ -154,6 +154,18 @@ class TiffSource:
         except Exception:
             pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # -- internals ----------------------------------------------------------------------
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self._pages):

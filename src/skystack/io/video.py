@@ -273,6 +273,18 @@ class VideoSource:
     def close(self) -> None:
         self._reset()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # -- decoding -----------------------------------------------------------------------
     def _check(self, i: int) -> None:
         if not 0 <= i < self._n:
