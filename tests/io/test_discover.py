@@ -222,6 +222,18 @@ def test_pickle_and_from_spec(tmp_path, rng):
         assert again.name(i) == fs.name(i)
     other = FrameSet.from_spec(fs.spec)
     assert np.array_equal(other.read_raw(3), fs.read_raw(3))
+    spec = fs.spec
+    assert spec.token == pickle.loads(pickle.dumps(spec)).token == other.spec.token
+    assert spec.token != open_frames(d, options=ReadOptions(debayer="none")).spec.token
+
+
+def test_fits_header_cards_stay_out_of_the_spec(tmp_path, rng):
+    p = fits_file(tmp_path / "h.fits", mono(rng), EXPTIME=12.5, OBSERVER="someone")
+    fs = open_frames(p)
+    assert "header" not in fs.entries[0].meta and fs.entries[0].meta["exposure_s"] == 12.5
+    m = fs.meta(0)
+    assert m["header"]["OBSERVER"] == "someone" and m["exposure_s"] == 12.5
+    assert fs.info(0).meta["header"]["EXPTIME"] == 12.5
 
 
 class AddOffset:

@@ -76,3 +76,13 @@ def test_a_non_raw_file_named_cr2_is_a_bad_frame(tmp_path):
     assert "not a RAW file LibRaw can read" in ei.value.reason
     with pytest.raises(BadFrameError, match="does not exist"):
         RawSource(tmp_path / "missing.nef")
+
+
+def test_reopening_with_known_facts_skips_libraw_until_the_read(tmp_path):
+    p = tmp_path / "IMG_0002.NEF"
+    p.write_bytes(b"still not a raw file" * 40)
+    src = RawSource(p, shape=(4, 6), bayer="RGGB", meta={"exposure_s": 30.0})
+    assert src.shape == (4, 6) and src.bayer == "RGGB" and src.meta(0) == {"exposure_s": 30.0}
+    assert not src.sliceable and src.dtype == np.uint16
+    with pytest.raises(BadFrameError, match="cannot decode RAW data"):
+        src.read(0)

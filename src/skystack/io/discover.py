@@ -19,8 +19,11 @@ float32. ``read_rows`` runs the same chain on a strip with a margin, so
 from __future__ import annotations
 
 import bisect
+import functools
 import glob
+import hashlib
 import os
+import pickle
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -113,7 +116,7 @@ def open_source(path: str, kind: str, hints: dict[str, Any] | None = None):
         return ImageSource(path)
     if kind == "raw":
         from .raw import RawSource
-        return RawSource(path)
+        return RawSource(path, **hints)
     if kind == "ser":
         from .ser import SerSource
         return SerSource(path, endianness=hints.get("endianness", "compat"))
@@ -166,6 +169,17 @@ class FrameSetSpec:
     raw_steps: tuple[Any, ...] = ()
     cache_dir: str | None = None
     max_open: int = DEFAULT_MAX_OPEN
+
+    @functools.cached_property
+    def token(self) -> str:
+        """A short digest identifying this spec (computed once; use it as a cache key
+        instead of pickling the spec again)."""
+        return hashlib.sha1(pickle.dumps(self, protocol=5)).hexdigest()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("token", None)  # the digest is recomputed, never shipped
+        return state
 
 
 class RawStep(Protocol):
@@ -390,12 +404,12 @@ class FrameSet:
         return len(self.shape) == 3
 
     def meta(self, i: int) -> dict[str, Any]:
-        """Cheap metadata of frame ``i`` (header values, per-frame timestamps)."""
+        """Cheap metadata of frame ``i``: exposure, temperature, date, binning, gain,
+        per-frame timestamps, and for FITS the header cards (``meta["header"]``)."""
         e, k = self._check_readable(i)
-        if e.n_frames == 1:
-            return dict(e.meta)
         m = dict(e.meta)
-        m.update(self._use(e, lambda src: src.meta(k)))
+        if e.n_frames > 1 or e.kind == "fits":
+            m.update(self._use(e, lambda src: src.meta(k)))
         return m
 
     def info(self, i: int) -> FrameInfo:
@@ -660,9 +674,14 @@ def _entry_for(c: _Candidate, hints: dict[str, Any]) -> tuple[SourceEntry, Any]:
                            error=f"cannot open ({type(e).__name__}: {e})"), None
     n = len(src)
     meta = src.meta(0) if n == 1 else _file_meta(src)
+    # Header cards stay in the file (meta(i) rereads them): a spec shipped with every
+    # task should not carry a thousand FITS headers.
+    meta.pop("header", None)
     entry_hints = dict(hints.get(c.kind) or {})
     if c.kind == "video":
         entry_hints.update(frame_count=n, mono=src.is_mono, bits=src.bits)
+    elif c.kind == "raw":  # reopening then needs no LibRaw unpack before the read
+        entry_hints.update(shape=tuple(src.shape), bayer=src.bayer, meta=dict(meta))
     entry = SourceEntry(
         path=c.path, kind=c.kind, n_frames=n, shape=tuple(src.shape), dtype=np.dtype(src.dtype).name,
         bayer=src.bayer, sliceable=bool(src.sliceable), sequential=bool(src.sequential),

@@ -119,6 +119,13 @@ def raw_meta(raw: Any) -> dict[str, Any]:
 class RawSource:
     """One camera RAW file: its visible CFA plane, uint16.
 
+    Parameters
+    ----------
+    path : str or path-like
+    shape, bayer, meta : optional
+        What an earlier opening of the same file found; given all three, opening does
+        not touch LibRaw (the first read will).
+
     Raises
     ------
     BadFrameError
@@ -129,13 +136,24 @@ class RawSource:
     sliceable = False
     thread_safe = False  # LibRaw handles are not shared between threads
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shape: tuple[int, int] | None = None,
+        bayer: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
         import rawpy
 
         self.path = str(path)
         self.problems: list[str] = []
         if not os.path.exists(self.path):
             raise BadFrameError(self.path, "file does not exist")
+        if shape is not None and bayer is not None and meta is not None:
+            # Facts from an earlier opening (FrameSet reopening the file): skip the unpack.
+            self._shape, self._bayer, self._meta = tuple(shape), bayer, dict(meta)
+            return
         raw = rawpy.RawPy()
         try:
             raw.open_file(self.path)
