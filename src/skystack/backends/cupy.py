@@ -1,0 +1,393 @@
+"""GPU backend: numba.cuda warp and rejection kernels on CuPy-owned memory and streams.
+
+Per band of output rows, for each frame (job) in turn:
+
+1. its source rows are copied into a page-locked staging buffer (host I/O) and sent to the
+   device asynchronously on the lane's *copy* stream (native dtype: 16-bit frames cross
+   the bus at 2 bytes a pixel, not 4);
+2. the *compute* stream waits for that copy, converts to float32 planes, warps every
+   channel on the fixed 8-row tile grid the CPU backend uses (so each output pixel is the
+   same whatever the band partition) into a device ``(C, N, h, W)`` band buffer, and
+   normalises (``v * scale + offset``);
+3. once all frames are in, the combine kernel rejects and reduces each channel, and the
+   image, count and rejection tallies come back through page-locked buffers.
+
+Two staging slots and two streams double-buffer the frames: the host fills slot ``k+1``
+and the copy engine uploads it while the kernels of frame ``k`` run; events keep a slot
+from being overwritten before both its upload and its consumer have finished. Each thread
+that calls the backend gets its own *lane* (streams, events, buffers), so the pipeline's
+band tasks running on several Dask threads overlap one band's kernels with another band's
+uploads, and never share a buffer.
+
+The device-array layer (:mod:`._device`) is CuPy on a real GPU and NumPy under Numba's
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where CI runs this same code on tiny bands.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..options import StackOptions
+from ..stack.plan import tile_warps
+from ._device import GrowBuffer, device_layer
+from .base import BandJob, BandResult
+from .cpu import reject_codes
+
+# dtypes uploaded as they are (converted to float32 on the device); anything else is
+# converted on the host first, as the CPU backend does
+_UPLOAD_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+def _kernels():
+    """The numba.cuda twins of the CPU kernels, imported on first use (importing them
+    needs numba.cuda, which must not load with ``import skystack``)."""
+    from _skystack_kernels.codes import INTERPOLATION
+    from _skystack_kernels.gpu.combine import combine_band_gpu
+    from _skystack_kernels.gpu.warp import warp_affine_gpu
+
+    return combine_band_gpu, warp_affine_gpu, INTERPOLATION
+
+
+@dataclass
+class Timings:
+    """Where a GPU backend's time went, summed over calls (seconds; bytes).
+
+    ``transfer_s``: host↔device copies (copy-engine time, from events); ``kernel_s``:
+    conversion, warp, normalisation and combine kernels (compute-stream time);
+    ``host_io_s``: host-side copies into and out of the page-locked staging buffers.
+    Copies and kernels overlap, so the three need not add up to the wall time.
+    """
+
+    transfer_s: float = 0.0
+    kernel_s: float = 0.0
+    host_io_s: float = 0.0
+    bytes_h2d: int = 0
+    bytes_d2h: int = 0
+
+    def add(self, other: Timings) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class _Lane:
+    """One calling thread's streams, events and reusable buffers."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.copy = layer.stream()
+        self.compute = layer.stream()
+        sync = self.synchronize
+
+        def device(nbytes: int):
+            return layer.empty((nbytes,), np.uint8)
+
+        self.staging = [GrowBuffer(layer.pinned, sync) for _ in range(2)]
+        self.raw = [GrowBuffer(device, sync) for _ in range(2)]
+        self.uploaded = [layer.event() for _ in range(2)]  # H2D from slot i done
+        self.consumed = [layer.event() for _ in range(2)]  # device raw slot i read
+        self.planar = GrowBuffer(device, sync)  # float32 (C, hs, Ws) of the current frame
+        self.tile = GrowBuffer(device, sync)  # float32 (C, 8, W): a tile cut by the image edge
+        self.band = GrowBuffer(device, sync)  # float32 (C, N, h, W), or (C, H, W) for warp()
+        self.small = GrowBuffer(device, sync)  # weights
+        self.small_host = GrowBuffer(layer.pinned, sync)
+        self.image = GrowBuffer(device, sync)
+        self.count = GrowBuffer(device, sync)
+        self.rejected = GrowBuffer(device, sync)
+        self.out_host = [GrowBuffer(layer.pinned, sync) for _ in range(3)]
+        self.timings = Timings()
+        self.marks: list[tuple[str, Any, Any]] = []
+
+    def synchronize(self) -> None:
+        self.layer.sync(self.copy)
+        self.layer.sync(self.compute)
+
+    def settle_marks(self) -> None:
+        """Turn this call's timing events into seconds (after the streams were synced)."""
+        for category, start, end in self.marks:
+            dt = self.layer.elapsed(start, end)
+            if category == "transfer":
+                self.timings.transfer_s += dt
+            else:
+                self.timings.kernel_s += dt
+        self.marks.clear()
+
+
+class CupyBackend:
+    """Warp and rejection-stack bands on a CUDA GPU (see the module docstring).
+
+    Parameters
+    ----------
+    profile : bool
+        Record CUDA events around every copy and kernel so :meth:`timings` can split the
+        time into transfer / kernel / host I/O (costs a little; the benchmark turns it on).
+
+    Raises
+    ------
+    BackendUnavailableError
+        No CuPy or no CUDA device, and the CUDA simulator is off.
+    """
+
+    name = "cupy"
+
+    def __init__(self, profile: bool = False) -> None:
+        self._layer = device_layer()
+        self._profile = profile
+        self._local = threading.local()
+        self._lanes: list[_Lane] = []
+        self._lanes_lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        """The GPU's name (or the simulator's), for reports."""
+        return self._layer.device_name()
+
+    @property
+    def layer_name(self) -> str:
+        return self._layer.name
+
+    def timings(self) -> Timings:
+        """Transfer / kernel / host I/O time summed over all calls and threads (with
+        ``profile=True``; only host I/O and byte counts otherwise)."""
+        total = Timings()
+        with self._lanes_lock:
+            for lane in self._lanes:
+                total.add(lane.timings)
+        return total
+
+    # -- public API -----------------------------------------------------------------
+
+    def warp(self, rows: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], interpolation: str,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Resample ``rows`` (H0, W0[, C]) through ``matrix`` onto an ``out_shape`` (h, W)
+        grid on the GPU; float32 host array (h, W[, C]), NaN where the frame does not cover
+        the output (as :meth:`CpuBackend.warp`, a single warp, no tile grid)."""
+        _, warp_gpu, codes = _kernels()
+        interp = _interp_code(codes, interpolation)
+        L, lane = self._layer, self._lane()
+        h, w = out_shape
+        c = rows.shape[2] if rows.ndim == 3 else 1
+        planar = self._upload(lane, 0, rows, c)
+        dst = lane.band.view((c, h, w), np.float32)
+        ks = L.kernel_stream(lane.compute)
+        start = self._mark(lane.compute)
+        m = np.asarray(matrix, dtype=np.float64)
+        with L.launching():
+            for ch in range(c):
+                warp_gpu(L.kernel_array(planar[ch]), m, L.kernel_array(dst[ch]), interp, stream=ks)
+        self._span("kernel", start, lane.compute)
+        host = self._download(lane, 0, dst)
+        L.sync(lane.compute)
+        t0 = time.perf_counter()
+        if out is None:
+            out = np.empty((h, w, c) if c > 1 else (h, w), dtype=np.float32)
+        out[...] = host.transpose(1, 2, 0) if c > 1 else host[0]
+        lane.timings.host_io_s += time.perf_counter() - t0
+        lane.settle_marks()
+        return out
+
+    def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
+                     options: StackOptions) -> BandResult:
+        """Warp every job into a device ``(C, N, h, W)`` buffer, normalise, reject and
+        reduce per channel; same contract and results (within float32 rounding) as
+        :meth:`CpuBackend.combine_band`."""
+        _, warp_gpu, codes = _kernels()
+        interp = _interp_code(codes, options.interpolation)
+        h, w = out_shape[:2]
+        c = out_shape[2] if len(out_shape) == 3 else 1
+        n = len(jobs)
+        if n == 0:
+            return _empty_result(h, w, c)
+        L, lane = self._layer, self._lane()
+        band = lane.band.view((c, n, h, w), np.float32)
+        ks = L.kernel_stream(lane.compute)
+        for k, job in enumerate(jobs):
+            slot = k % 2
+            planar = self._upload(lane, slot, job.rows, c)
+            start = self._mark(lane.compute)
+            self._warp_job(lane, warp_gpu, ks, planar, job, band[:, k], interp, options.interpolation)
+            _normalise(L, lane.compute, band[:, k], job.scale, job.offset)
+            self._span("kernel", start, lane.compute)
+        return self._combine_on_device(lane, band, weights, options)
+
+    def combine_warped(self, band_host: np.ndarray, weights: np.ndarray, options: StackOptions) -> BandResult:
+        """Reject and reduce an already warped and normalised host band ``(N, h, W[, C])``
+        on the GPU (the cv2.cuda backend warps with OpenCV, then stacks here)."""
+        n, h, w = band_host.shape[:3]
+        c = band_host.shape[3] if band_host.ndim == 4 else 1
+        if n == 0:
+            return _empty_result(h, w, c)
+        L, lane = self._layer, self._lane()
+        band = lane.band.view((c, n, h, w), np.float32)
+        stage = lane.staging[0].view((c, n, h, w), np.float32)
+        L.host_wait(lane.uploaded[0])
+        t0 = time.perf_counter()
+        stage[...] = np.moveaxis(band_host, 3, 0) if c > 1 else band_host[None]
+        lane.timings.host_io_s += time.perf_counter() - t0
+        start = self._mark(lane.copy)
+        L.h2d(band, stage, lane.copy)
+        self._span("transfer", start, lane.copy)
+        lane.timings.bytes_h2d += stage.nbytes
+        L.record(lane.uploaded[0], lane.copy)
+        L.wait(lane.compute, lane.uploaded[0])
+        return self._combine_on_device(lane, band, weights, options)
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _lane(self) -> _Lane:
+        lane = getattr(self._local, "lane", None)
+        if lane is None:
+            lane = self._local.lane = _Lane(self._layer)
+            with self._lanes_lock:
+                self._lanes.append(lane)
+        return lane
+
+    def _mark(self, stream) -> Any:
+        return self._layer.mark(stream) if self._profile else None
+
+    def _span(self, category: str, start: Any, stream) -> None:
+        if self._profile:
+            self._lane().marks.append((category, start, self._layer.mark(stream)))
+
+    def _upload(self, lane: _Lane, slot: int, rows: np.ndarray, c: int):
+        """Stage ``rows`` through pinned slot ``slot``, upload on the copy stream, and
+        convert to float32 planes ``(C, hs, Ws)`` on the compute stream."""
+        L = self._layer
+        if rows.ndim != (3 if c > 1 else 2) or (c > 1 and rows.shape[2] != c):
+            raise ValueError(f"source rows of shape {rows.shape} do not match {c} channel(s)")
+        dtype = rows.dtype if rows.dtype in _UPLOAD_DTYPES else np.dtype(np.float32)
+        # the previous upload from this pinned slot must have left it before we overwrite it
+        L.host_wait(lane.uploaded[slot])
+        t0 = time.perf_counter()
+        stage = lane.staging[slot].view(rows.shape, dtype)
+        np.copyto(stage, rows, casting="unsafe")
+        lane.timings.host_io_s += time.perf_counter() - t0
+        raw = lane.raw[slot].view(rows.shape, dtype)
+        # ...and the compute stream must have finished reading the device slot
+        L.wait(lane.copy, lane.consumed[slot])
+        start = self._mark(lane.copy)
+        L.h2d(raw, stage, lane.copy)
+        self._span("transfer", start, lane.copy)
+        lane.timings.bytes_h2d += stage.nbytes
+        L.record(lane.uploaded[slot], lane.copy)
+        L.wait(lane.compute, lane.uploaded[slot])
+        planar = lane.planar.view((c,) + rows.shape[:2], np.float32)
+        start = self._mark(lane.compute)
+        with L.on(lane.compute):
+            if c == 1:
+                planar[0] = raw
+            else:
+                planar[...] = raw.transpose(2, 0, 1)
+        self._span("kernel", start, lane.compute)
+        L.record(lane.consumed[slot], lane.compute)
+        return planar
+
+    def _warp_job(self, lane: _Lane, warp_gpu, ks, planar, job: BandJob, dst, interp: int,
+                  interpolation: str) -> None:
+        """Warp one job's float32 planes into ``dst`` (C, h, W) on the CPU backend's tile
+        grid when the job carries its absolute geometry, else in one piece."""
+        L = self._layer
+        c, h, w = dst.shape
+        hs = planar.shape[1]
+        if job.frame_matrix is None:
+            pieces = [(0, h, 0, h, 0, hs, np.asarray(job.matrix, dtype=np.float64))]
+            y_band, y_src = 0, 0
+        else:
+            with L.on(lane.compute):
+                dst.fill(np.nan)  # rows no tile reaches are not covered
+            pieces = tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h, job.src_y0, job.src_y0 + hs,
+                                w, job.src_height, interpolation)
+            y_band, y_src = job.band_y0, job.src_y0
+        with L.launching():
+            for ty0, ty1, a, b, sy0, sy1, m in pieces:
+                src = planar[:, sy0 - y_src:sy1 - y_src]
+                if (a, b) == (ty0, ty1):
+                    out = dst[:, a - y_band:b - y_band]
+                else:  # the image's last tile, cut by its bottom edge: warp whole, keep the top
+                    out = lane.tile.view((c, ty1 - ty0, w), np.float32)
+                for ch in range(c):
+                    warp_gpu(L.kernel_array(src[ch]), m, L.kernel_array(out[ch]), interp, stream=ks)
+                if (a, b) != (ty0, ty1):
+                    with L.on(lane.compute):
+                        dst[:, a - y_band:b - y_band] = out[:, a - ty0:b - ty0]
+
+    def _combine_on_device(self, lane: _Lane, band, weights: np.ndarray, options: StackOptions) -> BandResult:
+        combine_gpu, _, _ = _kernels()
+        L = self._layer
+        c, n, h, w = band.shape
+        rej, red = reject_codes(options)
+        # small_host is free: the previous call synchronised the compute stream before returning
+        w_host = lane.small_host.view((n,), np.float32)
+        w_host[...] = np.asarray(weights, dtype=np.float32).reshape(n)
+        w_dev = lane.small.view((n,), np.float32)
+        L.h2d(w_dev, w_host, lane.compute)
+        image = lane.image.view((c, h, w), np.float32)
+        count = lane.count.view((c, h, w), np.int32)
+        rejected = lane.rejected.view((n, 2), np.int64)
+        ks = L.kernel_stream(lane.compute)
+        start = self._mark(lane.compute)
+        with L.on(lane.compute):
+            rejected.fill(0)
+        with L.launching():
+            for ch in range(c):
+                combine_gpu(L.kernel_array(band[ch]), L.kernel_array(w_dev), rej, red, float(options.kappa_low),
+                            float(options.kappa_high), int(options.max_iter), L.kernel_array(image[ch]),
+                            L.kernel_array(count[ch]), L.kernel_array(rejected), stream=ks)
+        self._span("kernel", start, lane.compute)
+        img_h = self._download(lane, 0, image)
+        cnt_h = self._download(lane, 1, count)
+        rej_h = self._download(lane, 2, rejected)
+        L.sync(lane.compute)
+        t0 = time.perf_counter()
+        if c > 1:
+            res = BandResult(image=np.ascontiguousarray(img_h.transpose(1, 2, 0)),
+                             count=np.ascontiguousarray(cnt_h.transpose(1, 2, 0)), rejected=rej_h.copy())
+        else:
+            res = BandResult(image=img_h[0].copy(), count=cnt_h[0].copy(), rejected=rej_h.copy())
+        lane.timings.host_io_s += time.perf_counter() - t0
+        lane.settle_marks()
+        return res
+
+    def _download(self, lane: _Lane, which: int, dev) -> np.ndarray:
+        """Queue a device→pinned copy on the compute stream (read it after a sync)."""
+        host = lane.out_host[which].view(dev.shape, dev.dtype)
+        start = self._mark(lane.compute)
+        self._layer.d2h(host, dev, lane.compute)
+        self._span("transfer", start, lane.compute)
+        lane.timings.bytes_d2h += host.nbytes
+        return host
+
+
+def _interp_code(codes: dict, interpolation: str) -> int:
+    try:
+        return codes[interpolation]
+    except KeyError:
+        raise ValueError(f"interpolation must be lanczos or bilinear, not {interpolation!r}") from None
+
+
+def _normalise(layer, stream, x, scale: np.ndarray, offset: np.ndarray) -> None:
+    """``x[c] = x[c] * scale[c] + offset[c]`` in float32 on the device, two rounding steps
+    exactly as the CPU backend's in-place NumPy ops (so the results are bit-identical)."""
+    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+    offset = np.asarray(offset, dtype=np.float32).reshape(-1)
+    if np.all(scale == 1) and np.all(offset == 0):
+        return
+    c = x.shape[0]
+    if scale.size == 1 and c > 1:
+        scale, offset = np.repeat(scale, c), np.repeat(offset, c)
+    with layer.on(stream):
+        for ch in range(c):
+            x[ch] *= scale[ch]
+            x[ch] += offset[ch]
+
+
+def _empty_result(h: int, w: int, c: int) -> BandResult:
+    shape = (h, w, c) if c > 1 else (h, w)
+    return BandResult(image=np.full(shape, np.nan, dtype=np.float32), count=np.zeros(shape, dtype=np.int32),
+                      rejected=np.zeros((0, 2), dtype=np.int64))
+
+
+__all__ = ["CupyBackend", "Timings"]
