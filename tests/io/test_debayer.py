@@ -13,6 +13,19 @@ from skystack.calibrate.debayer import (
     pattern_shift,
 )
 
+
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 COLOURS = {"red": (1000.0, 0.0, 0.0), "green": (0.0, 1000.0, 0.0), "blue": (0.0, 0.0, 1000.0)}
 
 
@@ -133,9 +146,7 @@ def test_bad_arguments():
         debayer(np.zeros((4, 4), np.uint16), "XYZW")
 
 
-def test_seestar_frames_are_grbg():
-    from conftest import real_path
-
+def test_seestar_frames_are_grbg(real_path):
     from astropy.io import fits
 
     folder = real_path("seestar-m94/session1")

@@ -20,6 +20,18 @@ from skystack.io.discover import LUMINANCE_WEIGHTS, kind_from_extension, sniff_k
 from skystack.options import ReadOptions
 
 
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 def fits_file(path, data, **cards):
     hdu = fits.PrimaryHDU(data)
     for k, v in cards.items():
@@ -321,9 +333,7 @@ def test_ser_with_short_data_is_a_warning_with_index_minus_one(tmp_path, rng):
                             "header says 10 frames, file holds 3 complete frames; reading 3")]
 
 
-def test_real_data_folder():
-    from conftest import real_path
-
+def test_real_data_folder(real_path):
     fs = open_frames([real_path("seestar-m94/session1"), real_path("m13-ssdsi"),
                       real_path("pss-moon-avi/short_video.avi")])
     assert len(fs) == 12 + 5 + 101 and fs.problems == []

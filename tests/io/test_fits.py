@@ -9,6 +9,18 @@ from skystack.errors import BadFrameError
 from skystack.io.fits import FitsSource, format_bytes
 
 
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 def write(path, data, **cards):
     hdu = fits.PrimaryHDU(data)
     for k, v in cards.items():
@@ -171,9 +183,7 @@ def test_format_bytes():
     assert format_bytes(2900160) == "2 900 160" and format_bytes(12) == "12"
 
 
-def test_real_seestar_header_and_pixels():
-    from conftest import real_path
-
+def test_real_seestar_header_and_pixels(real_path):
     path = sorted(real_path("seestar-m94/session1").glob("*.fit"))[0]
     src = FitsSource(path)
     assert src.shape == (1920, 1080) and src.dtype == np.uint16 and src.bayer == "GRBG"
@@ -186,9 +196,7 @@ def test_real_seestar_header_and_pixels():
     assert np.array_equal(src.read_rows(0, 1000, 1010), img[1000:1010])
 
 
-def test_real_m13_and_m51():
-    from conftest import real_path
-
+def test_real_m13_and_m51(real_path):
     m13 = FitsSource(real_path("m13-ssdsi/M13_blue_0001.fits"))
     assert m13.shape == (1040, 1392) and m13.dtype == np.uint16 and m13.bayer is None
     a = m13.read(0)

@@ -12,6 +12,18 @@ from skystack.errors import BadFrameError
 from skystack.io.image import ImageSource
 
 
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 def imwrite(path, rgb_or_mono):
     a = rgb_or_mono[..., ::-1] if rgb_or_mono.ndim == 3 else rgb_or_mono
     assert cv2.imwrite(str(path), np.ascontiguousarray(a))
@@ -95,9 +107,7 @@ def test_not_a_picture(tmp_path, name):
         ImageSource(tmp_path / name)
 
 
-def test_real_hubble_jpeg():
-    from conftest import real_path
-
+def test_real_hubble_jpeg(real_path):
     src = ImageSource(real_path("hubble-deep-field/hubble_deep_field.jpg"))
     assert src.shape == (872, 1000, 3) and src.dtype == np.uint8
     out = src.read(0)

@@ -11,6 +11,18 @@ from skystack.io import ser
 from skystack.io.ser import SerSource, write_ser
 
 
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 def frames16(rng, n=4, shape=(7, 9)):
     return [rng.integers(0, 65535, shape, endpoint=True).astype(np.uint16) for _ in range(n)]
 
@@ -152,9 +164,7 @@ def test_writer_refuses_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
-def test_real_moon_video_into_ser_bit_exact(tmp_path):
-    from conftest import real_path
-
+def test_real_moon_video_into_ser_bit_exact(tmp_path, real_path):
     from skystack.io.video import VideoSource
 
     video = VideoSource(real_path("pss-moon-avi/short_video.avi"))

@@ -13,6 +13,18 @@ from skystack.io.video import VideoSource
 W, H = 64, 48
 
 
+@pytest.fixture
+def real_path(shared_data):
+    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
+    (Not imported from conftest: several conftest modules share that name.)"""
+    def get(rel: str):
+        p = shared_data / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
+
+
 def scene(k: int, colour: bool) -> np.ndarray:
     """Frame k: a flat level that encodes k, plus a moving bright square (RGB uint8)."""
     img = np.full((H, W, 3), 20 + 6 * k, np.uint8)
@@ -130,9 +142,7 @@ def test_not_a_video(tmp_path):
         VideoSource(tmp_path / "y.mp4")
 
 
-def test_real_moon_avi():
-    from conftest import real_path
-
+def test_real_moon_avi(real_path):
     v = VideoSource(real_path("pss-moon-avi/short_video.avi"))
     assert len(v) == 101 and v.shape == (960, 1280) and v.is_mono and v.dtype == np.uint8
     sequential = None
