@@ -28,12 +28,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def real_path(rel: str) -> Path:
-    """A path inside the real data folder, or a skip naming what is missing."""
-    p = SHARED_DATA / rel
-    if not p.exists():
-        pytest.skip(f"real data {p} is absent")
-    return p
+@pytest.fixture(scope="session")
+def real_path():
+    """``real_path("folder/file")``: a path inside the real data folder, or a skip naming
+    what is missing. A fixture (not an importable helper): test modules are imported in
+    importlib mode, where ``conftest`` is not a module name one can rely on."""
+    def get(rel: str) -> Path:
+        p = SHARED_DATA / rel
+        if not p.exists():
+            pytest.skip(f"real data {p} is absent")
+        return p
+    return get
 
 
 @pytest.fixture
