@@ -4,27 +4,27 @@ The public API (everything else is internal and may change)::
 
     import skystack
     frames = skystack.open_frames(["lights/*.fits"])
-    result = skystack.stack(["lights/"], "out.fits")            # register + stack + write
-    report = skystack.register(["lights/"])                      # transforms only
-    skystack.lucky(["moon.avi"], "moon.tif", keep="10%")         # lucky imaging of a video
+    result = skystack.stack(["lights/"], "out.fits", method="sigma")   # register + stack + write
+    result = skystack.register(["lights/"], report="reg.json")          # transforms only
+    skystack.lucky(["moon.avi"], "moon.tif", keep="10%")               # lucky imaging of a video
+
+GPU libraries are never imported here: ``import skystack`` works on any machine.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The subpackages `skystack.stack` and `skystack.register` share their names with the API
+# functions below. Importing them first means the functions, bound afterwards, win the
+# module attributes; the subpackages stay importable through sys.modules
+# (`from skystack.stack import plan` still works).
+from . import register as _register_pkg  # noqa: E402,F401
+from . import stack as _stack_pkg  # noqa: E402,F401
+from .api import demo, enhance, lucky, register, stack  # noqa: E402
+from .io import open_frames  # noqa: E402
 from .types import Fate, FrameInfo, FrameResult, Transform  # noqa: E402
 
 __all__ = [
     "Fate", "FrameInfo", "FrameResult", "Transform", "__version__",
     "open_frames", "register", "stack", "lucky", "enhance", "demo",
 ]
-
-
-def __getattr__(name: str):  # lazy: `import skystack` stays cheap and GPU-free
-    if name == "open_frames":
-        from .io import open_frames
-        return open_frames
-    if name in ("register", "stack", "lucky", "enhance", "demo"):
-        from . import api
-        return getattr(api, name)
-    raise AttributeError(f"module 'skystack' has no attribute {name!r}")
