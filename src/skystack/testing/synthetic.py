@@ -1,0 +1,706 @@
+"""Seeded synthetic deep-sky frames with exact truth.
+
+The sky (stars, an optional galaxy) is defined once in *reference* pixel coordinates. Each
+frame ``i`` sees it through a known similarity transform ``transforms[i]`` (frame pixel →
+reference pixel, the convention of :class:`skystack.types.Transform`), with its own seeing
+(elliptical Moffat PSF, integrated over the pixel), its own sky level and gradient, and then
+through one sensor (gain, read noise, pedestal, saturation, hot and cold pixels fixed on the
+sensor) plus cosmic rays and, in one frame, a satellite trail.
+
+Rendering is analytic, star by star in small stamps (Numba), so the truth is exact: a star's
+centre in frame ``i`` is ``transforms[i].inverse().apply(star_xy)`` to float precision, and
+the noise-free *ideal stack* is rendered directly on the reference grid with every frame's PSF
+(:meth:`SyntheticSet.ideal`).
+
+Frames are rendered lazily and deterministically: ``frame(i)`` depends only on the seed and
+``i`` (not on which frames were rendered before), so a 100-frame 3000×2000 set streams to
+disk without ever holding two frames.
+
+Where things happen, for whoever extends this (bias/dark/flat/CFA):
+
+* :meth:`SyntheticSet.electrons` — the optics: photo-electrons per pixel expected in one
+  exposure (stars, galaxy, sky, trail), noise-free.
+* :class:`Sensor` ``.expose`` — the sensor: flat response, shot noise, dark current (hot
+  pixels), cosmic rays, read noise, gain, pedestal (bias), saturation, quantisation to uint16.
+  Calibration frames (bias, dark, flat) and a CFA belong there.
+
+Example::
+
+    from skystack.testing.synthetic import make_deepsky
+    s = make_deepsky(n_frames=30, shape=(1500, 2000), seed=0)
+    lum = s.frame(3).astype("float32")           # uint16 frame 3
+    err = estimated.rms_error(s.transforms[3], s.shape)
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from _skystack_kernels.cpu.stars import render_gaussians, render_moffat
+from ..types import Transform
+
+__all__ = ["DeepSkyParams", "Sensor", "StarField", "SyntheticSet", "make_deepsky", "moffat_alpha"]
+
+# A star is rendered out to where its profile falls below this many electrons per pixel:
+# far below any read noise, so the truncation is invisible, and it bounds the stamps.
+_RENDER_FLOOR_E = 0.01
+# Inside this many (d^T A d) units, i.e. 2.5 Moffat alphas on the major axis, pixels are
+# integrated by quadrature; beyond it the profile is smooth enough to sample at the centre.
+_QCORE = 6.25
+# Above this expected count the shot noise is drawn as a Gaussian of variance λ instead of
+# Poisson: NumPy's Poisson sampler costs ~80 ns/pixel, too slow for 3000×2000 frames, and
+# at λ ≥ 50 the two differ only in skewness (1/√λ ≤ 0.14).
+_POISSON_EXACT_BELOW = 50.0
+
+
+def moffat_alpha(fwhm: float, beta: float) -> float:
+    """Moffat core width α for a given FWHM (pixels) and β."""
+    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeepSkyParams:
+    """Everything that defines a synthetic set (all recorded in ``truth.json``).
+
+    Units: pixels, degrees, electrons (e-), ADU, seconds.
+    """
+
+    n_frames: int = 30
+    shape: tuple[int, int] = (1500, 2000)  # (H, W)
+    seed: int = 0
+    # geometry: frame -> reference similarity, rotation about the frame centre
+    max_shift: float = 40.0
+    max_rot_deg: float = 2.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    first_identity: bool = True  # frame 0 is the reference grid itself
+    # sky content (defined on the reference grid)
+    star_density: float = 1e-3  # stars per square reference pixel
+    flux_range: tuple[float, float] = (150.0, 4.0e5)  # e- per exposure, faintest..brightest
+    flux_slope: float = 0.8  # N(>F) ∝ F^-slope (a power-law luminosity function)
+    n_saturated: int = 0  # extra stars bright enough to saturate in every frame
+    extended: bool = True  # a smooth galaxy (sum of elliptical Gaussians)
+    # seeing (per frame)
+    fwhm_range: tuple[float, float] = (2.0, 3.5)
+    beta: float = 3.0
+    max_ellipticity: float = 0.0  # 1 - b/a of the PSF, drawn per frame in [0, max]
+    # sky background (per frame, in frame pixels)
+    sky_level: float = 800.0  # e- per pixel
+    sky_jitter: float = 0.15  # relative frame-to-frame variation of the level
+    sky_gradient: float = 0.1  # largest level change across the frame, relative to sky_level
+    trail_frame: int | None = 7  # frame with a satellite trail (ignored if >= n_frames)
+    trail_peak: float = 4000.0  # e- per pixel on the trail's axis
+    # sensor
+    gain: float = 1.0  # e- per ADU
+    read_noise: float = 5.0  # e- rms
+    pedestal: float = 1000.0  # ADU added to every pixel (bias level)
+    saturation_adu: float = 65535.0
+    exptime: float = 60.0  # s, written to EXPTIME
+    noise: bool = True  # shot + read noise
+    hot_pixel_fraction: float = 1e-4
+    cold_pixel_fraction: float = 2e-5
+    cosmic_rate: float = 5e-6  # cosmic-ray hits per pixel per frame
+
+    def __post_init__(self) -> None:
+        h, w = self.shape
+        if self.n_frames < 1 or h < 16 or w < 16:
+            raise ValueError(f"need at least one frame of at least 16x16 px, got {self.n_frames} x {self.shape}")
+        lo, hi = self.fwhm_range
+        if not (0.5 < lo <= hi):
+            raise ValueError(f"fwhm_range must satisfy 0.5 < lo <= hi, got {self.fwhm_range}")
+        if self.beta <= 1.0:
+            raise ValueError(f"Moffat beta must be > 1, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class StarField:
+    """The true stars, in reference pixel coordinates; ``flux`` in e- per exposure."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def xy(self) -> np.ndarray:
+        return np.column_stack([self.x, self.y])
+
+
+@dataclass(frozen=True)
+class _FrameConditions:
+    """Per-frame observing conditions (drawn once, from the layout stream)."""
+
+    fwhm: float
+    ellipticity: float
+    pa_rad: float
+    sky_level: float
+    sky_slope: tuple[float, float]  # e- per pixel per pixel along frame x and y
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """One Gaussian component of the extended object, in reference coordinates."""
+
+    x: float
+    y: float
+    flux: float
+    cov: np.ndarray  # 2x2 covariance, reference pixels²
+
+
+# --------------------------------------------------------------------------- the sensor
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """The camera: everything applied after the optics, in :meth:`expose`.
+
+    Hot pixels are modelled as dark current (e- per second, so a dark frame of the same
+    exposure reproduces them); cold pixels as a low response (signal × ``cold_response``).
+    Both sit on fixed sensor pixels, so they move relative to the sky from frame to frame.
+    """
+
+    shape: tuple[int, int]
+    gain: float
+    read_noise: float
+    pedestal: float
+    saturation_adu: float
+    hot_xy: np.ndarray  # (n, 2) int (x, y)
+    hot_rate: np.ndarray  # (n,) e- per second
+    cold_xy: np.ndarray  # (m, 2) int (x, y)
+    cold_response: np.ndarray  # (m,) fraction of the signal a cold pixel records
+
+    def expose(self, electrons: np.ndarray, *, exptime: float, rng: np.random.Generator | None,
+               cosmics: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+               defects: bool = True) -> np.ndarray:
+        """Turn expected photo-electrons into a uint16 raw frame.
+
+        Parameters
+        ----------
+        electrons : (H, W) float64
+            Expected photo-electrons per pixel (noise-free); modified in place.
+        exptime : float
+            Exposure in seconds (scales the dark current of hot pixels).
+        rng : Generator or None
+            Noise source; ``None`` gives a noise-free frame.
+        cosmics : iterable of (ys, xs, e-)
+            Charge deposited by cosmic rays (added after the shot noise).
+        defects : bool
+            Apply hot/cold pixels and cosmic rays.
+        """
+        e = electrons
+        if defects and len(self.cold_xy):
+            e[self.cold_xy[:, 1], self.cold_xy[:, 0]] *= self.cold_response
+        if defects and len(self.hot_xy):
+            e[self.hot_xy[:, 1], self.hot_xy[:, 0]] += self.hot_rate * exptime
+        if rng is not None:
+            _shot_noise(e, rng)
+        if defects:
+            for ys, xs, q in cosmics:
+                np.add.at(e, (ys, xs), q)
+        if rng is not None and self.read_noise > 0:
+            e += rng.standard_normal(e.shape, dtype=np.float64) * self.read_noise
+        adu = e
+        adu /= self.gain
+        adu += self.pedestal
+        np.rint(adu, out=adu)
+        np.clip(adu, 0.0, min(self.saturation_adu, 65535.0), out=adu)
+        return adu.astype(np.uint16)
+
+
+def _shot_noise(e: np.ndarray, rng: np.random.Generator) -> None:
+    """Replace expected counts by a shot-noise draw, in place (see _POISSON_EXACT_BELOW)."""
+    np.maximum(e, 0.0, out=e)
+    low = e < _POISSON_EXACT_BELOW
+    z = rng.standard_normal(e.shape, dtype=np.float64)
+    z *= np.sqrt(e)
+    e += z
+    if low.any():
+        e[low] = rng.poisson(e[low] - z[low]).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- the set
+
+
+class SyntheticSet:
+    """A lazily rendered synthetic deep-sky set with its exact truth.
+
+    Attributes
+    ----------
+    params : DeepSkyParams
+    shape : (H, W)
+    transforms : list[Transform]
+        Frame pixel → reference pixel, one per frame (similarity).
+    stars : StarField
+        True stars on the reference grid (flux in e- per exposure).
+    fwhm : ndarray
+        Per-frame PSF FWHM (pixels, geometric mean of the axes).
+    ellipticity : ndarray
+        Per-frame PSF ellipticity 1 − b/a.
+    sky_level : ndarray
+        Per-frame sky level at the frame centre (e- per pixel).
+    trail_frame : int or None
+        The frame that has a satellite trail.
+    hot_pixels, cold_pixels : (n, 2) int arrays of sensor (x, y).
+    sensor : Sensor
+    """
+
+    def __init__(self, params: DeepSkyParams):
+        self.params = p = params
+        self.shape: tuple[int, int] = (int(p.shape[0]), int(p.shape[1]))
+        h, w = self.shape
+        self._centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+        lay = np.random.default_rng([p.seed, 0])
+        self.transforms: list[Transform] = [self._draw_transform(lay, i) for i in range(p.n_frames)]
+        self._conditions = [self._draw_conditions(lay) for _ in range(p.n_frames)]
+        self.fwhm = np.array([c.fwhm for c in self._conditions])
+        self.ellipticity = np.array([c.ellipticity for c in self._conditions])
+        self.sky_level = np.array([c.sky_level for c in self._conditions])
+        self.stars = self._draw_stars(lay)
+        self._blobs = self._draw_blobs(lay) if p.extended else []
+        self._trail = self._draw_trail(lay)
+        self.trail_frame: int | None = p.trail_frame if (p.trail_frame is not None and 0 <= p.trail_frame < p.n_frames) else None
+        self.sensor = self._draw_sensor(np.random.default_rng([p.seed, 2]))
+        self.hot_pixels = self.sensor.hot_xy
+        self.cold_pixels = self.sensor.cold_xy
+
+    def __len__(self) -> int:
+        return self.params.n_frames
+
+    def __repr__(self) -> str:
+        p = self.params
+        return (f"SyntheticSet(n_frames={p.n_frames}, shape={self.shape}, seed={p.seed}, "
+                f"stars={len(self.stars)}, trail_frame={self.trail_frame})")
+
+    # -- layout (drawn once) -----------------------------------------------------------
+    def _draw_transform(self, rng: np.random.Generator, i: int) -> Transform:
+        p = self.params
+        dx, dy = rng.uniform(-p.max_shift, p.max_shift, 2)
+        ang = rng.uniform(-p.max_rot_deg, p.max_rot_deg)
+        sc = rng.uniform(*p.scale_range)
+        if i == 0 and p.first_identity:
+            return Transform.identity("similarity")
+        return Transform.from_params(dx=dx, dy=dy, angle_deg=ang, scale=sc, center=self._centre,
+                                     model="similarity")
+
+    def _draw_conditions(self, rng: np.random.Generator) -> _FrameConditions:
+        p = self.params
+        h, w = self.shape
+        fwhm = rng.uniform(*p.fwhm_range)
+        ell = rng.uniform(0.0, p.max_ellipticity)
+        pa = rng.uniform(0.0, math.pi)
+        level = p.sky_level * (1.0 + p.sky_jitter * rng.uniform(-1.0, 1.0))
+        # a linear gradient whose total change across the frame is up to sky_gradient·level
+        ang = rng.uniform(0.0, 2.0 * math.pi)
+        amp = p.sky_gradient * level * rng.uniform(0.3, 1.0) / math.hypot(w, h)
+        return _FrameConditions(fwhm, ell, pa, level, (amp * math.cos(ang), amp * math.sin(ang)))
+
+    def _reference_extent(self) -> tuple[float, float, float, float]:
+        """Bounding box (x0, y0, x1, y1) of every frame's footprint on the reference grid."""
+        h, w = self.shape
+        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
+        pts = np.vstack([t.apply(corners) for t in self.transforms])
+        margin = 10.0
+        return (pts[:, 0].min() - margin, pts[:, 1].min() - margin,
+                pts[:, 0].max() + margin, pts[:, 1].max() + margin)
+
+    def _draw_stars(self, rng: np.random.Generator) -> StarField:
+        p = self.params
+        x0, y0, x1, y1 = self._reference_extent()
+        n = int(round(p.star_density * (x1 - x0) * (y1 - y0)))
+        x = rng.uniform(x0, x1, n)
+        y = rng.uniform(y0, y1, n)
+        fmin, fmax = p.flux_range
+        s = p.flux_slope
+        u = rng.uniform(0.0, 1.0, n)
+        # inverse CDF of a power law truncated to [fmin, fmax]
+        flux = fmin * (1.0 - u * (1.0 - (fmin / fmax) ** s)) ** (-1.0 / s)
+        if p.n_saturated:
+            h, w = self.shape
+            fw = p.fwhm_range[1]
+            a = moffat_alpha(fw, p.beta)
+            peak_per_flux = (p.beta - 1.0) / (math.pi * a * a)
+            full = (p.saturation_adu - p.pedestal) * p.gain
+            xs = rng.uniform(0.1 * w, 0.9 * w, p.n_saturated)
+            ys = rng.uniform(0.1 * h, 0.9 * h, p.n_saturated)
+            fs = 3.0 * full / peak_per_flux * rng.uniform(1.0, 2.0, p.n_saturated)
+            x, y, flux = np.concatenate([x, xs]), np.concatenate([y, ys]), np.concatenate([flux, fs])
+        return StarField(x, y, flux)
+
+    def _draw_blobs(self, rng: np.random.Generator) -> list[_Blob]:
+        """A galaxy: a core, a bulge and a disk sharing a centre and position angle."""
+        h, w = self.shape
+        size = min(h, w) / 1500.0
+        cx = w * rng.uniform(0.35, 0.65)
+        cy = h * rng.uniform(0.35, 0.65)
+        pa = rng.uniform(0.0, math.pi)
+        blobs = []
+        # (flux e-, σ of the major axis in px for a 1500 px frame, smallest σ, axis ratio);
+        # the smallest σ keeps the core resolved (not star-like) in small test frames
+        for flux, sig, sig_min, q in ((1.5e6, 5.0, 4.0, 0.75), (6e6, 18.0, 8.0, 0.6), (2.5e7, 65.0, 20.0, 0.4)):
+            sa = max(sig * size, sig_min)
+            sb = sa * q
+            r = np.array([[math.cos(pa), -math.sin(pa)], [math.sin(pa), math.cos(pa)]])
+            cov = r @ np.diag([sa * sa, sb * sb]) @ r.T
+            blobs.append(_Blob(cx, cy, flux * (sa / sig) ** 2, cov))  # same peak brightness
+        return blobs
+
+    def _draw_trail(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        """A line through a random point of the frame: (x, y, angle in rad), frame pixels."""
+        h, w = self.shape
+        return (rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h, rng.uniform(0.0, math.pi))
+
+    def _draw_sensor(self, rng: np.random.Generator) -> Sensor:
+        p = self.params
+        h, w = self.shape
+        npx = h * w
+        n_hot = int(round(p.hot_pixel_fraction * npx))
+        n_cold = int(round(p.cold_pixel_fraction * npx))
+        idx = rng.choice(npx, size=n_hot + n_cold, replace=False)
+        hot = np.column_stack([idx[:n_hot] % w, idx[:n_hot] // w]).astype(np.int64)
+        cold = np.column_stack([idx[n_hot:] % w, idx[n_hot:] // w]).astype(np.int64)
+        # hot pixels from warm (a few hundred e-) to saturated, log-uniform, per exposure
+        full = (p.saturation_adu - p.pedestal) * p.gain
+        hot_e = np.exp(rng.uniform(math.log(300.0), math.log(1.5 * full), n_hot))
+        return Sensor(
+            shape=self.shape, gain=p.gain, read_noise=p.read_noise, pedestal=p.pedestal,
+            saturation_adu=p.saturation_adu, hot_xy=hot, hot_rate=hot_e / p.exptime,
+            cold_xy=cold, cold_response=rng.uniform(0.0, 0.3, n_cold),
+        )
+
+    # -- PSF in a given coordinate system ---------------------------------------------
+    def _psf_matrix(self, i: int) -> np.ndarray:
+        """Frame i's Moffat shape matrix A (frame pixels): q = d^T A d."""
+        c = self._conditions[i]
+        alpha = moffat_alpha(c.fwhm, self.params.beta)
+        ratio = 1.0 - c.ellipticity
+        a = alpha / math.sqrt(ratio)  # major and minor alphas, a·b = alpha²
+        b = alpha * math.sqrt(ratio)
+        r = np.array([[math.cos(c.pa_rad), -math.sin(c.pa_rad)], [math.sin(c.pa_rad), math.cos(c.pa_rad)]])
+        return r @ np.diag([1.0 / (a * a), 1.0 / (b * b)]) @ r.T
+
+    def _components(self, frames: list[int], on_reference: bool) -> np.ndarray:
+        """(m, 6) component table for render_moffat: one row per frame PSF."""
+        beta = self.params.beta
+        rows = []
+        for i in frames:
+            a_f = self._psf_matrix(i)
+            norm = (beta - 1.0) * math.sqrt(np.linalg.det(a_f)) / math.pi
+            if on_reference:
+                # the same surface-brightness function seen on the reference grid:
+                # q = d_f^T A d_f with d_f = M^-1 d_r
+                minv = np.linalg.inv(self.transforms[i].matrix[:, :2])
+                a = minv.T @ a_f @ minv
+            else:
+                a = a_f
+            rows.append([a[0, 0], a[0, 1], a[1, 1], beta, norm, 1.0 / len(frames)])
+        return np.array(rows, dtype=np.float64)
+
+    # -- the optics: expected electrons ----------------------------------------------
+    def stars_in_frame(self, i: int, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """True star centres in frame ``i`` (frame pixels) and their fluxes (e-), for the
+        stars whose centre is inside the frame shrunk by ``margin`` pixels."""
+        xy = self.transforms[i].inverse().apply(self.stars.xy)
+        h, w = self.shape
+        m = ((xy[:, 0] >= margin - 0.5) & (xy[:, 0] <= w - 0.5 - margin)
+             & (xy[:, 1] >= margin - 0.5) & (xy[:, 1] <= h - 0.5 - margin))
+        return xy[m], self.stars.flux[m]
+
+    def electrons(self, i: int, *, sky: bool = True) -> np.ndarray:
+        """Expected photo-electrons per pixel of frame ``i`` (float64, noise- and
+        defect-free): stars, galaxy, sky gradient and, in the trail frame, the trail.
+        ``sky=False`` leaves out the sky (level and gradient)."""
+        self._check(i)
+        h, w = self.shape
+        img = self._sky_e(i) if sky else np.zeros((h, w), dtype=np.float64)
+        inv = self.transforms[i].inverse()
+        # stars whose stamp can touch the frame
+        xy = inv.apply(self.stars.xy)
+        comp = self._components([i], on_reference=False)
+        qmax = self._qmax(comp)
+        reach = self._reach(comp, qmax)
+        keep = ((xy[:, 0] > -reach) & (xy[:, 0] < w - 1 + reach)
+                & (xy[:, 1] > -reach) & (xy[:, 1] < h - 1 + reach))
+        render_moffat(img, np.ascontiguousarray(xy[keep, 0]), np.ascontiguousarray(xy[keep, 1]),
+                      np.ascontiguousarray(self.stars.flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
+                      np.full(1, _QCORE))
+        if self._blobs:
+            self._render_blobs(img, self.transforms[i].matrix)
+        if i == self.trail_frame:
+            self._render_trail(img)
+        return img
+
+    def sky(self, i: int) -> np.ndarray:
+        """Frame ``i``'s sky (level + linear gradient about the frame centre) in ADU."""
+        self._check(i)
+        return self._sky_e(i) / self.params.gain
+
+    def _sky_e(self, i: int) -> np.ndarray:
+        h, w = self.shape
+        c = self._conditions[i]
+        gx = (np.arange(w, dtype=np.float64) - self._centre[0]) * c.sky_slope[0]
+        gy = (np.arange(h, dtype=np.float64) - self._centre[1]) * c.sky_slope[1] + c.sky_level
+        return gy[:, None] + gx[None, :]
+
+    def _qmax(self, comp: np.ndarray) -> np.ndarray:
+        """(n_stars, m): truncation of each star/component where it drops below the floor
+        (the component's own peak, not weighted: a frame and the ideal truncate alike)."""
+        peak = self.stars.flux[:, None] * comp[None, :, 4]
+        beta = comp[None, :, 3]
+        return np.maximum((np.maximum(peak, _RENDER_FLOOR_E) / _RENDER_FLOOR_E) ** (1.0 / beta) - 1.0, 0.0)
+
+    @staticmethod
+    def _reach(comp: np.ndarray, qmax: np.ndarray) -> np.ndarray:
+        """Per-star pixel radius that bounds its rendered stamp."""
+        a11, a22, a12 = comp[:, 0], comp[:, 2], comp[:, 1]
+        lam_min = 0.5 * (a11 + a22) - np.sqrt(0.25 * (a11 - a22) ** 2 + a12 ** 2)
+        return np.max(np.sqrt(qmax / lam_min[None, :]), axis=1) + 2.0
+
+    def _render_blobs(self, img: np.ndarray, frame_to_ref: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Render the galaxy onto the grid of a frame whose pixels map to the reference
+        by ``frame_to_ref`` (2x3); ``weights`` (per blob) scale the fluxes (the ideal stack
+        renders on the reference grid itself, with weights |det M_i| / N)."""
+        m = frame_to_ref[:, :2]
+        minv = np.linalg.inv(m)
+        t = frame_to_ref[:, 2]
+        xs, ys, fl, inv, qm = [], [], [], [], []
+        for k, b in enumerate(self._blobs):
+            c_frame = minv @ b.cov @ minv.T  # covariance seen in the target grid
+            ci = np.linalg.inv(c_frame)
+            centre = minv @ (np.array([b.x, b.y]) - t)
+            f = b.flux * (1.0 if weights is None else weights[k])
+            # truncate where the blob *as one frame sees it* falls below the floor, so that
+            # the ideal (a weighted sum) truncates exactly like the frames
+            peak = b.flux * math.sqrt(np.linalg.det(ci)) / (2.0 * math.pi)
+            xs.append(centre[0])
+            ys.append(centre[1])
+            fl.append(f)
+            inv.append([ci[0, 0], ci[0, 1], ci[1, 1]])
+            qm.append(2.0 * math.log(max(peak / _RENDER_FLOOR_E, 1.0)))
+        render_gaussians(img, np.array(xs), np.array(ys), np.array(fl), np.array(inv), np.array(qm))
+
+    def _render_trail(self, img: np.ndarray) -> None:
+        """A satellite trail: a Gaussian cross-section (σ 0.9 px) along an infinite line."""
+        h, w = self.shape
+        x0, y0, ang = self._trail
+        nx, ny = -math.sin(ang), math.cos(ang)  # unit normal
+        sig = 0.9
+        half = 5.0 * sig
+        # only the pixels near the line: for each row (or column) the line crosses
+        if abs(ny) >= abs(nx):  # mostly horizontal: iterate columns
+            xs = np.arange(w, dtype=np.float64)
+            yc = y0 - (xs - x0) * nx / ny
+            dys = np.arange(-int(half / abs(ny)) - 2, int(half / abs(ny)) + 3)
+            yy = np.rint(yc)[None, :] + dys[:, None]
+            xx = np.broadcast_to(xs[None, :], yy.shape)
+        else:
+            ys = np.arange(h, dtype=np.float64)
+            xc = x0 - (ys - y0) * ny / nx
+            dxs = np.arange(-int(half / abs(nx)) - 2, int(half / abs(nx)) + 3)
+            xx = np.rint(xc)[None, :] + dxs[:, None]
+            yy = np.broadcast_to(ys[None, :], xx.shape)
+        d = (xx - x0) * nx + (yy - y0) * ny
+        ok = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h) & (np.abs(d) <= half)
+        img[yy[ok].astype(np.int64), xx[ok].astype(np.int64)] += self.params.trail_peak * np.exp(-0.5 * (d[ok] / sig) ** 2)
+
+    # -- the sensor: raw frames ----------------------------------------------------------
+    def cosmic_rays(self, i: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Cosmic-ray hits of frame ``i``: a list of (ys, xs, e-) — single pixels (60 %)
+        and short straight tracks of 2–8 pixels."""
+        self._check(i)
+        p = self.params
+        h, w = self.shape
+        rng = np.random.default_rng([p.seed, 3, i])
+        n = rng.poisson(p.cosmic_rate * h * w)
+        hits = []
+        for _ in range(n):
+            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+            q = float(np.exp(rng.uniform(math.log(2000.0), math.log(40000.0))))
+            if rng.uniform() < 0.6:
+                hits.append((np.array([y]), np.array([x]), np.array([q])))
+            else:
+                length = int(rng.integers(2, 9))
+                ang = rng.uniform(0.0, 2.0 * math.pi)
+                t = np.arange(length)
+                xs = np.clip(np.rint(x + t * math.cos(ang)), 0, w - 1).astype(np.int64)
+                ys = np.clip(np.rint(y + t * math.sin(ang)), 0, h - 1).astype(np.int64)
+                hits.append((ys, xs, np.full(length, q / 2.0)))
+        return hits
+
+    def frame(self, i: int, *, noise: bool | None = None, defects: bool = True) -> np.ndarray:
+        """The raw uint16 frame ``i`` (depends only on the seed and ``i``).
+
+        ``noise`` defaults to ``params.noise``; ``defects=False`` leaves out hot and cold
+        pixels and cosmic rays (the satellite trail is sky, and stays).
+        """
+        p = self.params
+        noise = p.noise if noise is None else noise
+        e = self.electrons(i)
+        rng = np.random.default_rng([p.seed, 1, i]) if noise else None
+        cos = self.cosmic_rays(i) if defects else ()
+        return self.sensor.expose(e, exptime=p.exptime, rng=rng, cosmics=cos, defects=defects)
+
+    def signal(self, i: int, *, sky: bool = True) -> np.ndarray:
+        """Frame ``i`` noise- and defect-free, in ADU above the pedestal (float64);
+        ``sky=False``: stars, galaxy (and trail) only."""
+        return self.electrons(i, sky=sky) / self.params.gain
+
+    def frames(self) -> Iterable[np.ndarray]:
+        """Every raw frame in order, one at a time."""
+        for i in range(len(self)):
+            yield self.frame(i)
+
+    # -- the ideal stack --------------------------------------------------------------
+    def ideal(self, *, background: bool = False, frames: list[int] | None = None) -> np.ndarray:
+        """The noise-free ideal stack on the reference grid (float64, ADU).
+
+        The mean over ``frames`` (default: all) of each frame's noise-free, defect-free
+        signal (``signal(i)``, no trail) resampled exactly onto the reference grid: every
+        star is rendered at its reference position with frame ``i``'s PSF mapped through
+        the transform, pixel-integrated on the reference grid; the galaxy likewise.
+
+        ``background=False`` gives stars + galaxy only (what a perfectly background-
+        subtracted stack holds); ``background=True`` adds the pedestal and the mean of the
+        frames' sky planes mapped to the reference grid — what a mean stack without
+        normalisation converges to where every frame covers the pixel.
+        """
+        p = self.params
+        frames = list(range(len(self))) if frames is None else list(frames)
+        h, w = self.shape
+        img = np.zeros((h, w), dtype=np.float64)
+        n = len(frames)
+        if background:
+            # sky_i(p_f) = L + g·(p_f - c) with p_f = B p_r + b: linear in p_r
+            const, gxr, gyr = 0.0, 0.0, 0.0
+            for i in frames:
+                c = self._conditions[i]
+                inv = self.transforms[i].inverse().matrix
+                g = np.array(c.sky_slope)
+                const += c.sky_level + g @ (inv[:, 2] - np.array(self._centre))
+                gr = inv[:, :2].T @ g
+                gxr += gr[0]
+                gyr += gr[1]
+            xs = np.arange(w, dtype=np.float64) * (gxr / n)
+            ys = np.arange(h, dtype=np.float64) * (gyr / n) + const / n
+            np.add(ys[:, None], xs[None, :], out=img)
+        comp = self._components(frames, on_reference=True)
+        qmax = self._qmax(comp)
+        reach = self._reach(comp, qmax)
+        xy = self.stars.xy
+        keep = ((xy[:, 0] > -reach) & (xy[:, 0] < w - 1 + reach)
+                & (xy[:, 1] > -reach) & (xy[:, 1] < h - 1 + reach))
+        render_moffat(img, np.ascontiguousarray(xy[keep, 0]), np.ascontiguousarray(xy[keep, 1]),
+                      np.ascontiguousarray(self.stars.flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
+                      np.full(len(frames), _QCORE))
+        if self._blobs:
+            # the galaxy seen on the reference grid has the frames' surface brightness:
+            # flux density per frame pixel = per reference pixel × |det M|
+            ident = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+            for i in frames:
+                det = abs(np.linalg.det(self.transforms[i].matrix[:, :2]))
+                self._render_blobs(img, ident, np.full(len(self._blobs), det / n))
+        img /= p.gain
+        if background:
+            img += p.pedestal
+        return img
+
+    # -- output --------------------------------------------------------------------------
+    def truth(self) -> dict:
+        """Everything needed to check a result, as JSON-ready data."""
+        p = self.params
+        return {
+            "generator": "skystack.testing.synthetic.make_deepsky",
+            "params": _jsonable(asdict(p)),
+            "shape": list(self.shape),
+            "convention": "transforms map frame pixel (x, y) to reference pixel (x, y), 0-based pixel centres",
+            "transforms": [t.to_list() for t in self.transforms],
+            "fwhm_px": [float(v) for v in self.fwhm],
+            "sky_level_e": [float(c.sky_level) for c in self._conditions],
+            "trail_frame": self.trail_frame,
+            "hot_pixels": self.hot_pixels.tolist(),
+            "cold_pixels": self.cold_pixels.tolist(),
+            "n_stars": len(self.stars),
+        }
+
+    def write_fits(self, folder: str | Path, *, prefix: str = "synth_", frames: Iterable[int] | None = None,
+                   progress: bool = False) -> list[Path]:
+        """Write frames as uint16 FITS (BZERO 32768, EXPTIME), one at a time, and
+        ``truth.json``; returns the frame paths."""
+        from astropy.io import fits  # local: only writing needs astropy
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = range(len(self)) if frames is None else list(frames)
+        paths = []
+        it: Iterable[int] = idx
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(idx, desc="rendering", unit="frame")
+        p = self.params
+        for i in it:
+            hdu = fits.PrimaryHDU(self.frame(i))  # astropy stores uint16 as BITPIX 16 + BZERO 32768
+            hd = hdu.header
+            hd["EXPTIME"] = (p.exptime, "[s] exposure time")
+            hd["EXPOSURE"] = (p.exptime, "[s] exposure time")
+            hd["GAIN"] = (p.gain, "[e-/ADU]")
+            hd["PEDESTAL"] = (p.pedestal, "[ADU] offset added to every pixel")
+            hd["IMAGETYP"] = "Light Frame"
+            hd["OBJECT"] = "skystack synthetic"
+            hd["SYNSEED"] = (p.seed, "skystack synthetic set seed")
+            hd["SYNFRAME"] = (i, "frame index in the synthetic set")
+            hd["HISTORY"] = "skystack.testing.synthetic: truth in truth.json"
+            path = folder / f"{prefix}{i:04d}.fits"
+            hdu.writeto(path, overwrite=True)
+            paths.append(path)
+        truth = self.truth()
+        truth["files"] = [q.name for q in paths]
+        (folder / "truth.json").write_text(json.dumps(truth, indent=1))
+        return paths
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} out of range 0..{len(self) - 1}")
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def make_deepsky(n_frames: int = 30, shape: tuple[int, int] = (1500, 2000), seed: int = 0,
+                 max_shift: float = 40.0, max_rot_deg: float = 2.0, **kwargs) -> SyntheticSet:
+    """A seeded synthetic deep-sky set; see :class:`DeepSkyParams` for every option.
+
+    Parameters
+    ----------
+    n_frames : int
+    shape : (H, W)
+        Frame shape in pixels.
+    seed : int
+        Same seed and options → byte-identical frames.
+    max_shift : float
+        Shifts are uniform in ±max_shift pixels (x and y).
+    max_rot_deg : float
+        Rotations about the frame centre are uniform in ±max_rot_deg degrees.
+    **kwargs
+        Any other :class:`DeepSkyParams` field (``fwhm_range``, ``hot_pixel_fraction``,
+        ``trail_frame``, ``noise``, ``extended``, ...).
+
+    Returns
+    -------
+    SyntheticSet
+    """
+    return SyntheticSet(DeepSkyParams(n_frames=n_frames, shape=tuple(shape), seed=seed,
+                                      max_shift=max_shift, max_rot_deg=max_rot_deg, **kwargs))
+
+
+def with_params(s: SyntheticSet, **changes) -> SyntheticSet:
+    """A copy of ``s`` with some parameters changed (same seed: same layout streams)."""
+    return SyntheticSet(replace(s.params, **changes))
