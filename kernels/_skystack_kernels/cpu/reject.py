@@ -1,0 +1,396 @@
+"""Pixel rejection: one small function per method, each filling a keep-mask.
+
+Every method sees the finite values of one output pixel, ``vals[:n]`` in frame order, and
+writes ``flags[:n]``: ``KEEP`` (0), ``LOW`` (1) or ``HIGH`` (2). The reduction
+(``reduce.py``) then consumes values + flags; see STYLE.md section 2.
+
+Definitions follow Siril's rejection stacking (``src/stacking/rejection_float.c``), made
+order-independent and explicit where Siril is neither:
+
+- ``sigma``: centre = median, scale = sample standard deviation (ddof=1); reject
+  ``x < c - p_low*s`` (low) or ``x > c + p_high*s`` (high); iterate.
+- ``mad``: as ``sigma`` with scale = 1.4826 * median(|x - median|).
+- ``winsorized``: as ``sigma`` but the scale is Huber's winsorized estimate: starting from
+  the standard deviation, clip a copy of the values to ``median +- 1.5 s`` and re-estimate
+  ``s = 1.134 * std(clipped)`` until it changes by <= 0.05 % (1.134 undoes the variance a
+  normal sample loses when winsorized at 1.5 sigma); then clip the real values.
+- ``linear-fit``: sort the kept values, fit a least-squares line to (rank, value), scale =
+  mean absolute residual; reject by residual ``< -p_low*s`` / ``> p_high*s``; iterate.
+- ``percentile``: one pass; reject ``median - x > p_low*|median|`` (low) or
+  ``x - median > p_high*|median|`` (high).
+- ``gesd``: Rosner's generalized ESD test, ``p_low`` = significance alpha, ``p_high`` = the
+  largest fraction of the values that may be outliers; the most extreme value (from the
+  mean, in units of the sample standard deviation) is removed r = floor(p_high*n) times and
+  the outliers are the first i removed for the largest i whose statistic exceeds its
+  critical value. Removed from the low end = low, from the high end = high.
+- ``minmax``: drop the round(p_low) lowest and round(p_high) highest values (halves round
+  up; ties between equal values go by frame order: the earliest frames are dropped low,
+  the latest high).
+
+Small stacks and degenerate scales (documented behaviour, identical on CPU and GPU):
+
+- ``n <= 2`` finite values: nothing is rejected, whatever the method.
+- The iterative methods (sigma, mad, winsorized, linear-fit) run passes while more than
+  3 values remain, the last pass rejected something and fewer than ``max_iter`` passes ran
+  (``max_iter <= 0``: no cap; as Siril, which iterates to convergence).
+- No statistical method leaves fewer than 2 values: a pass that would is dropped whole and
+  the iteration ends (GESD tests at most n - 2 values). ``minmax`` keeps at least 1 value
+  (it drops fewer when there are not enough: ``k_low = min(k_low, n - 1)``,
+  ``k_high = min(k_high, n - 1 - k_low)``).
+- A zero scale (all kept values equal, MAD = 0 when more than half the values tie, kept
+  values exactly on a line for linear-fit, a zero median for percentile) rejects nothing:
+  the data carry no spread to judge outliers by. "Zero" for the kappa methods means
+  ``s <= 1e-12 * max|x|`` over the kept values, so that float rounding noise (~1e-16
+  relative) is not mistaken for a spread; float32 data cannot have a real spread that
+  small.
+  (Siril would reject every value that differs from the median; with 8-bit video that
+  throws away most of the signal in dark pixels.)
+- Comparisons are strict (``>``), as in Siril: a value exactly at the threshold is kept.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from ..codes import (
+    REJECT_GESD,
+    REJECT_LINEAR_FIT,
+    REJECT_MAD,
+    REJECT_MINMAX,
+    REJECT_PERCENTILE,
+    REJECT_SIGMA,
+    REJECT_WINSORIZED,
+)
+from .select import mean_std, median_inplace, select_range, sort_pairs, split_bounds
+
+KEEP = 0
+LOW = 1
+HIGH = 2
+
+MIN_KEPT = 2  # no statistical pass may leave fewer values than this
+ZERO_SCALE = 1e-12  # a kappa scale at most this times max|x| counts as zero
+ITERATE_ABOVE = 3  # iterative methods run another pass only while more values remain
+
+MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample -> its sigma
+WINSOR_CLIP = 1.5  # Huber's winsorizing point, in sigmas (Siril uses the same)
+WINSOR_CORRECTION = 1.134  # sigma of a normal winsorized at +-1.5 sigma is sigma / 1.134
+WINSOR_TOL = 0.0005  # relative change of the scale that ends the winsorizing loop
+WINSOR_MAX_ITER = 100  # converges in < 20 in practice; a cap so no input can spin
+
+
+# ---------------------------------------------------------------------------------
+# sigma, mad, winsorized: a centre (the median) and a scale, an interval kept per pass
+
+
+@njit(nogil=True, cache=True)
+def _winsorized_scale(kv, k, centre):
+    """Huber's winsorized sigma of ``kv[:k]`` about ``centre`` (clips ``kv`` in place)."""
+    _, s = mean_std(kv, 0, k)
+    for _ in range(WINSOR_MAX_ITER):
+        lo = centre - WINSOR_CLIP * s
+        hi = centre + WINSOR_CLIP * s
+        for j in range(k):
+            kv[j] = min(max(kv[j], lo), hi)
+        s0 = s
+        _, s = mean_std(kv, 0, k)
+        s *= WINSOR_CORRECTION
+        if abs(s - s0) <= s0 * WINSOR_TOL:
+            break
+    return s
+
+
+@njit(nogil=True, cache=True)
+def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2):
+    """sigma, mad and winsorized clipping.
+
+    Each pass keeps ``[c - k_low s, c + k_high s]`` of what was kept, so the kept values
+    are always an interval ``[vmin, vmax]`` of the sorted values, i.e. the ranks
+    ``[lo_rank, hi_rank)``. The median of the kept values is then a rank selection in
+    ``work`` (all n values), whose earlier selections (up to four "splits") bound the
+    next one: after the first pass a median costs a fraction of the first. The flags
+    follow from the final interval (a value below it was necessarily rejected low).
+    """
+    for j in range(n):
+        work[j] = vals[j]
+    vmin = -math.inf
+    vmax = math.inf
+    lo_rank = 0
+    hi_rank = n
+    s1 = -1
+    s2 = -1
+    s3 = -1
+    s4 = -1
+    passes = 0
+    while hi_rank - lo_rank > ITERATE_ABOVE and (max_iter <= 0 or passes < max_iter):
+        passes += 1
+        k = hi_rank - lo_rank
+        r = lo_rank + k // 2
+        a, b = split_bounds(r, n, s1, s2, s3, s4)
+        centre = select_range(work, a, b, r)
+        if a != b:
+            s4 = s3
+            s3 = s2
+            s2 = s1
+            s1 = r
+        if k % 2 == 0:
+            r -= 1
+            a, b = split_bounds(r, n, s1, s2, s3, s4)
+            centre = 0.5 * (select_range(work, a, b, r) + centre)
+            if a != b:
+                s4 = s3
+                s3 = s2
+                s2 = s1
+                s1 = r
+        m = 0
+        biggest = 0.0
+        if method == REJECT_MAD:
+            for j in range(n):
+                x = vals[j]
+                if vmin <= x <= vmax:
+                    work2[m] = abs(x - centre)
+                    biggest = max(biggest, abs(x))
+                    m += 1
+            s = MAD_TO_SIGMA * median_inplace(work2, m)
+        else:
+            for j in range(n):
+                x = vals[j]
+                if vmin <= x <= vmax:
+                    work2[m] = x
+                    biggest = max(biggest, abs(x))
+                    m += 1
+            if method == REJECT_WINSORIZED:
+                s = _winsorized_scale(work2, m, centre)
+            else:
+                _, s = mean_std(work2, 0, m)
+        if not s > ZERO_SCALE * biggest:
+            break
+        lo = k_low * s
+        hi = k_high * s
+        n_low = 0
+        n_high = 0
+        new_min = math.inf
+        new_max = -math.inf
+        for j in range(n):
+            x = vals[j]
+            if vmin <= x <= vmax:
+                if centre - x > lo:
+                    n_low += 1
+                elif x - centre > hi:
+                    n_high += 1
+                else:
+                    new_min = min(new_min, x)
+                    new_max = max(new_max, x)
+        if n_low + n_high == 0 or k - n_low - n_high < MIN_KEPT:
+            break
+        vmin = new_min
+        vmax = new_max
+        lo_rank += n_low
+        hi_rank -= n_high
+    for j in range(n):
+        if vals[j] < vmin:
+            flags[j] = LOW
+        elif vals[j] > vmax:
+            flags[j] = HIGH
+
+
+# ---------------------------------------------------------------------------------
+# linear fit: a line through the sorted values, residual clipping
+
+
+@njit(nogil=True, cache=True)
+def _line_fit(kv, k):
+    """Least-squares line through (j, kv[j]), j = 0..k-1: intercept, slope, the mean
+    absolute residual and max |kv|."""
+    xm = 0.5 * (k - 1)
+    ym = 0.0
+    for j in range(k):
+        ym += kv[j]
+    ym /= k
+    sxy = 0.0
+    sxx = 0.0
+    for j in range(k):
+        dx = j - xm
+        sxy += dx * (kv[j] - ym)
+        sxx += dx * dx
+    slope = sxy / sxx
+    intercept = ym - slope * xm
+    s = 0.0
+    biggest = 0.0
+    for j in range(k):
+        s += abs(kv[j] - (intercept + slope * j))
+        biggest = max(biggest, abs(kv[j]))
+    return intercept, slope, s / k, biggest
+
+
+@njit(nogil=True, cache=True)
+def _linear_fit_clip(vals, n, flags, k_low, k_high, max_iter, kv, kp, work, kp2):
+    """Linear-fit clipping. ``kv[:k]``/``kp[:k]``: the kept values, sorted, and their
+    positions in ``vals``; compaction keeps them sorted, so one sort serves every pass."""
+    for j in range(n):
+        kv[j] = vals[j]
+        kp[j] = j
+    sort_pairs(kv, kp, n, work, kp2)
+    k = n
+    passes = 0
+    while k > ITERATE_ABOVE and (max_iter <= 0 or passes < max_iter):
+        passes += 1
+        intercept, slope, s, biggest = _line_fit(kv, k)
+        if not s > ZERO_SCALE * biggest:
+            return
+        lo = k_low * s
+        hi = k_high * s
+        r = 0
+        for j in range(k):
+            d = kv[j] - (intercept + slope * j)
+            if -d > lo or d > hi:
+                r += 1
+        if r == 0 or k - r < MIN_KEPT:
+            return
+        m = 0
+        for j in range(k):
+            d = kv[j] - (intercept + slope * j)
+            if -d > lo:
+                flags[kp[j]] = LOW
+            elif d > hi:
+                flags[kp[j]] = HIGH
+            else:
+                kv[m] = kv[j]
+                kp[m] = kp[j]
+                m += 1
+        k = m
+
+
+# ---------------------------------------------------------------------------------
+# single-pass methods
+
+
+@njit(nogil=True, cache=True)
+def _percentile_clip(vals, n, flags, p_low, p_high, work):
+    for j in range(n):
+        work[j] = vals[j]
+    centre = median_inplace(work, n)
+    scale = abs(centre)
+    if not scale > 0.0:
+        return
+    lo = p_low * scale
+    hi = p_high * scale
+    r = 0
+    for j in range(n):
+        if centre - vals[j] > lo or vals[j] - centre > hi:
+            r += 1
+    if n - r < MIN_KEPT:
+        return
+    for j in range(n):
+        if centre - vals[j] > lo:
+            flags[j] = LOW
+        elif vals[j] - centre > hi:
+            flags[j] = HIGH
+
+
+@njit(nogil=True, cache=True)
+def _gesd(vals, n, flags, max_fraction, crit, kv, kp, work, kp2):
+    """Generalized ESD (Rosner 1983) with ``crit[s]`` the critical value at size ``s``."""
+    r = int(math.floor(max_fraction * n))
+    if r > n - MIN_KEPT:
+        r = n - MIN_KEPT
+    if r <= 0:
+        return
+    for j in range(n):
+        kv[j] = vals[j]
+        kp[j] = j
+    sort_pairs(kv, kp, n, work, kp2)
+    lo = 0
+    hi = n - 1
+    out_lo = 0  # after the accepted removals: kv[:out_lo] low, kv[out_hi+1:] high
+    out_hi = n - 1
+    for _ in range(r):
+        size = hi - lo + 1
+        mean, sd = mean_std(kv, lo, hi + 1)
+        dev_low = mean - kv[lo]
+        dev_high = kv[hi] - mean
+        if dev_high > dev_low:
+            stat = dev_high
+            hi -= 1
+        else:
+            stat = dev_low
+            lo += 1
+        if sd > 0.0 and stat / sd > crit[size]:
+            out_lo = lo
+            out_hi = hi
+    for j in range(out_lo):
+        flags[kp[j]] = LOW
+    for j in range(out_hi + 1, n):
+        flags[kp[j]] = HIGH
+
+
+@njit(nogil=True, cache=True)
+def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
+    k_low = max(int(math.floor(p_low + 0.5)), 0)
+    k_high = max(int(math.floor(p_high + 0.5)), 0)
+    k_low = min(k_low, n - 1)
+    k_high = min(k_high, n - 1 - k_low)
+    if k_low + k_high <= 8:
+        # a few scans beat a full sort when only the extremes go
+        for _ in range(k_low):
+            best = -1
+            for j in range(n):
+                if flags[j] == KEEP and (best < 0 or vals[j] < vals[best]):
+                    best = j  # strict <: the earliest of equal values
+            flags[best] = LOW
+        for _ in range(k_high):
+            best = -1
+            for j in range(n):
+                if flags[j] == KEEP and (best < 0 or vals[j] >= vals[best]):
+                    best = j  # >=: the latest of equal values
+            flags[best] = HIGH
+        return
+    for j in range(n):
+        kv[j] = vals[j]
+        kp[j] = j
+    sort_pairs(kv, kp, n, work, kp2)  # stable: equal values stay in frame order
+    for j in range(k_low):
+        flags[kp[j]] = LOW
+    for j in range(n - k_high, n):
+        flags[kp[j]] = HIGH
+
+
+@njit(nogil=True, cache=True)
+def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2):
+    """Fill ``flags[:n]`` (KEEP / LOW / HIGH) for the finite values ``vals[:n]`` of one pixel.
+
+    Parameters
+    ----------
+    method : int
+        A ``codes.REJECT_*`` code.
+    vals : float64 array
+        The pixel's finite values in frame order (only ``vals[:n]`` is read; not modified).
+    n : int
+        Number of values.
+    flags : int8 array
+        Output, ``flags[j]`` for ``vals[j]``.
+    p_low, p_high : float
+        Method parameters (module docstring).
+    max_iter : int
+        Pass cap of the iterative methods (<= 0: until nothing more is rejected).
+    crit : float64 array
+        GESD critical values by sample size (``tdist.gesd_critical_values``); unused by
+        the other methods.
+    kv, kp, work, work2, kp2 : arrays of at least ``n`` float64 / int32 / float64 /
+        float64 / int32
+        Scratch.
+    """
+    for j in range(n):
+        flags[j] = KEEP
+    if n <= 2:
+        return
+    if method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED:
+        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2)
+    elif method == REJECT_LINEAR_FIT:
+        _linear_fit_clip(vals, n, flags, p_low, p_high, max_iter, kv, kp, work, kp2)
+    elif method == REJECT_PERCENTILE:
+        _percentile_clip(vals, n, flags, p_low, p_high, work)
+    elif method == REJECT_GESD:
+        _gesd(vals, n, flags, p_high, crit, kv, kp, work, kp2)
+    elif method == REJECT_MINMAX:
+        _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2)
