@@ -183,8 +183,12 @@ def _clipped_stats(buf, n, kappa, n_iter):
 
 
 @numba.njit(nogil=True, cache=True)
-def mesh_background(img, edges_y, edges_x, step, kappa, n_iter, out_bg, out_sigma):
-    """Clipped median (``out_bg``) and σ (``out_sigma``) of each mesh cell.
+def mesh_background(img, sub, edges_y, edges_x, step, kappa, n_iter, out_bg, out_sigma):
+    """Clipped median (``out_bg``) and σ (``out_sigma``) of ``img − sub`` in each mesh cell.
+
+    ``sub`` is a smooth background to remove first (a first pass's interpolated mesh, so
+    that a gradient inside a cell does not inflate its σ) or an array of shape (1, 1)
+    for none.
 
     Cell ``(j, i)`` covers rows ``edges_y[j]:edges_y[j+1]`` and columns
     ``edges_x[i]:edges_x[i+1]``; every ``step``-th pixel in each direction is used (the
@@ -196,12 +200,15 @@ def mesh_background(img, edges_y, edges_x, step, kappa, n_iter, out_bg, out_sigm
     nx = edges_x.shape[0] - 1
     cap = ((edges_y[1:] - edges_y[:-1]).max() // step + 1) * ((edges_x[1:] - edges_x[:-1]).max() // step + 1)
     buf = np.empty(cap, dtype=np.float64)
+    has_sub = sub.shape[0] == img.shape[0] and sub.shape[1] == img.shape[1]
     for j in range(ny):
         for i in range(nx):
             n = 0
             for y in range(edges_y[j], edges_y[j + 1], step):
                 for x in range(edges_x[i], edges_x[i + 1], step):
                     v = img[y, x]
+                    if has_sub:
+                        v -= sub[y, x]
                     if v == v:
                         buf[n] = v
                         n += 1
@@ -213,30 +220,37 @@ def mesh_background(img, edges_y, edges_x, step, kappa, n_iter, out_bg, out_sigm
 @numba.njit(nogil=True, cache=True)
 def interp_mesh(mesh, centres_y, centres_x, out):
     """Bilinear interpolation of ``mesh`` (values at cell centres) onto every pixel of
-    ``out``; constant beyond the outermost centres."""
+    ``out``, extrapolated linearly beyond the outermost centres (half a cell): a sky
+    gradient then continues to the frame edge instead of flattening out."""
     h, w = out.shape
     ny, nx = mesh.shape
     ix = np.empty(w, dtype=np.int64)
     fx = np.empty(w, dtype=np.float64)
     for x in range(w):
-        if nx == 1 or x <= centres_x[0]:
+        if nx == 1:
             ix[x] = 0
             fx[x] = 0.0
+        elif x <= centres_x[0]:
+            ix[x] = 0
+            fx[x] = (x - centres_x[0]) / (centres_x[1] - centres_x[0])
         elif x >= centres_x[nx - 1]:
             ix[x] = nx - 2
-            fx[x] = 1.0
+            fx[x] = (x - centres_x[nx - 2]) / (centres_x[nx - 1] - centres_x[nx - 2])
         else:
             k = np.searchsorted(centres_x, x, side="right") - 1
             ix[x] = k
             fx[x] = (x - centres_x[k]) / (centres_x[k + 1] - centres_x[k])
     row = np.empty(nx, dtype=np.float64)
     for y in range(h):
-        if ny == 1 or y <= centres_y[0]:
+        if ny == 1:
             j = 0
             fy = 0.0
+        elif y <= centres_y[0]:
+            j = 0
+            fy = (y - centres_y[0]) / (centres_y[1] - centres_y[0])
         elif y >= centres_y[ny - 1]:
             j = ny - 2
-            fy = 1.0
+            fy = (y - centres_y[ny - 2]) / (centres_y[ny - 1] - centres_y[ny - 2])
         else:
             j = np.searchsorted(centres_y, y, side="right") - 1
             fy = (y - centres_y[j]) / (centres_y[j + 1] - centres_y[j])
@@ -301,7 +315,8 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
                   out):
     """Measure the candidates at (cand_y, cand_x).
 
-    ``out`` is (n, 9): x, y, flux, fwhm, roundness, peak, status, n_iter, err.
+    ``out`` is (n, 12): x, y, flux, fwhm, roundness, peak, status, n_iter, err, and the
+    deconvolved second moments c11 (xx), c22 (yy), c12 (xy) in px².
     ``noise`` is the per-pixel background noise σ map; ``err`` is the 1-σ centroid
     uncertainty per axis from background noise, SExtractor's ERRX2WIN:
     var(x) = 4 Σ w_i² (x_i − x)² σ_i² / (Σ w_i I_i)² (averaged over x and y).
@@ -326,7 +341,7 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
     for c in range(cand_y.shape[0]):
         cy = cand_y[c]
         cx = cand_x[c]
-        for k in range(9):
+        for k in range(12):
             out[c, k] = np.nan
         # brightest pixel of the 3x3
         py = cy
@@ -475,6 +490,9 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
                     if l2 > 0.0:
                         out[c, 3] = 2.0 * math.sqrt(2.0 * math.log(2.0)) * math.sqrt(tr)
                         out[c, 4] = 1.0 - math.sqrt(l2 / l1)
+                        out[c, 9] = c11
+                        out[c, 10] = c22
+                        out[c, 11] = c12
 
 
 @numba.njit(nogil=True, cache=True)

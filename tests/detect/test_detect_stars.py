@@ -1,0 +1,172 @@
+"""Star detection against the synthetic generator's truth."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from skystack.detect.stars import detect_stars
+from skystack.testing.synthetic import StarField, make_deepsky
+
+
+def _truth_match(stars, s, i, radius=1.5):
+    """For each detection, the brightest true star within ``radius`` (-1 if none)."""
+    txy, tflux = s.stars_in_frame(i, margin=-10)
+    tree = cKDTree(txy)
+    idx = np.array([max(tree.query_ball_point(p, radius), key=lambda k: tflux[k], default=-1)
+                    for p in stars.xy], dtype=int)
+    return idx, txy, tflux
+
+
+def _isolated(txy, tflux, idx, min_sep=12.0, ratio=0.02):
+    """Detections whose true star has no neighbour brighter than ``ratio`` of it within
+    ``min_sep`` px."""
+    tree = cKDTree(txy)
+    out = np.zeros(idx.size, dtype=bool)
+    for n, k in enumerate(idx):
+        if k < 0:
+            continue
+        nb = [j for j in tree.query_ball_point(txy[k], min_sep) if j != k]
+        out[n] = all(tflux[j] < ratio * tflux[k] for j in nb)
+    return out
+
+
+@pytest.fixture(scope="module")
+def field():
+    # bright stars so that centroid precision, not only photon noise, is tested
+    return make_deepsky(n_frames=3, shape=(400, 600), seed=21, hot_pixel_fraction=5e-4,
+                        cosmic_rate=5e-5, extended=False, flux_range=(3000.0, 2e6))
+
+
+def test_noise_free_centroids_are_exact():
+    s = make_deepsky(n_frames=2, shape=(300, 400), seed=4, noise=False, extended=False,
+                     fwhm_range=(2.0, 3.5))
+    for i in range(2):
+        st = detect_stars(s.frame(i, defects=False).astype(np.float32), max_stars=60)
+        idx, txy, tflux = _truth_match(st, s, i)
+        # isolated and bright enough that uint16 rounding (±0.5 ADU) does not matter
+        iso = _isolated(txy, tflux, idx, ratio=0.002) & (tflux[idx] > 2000) & (idx >= 0)
+        assert iso.sum() >= 8
+        err = np.linalg.norm(st.xy[iso] - txy[idx[iso]], axis=1)
+        assert np.max(err) < 0.01, f"frame {i}: worst isolated-star error {np.max(err):.4f} px"
+
+
+def test_noisy_centroids_are_subpixel_and_errors_honest(field):
+    st = detect_stars(field.frame(1).astype(np.float32), max_stars=100)
+    idx, txy, tflux = _truth_match(st, field, 1)
+    assert np.mean(idx >= 0) > 0.95  # almost every detection is a real star
+    iso = _isolated(txy, tflux, idx)
+    err = st.xy[iso] - txy[idx[iso]]
+    bright = iso[: 20].sum()
+    assert bright >= 10
+    # the brightest isolated stars: ~0.01 px
+    e_bright = np.linalg.norm(err[:bright], axis=1)
+    assert np.median(e_bright) < 0.03
+    # the reported 1-σ error explains the scatter: normalised errors are O(1) (it leaves
+    # out the stars' own shot noise, so it is a lower bound for the brightest)
+    z = np.abs(err / st.err[iso][:, None]).ravel()
+    assert 0.4 < np.median(z) < 2.5
+
+
+def test_hot_pixels_and_cosmic_rays_are_rejected(field):
+    f = field.frame(0).astype(np.float32)
+    st = detect_stars(f, max_stars=1000)
+    assert st.n_sharp >= 0.5 * len(field.hot_pixels)
+    txy, _ = field.stars_in_frame(0, margin=-10)
+    d_star = cKDTree(txy).query(st.xy)[0]
+    d_hot = cKDTree(field.hot_pixels).query(st.xy)[0]
+    on_hot = (d_hot < 1.5) & (d_star > 1.5)
+    assert on_hot.sum() == 0, f"{on_hot.sum()} detections on hot pixels"
+    hits = field.cosmic_rays(0)
+    cr = np.array([[x, y] for ys, xs, _ in hits for x, y in zip(xs, ys)], dtype=float)
+    on_cr = (cKDTree(cr).query(st.xy)[0] < 1.5) & (d_star > 1.5)
+    assert on_cr.sum() == 0, f"{on_cr.sum()} detections on cosmic rays"
+
+
+def test_saturated_stars_are_not_centroided():
+    s = make_deepsky(n_frames=1, shape=(300, 400), seed=5, n_saturated=3, extended=False)
+    st = detect_stars(s.frame(0).astype(np.float32), max_stars=500)
+    sat = s.stars.xy[-3:]
+    assert cKDTree(st.xy).query(sat)[0].min() > 2.0
+
+
+def test_the_satellite_trail_gives_no_stars():
+    s = make_deepsky(n_frames=2, shape=(400, 600), seed=6, trail_frame=1, extended=False)
+    st = detect_stars(s.frame(1).astype(np.float32), max_stars=1000)
+    x0, y0, ang = s._trail
+    d = np.abs((st.x - x0) * -math.sin(ang) + (st.y - y0) * math.cos(ang))
+    txy, _ = s.stars_in_frame(1, margin=-10)
+    real = cKDTree(txy).query(st.xy)[0] < 1.5
+    assert np.sum((d < 3) & ~real) <= 1
+
+
+def test_fwhm_and_roundness_follow_the_seeing():
+    s = make_deepsky(n_frames=6, shape=(300, 400), seed=8, fwhm_range=(2.0, 5.0), extended=False)
+    fw = np.array([detect_stars(s.frame(i).astype(np.float32)).metrics()["fwhm_px"] for i in range(6)])
+    # Gaussian-equivalent FWHM of a β = 3 Moffat reads up to ~20 % high; it follows the seeing
+    assert np.all(np.abs(fw / s.fwhm - 1.0) < 0.25)
+    assert np.corrcoef(fw, s.fwhm)[0, 1] > 0.98
+    e = make_deepsky(n_frames=4, shape=(300, 400), seed=9, max_ellipticity=0.35, extended=False,
+                     fwhm_range=(3.0, 3.5))
+    rnd = np.array([detect_stars(e.frame(i).astype(np.float32)).metrics()["roundness"] for i in range(4)])
+    assert np.all(np.abs(rnd - e.ellipticity) < 0.08)
+
+
+def test_gradient_and_noise_make_no_stars():
+    s = make_deepsky(n_frames=1, shape=(300, 400), seed=10, star_density=0.0, extended=False,
+                     sky_gradient=0.5, hot_pixel_fraction=1e-3)
+    st = detect_stars(s.frame(0).astype(np.float32))
+    assert st.n_detected <= 1
+    assert st.background == pytest.approx(s.params.pedestal + s.sky_level[0] / s.params.gain, rel=0.02)
+    assert st.noise == pytest.approx(math.sqrt(s.sky_level[0] + s.params.read_noise ** 2) / s.params.gain, rel=0.1)
+
+
+def test_galaxy_is_not_a_star():
+    s = make_deepsky(n_frames=1, shape=(400, 600), seed=11)
+    st = detect_stars(s.frame(0).astype(np.float32), max_stars=1000)
+    g = s._blobs[0]
+    assert st.n_detected >= 10
+    assert np.min(np.hypot(st.x - g.x, st.y - g.y)) > 5.0
+
+
+def test_nan_regions_are_background():
+    s = make_deepsky(n_frames=1, shape=(300, 400), seed=12, extended=False)
+    f = s.frame(0).astype(np.float32)
+    # the same centroid window for both, so that only the NaN handling differs
+    clean = detect_stars(f, max_stars=40, fwhm_guess=3.0)
+    f[:, :100] = np.nan  # as after a warp: no data on the left
+    st = detect_stars(f, max_stars=40, fwhm_guess=3.0)
+    assert len(st) > 10 and np.all(st.x > 100)
+    # the stars away from the gap are the same, at the same positions (the background
+    # mesh near the gap changes a little)
+    right = clean.x > 200
+    d, j = cKDTree(st.xy).query(clean.xy[right])
+    assert np.max(d) < 0.01
+
+
+def test_blank_frames_give_empty_results():
+    for img in (np.zeros((64, 64), np.float32), np.full((64, 64), np.nan, np.float32)):
+        st = detect_stars(img)
+        assert len(st) == 0 and st.n_detected == 0
+        m = st.metrics()
+        assert m["n_stars"] == 0 and math.isnan(m["fwhm_px"])
+
+
+def test_broad_stars_widen_the_window():
+    """Defocused or oversampled data (8 px FWHM) is measured, not rejected."""
+    s = make_deepsky(n_frames=1, shape=(300, 400), seed=13, fwhm_range=(8.0, 8.0), extended=False,
+                     flux_range=(2000.0, 4e5))
+    st = detect_stars(s.frame(0).astype(np.float32))
+    assert st.n_detected >= 10
+    assert st.metrics()["fwhm_px"] == pytest.approx(8.0, rel=0.25)
+
+
+def test_single_star_field():
+    s = make_deepsky(n_frames=1, shape=(64, 64), seed=0, extended=False, star_density=0.0,
+                     hot_pixel_fraction=0.0, cosmic_rate=0.0)
+    s.stars = StarField(np.array([30.37]), np.array([33.81]), np.array([2e5]))
+    st = detect_stars(s.frame(0).astype(np.float32))
+    assert len(st) == 1
+    assert abs(st.x[0] - 30.37) < 0.02 and abs(st.y[0] - 33.81) < 0.02
