@@ -1,0 +1,251 @@
+"""GPU kernels (_skystack_kernels.gpu) against their CPU twins and OpenCV.
+
+Where they run:
+
+- With a CUDA device and CuPy: in this process, natively, on CuPy arrays.
+- Without one (CI): ``test_gpu_parity_under_cudasim`` re-runs this file in a subprocess
+  with ``NUMBA_ENABLE_CUDASIM=1`` (the simulator must be on before numba is imported, and
+  the parent process has imported it already), where the kernels run in Numba's CUDA
+  simulator on NumPy arrays. In the parent the in-process tests skip, saying so.
+
+Nothing else is needed: a plain ``pytest`` run covers both cases. Bands are tiny (the
+simulator runs every CUDA thread as a Python thread).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _native_gpu() -> bool:
+    if SIMULATOR:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+NATIVE = _native_gpu()
+here = pytest.mark.skipif(
+    not (SIMULATOR or NATIVE),
+    reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
+           "see test_gpu_parity_under_cudasim")
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
+@pytest.mark.skipif(NATIVE, reason="a CUDA device is present: the parity tests ran natively")
+def test_gpu_parity_under_cudasim():
+    env = dict(os.environ)
+    env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "kernels"), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"],
+                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"GPU parity tests under the CUDA simulator failed:\n{tail}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    # everything ran but this launcher itself (which skips inside the simulator run)
+    assert re.search(r"\b\d+ passed\b", summary) and re.search(r"\b1 skipped\b", summary), tail
+
+
+# ---------------------------------------------------------------------------------
+# device arrays: CuPy on a GPU, the simulator's device arrays under the simulator
+
+
+def to_device(a: np.ndarray):
+    if NATIVE:
+        import cupy
+
+        return cupy.asarray(a)
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def to_host(a) -> np.ndarray:
+    if NATIVE:
+        import cupy
+
+        return cupy.asnumpy(a)
+    return a.copy_to_host()
+
+
+PARAMS = {"none": (0.0, 0.0), "sigma": (2.0, 2.5), "winsorized": (2.0, 2.5), "mad": (2.5, 2.0),
+          "linear-fit": (2.0, 2.0), "percentile": (0.05, 0.08), "gesd": (0.05, 0.3), "minmax": (1.0, 2.0)}
+
+
+def make_band(seed: int, n: int, h: int = 6, w: int = 9) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    band = rng.normal(100.0, 5.0, (n, h, w))
+    hot = rng.random(band.shape) < 0.06
+    band[hot] += rng.choice([-1.0, 1.0], hot.sum()) * rng.uniform(40, 400, hot.sum())
+    band[rng.random(band.shape) < 0.1] = np.nan
+    band[:, 0, 0] = np.nan  # one pixel no frame covers
+    band[: n - 2, 1, 1] = np.nan  # one pixel with only two values
+    return band.astype(np.float32)
+
+
+def cpu_combine(band, weights, method, reduce, p_low, p_high, max_iter=5):
+    from _skystack_kernels.codes import REDUCE, REJECT
+    from _skystack_kernels.cpu.combine import combine_band
+
+    n, h, w = band.shape
+    out = np.empty((h, w), np.float32)
+    count = np.empty((h, w), np.int32)
+    rejected = np.zeros((n, 2), np.int64)
+    combine_band(band, weights, REJECT[method], REDUCE[reduce], p_low, p_high, max_iter, out, count, rejected)
+    return out, count, rejected
+
+
+def gpu_combine(band, weights, method, reduce, p_low, p_high, max_iter=5, rejected=None, **kw):
+    from _skystack_kernels.codes import REDUCE, REJECT
+    from _skystack_kernels.gpu.combine import combine_band_gpu
+
+    n, h, w = band.shape
+    out = to_device(np.full((h, w), -7.0, np.float32))
+    count = to_device(np.full((h, w), -7, np.int32))
+    rej = to_device(np.zeros((n, 2), np.int64) if rejected is None else rejected)
+    combine_band_gpu(to_device(band), to_device(weights), REJECT[method], REDUCE[reduce], p_low, p_high, max_iter,
+                     out, count, rej, **kw)
+    return to_host(out), to_host(count), to_host(rej)
+
+
+def assert_same(cpu, gpu):
+    (o1, c1, r1), (o2, c2, r2) = cpu, gpu
+    np.testing.assert_array_equal(c2, c1)
+    np.testing.assert_array_equal(r2, r1)
+    np.testing.assert_array_equal(np.isnan(o2), np.isnan(o1))
+    np.testing.assert_allclose(o2, o1, rtol=1e-6, equal_nan=True)  # float32 rounding
+
+
+# ---------------------------------------------------------------------------------
+# combine
+
+
+@here
+@pytest.mark.parametrize("reduce", ["mean", "median"])
+@pytest.mark.parametrize("method", list(PARAMS))
+def test_combine_matches_cpu(method, reduce):
+    seed = sorted(PARAMS).index(method) * 2 + (reduce == "median")
+    n = 7 + (seed * 5) % 19  # 7..25 frames
+    band = make_band(seed, n)
+    weights = np.random.default_rng(seed).uniform(0.5, 2.0, n).astype(np.float32)
+    p_low, p_high = PARAMS[method]
+    cpu = cpu_combine(band, weights, method, reduce, p_low, p_high)
+    assert_same(cpu, gpu_combine(band, weights, method, reduce, p_low, p_high))
+    if method != "none":
+        assert cpu[2].sum() > 0  # there was something to reject
+
+
+@here
+@pytest.mark.parametrize("method", ["linear-fit", "gesd", "minmax", "winsorized"])
+def test_combine_matches_cpu_beyond_32_frames(method):
+    # n > 32: the merge sort and longer selections
+    band = make_band(50, 40, 3, 4)
+    weights = np.ones(40, np.float32)
+    p_low, p_high = {"minmax": (6.0, 5.0)}.get(method, PARAMS[method])
+    assert_same(cpu_combine(band, weights, method, "mean", p_low, p_high, 0),
+                gpu_combine(band, weights, method, "mean", p_low, p_high, 0))
+
+
+@here
+def test_combine_with_few_threads_strides_over_the_band():
+    # a scratch buffer for 5 threads: each thread walks ~11 of the 54 pixels
+    from _skystack_kernels.gpu.combine import combine_scratch_nbytes
+
+    band = make_band(7, 12)
+    weights = np.ones(12, np.float32)
+    scratch = to_device(np.zeros(combine_scratch_nbytes(12, 5), np.uint8))
+    assert_same(cpu_combine(band, weights, "sigma", "median", 2.0, 2.0),
+                gpu_combine(band, weights, "sigma", "median", 2.0, 2.0, scratch=scratch))
+
+
+@here
+def test_combine_accumulates_rejections_and_takes_strided_bands():
+    from _skystack_kernels.codes import REDUCE, REJECT
+    from _skystack_kernels.gpu.combine import combine_band_gpu
+
+    band4d = np.stack([make_band(s, 14, 4, 5) for s in (11, 12)], axis=-1)  # (N, h, W, 2)
+    weights = np.ones(14, np.float32)
+    d_band4d = to_device(band4d)
+    d_weights = to_device(weights)
+    d_rejected = to_device(np.zeros((14, 2), np.int64))
+    expected = np.zeros((14, 2), np.int64)
+    for c in range(2):
+        cpu = cpu_combine(np.ascontiguousarray(band4d[..., c]), weights, "mad", "mean", 2.0, 2.0)
+        out = to_device(np.empty((4, 5), np.float32))
+        count = to_device(np.empty((4, 5), np.int32))
+        combine_band_gpu(d_band4d[..., c], d_weights, REJECT["mad"], REDUCE["mean"], 2.0, 2.0, 5, out, count,
+                         d_rejected)  # a strided device view, as the colour path passes it
+        expected += cpu[2]
+        np.testing.assert_array_equal(to_host(count), cpu[1])
+        np.testing.assert_allclose(to_host(out), cpu[0], rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(to_host(d_rejected), expected)
+    assert expected.sum() > 0
+
+
+# ---------------------------------------------------------------------------------
+# warp
+
+
+def gpu_warp(src, matrix, shape, interpolation):
+    from _skystack_kernels.gpu.warp import warp_affine_gpu
+
+    out = to_device(np.full(shape + src.shape[2:], -7.0, np.float32))
+    warp_affine_gpu(to_device(src), matrix, out, interpolation)
+    return to_host(out)
+
+
+WARPS = {
+    "rotation": np.array([[0.98, -0.12, 1.3], [0.12, 0.98, -0.7]]),
+    "scale": np.array([[1.07, 0.0, -0.4], [0.0, 1.07, 0.35]]),
+    "shift": np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]),  # integer: a copy in bilinear
+}
+
+
+@here
+@pytest.mark.parametrize("interpolation", ["bilinear", "lanczos"])
+@pytest.mark.parametrize("name", list(WARPS))
+def test_warp_matches_cpu_twin_and_opencv(name, interpolation):
+    import cv2
+
+    from _skystack_kernels.cpu.warp import warp_affine_cpu
+
+    rng = np.random.default_rng(len(name))
+    src = rng.normal(500.0, 40.0, (18, 20)).astype(np.float32)
+    src[4, 9] = np.nan
+    m = WARPS[name]
+    gpu = gpu_warp(src, m, (14, 16), interpolation)
+    cpu = np.empty((14, 16), np.float32)
+    warp_affine_cpu(src, m, cpu, interpolation)
+    flags = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_LANCZOS4
+    ref = cv2.warpAffine(src, m, (16, 14), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(ref))
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(gpu, ref, rtol=1e-6, atol=1e-3, equal_nan=True)
+    assert np.isfinite(gpu).sum() > 20
+
+
+@here
+def test_warp_colour():
+    rng = np.random.default_rng(5)
+    src = rng.normal(0.0, 1.0, (16, 18, 3)).astype(np.float32)
+    m = WARPS["rotation"]
+    gpu = gpu_warp(src, m, (12, 14), "lanczos")
+    for c in range(3):
+        np.testing.assert_allclose(gpu[..., c], gpu_warp(np.ascontiguousarray(src[..., c]), m, (12, 14), "lanczos"),
+                                   rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isfinite(gpu).any()
