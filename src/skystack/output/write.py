@@ -126,17 +126,22 @@ def write_png(path: str | os.PathLike, image8: np.ndarray) -> Path:
 
 
 def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int = 2048) -> Path:
-    """A stretched 8-bit PNG preview (Siril-style autostretch), downsized to ``max_side``."""
+    """A stretched 8-bit PNG preview (Siril-style autostretch), downsized to ``max_side``.
+
+    The stretch is measured on a subsample of the full image and applied after the
+    resize, so a preview of a huge stack costs a small image's memory.
+    """
     import cv2
 
-    from ..enhance.stretch import autostretch, to_uint8
+    from ..enhance.stretch import autostretch_params, levels, to_uint8
 
-    img8 = to_uint8(autostretch(image))
-    h, w = img8.shape[:2]
+    black, white, mid = autostretch_params(image)
+    h, w = image.shape[:2]
     f = max_side / max(h, w)
+    src = np.asarray(image, dtype=np.float32)
     if f < 1:
-        img8 = cv2.resize(img8, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    return write_png(path, img8)
+        src = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return write_png(path, to_uint8(levels(src, black, white, mid)))
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,

@@ -376,10 +376,25 @@ def run_bands(frames, p1: Phase1, kept: list[int], mul, add, weights, stack: Sta
 # ---------------------------------------------------------------------------------
 # phase 2: streaming mean
 
+# Streaming mean memory per output pixel and channel: float64 sum + float64 weight sum +
+# int32 count; each frame in flight holds its decoded float32 copy and its warped copy.
+_MEAN_ACC_BYTES = 20
+_MEAN_FLIGHT_BYTES = 8
+
+
+def streaming_mean_fits(shape: tuple[int, ...], memory_limit: int) -> int:
+    """How many frames the streaming mean may keep in flight within ``memory_limit``;
+    0 when even one does not fit (then the band engine computes the mean)."""
+    px = int(np.prod(shape))
+    room = memory_limit - _MEAN_ACC_BYTES * px
+    return max(0, room // (_MEAN_FLIGHT_BYTES * px))
+
+
 def run_streaming_mean(frames, p1: Phase1, kept: list[int], mul, add, weights, stack: StackOptions,
-                       run: RunOptions, journal: Journal, resumed: bool, backend) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean, frame by frame: memory is the H×W accumulators plus the frames in
-    flight, whatever the number of frames. Frames are read and warped by a small thread
+                       run: RunOptions, journal: Journal, resumed: bool, backend,
+                       in_flight: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean, frame by frame: memory is the H×W accumulators plus ``in_flight``
+    frames, whatever the number of frames. Frames are read and warped by a small thread
     pool but accumulated strictly in frame order, so the float sums (and the output) are
     bit-identical for any worker count."""
     from _skystack_kernels.cpu.combine import accumulate_mean, finish_mean
@@ -411,14 +426,14 @@ def run_streaming_mean(frames, p1: Phase1, kept: list[int], mul, add, weights, s
         out += add[k]
         return out
 
-    workers = _workers(run)
+    workers = max(1, min(_workers(run), in_flight))
     bar = Progress(len(kept), "phase 2: mean", run.quiet, initial=start)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: dict[int, Any] = {}
             nxt = start
             for k in range(start, len(kept)):
-                while nxt < len(kept) and len(pending) < workers + 1:
+                while nxt < len(kept) and len(pending) < max(1, in_flight):
                     pending[nxt] = pool.submit(load, nxt)
                     nxt += 1
                 warped = pending.pop(k).result()
@@ -474,13 +489,15 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     from ..io.cache import ensure_sliceable
     from ..output.report import build_report
     from ..output.write import check_not_input
+    from ..stack.plan import default_memory_limit
 
     setup_logging(run.quiet)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     frames = open_frames(list(inputs), options=read)
-    for idx, path, reason in getattr(frames, "problems", []):
-        log.warning("%s: %s", path, reason)
+    for idx, path, reason in frames.problems:
+        if idx < 0:  # a file-level warning; per-frame problems are reported once, in phase 1
+            log.warning("%s: %s", path, reason)
     if output is None and not transforms_only:
         raise UsageError("an output path is needed to stack (-o OUT.fits)")
     out_path = Path(output.output) if output is not None else None
@@ -523,10 +540,14 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
             raise RegistrationError("no frame left to stack after selection")
         mul, add, weights = normalisation(p1, kept, stack)
         t0 = time.perf_counter()
-        streaming = stack.method == "mean" and not run.scheduler
+        limit = stack.memory_limit or default_memory_limit()
+        in_flight = min(streaming_mean_fits(p1.shape, limit), _workers(run) + 1)
+        # the streaming mean needs its H×W accumulators in one process, so a cluster run,
+        # or a memory limit too small for them, computes the mean with the band engine
+        streaming = stack.method == "mean" and not run.scheduler and in_flight >= 1
         if streaming:
             image, count = run_streaming_mean(frames, p1, kept, mul, add, weights, stack, run, journal,
-                                              resumed, backend)
+                                              resumed, backend, in_flight)
             stack_info = {"engine": "streaming-mean"}
         else:
             img_path, cnt_path, rejected, stack_info = run_bands(
