@@ -47,6 +47,7 @@ class Phase1:
     shape: tuple[int, ...]  # processed frame shape of the reference: (H, W) or (H, W, 3)
     fingerprints: dict[int, tuple[int, int]]
     timings: dict[str, float] = field(default_factory=dict)
+    reused: int = 0  # frames taken from the journal of an interrupted run (--resume)
 
 
 @dataclass
@@ -225,7 +226,7 @@ def run_phase1(frames, options: RegisterOptions, run: RunOptions, journal: Journ
     ordered = [results[i] for i in range(len(frames))]
     fps = {i: frames.fingerprint(i) for i in range(len(frames)) if ordered[i].fate is Fate.USED}
     return Phase1(results=ordered, reference=ref_index, reference_reason=ref_reason, shape=ref_shape,
-                  fingerprints=fps, timings={"reference_s": t_ref, "phase1_s": time.perf_counter() - t0})
+                  fingerprints=fps, reused=len(done), timings={"reference_s": t_ref, "phase1_s": time.perf_counter() - t0})
 
 
 def _workers(run: RunOptions) -> int:
@@ -369,7 +370,8 @@ def run_bands(frames, p1: Phase1, kept: list[int], mul, add, weights, stack: Sta
         run_tasks(band_task, args, workers=workers, scheduler=run.scheduler, on_result=on_result)
     finally:
         bar.close()
-    info = {"band_rows": plan.band_rows, "bands": len(bands), "memory_limit": limit}
+    info = {"band_rows": plan.band_rows, "bands": len(bands), "memory_limit": limit,
+            "bands_reused": len(done)}
     return img_path, cnt_path, rejected, info
 
 
@@ -574,6 +576,8 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    if resumed:
+        report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if output is not None or (output and output.report):
         from ..output.write import write_json
