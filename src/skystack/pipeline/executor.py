@@ -53,6 +53,24 @@ def _run_threaded(fn, args, workers, on_result) -> None:
         dask.threaded.get(dsk, keys, num_workers=max(1, workers))
 
 
+def check_scheduler(scheduler: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any work, when nothing listens at ``scheduler`` (tcp://host:port):
+    a plain TCP connect answers in milliseconds where the Dask client retries for its whole
+    timeout."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if u.scheme not in ("tcp", "tls") or not u.hostname or not u.port:
+        raise ClusterError(f"--scheduler {scheduler}: expected an address such as tcp://host:8786")
+    try:
+        socket.create_connection((u.hostname, u.port), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(
+            f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e.strerror or e}); "
+            "check the address and that `dask scheduler` is running") from e
+
+
 def connect(scheduler: str, timeout: float = 10.0):
     """A ``distributed.Client`` for ``scheduler`` or a :class:`ClusterError` saying why not."""
     try:
@@ -74,7 +92,7 @@ def _run_distributed(fn, args, scheduler, on_result) -> None:
     try:
         futures = client.map(fn, *zip(*args), pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             on_result(index[fut.key], fut.result())
             fut.release()
     finally:

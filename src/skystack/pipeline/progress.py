@@ -7,12 +7,28 @@ import sys
 log = logging.getLogger("skystack")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (so redirections
+    made after start-up, e.g. by a test harness or a GUI, are honoured)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """``skystack: message`` lines on stderr; -q keeps warnings and errors only."""
     if getattr(setup_logging, "_done", False):
         log.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("skystack: %(message)s"))
     log.addHandler(handler)
     log.propagate = False

@@ -495,6 +495,10 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
 
     setup_logging(run.quiet)
     t_start = time.perf_counter()
+    if run.scheduler:
+        from .executor import check_scheduler
+
+        check_scheduler(run.scheduler)
     timings: dict[str, float] = {}
     frames = open_frames(list(inputs), options=read)
     for idx, path, reason in frames.problems:
