@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from .errors import EXIT_CODES, UsageError
 

@@ -66,6 +66,16 @@ def test_selection_takes_the_sharpest_frames(moon_video, global_run):
     assert len(rejected) == 108 and all("outside --keep 10%" in r.reason for r in rejected)
 
 
+def test_multipoint_blend_has_no_seams(multipoint_run, global_run):
+    """Per-AP selections are blended with bilinear (tent) weights that sum to the number of
+    frames kept per AP everywhere inside the field: no AP boundary can show as a seam."""
+    w = multipoint_run.weight
+    inner = w[24:-24, 24:-24]
+    assert np.allclose(inner, 12.0, atol=1e-3)
+    # the global stack's coverage is the plain count of frames
+    assert np.allclose(global_run.weight[24:-24, 24:-24], 12.0)
+
+
 def test_multipoint_report(multipoint_run):
     r = multipoint_run
     assert r.alignment_points > 50

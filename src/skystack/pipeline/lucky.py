@@ -36,7 +36,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import cv2
 import numpy as np
@@ -48,7 +48,6 @@ from ..register.multipoint import (LocalAligner, NodeInterpolator, dewarp, node_
                                    place_alignment_points, select_per_ap)
 from ..register.planetary import (GlobalAligner, PhaseCorrelator, disk_centroid, pick_mode,
                                   shift_image, valid_rect)
-from ..stack.drizzle import Drizzle
 from ..types import Fate, FrameResult, Transform
 
 log = logging.getLogger("skystack")
@@ -59,6 +58,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # a coarse (4x-downsampled) correlation weaker than this is no match at all
 _COARSE_MIN_RESPONSE = 0.02
 _CHUNK = 16  # frames per key-frame decision in the ranking pass
+_UNMAP_EVERY = 256  # reads between closing memory-mapped inputs (see _Reader)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,12 +166,15 @@ class LuckyResult:
 
     ``image`` is the stack (float32, input units; ``(H, W)`` or ``(H, W, 3)``; NaN where no
     frame covered), ``sharpened`` the enhanced copy when wavelet options were given.
+    ``weight`` is the per-pixel sum of blending weights (frames covering the pixel, for
+    multi-point the per-AP selections blended; drizzle: the drop weights).
     ``frames`` holds one :class:`~skystack.types.FrameResult` per input frame (its
     ``transform`` is the frame → reference translation, ``metrics`` has ``quality`` and
     ``rank``). ``report`` is the report.json content.
     """
 
     image: np.ndarray
+    weight: np.ndarray
     sharpened: np.ndarray | None
     mode: str
     frames: list[FrameResult]
@@ -281,11 +284,19 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoo
 
 
 class _Reader:
-    """Reads frames with the clip's geometry check; a bad frame becomes a value."""
+    """Reads frames with the clip's geometry check; a bad frame becomes a value.
+
+    Every :data:`_UNMAP_EVERY` reads it closes the frame set's memory-mapped files (SER,
+    FITS; they reopen on the next read, and readers return copies): the pages of frames
+    already processed would otherwise stay mapped and make the resident size grow with the
+    length of the video, although nothing needs them any more.
+    """
 
     def __init__(self, frames: Any, shape: tuple[int, int]):
         self.frames = frames
         self.shape = shape
+        self._reads = 0
+        self._can_unmap = callable(getattr(frames, "close", None)) and hasattr(frames, "frame_sliceable")
 
     def _check(self, i: int, img: np.ndarray) -> None:
         if tuple(img.shape[:2]) != self.shape:
@@ -293,7 +304,18 @@ class _Reader:
             raise BadFrameError(_frame_path(self.frames, i),
                                 f"frame {i} is {w}x{h}, the clip's frames are {self.shape[1]}x{self.shape[0]}")
 
+    def _tick(self, i: int) -> None:
+        self._reads += 1
+        if self._can_unmap and self._reads % _UNMAP_EVERY == 0:
+            try:
+                mapped = self.frames.frame_sliceable(i) and not self.frames.frame_sequential(i)
+            except Exception:
+                mapped = False
+            if mapped:
+                self.frames.close()
+
     def raw(self, i: int) -> np.ndarray | BadFrameError:
+        self._tick(i)
         try:
             img = self.frames.read_raw(i)
             self._check(i, img)
@@ -302,6 +324,7 @@ class _Reader:
             return e
 
     def read(self, i: int, colour: bool) -> np.ndarray | BadFrameError:
+        self._tick(i)
         try:
             img = self.frames.read(i) if colour else self.frames.luminance(i)
             self._check(i, img)
@@ -468,7 +491,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
     table = _Table(n)
     try:
         # ---- find the geometry, pick the mode --------------------------------------------
-        first, shape, first_img = _first_frame(frames, table)
+        first, shape, first_img = _first_frame(frames)
         reader = _Reader(frames, shape)
         raw_path = _has_raw_fast_path(frames) and opts.quality_downsample % 2 == 0
         ranker = _Ranker(opts, raw_path)
@@ -495,7 +518,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
             raise RegistrationError(f"{source}: no frame could be located "
                                     f"({_first_reason(table)})")
         order = cand[np.lexsort((cand, -table.quality[cand]))]
-        n_ref = opts.reference_frames or min(50, max(5, _keep_count(opts.keep, order.size) // 2))
+        n_ref = opts.reference_frames or min(50, max(5, parse_keep(opts.keep, int(order.size))[0] // 2))
         n_ref = max(1, min(n_ref, order.size))
         best = order[:n_ref]
         origin = np.median(table.coarse[best], axis=0)
@@ -515,7 +538,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
 
         # ---- reference -------------------------------------------------------------------------
         t0 = time.perf_counter()
-        colour = _decide_colour(frames, first, first_img, opts, source, say)
+        colour = _decide_colour(frames, first, opts, source, say)
         reference, aligner, ref_disk = _build_reference(reader, best, rel, shape, mode, pool, inflight)
         timings["reference_s"] = time.perf_counter() - t0
 
@@ -559,17 +582,19 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         outputs: list[Path] = []
         report_path = None
         if output is not None:
-            outputs, report_path = _write_outputs(Path(output), image, sharpened, best_aligned, reference,
+            outputs, report_path = _write_outputs(Path(output), image, sharpened, best_aligned,
                                                   rep, table, rank, opts, report, mode, n_used)
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
+        peak = _peak_rss_mb()
+        rep["peak_rss_mb"] = round(peak, 1)
         rep["timings"] = {k: round(v, 4) for k, v in timings.items()}
         rep["frames_per_s"] = round(n / timings["total_s"], 2) if timings["total_s"] > 0 else None
         if report_path is not None:
             from ..output.write import write_json
 
             write_json(report_path, rep)
-        return LuckyResult(image=image, sharpened=sharpened, mode=mode, frames=results, n_frames=n,
+        return LuckyResult(image=image, weight=weight_map, sharpened=sharpened, mode=mode, frames=results, n_frames=n,
                            n_used=n_used, timings=timings, peak_rss_mb=peak, outputs=outputs,
                            report_path=report_path, report=rep, messages=messages,
                            rgb_shifts=rgb_shifts, alignment_points=grid.n_active if grid is not None else 0)
@@ -610,17 +635,13 @@ def _sample_indices(n: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, min(n, 64)).astype(int).tolist()))
 
 
-def _keep_count(rule: str, n: int) -> int:
-    return parse_keep(rule, n)[0]
-
-
 def _first_reason(table: _Table) -> str:
     for i in sorted(table.reasons):
         return f"frame {i}: {table.reasons[i][1]}"
     return "no reason recorded"
 
 
-def _first_frame(frames: Any, table: _Table) -> tuple[int, tuple[int, int], np.ndarray]:
+def _first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
     """The first readable, non-blank frame: the clip's geometry, the mode decision and the
     first key frame come from it. (Blank and unreadable frames before it are found again
     and reported by the ranking pass.)"""
@@ -762,7 +783,7 @@ def _mark_out_of_field(table: _Table, rel: np.ndarray, shape: tuple[int, int], m
             "(listed in the report)")
 
 
-def _decide_colour(frames: Any, first: int, first_lum: np.ndarray, opts: LuckyOptions, source: str,
+def _decide_colour(frames: Any, first: int, opts: LuckyOptions, source: str,
                    say: Callable[..., None]) -> bool:
     if opts.color == "mono":
         return False
@@ -862,9 +883,16 @@ def _roi(ref: np.ndarray, rel_best: np.ndarray, mode: str):
 
 def _global_measure(aligner: GlobalAligner, lum: np.ndarray, coarse: np.ndarray, min_response: float):
     c = (0.0, 0.0) if not np.all(np.isfinite(coarse)) else (float(coarse[0]), float(coarse[1]))
-    s, inside = aligner.measure(lum, c)
-    ok = s.response >= min_response
-    return s, ok
+    s, _ = aligner.measure(lum, c)
+    return s, s.response >= min_response
+
+
+def _drizzle(shape: tuple[int, int], channels: int, opts: LuckyOptions):
+    if not opts.drizzle:
+        return None
+    from ..stack.drizzle import Drizzle  # imports Numba: only when drizzling
+
+    return Drizzle(shape, channels=channels, scale=opts.drizzle, pixfrac=opts.pixfrac)
 
 
 def _stack_global(reader: _Reader, kept: np.ndarray, rel: np.ndarray, table: _Table, aligner: GlobalAligner,
@@ -874,7 +902,7 @@ def _stack_global(reader: _Reader, kept: np.ndarray, rel: np.ndarray, table: _Ta
 
     h, w = shape
     nc = 3 if colour else 1
-    drz = Drizzle(shape, channels=nc, scale=opts.drizzle, pixfrac=opts.pixfrac) if opts.drizzle else None
+    drz = _drizzle(shape, nc, opts)
     acc = np.zeros((h, w, nc), np.float64) if drz is None else None
     cnt = np.zeros((h, w), np.float64) if drz is None else None
     best_i = int(kept[np.argmin(rank[kept])]) if kept.size else -1
@@ -995,7 +1023,7 @@ def _stack_multipoint(reader: _Reader, pool_idx: np.ndarray, n_keep: int, rel: n
     t0 = time.perf_counter()
     nc = 3 if colour else 1
     interp = NodeInterpolator(grid, shape)
-    drz = Drizzle(shape, channels=nc, scale=opts.drizzle, pixfrac=opts.pixfrac) if opts.drizzle else None
+    drz = _drizzle(shape, nc, opts)
     acc = np.zeros((h, w, nc), np.float64) if drz is None else None
     wsum = np.zeros((h, w), np.float64) if drz is None else None
     best_k = int(reg_sorted[0]) if reg_sorted.size else -1
@@ -1147,7 +1175,7 @@ def _report(source, inputs, opts, enhance, mode, shape, colour, table, results, 
     }
 
 
-def _write_outputs(out: Path, image, sharpened, best_aligned, reference, rep, table, rank, opts, report,
+def _write_outputs(out: Path, image, sharpened, best_aligned, rep, table, rank, opts, report,
                    mode, n_used):
     from ..output.write import write_image, write_png, write_preview
     from ..enhance.stretch import autostretch_params, levels, to_uint8

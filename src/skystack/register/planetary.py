@@ -34,6 +34,9 @@ import scipy.fft as sfft
 
 Mode = Literal["planet", "surface"]
 
+# pixels of patches correlated at once (about 2 MB of float32 per temporary)
+_BLOCK_PIXELS = 1 << 19
+
 
 # -- phase correlation ----------------------------------------------------------------------
 
@@ -151,8 +154,22 @@ class PhaseCorrelator:
             imgs = imgs[None]
         if imgs.shape[1:] != self.shape:
             raise ValueError(f"image shape {imgs.shape[1:]} differs from the reference {self.shape}")
+        n = imgs.shape[0]
+        if self._conj.shape[0] not in (1, n):
+            raise ValueError(f"{n} images for {self._conj.shape[0]} references")
+        shifts = np.empty((n, 2))
+        resp = np.empty(n)
+        # blocks of patches bound the temporaries (a 1280x960 frame has ~1000 APs)
+        step = max(1, _BLOCK_PIXELS // (self.shape[0] * self.shape[1]))
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            conj = self._conj if self._conj.shape[0] == 1 else self._conj[a:b]
+            shifts[a:b], resp[a:b] = self._block(imgs[a:b], conj)
+        return shifts, resp
+
+    def _block(self, imgs: np.ndarray, conj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = sfft.rfft2(_prepare(imgs, self._win), workers=1)
-        x = np.multiply(f, self._conj, out=f)
+        x = np.multiply(f, conj, out=f)
         mag = np.abs(x)
         # a floor relative to the strongest term keeps empty frequencies from being
         # whitened into pure noise; one real factor (taper / |X|) is cheaper than a complex
