@@ -23,6 +23,10 @@
 
 Accumulation happens in frame order on the calling thread, so the result does not depend
 on the worker count.
+
+Parallelism is a thread pool, not Dask as in the deep-sky pipeline: a frame here costs about
+a millisecond of work (OpenCV, SciPy's FFT and NumPy release the GIL), less than scheduling
+a Dask task, and the video decoder must be read sequentially from one thread anyway.
 """
 from __future__ import annotations
 
