@@ -81,6 +81,9 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
     work2 = np.empty(n_frames, np.float64)
     kp2 = np.empty(n_frames, np.int32)
     tile = np.empty((_TILE, n_frames), band.dtype)
+    # guesses of the next pixel's medians (rejection centre, reduction), speed only
+    reject_hint = np.full(2, np.nan)
+    reduce_hint = np.full(2, np.nan)
     crit = np.empty(n_frames + 1, np.float64)
     if reject == REJECT_GESD:
         gesd_critical_values(p_low, crit)
@@ -92,14 +95,15 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
                     tile[x - x0, i] = band[i, y, x]
             for x in range(x0, x1):
                 n = gather_finite(tile[x - x0], vals, frames)
-                reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2)
+                reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2,
+                             reject_hint)
                 for j in range(n):
                     f = flags[j]
                     if f == LOW:
                         rejected[frames[j], 0] += 1
                     elif f == HIGH:
                         rejected[frames[j], 1] += 1
-                value, kept = reduce_pixel(reduce, vals, frames, n, flags, weights, work)
+                value, kept = reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
                 out[y, x] = value
                 count[y, x] = kept
 

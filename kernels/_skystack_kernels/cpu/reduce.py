@@ -11,11 +11,11 @@ from numba import njit
 
 from ..codes import REDUCE_MEDIAN
 from .reject import KEEP
-from .select import median_inplace
+from .select import median_near
 
 
 @njit(nogil=True, cache=True)
-def reduce_pixel(method, vals, frames, n, flags, weights, work):
+def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
     """Reduce the kept values of one pixel.
 
     Parameters
@@ -33,6 +33,8 @@ def reduce_pixel(method, vals, frames, n, flags, weights, work):
         Per-frame weights, indexed by frame.
     work : float64 array
         Scratch of at least ``n``.
+    hint : float64 array of 2
+        Speed only: the median guess from the previous pixel (``select.select_near``).
 
     Returns
     -------
@@ -49,7 +51,7 @@ def reduce_pixel(method, vals, frames, n, flags, weights, work):
                 kept += 1
         if kept == 0:
             return math.nan, 0
-        return median_inplace(work, kept), kept
+        return median_near(work, kept, hint, 0), kept
     total = 0.0
     wsum = 0.0
     for j in range(n):

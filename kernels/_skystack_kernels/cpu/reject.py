@@ -62,7 +62,7 @@ from ..codes import (
     REJECT_SIGMA,
     REJECT_WINSORIZED,
 )
-from .select import mean_std, median_inplace, select_range, sort_pairs, split_bounds
+from .select import mean_std, median_inplace, median_near, select_near, select_range, sort_pairs, split_bounds
 
 KEEP = 0
 LOW = 1
@@ -101,14 +101,15 @@ def _winsorized_scale(kv, k, centre):
 
 
 @njit(nogil=True, cache=True)
-def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2):
+def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, hint):
     """sigma, mad and winsorized clipping.
 
     Each pass keeps ``[c - k_low s, c + k_high s]`` of what was kept, so the kept values
     are always an interval ``[vmin, vmax]`` of the sorted values, i.e. the ranks
     ``[lo_rank, hi_rank)``. The median of the kept values is then a rank selection in
     ``work`` (all n values), whose earlier selections (up to four "splits") bound the
-    next one: after the first pass a median costs a fraction of the first. The flags
+    next one: after the first pass a median costs a fraction of the first, and the first
+    starts from the neighbouring pixel's (``hint``, see ``select.select_near``). The flags
     follow from the final interval (a value below it was necessarily rejected low).
     """
     for j in range(n):
@@ -127,7 +128,10 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2):
         k = hi_rank - lo_rank
         r = lo_rank + k // 2
         a, b = split_bounds(r, n, s1, s2, s3, s4)
-        centre = select_range(work, a, b, r)
+        if passes == 1:
+            centre = select_near(work, n, r, hint, 0)
+        else:
+            centre = select_range(work, a, b, r)
         if a != b:
             s4 = s3
             s3 = s2
@@ -266,10 +270,10 @@ def _linear_fit_clip(vals, n, flags, k_low, k_high, max_iter, kv, kp, work, kp2)
 
 
 @njit(nogil=True, cache=True)
-def _percentile_clip(vals, n, flags, p_low, p_high, work):
+def _percentile_clip(vals, n, flags, p_low, p_high, work, hint):
     for j in range(n):
         work[j] = vals[j]
-    centre = median_inplace(work, n)
+    centre = median_near(work, n, hint, 0)
     scale = abs(centre)
     if not scale > 0.0:
         return
@@ -356,7 +360,7 @@ def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
 
 
 @njit(nogil=True, cache=True)
-def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2):
+def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, hint):
     """Fill ``flags[:n]`` (KEEP / LOW / HIGH) for the finite values ``vals[:n]`` of one pixel.
 
     Parameters
@@ -379,17 +383,20 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
     kv, kp, work, work2, kp2 : arrays of at least ``n`` float64 / int32 / float64 /
         float64 / int32
         Scratch.
+    hint : float64 array of 2
+        Speed only, never the result: a guess of the median kept from the previous pixel
+        (``select.select_near``). Start each row of pixels (or each thread) with NaN.
     """
     for j in range(n):
         flags[j] = KEEP
     if n <= 2:
         return
     if method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED:
-        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2)
+        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2, hint)
     elif method == REJECT_LINEAR_FIT:
         _linear_fit_clip(vals, n, flags, p_low, p_high, max_iter, kv, kp, work, kp2)
     elif method == REJECT_PERCENTILE:
-        _percentile_clip(vals, n, flags, p_low, p_high, work)
+        _percentile_clip(vals, n, flags, p_low, p_high, work, hint)
     elif method == REJECT_GESD:
         _gesd(vals, n, flags, p_high, crit, kv, kp, work, kp2)
     elif method == REJECT_MINMAX:

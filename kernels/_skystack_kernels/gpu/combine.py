@@ -33,12 +33,14 @@ _reduce_pixel = _dev.reduce_pixel
 THREADS_PER_BLOCK = 128
 # per stacked value and thread: vals, kv, work, work2 (float64); frames, kp, kp2 (int32); flags (int8)
 SCRATCH_BYTES_PER_VALUE = 4 * 8 + 3 * 4 + 1
+# per thread: the median guesses carried from one pixel to the next (4 float64)
+SCRATCH_BYTES_PER_THREAD = 4 * 8
 DEFAULT_SCRATCH_BYTES = 256 * 1024 * 1024
 
 
 @cuda.jit
 def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit, out, count, rejected,
-                    s_vals, s_kv, s_work, s_work2, s_frames, s_kp, s_kp2, s_flags):
+                    s_vals, s_kv, s_work, s_work2, s_frames, s_kp, s_kp2, s_flags, s_hints):
     t = cuda.grid(1)
     n_threads = s_vals.shape[1]
     if t >= n_threads:
@@ -54,6 +56,10 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
     kp = s_kp[:, t]
     kp2 = s_kp2[:, t]
     flags = s_flags[:, t]
+    reject_hint = s_hints[0:2, t]
+    reduce_hint = s_hints[2:4, t]
+    for i in range(4):
+        s_hints[i, t] = math.nan
     p = t
     while p < h * w:
         y = p // w
@@ -65,14 +71,14 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
                 vals[n] = v
                 frames[n] = i
                 n += 1
-        _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2)
+        _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, reject_hint)
         for j in range(n):
             f = flags[j]
             if f == LOW:
                 cuda.atomic.add(rejected, (frames[j], 0), 1)
             elif f == HIGH:
                 cuda.atomic.add(rejected, (frames[j], 1), 1)
-        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, work)
+        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
         out[y, x] = value
         count[y, x] = kept
         p += n_threads
@@ -82,7 +88,7 @@ def combine_scratch_nbytes(n_frames: int, n_threads: int) -> int:
     """Bytes of scratch :func:`combine_band_gpu` needs to run ``n_threads`` threads on an
     ``n_frames`` stack (pass a buffer at least this big as ``scratch`` to reuse memory
     across calls)."""
-    return SCRATCH_BYTES_PER_VALUE * max(n_frames, 1) * n_threads
+    return (SCRATCH_BYTES_PER_VALUE * max(n_frames, 1) + SCRATCH_BYTES_PER_THREAD) * n_threads
 
 
 def _as_stream(stream):
@@ -95,17 +101,20 @@ def _as_stream(stream):
 
 
 def _carve(scratch, n_frames: int, n_threads: int):
-    """Typed (n_frames, n_threads) views into a flat uint8 device buffer: the float64
-    parts first so every part stays aligned."""
-    size = n_frames * n_threads
-    parts = []
+    """Typed (rows, n_threads) views into a flat uint8 device buffer, in the kernel's
+    argument order. Laid out widest type first (float64, int32, int8), so every part is
+    aligned without padding and :func:`combine_scratch_nbytes` is exact."""
+    layout = (("vals", np.float64, n_frames), ("kv", np.float64, n_frames), ("work", np.float64, n_frames),
+              ("work2", np.float64, n_frames), ("hints", np.float64, 4), ("frames", np.int32, n_frames),
+              ("kp", np.int32, n_frames), ("kp2", np.int32, n_frames), ("flags", np.int8, n_frames))
+    views = {}
     offset = 0
-    for dtype, k in ((np.float64, 4), (np.int32, 3), (np.int8, 1)):
-        item = np.dtype(dtype).itemsize
-        for _ in range(k):
-            parts.append(scratch[offset:offset + size * item].view(dtype).reshape(n_frames, n_threads))
-            offset += size * item
-    return parts
+    for name, dtype, rows in layout:
+        size = rows * n_threads * np.dtype(dtype).itemsize
+        views[name] = scratch[offset:offset + size].view(dtype).reshape(rows, n_threads)
+        offset += size
+    order = ("vals", "kv", "work", "work2", "frames", "kp", "kp2", "flags", "hints")
+    return [views[name] for name in order]
 
 
 def combine_band_gpu(band, weights, reject, reduce, p_low, p_high, max_iter, out, count, rejected, stream=0,
