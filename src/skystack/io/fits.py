@@ -25,6 +25,7 @@ import numpy as np
 
 from ..calibrate.debayer import normalize_pattern, pattern_flip_rows, pattern_shift
 from ..errors import BadFrameError
+from .pages import release
 
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz",
                    ".fits.gz", ".fit.gz", ".fts.gz")
@@ -248,7 +249,9 @@ class FitsSource:
                 block = raw[i, y0:y1, :]
             else:
                 block = raw[y0:y1, :]
-            return self._scale(block)
+            out = self._scale(block)
+            release(raw)
+            return out
         except (OSError, ValueError, TypeError) as e:
             raise BadFrameError(self.path, f"cannot read FITS data ({e})") from e
 

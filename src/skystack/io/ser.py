@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import BadFrameError
+from .pages import release
 
 SER_EXTENSIONS = (".ser",)
 
@@ -229,8 +230,9 @@ class SerSource:
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
         self._check(i)
         y0, y1 = max(0, int(y0)), min(self._h, int(y1))
-        block = self._frames()[i, y0:y1]
-        out = np.array(block, dtype=self.dtype)  # a copy in native order, never the map
+        frames = self._frames()
+        out = np.array(frames[i, y0:y1], dtype=self.dtype)  # a copy in native order, never the map
+        release(frames)
         if self.color_id == BGR:
             out = np.ascontiguousarray(out[..., ::-1])
         return out

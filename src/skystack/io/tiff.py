@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadFrameError
+from .pages import release
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -145,7 +146,9 @@ class TiffSource:
             block = np.moveaxis(block, 0, -1)
         if block.ndim == 3:
             block = block[..., :3] if len(self._shape) == 3 else block[..., 0]
-        return np.array(block, dtype=self._dtype)  # native order, a copy of the map
+        out = np.array(block, dtype=self._dtype)  # native order, a copy of the map
+        release(data)
+        return out
 
     def close(self) -> None:
         self._maps.clear()
