@@ -338,6 +338,9 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
     r = int(math.ceil(4.0 * sigma_w))
     inv2s2 = 1.0 / (2.0 * sigma_w * sigma_w)
     nb = np.empty(8, dtype=np.float64)
+    # the Gaussian window is separable: 2(2r+1) exp() per iteration instead of (2r+1)²
+    gx = np.empty(2 * r + 1, dtype=np.float64)
+    gy = np.empty(2 * r + 1, dtype=np.float64)
     for c in range(cand_y.shape[0]):
         cy = cand_y[c]
         cx = cand_x[c]
@@ -394,8 +397,12 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
             sx = 0.0
             sy = 0.0
             bad = False
+            for k in range(2 * r + 1):
+                gx[k] = math.exp(-((ix - r + k - x) ** 2) * inv2s2)
+                gy[k] = math.exp(-((iy - r + k - y) ** 2) * inv2s2)
             for yy in range(iy - r, iy + r + 1):
                 dy = yy - y
+                wy = gy[yy - iy + r]
                 for xx in range(ix - r, ix + r + 1):
                     dx = xx - x
                     d2 = dx * dx + dy * dy
@@ -405,7 +412,7 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
                     if v != v:
                         bad = True
                         continue
-                    wi = math.exp(-d2 * inv2s2) * (v - bg[yy, xx])
+                    wi = wy * gx[xx - ix + r] * (v - bg[yy, xx])
                     sw += wi
                     sx += wi * dx
                     sy += wi * dy
@@ -446,8 +453,12 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
         mxy = 0.0
         flux = 0.0
         evar = 0.0
+        for k in range(2 * r + 1):
+            gx[k] = math.exp(-((ix - r + k - x) ** 2) * inv2s2)
+            gy[k] = math.exp(-((iy - r + k - y) ** 2) * inv2s2)
         for yy in range(iy - r, iy + r + 1):
             dy = yy - y
+            wy = gy[yy - iy + r]
             for xx in range(ix - r, ix + r + 1):
                 dx = xx - x
                 d2 = dx * dx + dy * dy
@@ -455,7 +466,7 @@ def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac
                     continue
                 v = img[yy, xx] - bg[yy, xx]
                 flux += v
-                g = math.exp(-d2 * inv2s2)
+                g = wy * gx[xx - ix + r]
                 ns = noise[yy, xx]
                 evar += g * g * d2 * ns * ns
                 wi = g * v
@@ -507,6 +518,8 @@ def windowed_centroid(img, xs, ys, sigma_w, max_move, out):
     h, w = img.shape
     r = int(math.ceil(3.0 * sigma_w))
     inv2s2 = 1.0 / (2.0 * sigma_w * sigma_w)
+    gx = np.empty(2 * r + 1, dtype=np.float64)
+    gy = np.empty(2 * r + 1, dtype=np.float64)
     for k in range(xs.shape[0]):
         x = xs[k]
         y = ys[k]
@@ -522,11 +535,15 @@ def windowed_centroid(img, xs, ys, sigma_w, max_move, out):
             sw = 0.0
             sx = 0.0
             sy = 0.0
+            for j in range(2 * r + 1):
+                gx[j] = math.exp(-((ix - r + j - x) ** 2) * inv2s2)
+                gy[j] = math.exp(-((iy - r + j - y) ** 2) * inv2s2)
             for yy in range(iy - r, iy + r + 1):
                 dy = yy - y
+                wy = gy[yy - iy + r]
                 for xx in range(ix - r, ix + r + 1):
                     dx = xx - x
-                    wi = math.exp(-(dx * dx + dy * dy) * inv2s2) * img[yy, xx]
+                    wi = wy * gx[xx - ix + r] * img[yy, xx]
                     sw += wi
                     sx += wi * dx
                     sy += wi * dy

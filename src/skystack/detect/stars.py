@@ -7,7 +7,10 @@ The steps, and why each is there:
    centres). A sky gradient or a galaxy halo then raises the local background instead of
    producing false detections, and the threshold follows the local noise.
 2. **Local maxima of a lightly smoothed copy** (Gaussian σ = 1 px, close to matched for the
-   2–4 px FWHM stars of deep-sky subs) that exceed ``k·σ`` of the *smoothed* noise.
+   2–4 px FWHM stars of deep-sky subs) that exceed ``k·σ`` of the *smoothed* noise. When
+   the stars turn out broader than 3.5 px FWHM, detection runs again with a Gaussian
+   matched to their measured FWHM, until that FWHM settles (the real M13 frames: ~10 px
+   stars at a few σ per pixel, where the 1 px filter mostly finds noise).
 3. **Sharp pixels repaired, then rejections** on the unsmoothed pixels. A pixel far above
    the median of its 3×3 neighbourhood — by 5σ and by most of its height above the sky —
    is a hot pixel or a cosmic-ray hit (a star lights its neighbours: even a 1.5 px FWHM
@@ -45,6 +48,8 @@ _MAX_FWHM_RATIO = 2.5  # broader than this × the frame's median FWHM: a galaxy 
 _HOT_SIGMA = 5.0  # a repaired sharp pixel exceeds its 3×3 median by this many σ
 _METRIC_ERR_PX = 0.1  # frame metrics use stars centroided better than this (good SNR)
 _DEFAULT_FWHM = 3.0  # px, the window of the first pass
+_REDETECT_FWHM = 3.5  # px; broader stars are detected again with a matched filter
+_MAX_WINDOW_FWHM = 24.0  # px, the widest centroid window
 
 
 @dataclass(frozen=True)
@@ -235,38 +240,43 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     if h < 8 or w < 8 or not (sig_med > 0):
         return empty
     img, n_repaired = _repair_sharp_pixels(img, bg, sig, copy=np.may_share_memory(img, src))
-    smooth = cv2.GaussianBlur(img, (0, 0), _SMOOTH_SIGMA, borderType=cv2.BORDER_REFLECT)
-    # white noise σ shrinks by sqrt(sum k²) under the filter
-    k1 = cv2.getGaussianKernel(int(2 * math.ceil(4 * _SMOOTH_SIGMA) + 1), _SMOOTH_SIGMA, cv2.CV_64F)
-    noise_gain = float(np.sum(k1 ** 2))  # 2-D: (sum k1²)² ; sqrt of it is sum k1²
-    thresh = sig * np.float32(sigma * noise_gain)
-    # smoothed background == background (it is smooth); a small floor keeps σ = 0 cells
-    # (clipped or synthetic noise-free data) from turning every bump into a star
-    np.maximum(thresh, np.float32(1e-6 * max(abs(bg_med), 1.0)), out=thresh)
-    ys, xs = kern.find_peaks(smooth, bg, thresh, 2)
+    ys, xs = _peaks(img, bg, sig, bg_med, _SMOOTH_SIGMA, sigma)
     sat = np.inf if saturation is None else float(saturation)
     if ys.size == 0:
         return empty
     # pass 1: the window from a guess, on the strongest peaks, to measure the FWHM
-    order = np.argsort(-(smooth[ys, xs] - bg[ys, xs]), kind="stable")
-    ys, xs = ys[order], xs[order]
     fw = fwhm_guess
     if fw is None:
         # the window must be wider than the stars for the moments to deconvolve: widen it
         # until most measurable peaks give a finite FWHM (defocused or oversampled data)
-        n1 = min(ys.size, 200)
-        out1 = np.empty((n1, 12))
         guess = _DEFAULT_FWHM
         fw = _DEFAULT_FWHM
-        while guess <= 24.0:
-            kern.measure_stars(img, bg, sig, ys[:n1], xs[:n1], guess / 2.3548, _SHARP_FRAC, _FLAT_FRAC, sat, out1)
-            cent = out1[:, 6] == kern.OK
-            ok1 = cent & np.isfinite(out1[:, 3]) & (out1[:, 4] < _MAX_ROUNDNESS)
-            if ok1.sum() >= 3 and ok1.sum() >= 0.5 * cent.sum():
-                fw = float(np.median(out1[ok1, 3]))
+        while guess <= _MAX_WINDOW_FWHM:
+            est = _fwhm_of_peaks(img, bg, sig, ys, xs, guess, sat)
+            if est is not None:
+                fw = est
                 break
             guess *= 2.0
-    sigma_w = float(np.clip(fw, 1.2, 12.0)) / 2.3548
+        # broad stars (poor seeing, defocus, fine sampling): the 1 px filter is far from
+        # matched, most of its peaks are noise and their FWHM pulls the estimate down.
+        # Detect again with a filter matched to the estimate and re-measure, until the
+        # FWHM stops growing (M13: 5 → 7.7 → 9 px; a matched filter gains ~√(σ★/1 px))
+        for _ in range(4):
+            if fw <= _REDETECT_FWHM:
+                break
+            s_m = min(fw, _MAX_WINDOW_FWHM) / 2.3548
+            ys, xs = _peaks(img, bg, sig, bg_med, s_m, sigma)
+            if ys.size == 0:
+                return empty
+            est = _fwhm_of_peaks(img, bg, sig, ys, xs, fw, sat)
+            if est is None or est < 1.15 * fw:
+                break
+            fw = est
+    elif fw > _REDETECT_FWHM:
+        ys, xs = _peaks(img, bg, sig, bg_med, min(fw, _MAX_WINDOW_FWHM) / 2.3548, sigma)
+        if ys.size == 0:
+            return empty
+    sigma_w = float(np.clip(fw, 1.2, _MAX_WINDOW_FWHM)) / 2.3548
     out = np.empty((ys.size, 12))
     kern.measure_stars(img, bg, sig, ys, xs, sigma_w, _SHARP_FRAC, _FLAT_FRAC, sat, out)
     status = out[:, 6]
@@ -302,6 +312,37 @@ def _repair_sharp_pixels(img: np.ndarray, bg: np.ndarray, sig: np.ndarray, copy:
             img = img.copy()
         np.copyto(img, med, where=sharp)
     return img, n
+
+
+def _fwhm_of_peaks(img, bg, sig, ys, xs, window_fwhm: float, sat: float) -> float | None:
+    """Median FWHM of the strongest 200 peaks measured with a window of ``window_fwhm``,
+    or None when under half of the centroided ones give a finite, round shape (the window
+    is too narrow for them)."""
+    n1 = min(ys.size, 200)
+    out1 = np.empty((n1, 12))
+    kern.measure_stars(img, bg, sig, ys[:n1], xs[:n1], window_fwhm / 2.3548, _SHARP_FRAC, _FLAT_FRAC, sat, out1)
+    cent = out1[:, 6] == kern.OK
+    ok1 = cent & np.isfinite(out1[:, 3]) & (out1[:, 4] < _MAX_ROUNDNESS)
+    if ok1.sum() >= 3 and ok1.sum() >= 0.5 * cent.sum():
+        return float(np.median(out1[ok1, 3]))
+    return None
+
+
+def _peaks(img: np.ndarray, bg: np.ndarray, sig: np.ndarray, bg_med: float, smooth_sigma: float,
+           k_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Local maxima of ``img`` smoothed by a Gaussian of ``smooth_sigma`` px that rise
+    ``k_sigma`` × the smoothed noise above the background, strongest first."""
+    smooth = cv2.GaussianBlur(img, (0, 0), smooth_sigma, borderType=cv2.BORDER_REFLECT)
+    # white noise σ shrinks by sqrt(sum k²) under the filter; for the separable 2-D kernel
+    # sum k² = (sum k1²)², so the factor is sum k1²
+    k1 = cv2.getGaussianKernel(int(2 * math.ceil(4 * smooth_sigma) + 1), smooth_sigma, cv2.CV_64F)
+    thresh = sig * np.float32(k_sigma * float(np.sum(k1 ** 2)))
+    # smoothed background == background (it is smooth); a small floor keeps σ = 0 cells
+    # (clipped or synthetic noise-free data) from turning every bump into a star
+    np.maximum(thresh, np.float32(1e-6 * max(abs(bg_med), 1.0)), out=thresh)
+    ys, xs = kern.find_peaks(smooth, bg, thresh, 2)
+    order = np.argsort(-(smooth[ys, xs] - bg[ys, xs]), kind="stable")
+    return ys[order], xs[order]
 
 
 def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
