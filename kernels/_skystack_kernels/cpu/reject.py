@@ -294,7 +294,13 @@ def _percentile_clip(vals, n, flags, p_low, p_high, work, hint):
 
 @njit(nogil=True, cache=True)
 def _gesd(vals, n, flags, max_fraction, crit, kv, kp, work, kp2):
-    """Generalized ESD (Rosner 1983) with ``crit[s]`` the critical value at size ``s``."""
+    """Generalized ESD (Rosner 1983) with ``crit[s]`` the critical value at size ``s``.
+
+    The values are sorted once; each step removes the lower or upper end. The mean and
+    sample variance of what remains are kept as running sums of deviations from the
+    median (small numbers, so removing an end costs O(1) without losing digits); they
+    are recomputed exactly whenever a removed value dwarfs what remains.
+    """
     r = int(math.floor(max_fraction * n))
     if r > n - MIN_KEPT:
         r = n - MIN_KEPT
@@ -304,28 +310,61 @@ def _gesd(vals, n, flags, max_fraction, crit, kv, kp, work, kp2):
         kv[j] = vals[j]
         kp[j] = j
     sort_pairs(kv, kp, n, work, kp2)
+    c = kv[n // 2]
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(n):
+        d = kv[j] - c
+        s1 += d
+        s2 += d * d
     lo = 0
     hi = n - 1
     out_lo = 0  # after the accepted removals: kv[:out_lo] low, kv[out_hi+1:] high
     out_hi = n - 1
     for _ in range(r):
         size = hi - lo + 1
-        mean, sd = mean_std(kv, lo, hi + 1)
+        mean = c + s1 / size
+        var = (s2 - s1 * s1 / size) / (size - 1)
+        sd = math.sqrt(var) if var > 0.0 else 0.0
         dev_low = mean - kv[lo]
         dev_high = kv[hi] - mean
         if dev_high > dev_low:
             stat = dev_high
+            d = kv[hi] - c
             hi -= 1
         else:
             stat = dev_low
+            d = kv[lo] - c
             lo += 1
         if sd > 0.0 and stat / sd > crit[size]:
             out_lo = lo
             out_hi = hi
+        s1 -= d
+        s2 -= d * d
+        if d * d > 1e6 * s2:  # the sums were dominated by the value just removed: redo
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(lo, hi + 1):
+                e = kv[j] - c
+                s1 += e
+                s2 += e * e
     for j in range(out_lo):
         flags[kp[j]] = LOW
     for j in range(out_hi + 1, n):
         flags[kp[j]] = HIGH
+
+
+@njit(nogil=True, cache=True)
+def _insert_extreme(bv, bp, m, v, p, lowest):
+    """Insert (v, p) into the first ``m`` entries of a buffer kept sorted by closeness to
+    the extreme (ascending for the lowest values, descending for the highest)."""
+    j = m - 1
+    while j >= 0 and ((v < bv[j]) if lowest else (v >= bv[j])):
+        bv[j + 1] = bv[j]
+        bp[j + 1] = bp[j]
+        j -= 1
+    bv[j + 1] = v
+    bp[j + 1] = p
 
 
 @njit(nogil=True, cache=True)
@@ -334,20 +373,29 @@ def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
     k_high = max(int(math.floor(p_high + 0.5)), 0)
     k_low = min(k_low, n - 1)
     k_high = min(k_high, n - 1 - k_low)
-    if k_low + k_high <= 8:
-        # a few scans beat a full sort when only the extremes go
-        for _ in range(k_low):
-            best = -1
-            for j in range(n):
-                if flags[j] == KEEP and (best < 0 or vals[j] < vals[best]):
-                    best = j  # strict <: the earliest of equal values
-            flags[best] = LOW
-        for _ in range(k_high):
-            best = -1
-            for j in range(n):
-                if flags[j] == KEEP and (best < 0 or vals[j] >= vals[best]):
-                    best = j  # >=: the latest of equal values
-            flags[best] = HIGH
+    if k_low + k_high <= 16:
+        # one pass keeps the k lowest (kv/kp) and k highest (work/kp2) in small sorted
+        # buffers; a value only enters when it beats the buffer's last, which is rare, so
+        # this costs ~n steps. Ties: a later frame never beats an equal value at the low
+        # end and always does at the high end, as with the stable sort below.
+        m_low = 0
+        m_high = 0
+        for j in range(n):
+            v = vals[j]
+            if m_low < k_low:
+                _insert_extreme(kv, kp, m_low, v, j, True)
+                m_low += 1
+            elif k_low > 0 and v < kv[k_low - 1]:
+                _insert_extreme(kv, kp, k_low - 1, v, j, True)
+            if m_high < k_high:
+                _insert_extreme(work, kp2, m_high, v, j, False)
+                m_high += 1
+            elif k_high > 0 and v >= work[k_high - 1]:
+                _insert_extreme(work, kp2, k_high - 1, v, j, False)
+        for j in range(k_low):
+            flags[kp[j]] = LOW
+        for j in range(k_high):
+            flags[kp2[j]] = HIGH
         return
     for j in range(n):
         kv[j] = vals[j]
