@@ -2,6 +2,12 @@
 
 Also the streaming mean (``accumulate_mean`` / ``finish_mean``) for the O(H x W) path
 that a plain mean without rejection takes.
+
+Developers: Numba's on-disk cache (``cache=True``) checks only the file that defines a
+function, not the files of the functions it calls. After editing ``reject.py``,
+``reduce.py``, ``select.py`` or ``tdist.py``, delete ``__pycache__/*.nbi``/``*.nbc`` here
+(or touch this file), or ``combine_band`` keeps running the old code. Fresh installs and
+CI are not affected.
 """
 from __future__ import annotations
 

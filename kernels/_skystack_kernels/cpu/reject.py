@@ -42,10 +42,15 @@ Small stacks and degenerate scales (documented behaviour, identical on CPU and G
   the data carry no spread to judge outliers by. "Zero" for the kappa methods means
   ``s <= 1e-12 * max|x|`` over the kept values, so that float rounding noise (~1e-16
   relative) is not mistaken for a spread; float32 data cannot have a real spread that
-  small.
-  (Siril would reject every value that differs from the median; with 8-bit video that
-  throws away most of the signal in dark pixels.)
+  small. (Siril would reject every value that differs from the median; with 8-bit video
+  that throws away most of the signal in dark pixels.)
 - Comparisons are strict (``>``), as in Siril: a value exactly at the threshold is kept.
+
+Where this departs from Siril, on purpose: Siril's "stop when N - r <= 4" guard depends on
+the order of the frames (it stops rejecting part-way through a pass); here a pass is kept
+or dropped whole. Siril's MAD pass uses the previous pass's median for the MAD; here the
+current one. Siril counts GESD's outlier budget from all frames including missing ones;
+here from the values present.
 """
 from __future__ import annotations
 

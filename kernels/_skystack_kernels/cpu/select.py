@@ -2,11 +2,12 @@
 
 Every function works in place on a 1-d scratch array, allocates nothing, never recurses
 and uses only ``math``: the GPU twins compile these very functions as CUDA device
-functions (see ``gpu/_device.py``), so they must stay in that subset.
+functions (see ``gpu/twins.py``), so they must stay in that subset.
 
-Speed notes (n = 100 float64 on one core): a median by ``select_range`` costs ~0.7 us, by
-Wirth's branchy selection ~1.7 us, a full sort 3.5-12 us. Hence selection wherever a rank
-is all that is needed, and a sort only where the method needs the order itself.
+Speed notes (n = 100 float64, one core of the 2-core CI machine): a median by
+``select_range`` ~0.55 us, by Wirth's branchy selection ~1.6 us, a full sort 3.5 us
+(merge) to 12 us (heapsort). Hence selection wherever a rank is all that is needed, and a
+sort only where the method needs the order itself (linear fit, GESD, large min/max).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def select_range(a, lo, hi, k):
 
     Quickselect with a median-of-three pivot and a branch-free Lomuto partition (the
     comparison result feeds an index, not a jump): on random data half the branches of
-    a Hoare partition mispredict, this one has none, ~2.4x faster at n = 100.
+    a Hoare partition mispredict, this one has none, ~3x faster at n = 100.
     Deterministic: the CPU and GPU twins move the same elements.
 
     A rank at either end of the range (the common case right after a neighbouring rank
