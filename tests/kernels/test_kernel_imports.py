@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels" / "_skystack_kernels"
-# top-level modules a kernel may import (types and threading: the GPU twins rebuild functions
-# and guard a kernel cache); relative imports (within _skystack_kernels) are fine
-ALLOWED = {"__future__", "math", "numpy", "numba", "types", "threading"}
+# top-level modules a kernel may import (``types``: the GPU twins rebuild functions);
+# relative imports (within _skystack_kernels) are fine
+ALLOWED = {"__future__", "math", "numpy", "numba", "types"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
