@@ -115,10 +115,19 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, h
     ``work`` (all n values), whose earlier selections (up to four "splits") bound the
     next one: after the first pass a median costs a fraction of the first, and the first
     starts from the neighbouring pixel's (``hint``, see ``select.select_near``). The flags
-    follow from the final interval (a value below it was necessarily rejected low).
+    follow from the final interval (a value below it was necessarily rejected low); all
+    ``n`` are written.
+
+    The sigma method reads the kept values straight from ``vals`` (frame order, the same
+    sums as a compacted copy would give) and gets the first pass's sum while copying.
     """
+    total = 0.0
+    biggest = 0.0
     for j in range(n):
-        work[j] = vals[j]
+        x = vals[j]
+        work[j] = x
+        total += x
+        biggest = max(biggest, abs(x))
     vmin = -math.inf
     vmax = math.inf
     lo_rank = 0
@@ -151,27 +160,36 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, h
                 s3 = s2
                 s2 = s1
                 s1 = r
-        m = 0
-        biggest = 0.0
-        if method == REJECT_MAD:
+        if method == REJECT_SIGMA:
+            if passes > 1:
+                total = 0.0
+                biggest = 0.0
+                for j in range(n):
+                    x = vals[j]
+                    if vmin <= x <= vmax:
+                        total += x
+                        biggest = max(biggest, abs(x))
+            mean = total / k
+            ss = 0.0
             for j in range(n):
                 x = vals[j]
                 if vmin <= x <= vmax:
-                    work2[m] = abs(x - centre)
-                    biggest = max(biggest, abs(x))
-                    m += 1
-            s = MAD_TO_SIGMA * median_inplace(work2, m)
+                    d = x - mean
+                    ss += d * d
+            s = math.sqrt(ss / (k - 1))  # k >= 4 here
         else:
+            m = 0
+            biggest = 0.0
             for j in range(n):
                 x = vals[j]
                 if vmin <= x <= vmax:
-                    work2[m] = x
+                    work2[m] = abs(x - centre) if method == REJECT_MAD else x
                     biggest = max(biggest, abs(x))
                     m += 1
-            if method == REJECT_WINSORIZED:
-                s = _winsorized_scale(work2, m, centre)
+            if method == REJECT_MAD:
+                s = MAD_TO_SIGMA * median_inplace(work2, m)
             else:
-                _, s = mean_std(work2, 0, m)
+                s = _winsorized_scale(work2, m, centre)
         if not s > ZERO_SCALE * biggest:
             break
         lo = k_low * s
@@ -197,10 +215,8 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, h
         lo_rank += n_low
         hi_rank -= n_high
     for j in range(n):
-        if vals[j] < vmin:
-            flags[j] = LOW
-        elif vals[j] > vmax:
-            flags[j] = HIGH
+        x = vals[j]
+        flags[j] = LOW if x < vmin else (HIGH if x > vmax else KEEP)
 
 
 # ---------------------------------------------------------------------------------
@@ -440,13 +456,14 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
         Speed only, never the result: a guess of the median kept from the previous pixel
         (``select.select_near``). Start each row of pixels (or each thread) with NaN.
     """
+    if n > 2 and (method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED):
+        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2, hint)  # writes all flags
+        return
     for j in range(n):
         flags[j] = KEEP
     if n <= 2:
         return
-    if method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED:
-        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2, hint)
-    elif method == REJECT_LINEAR_FIT:
+    if method == REJECT_LINEAR_FIT:
         _linear_fit_clip(vals, n, flags, p_low, p_high, max_iter, kv, kp, work, kp2)
     elif method == REJECT_PERCENTILE:
         _percentile_clip(vals, n, flags, p_low, p_high, work, hint)
