@@ -42,14 +42,21 @@ from .cpu import reject_codes
 _UPLOAD_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
+# Scratch of the combine kernel (per thread and stacked value: the gathered values, masks,
+# selection buffers): its size sets how many pixels are in flight at once. 256 MiB keeps
+# ~90 000 threads busy on a 64-frame stack, enough to fill a large GPU, and is allocated
+# once per lane.
+COMBINE_SCRATCH_BYTES = 256 * 2**20
+
+
 def _kernels():
     """The numba.cuda twins of the CPU kernels, imported on first use (importing them
     needs numba.cuda, which must not load with ``import skystack``)."""
     from _skystack_kernels.codes import INTERPOLATION
-    from _skystack_kernels.gpu.combine import combine_band_gpu
+    from _skystack_kernels.gpu.combine import combine_band_gpu, combine_scratch_nbytes
     from _skystack_kernels.gpu.warp import warp_affine_gpu
 
-    return combine_band_gpu, warp_affine_gpu, INTERPOLATION
+    return combine_band_gpu, warp_affine_gpu, INTERPOLATION, combine_scratch_nbytes
 
 
 @dataclass
@@ -58,7 +65,8 @@ class Timings:
 
     ``transfer_s``: host↔device copies (copy-engine time, from events); ``kernel_s``:
     conversion, warp, normalisation and combine kernels (compute-stream time);
-    ``host_io_s``: host-side copies into and out of the page-locked staging buffers.
+    ``host_io_s``: host-side work: loading the jobs' rows (when they are loaders) and the
+    copies into and out of the page-locked staging buffers.
     Copies and kernels overlap, so the three need not add up to the wall time.
     """
 
@@ -93,6 +101,7 @@ class _Lane:
         self.tile = GrowBuffer(device, sync)  # float32 (C, 8, W): a tile cut by the image edge
         self.band = GrowBuffer(device, sync)  # float32 (C, N, h, W), or (C, H, W) for warp()
         self.small = GrowBuffer(device, sync)  # weights
+        self.scratch = GrowBuffer(device, sync)  # the combine kernel's per-thread scratch
         self.small_host = GrowBuffer(layer.pinned, sync)
         self.image = GrowBuffer(device, sync)
         self.count = GrowBuffer(device, sync)
@@ -165,7 +174,7 @@ class CupyBackend:
         """Resample ``rows`` (H0, W0[, C]) through ``matrix`` onto an ``out_shape`` (h, W)
         grid on the GPU; float32 host array (h, W[, C]), NaN where the frame does not cover
         the output (as :meth:`CpuBackend.warp`, a single warp, no tile grid)."""
-        _, warp_gpu, codes = _kernels()
+        _, warp_gpu, codes, _ = _kernels()
         interp = _interp_code(codes, interpolation)
         L, lane = self._layer, self._lane()
         h, w = out_shape
@@ -194,7 +203,7 @@ class CupyBackend:
         """Warp every job into a device ``(C, N, h, W)`` buffer, normalise, reject and
         reduce per channel; same contract and results (within float32 rounding) as
         :meth:`CpuBackend.combine_band`."""
-        _, warp_gpu, codes = _kernels()
+        _, warp_gpu, codes, _ = _kernels()
         interp = _interp_code(codes, options.interpolation)
         h, w = out_shape[:2]
         c = out_shape[2] if len(out_shape) == 3 else 1
@@ -206,7 +215,11 @@ class CupyBackend:
         ks = L.kernel_stream(lane.compute)
         for k, job in enumerate(jobs):
             slot = k % 2
-            planar = self._upload(lane, slot, job.rows, c)
+            t0 = time.perf_counter()
+            rows = job.load_rows()  # may read the frame now: one frame's rows at a time
+            lane.timings.host_io_s += time.perf_counter() - t0
+            planar = self._upload(lane, slot, rows, c)
+            del rows
             start = self._mark(lane.compute)
             self._warp_job(lane, warp_gpu, ks, planar, job, band[:, k], interp, options.interpolation)
             _normalise(L, lane.compute, band[:, k], job.scale, job.offset)
@@ -315,7 +328,7 @@ class CupyBackend:
                         dst[:, a - y_band:b - y_band] = out[:, a - ty0:b - ty0]
 
     def _combine_on_device(self, lane: _Lane, band, weights: np.ndarray, options: StackOptions) -> BandResult:
-        combine_gpu, _, _ = _kernels()
+        combine_gpu, _, _, scratch_nbytes = _kernels()
         L = self._layer
         c, n, h, w = band.shape
         rej, red = reject_codes(options)
@@ -327,6 +340,9 @@ class CupyBackend:
         image = lane.image.view((c, h, w), np.float32)
         count = lane.count.view((c, h, w), np.int32)
         rejected = lane.rejected.view((n, 2), np.int64)
+        # as many threads as pixels, up to what the scratch budget holds (the kernel loops)
+        n_threads = max(1, min(h * w, COMBINE_SCRATCH_BYTES // scratch_nbytes(n, 1)))
+        scratch = lane.scratch.view((scratch_nbytes(n, n_threads),), np.uint8)
         ks = L.kernel_stream(lane.compute)
         start = self._mark(lane.compute)
         with L.on(lane.compute):
@@ -335,7 +351,8 @@ class CupyBackend:
             for ch in range(c):
                 combine_gpu(L.kernel_array(band[ch]), L.kernel_array(w_dev), rej, red, float(options.kappa_low),
                             float(options.kappa_high), int(options.max_iter), L.kernel_array(image[ch]),
-                            L.kernel_array(count[ch]), L.kernel_array(rejected), stream=ks)
+                            L.kernel_array(count[ch]), L.kernel_array(rejected), stream=ks,
+                            scratch=L.kernel_array(scratch))
         self._span("kernel", start, lane.compute)
         img_h = self._download(lane, 0, image)
         cnt_h = self._download(lane, 1, count)

@@ -118,14 +118,16 @@ class Cv2CudaBackend:
         n = len(jobs)
         band = np.empty((n, h, w, c) if c > 1 else (n, h, w), dtype=np.float32)
         for k, job in enumerate(jobs):
-            hs = job.rows.shape[0]
+            rows = job.load_rows()  # may read the frame now: one frame's rows at a time
+            hs = rows.shape[0]
             if job.frame_matrix is None:
                 pieces = [(0, h, 0, h, 0, hs, np.asarray(job.matrix, np.float64))]
-                self._warp_cuda(job.rows, pieces, band[k], 0, 0, fill=False)
+                self._warp_cuda(rows, pieces, band[k], 0, 0, fill=False)
             else:
                 pieces = tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h, job.src_y0,
                                     job.src_y0 + hs, w, job.src_height, "bilinear")
-                self._warp_cuda(job.rows, pieces, band[k], job.band_y0, job.src_y0, fill=True)
+                self._warp_cuda(rows, pieces, band[k], job.band_y0, job.src_y0, fill=True)
+            del rows
             _normalise_inplace(band[k], job.scale, job.offset)
         if self._gpu is not None:
             return self._gpu.combine_warped(band, weights, options)
