@@ -295,7 +295,8 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     res = res[:max_stars]
     return Stars(
         x=res[:, 0].copy(), y=res[:, 1].copy(), flux=res[:, 2].copy(), fwhm=res[:, 3].copy(),
-        roundness=res[:, 4].copy(), err=res[:, 8].copy(), moments=res[:, 9:12].copy(), background=bg_med, noise=sig_med, n_detected=n_good,
+        roundness=res[:, 4].copy(), err=res[:, 8].copy(), moments=res[:, 9:12].copy(), background=bg_med,
+        noise=sig_med, n_detected=n_good,
         n_sharp=n_sharp,
     )
 

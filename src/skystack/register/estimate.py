@@ -200,7 +200,10 @@ def ransac(src: np.ndarray, dst: np.ndarray, model: Model, *, tol: float, confid
             if w >= 1.0:
                 break
             p_good = w ** k
-            needed = drawn if p_good <= 0 else min(max_iter, int(math.ceil(math.log(1 - confidence) / math.log1p(-p_good))))
+            if p_good > 0:
+                needed = min(max_iter, int(math.ceil(math.log(1 - confidence) / math.log1p(-p_good))))
+            else:
+                needed = drawn
         if n <= 3 and k == n:
             break
     if best_mask.sum() < k + 1 and not (best_mask.sum() == n and n >= k):

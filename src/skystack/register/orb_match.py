@@ -140,6 +140,7 @@ def match_orb(frame: OrbFeatures, ref: OrbFeatures, *, model: Model = "similarit
     t, mask = estimate.refine(src, dst, t, model, tol=tol, floor_px=0.5)
     n_in = _distinct(dst[mask])
     if n_in < need:
-        return Fit(None, n_matches=n_in, reason=f"no consistent ORB match (best {n_in} inliers of {fi.size}, need {need})")
+        return Fit(None, n_matches=n_in,
+                   reason=f"no consistent ORB match (best {n_in} inliers of {fi.size}, need {need})")
     return Fit(t, n_matches=n_in, residual_px=estimate.rms(t, src[mask], dst[mask]),
                src_idx=fi[mask], dst_idx=ri[mask])

@@ -128,9 +128,6 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     ----------
     frame_xy : (n, 2)
         Frame star positions, brightest first.
-    frame_err : (n,), optional
-        Their positional uncertainties (px per axis; default 0.1): the final fit weights
-        each pair by 1/(σ_frame² + σ_ref² + σ_floor²).
     ref : Triangles
         ``build_triangles`` of the reference stars.
     model : shift | similarity | affine
@@ -139,6 +136,14 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
         Inlier tolerance in reference pixels.
     min_matches : int
         Fewer inliers than this is a failure.
+    frame_err : (n,), optional
+        The frame stars' positional uncertainties (px per axis; default 0.1): the final
+        fit weights each pair by 1/(σ_frame² + σ_ref² + σ_floor²).
+
+    A match must also beat chance: with the local density of reference stars, the number
+    of frame stars expected within ``tol`` of one by coincidence is computed, and the
+    match is refused when as many inliers would arise by chance with probability above
+    1e-3 over all hypotheses tried (crowded cluster cores, noise-dominated star lists).
 
     Returns
     -------

@@ -44,7 +44,7 @@ import numpy as np
 from _skystack_kernels.cpu.stars import render_gaussians, render_moffat
 from ..types import Transform
 
-__all__ = ["DeepSkyParams", "Sensor", "StarField", "SyntheticSet", "make_deepsky", "moffat_alpha"]
+__all__ = ["DeepSkyParams", "Sensor", "StarField", "SyntheticSet", "make_deepsky", "moffat_alpha", "with_params"]
 
 # A star is rendered out to where its profile falls below this many electrons per pixel:
 # far below any read noise, so the truncation is invisible, and it bounds the stamps.
@@ -267,7 +267,8 @@ class SyntheticSet:
         self.stars = self._draw_stars(lay)
         self._blobs = self._draw_blobs(lay) if p.extended else []
         self._trail = self._draw_trail(lay)
-        self.trail_frame: int | None = p.trail_frame if (p.trail_frame is not None and 0 <= p.trail_frame < p.n_frames) else None
+        has_trail = p.trail_frame is not None and 0 <= p.trail_frame < p.n_frames
+        self.trail_frame: int | None = p.trail_frame if has_trail else None
         self.sensor = self._draw_sensor(np.random.default_rng([p.seed, 2]))
         self.hot_pixels = self.sensor.hot_xy
         self.cold_pixels = self.sensor.cold_xy
@@ -509,7 +510,8 @@ class SyntheticSet:
             yy = np.broadcast_to(ys[None, :], xx.shape)
         d = (xx - x0) * nx + (yy - y0) * ny
         ok = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h) & (np.abs(d) <= half)
-        img[yy[ok].astype(np.int64), xx[ok].astype(np.int64)] += self.params.trail_peak * np.exp(-0.5 * (d[ok] / sig) ** 2)
+        profile = self.params.trail_peak * np.exp(-0.5 * (d[ok] / sig) ** 2)
+        img[yy[ok].astype(np.int64), xx[ok].astype(np.int64)] += profile
 
     # -- the sensor: raw frames ----------------------------------------------------------
     def cosmic_rays(self, i: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
