@@ -86,7 +86,7 @@ def test_a_bad_set_stacks_what_it_can_and_reports_the_rest(good, tmp_path, capsy
     check("synth_0104.fits", "unreadable", "no finite pixel")
     assert by_name["synth_0102.fits"]["fate"] == "used"
     assert by_name["synth_0102.fits"]["metrics"]["nonfinite_px"] == 41
-    assert rep["summary"]["stacked"] == 5  # frames 0, 2-5 of the synthetic set, + the NaN copy → 6
+    assert rep["summary"]["stacked"] == 6  # frames 0, 2-5 of the synthetic set and the NaN copy of 2
     img = fits.getdata(out)
     assert np.isfinite(img).mean() > 0.8
 

@@ -6,7 +6,7 @@ resolved once per run by :func:`skystack.backends.registry.resolve`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ class BandJob:
     """One frame's contribution to one band: its source rows and where they go.
 
     ``rows`` is a host array (native dtype or float32) of shape ``(hs, W)`` or
-    ``(hs, W, C)`` holding rows ``src_y0 : src_y0 + hs`` of the (debayered) frame.
+    ``(hs, W, C)`` holding rows ``src_y0 : src_y0 + hs`` of the (debayered) frame, or a
+    zero-argument callable returning it (see :meth:`load_rows`).
     ``matrix`` maps *local* source coordinates (x, y - src_y0) to *local* band
     coordinates (x, y - band_y0): see :func:`skystack.stack.plan.band_matrix`.
     ``scale``/``offset`` (one per channel) normalise the warped values:
@@ -31,7 +32,7 @@ class BandJob:
     independent of how the output was cut into bands, and therefore of the worker count.
     """
 
-    rows: np.ndarray
+    rows: np.ndarray | Callable[[], np.ndarray]
     matrix: np.ndarray
     scale: np.ndarray
     offset: np.ndarray
@@ -39,6 +40,12 @@ class BandJob:
     src_y0: int = 0
     band_y0: int = 0
     src_height: int | None = None
+
+    def load_rows(self) -> np.ndarray:
+        """The source rows. ``rows`` may be a zero-argument loader, so that a band reads
+        one frame at a time and never holds every frame's rows at once: call this once
+        per job, right before warping, and drop the result after."""
+        return self.rows() if callable(self.rows) else self.rows
 
 
 @dataclass

@@ -30,29 +30,43 @@ class CpuBackend:
 
     def warp(self, rows: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
              interpolation: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Resample ``rows`` onto an ``out_shape`` grid through ``matrix``.
+
+        Coverage is decided by where each output pixel's centre lands in the source: inside
+        ``[-0.5, w - 0.5) × [-0.5, h - 0.5)`` it is covered, elsewhere NaN. Interpolation
+        taps that fall off the source edge reuse the edge pixels (replicated border), so a
+        frame's own edge pixels are kept rather than lost to the kernel's width (Lanczos-4
+        would otherwise eat 4 px of every border). NaN source pixels (masked data) spread
+        NaN to the outputs whose taps touch them, i.e. they stay missing data.
+        """
         import cv2
 
         h, w = out_shape
         src = rows if rows.dtype == np.float32 else rows.astype(np.float32)
-        # BORDER_CONSTANT with a NaN border makes every output pixel whose interpolation
-        # taps leave the frame NaN, i.e. "not covered" — exactly the coverage semantics
-        # the kernels expect. OpenCV handles at most 4 channels, which covers RGB.
-        return cv2.warpAffine(src, np.asarray(matrix, dtype=np.float64), (w, h), dst=out,
-                              flags=cv_interp(interpolation), borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=(float("nan"),) * 4)
+        m = np.asarray(matrix, dtype=np.float64)
+        out = cv2.warpAffine(src, m, (w, h), dst=out, flags=cv_interp(interpolation),
+                             borderMode=cv2.BORDER_REPLICATE)
+        # nearest-neighbour warp of an all-ones plane: 1 exactly where the centre maps
+        # inside the source (OpenCV rounds to the nearest source pixel)
+        ones = np.ones(src.shape[:2], dtype=np.uint8)
+        covered = cv2.warpAffine(ones, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=0)
+        out[covered == 0] = np.nan
+        return out
 
     def warp_job(self, job: BandJob, dst: np.ndarray, interpolation: str) -> None:
         """Warp one job into ``dst`` (h, W[, C]); on the fixed tile grid when the job carries
         its absolute geometry, so the result does not depend on the band partition."""
         h, w = dst.shape[:2]
+        rows = job.load_rows()
         if job.frame_matrix is None:
-            self.warp(job.rows, job.matrix, (h, w), interpolation, out=dst)
+            self.warp(rows, job.matrix, (h, w), interpolation, out=dst)
             return
-        src_y1 = job.src_y0 + job.rows.shape[0]
+        src_y1 = job.src_y0 + rows.shape[0]
         dst[...] = np.nan
         for ty0, ty1, a, b, sy0, sy1, m in tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h,
                                                       job.src_y0, src_y1, w, job.src_height, interpolation):
-            src = job.rows[sy0 - job.src_y0:sy1 - job.src_y0]
+            src = rows[sy0 - job.src_y0:sy1 - job.src_y0]
             if (a, b) == (ty0, ty1):
                 self.warp(src, m, (ty1 - ty0, w), interpolation, out=dst[a - job.band_y0:b - job.band_y0])
             else:  # the image's last tile, cut by the bottom edge

@@ -8,6 +8,8 @@ reject, reduce, write the rows). Tasks carry paths, indices and matrices, never 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
@@ -48,6 +50,7 @@ class Phase1:
     fingerprints: dict[int, tuple[int, int]]
     timings: dict[str, float] = field(default_factory=dict)
     reused: int = 0  # frames taken from the journal of an interrupted run (--resume)
+    rss_warm: int = 0  # RSS once the reference was registered (code and kernels loaded)
 
 
 @dataclass
@@ -201,6 +204,8 @@ def run_phase1(frames, options: RegisterOptions, run: RunOptions, journal: Journ
     reference = Reference.build(luminance(ref_image), options)
     ref_shape = tuple(ref_image.shape)
     del ref_image
+    release_free_memory()
+    rss_warm = current_rss()
     log.info("reference: frame %d (%s), %s", ref_index, frames.name(ref_index), ref_reason)
     t_ref = time.perf_counter() - t0
 
@@ -226,7 +231,7 @@ def run_phase1(frames, options: RegisterOptions, run: RunOptions, journal: Journ
     ordered = [results[i] for i in range(len(frames))]
     fps = {i: frames.fingerprint(i) for i in range(len(frames)) if ordered[i].fate is Fate.USED}
     return Phase1(results=ordered, reference=ref_index, reference_reason=ref_reason, shape=ref_shape,
-                  fingerprints=fps, reused=len(done), timings={"reference_s": t_ref, "phase1_s": time.perf_counter() - t0})
+                  fingerprints=fps, reused=len(done), rss_warm=rss_warm, timings={"reference_s": t_ref, "phase1_s": time.perf_counter() - t0})
 
 
 def _workers(run: RunOptions) -> int:
@@ -294,7 +299,8 @@ def band_task(spec, y0: int, y1: int, width: int, channels: int, items: list[tup
         if rows is None:
             continue
         sy0, sy1 = rows
-        jobs.append(BandJob(rows=frames.read_rows(index, sy0, sy1), matrix=band_matrix(matrix, sy0, y0),
+        jobs.append(BandJob(rows=functools.partial(frames.read_rows, index, sy0, sy1),
+                            matrix=band_matrix(matrix, sy0, y0),
                             scale=mul, offset=add, frame_matrix=matrix, src_y0=sy0, band_y0=y0,
                             src_height=src_h))
         positions.append(pos)
@@ -370,7 +376,7 @@ def run_bands(frames, p1: Phase1, kept: list[int], mul, add, weights, stack: Sta
         run_tasks(band_task, args, workers=workers, scheduler=run.scheduler, on_result=on_result)
     finally:
         bar.close()
-    info = {"band_rows": plan.band_rows, "bands": len(bands), "memory_limit": limit,
+    info = {"band_rows": plan.band_rows, "bands": len(bands), "phase2_budget": limit,
             "bands_reused": len(done)}
     return img_path, cnt_path, rejected, info
 
@@ -470,6 +476,30 @@ def _safe_fp(frames, i):
         return (-1, -1)
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``) between phases.
+
+    Phase 1's per-frame temporaries are freed, but glibc keeps freed chunks in per-thread
+    arenas, where they would still count in RSS on top of phase 2's bands. No-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def current_rss() -> int:
+    """Resident set size now, in bytes (0 where psutil cannot tell)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # no psutil or no /proc: the budget then ignores what is already held
+        return 0
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -533,6 +563,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     registered = [r for r in p1.results if r.fate is Fate.USED]
     if not registered:
         raise RegistrationError("no frame could be registered; see the reasons above")
+    release_free_memory()
     t0 = time.perf_counter()
     kept = apply_selection(p1, select) if not transforms_only else [r.index for r in registered]
     timings["select_s"] = time.perf_counter() - t0
@@ -546,19 +577,24 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
             raise RegistrationError("no frame left to stack after selection")
         mul, add, weights = normalisation(p1, kept, stack)
         t0 = time.perf_counter()
-        limit = stack.memory_limit or default_memory_limit()
+        # what the run still holds from phase 1 (the frame index, results, allocator
+        # slack) comes out of the budget phase 2 may use
+        held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
+        limit = max((stack.memory_limit or default_memory_limit()) - held, 1)
+        phase2 = dataclasses.replace(stack, memory_limit=limit)
         in_flight = min(streaming_mean_fits(p1.shape, limit), _workers(run) + 1)
+        stack_info = {"memory_limit": stack.memory_limit or default_memory_limit(), "held_after_phase1": held}
         # the streaming mean needs its H×W accumulators in one process, so a cluster run,
         # or a memory limit too small for them, computes the mean with the band engine
         streaming = stack.method == "mean" and not run.scheduler and in_flight >= 1
         if streaming:
-            image, count = run_streaming_mean(frames, p1, kept, mul, add, weights, stack, run, journal,
+            image, count = run_streaming_mean(frames, p1, kept, mul, add, weights, phase2, run, journal,
                                               resumed, backend, in_flight)
-            stack_info = {"engine": "streaming-mean"}
+            stack_info["engine"] = "streaming-mean"
         else:
-            img_path, cnt_path, rejected, stack_info = run_bands(
-                frames, p1, kept, mul, add, weights, stack, run, journal, resumed, backend.name)
-            stack_info["engine"] = "bands"
+            img_path, cnt_path, rejected, band_info = run_bands(
+                frames, p1, kept, mul, add, weights, phase2, run, journal, resumed, backend.name)
+            stack_info.update(band_info, engine="bands")
             res = {r.index: r for r in p1.results}
             n_px = float(np.prod(p1.shape))
             for k, i in enumerate(kept):
