@@ -14,10 +14,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The subpackages `skystack.stack` and `skystack.register` share their names with the API
-# functions below. Importing them first means the functions, bound afterwards, win the
-# module attributes; the subpackages stay importable through sys.modules
-# (`from skystack.stack import plan` still works).
+# The subpackages `skystack.stack`, `skystack.register` and `skystack.enhance` share their
+# names with the API functions below. Importing them first means the functions, bound
+# afterwards, win the module attributes; the subpackages stay importable through
+# sys.modules (`from skystack.stack import plan` still works).
+from . import enhance as _enhance_pkg  # noqa: E402,F401
 from . import register as _register_pkg  # noqa: E402,F401
 from . import stack as _stack_pkg  # noqa: E402,F401
 from .api import demo, enhance, lucky, register, stack  # noqa: E402

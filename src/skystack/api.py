@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .options import (OutputOptions, ReadOptions, RegisterOptions, RunOptions, SelectOptions,
-                      StackOptions)
+from .options import (CalibrationOptions, OutputOptions, ReadOptions, RegisterOptions, RunOptions,
+                      SelectOptions, StackOptions)
 from .pipeline.run import StackResult, stack_frames
 from .stack.plan import parse_size
 
@@ -33,6 +33,9 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
           report: PathLike | None = None, tiff_dtype: str = "float32", preview: bool = True,
           coverage: bool = False, debayer: str = "auto", bayer: str | None = None,
           band_rows: int | None = None, cache_dir: PathLike | None = None, quiet: bool = True,
+          bias: PathLike | Sequence[PathLike] = (), darks: PathLike | Sequence[PathLike] = (),
+          flats: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
+          dark_scaling: str = "auto", cosmetic: str = "auto",
           ) -> StackResult:
     """Register ``inputs`` (files, folders, globs or a list file) and stack them into
     ``output`` (.fits, .tif or .png), with a JSON report beside it.
@@ -45,6 +48,7 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
     weights : none | noise | stars | fwhm
     register : auto | stars | orb
     memory_limit : bytes or a size such as "256M"; bounds phase 2's working memory
+    bias, darks, flats, dark_flats : calibration frames (files, folders, globs) or master FITS
 
     Returns
     -------
@@ -63,7 +67,14 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
                            band_rows=band_rows),
         run=RunOptions(workers=workers, scheduler=scheduler, backend=backend, resume=resume, quiet=quiet,
                        cache_dir=os.fspath(cache_dir) if cache_dir else None),
+        calibration=CalibrationOptions(bias=_opt_inputs(bias), darks=_opt_inputs(darks), flats=_opt_inputs(flats),
+                                       dark_flats=_opt_inputs(dark_flats), dark_scaling=dark_scaling,
+                                       cosmetic=cosmetic),
     )
+
+
+def _opt_inputs(x: PathLike | Sequence[PathLike] | None) -> tuple[str, ...]:
+    return tuple(_inputs(x)) if x else ()
 
 
 def register(inputs: PathLike | Sequence[PathLike], *, report: PathLike | None = None, method: str = "auto",

@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coverage", action="store_true", help="also write OUT.coverage.fits")
     g.add_argument("--no-preview", dest="preview", action="store_false", help="no PNG preview")
     g.add_argument("--band-rows", type=int, default=None, help=argparse.SUPPRESS)
+    g = p.add_argument_group("calibration (each: frames to build a master from, or a master FITS)")
+    g.add_argument("--bias", nargs="+", default=(), metavar="B", help="bias/offset frames or master")
+    g.add_argument("--darks", nargs="+", default=(), metavar="D", help="dark frames or master dark")
+    g.add_argument("--flats", nargs="+", default=(), metavar="F", help="flat frames or master flat")
+    g.add_argument("--dark-flats", nargs="+", default=(), metavar="DF", help="dark-flat frames or master")
+    g.add_argument("--dark-scaling", default="auto", choices=["auto", "off", "optimize"],
+                   help="scale the dark by exposure time (auto), not at all, or optimise the factor")
+    g.add_argument("--cosmetic", default="auto", choices=["auto", "off"],
+                   help="fix hot/cold pixels found in the master dark (auto)")
     _add_common_run(p)
     p.set_defaults(func=_cmd_stack)
 
@@ -104,12 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
+    from . import cli_lucky
+
+    cli_lucky.add_parsers(sub)
     try:
-        from . import cli_lucky
-    except ImportError:  # lucky imaging not installed in this build
-        cli_lucky = None
-    if cli_lucky is not None:
-        cli_lucky.add_parsers(sub)
+        from . import cli_calibrate
+    except ImportError:  # the calibration commands arrive with the calibrate package
+        cli_calibrate = None
+    if cli_calibrate is not None:
+        cli_calibrate.add_parsers(sub)
     return parser
 
 
@@ -122,7 +134,8 @@ def _cmd_stack(a: argparse.Namespace) -> int:
                   min_stars=a.min_stars, memory_limit=a.memory_limit, workers=a.workers, scheduler=a.scheduler,
                   backend=a.backend, resume=a.resume, report=a.report, tiff_dtype=a.tiff_dtype,
                   preview=a.preview, coverage=a.coverage, debayer=a.debayer, bayer=a.bayer,
-                  band_rows=a.band_rows, quiet=a.quiet)
+                  band_rows=a.band_rows, quiet=a.quiet, bias=a.bias, darks=a.darks, flats=a.flats,
+                  dark_flats=a.dark_flats, dark_scaling=a.dark_scaling, cosmetic=a.cosmetic)
     s = r.report["summary"]
     print(f"stacked {s['stacked']} of {s['frames']} frames ({s['registered']} registered, "
           f"{s['failed_registration']} failed, {s['unreadable']} unreadable, {s['rejected']} rejected) "

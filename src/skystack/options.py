@@ -25,6 +25,30 @@ class ReadOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CalibrationOptions:
+    """Calibration of the lights before debayering (``--bias/--darks/--flats``).
+
+    Each of ``bias``/``darks``/``flats``/``dark_flats`` is a list of inputs (frames to build
+    a master from: files, folders, globs, list files) or a single master FITS file.
+    """
+
+    bias: tuple[str, ...] = ()
+    darks: tuple[str, ...] = ()
+    flats: tuple[str, ...] = ()
+    dark_flats: tuple[str, ...] = ()
+    dark_scaling: Literal["auto", "off", "optimize"] = "auto"  # by exposure; optimise the factor
+    cosmetic: Literal["auto", "off"] = "auto"  # hot/cold pixel map from the master dark
+    hot_sigma: float = 5.0
+    cold_sigma: float = 5.0
+    master_method: Literal["median", "sigma", "winsorized"] = "winsorized"
+    cache_dir: str | None = None  # where masters are cached (default: the run's cache dir)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bias or self.darks or self.flats or self.dark_flats)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RegisterOptions:
     """Detection, matching and transform estimation (phase 1)."""
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputChangedError, NoFramesError, RegistrationError, UsageError
-from ..options import (OutputOptions, ReadOptions, RegisterOptions, RunOptions, SelectOptions,
-                       StackOptions)
+from ..options import (CalibrationOptions, OutputOptions, ReadOptions, RegisterOptions, RunOptions,
+                       SelectOptions, StackOptions)
 from ..types import Fate, FrameResult, Transform
 from .executor import run_tasks
 from .progress import Progress, setup_logging
@@ -507,7 +507,8 @@ def peak_rss_mb() -> float:
 def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions | None,
                  read: ReadOptions = ReadOptions(), register: RegisterOptions = RegisterOptions(),
                  select: SelectOptions = SelectOptions(), stack: StackOptions = StackOptions(),
-                 run: RunOptions = RunOptions(), transforms_only: bool = False) -> StackResult:
+                 run: RunOptions = RunOptions(), transforms_only: bool = False,
+                 calibration: CalibrationOptions | None = None) -> StackResult:
     """Register and (unless ``transforms_only``) stack ``inputs``; write the outputs.
 
     Returns a :class:`StackResult`; per-frame problems are in its results, not raised.
@@ -546,6 +547,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     resumed = False
     if journal is not None:
         opts = {"read": asdict(read), "register": asdict(register), "select": asdict(select),
+                "calibration": asdict(calibration) if calibration is not None else None,
                 "stack": {k: v for k, v in asdict(stack).items() if k not in ("memory_limit",)}
                 if not transforms_only else None, "transforms_only": transforms_only}
         resumed = journal.start(manifest(frames, opts), run.resume)
@@ -557,6 +559,15 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
         (out_path.parent if out_path else Path.cwd()) / ".skystack-cache")
     frames = ensure_sliceable(frames, cache_dir)
     timings["decode_cache_s"] = time.perf_counter() - t0
+    calibration_info: dict[str, Any] | None = None
+    if calibration is not None and calibration.active:
+        from ..calibrate import prepare_calibration
+
+        t0 = time.perf_counter()
+        # builds (or reuses from the cache) the masters and returns the same frames with the
+        # calibration inserted between the raw plane and debayering
+        frames, calibration_info = prepare_calibration(frames, calibration, cache_dir=cache_dir, run=run)
+        timings["calibration_s"] = time.perf_counter() - t0
 
     p1 = run_phase1(frames, register, run, journal, resumed)
     timings.update(p1.timings)
@@ -616,6 +627,8 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    if calibration_info is not None:
+        report["calibration"] = calibration_info
     if resumed:
         report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
