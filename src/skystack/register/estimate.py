@@ -37,6 +37,7 @@ class Fit:
     n_matches: int = 0
     residual_px: float | None = None
     reason: str = ""
+    expected_px: float | None = None  # the residual RMS the matched stars' centroid errors predict
     src_idx: np.ndarray | None = None
     dst_idx: np.ndarray | None = None
 

@@ -224,7 +224,9 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
                    reason=f"no significant triangle match ({n_in} inliers where {lam:.1f} fall within "
                           f"{tol:g} px by chance)")
     res = estimate.rms(t, src[mask], dst[mask])
-    return Fit(t, n_matches=n_in, residual_px=res, src_idx=src_i[mask], dst_idx=dst_i[mask])
+    # residual vectors have two axes, each with variance sig²
+    expected = float(np.sqrt(2.0 * np.mean(sig[mask] ** 2)))
+    return Fit(t, n_matches=n_in, residual_px=res, expected_px=expected, src_idx=src_i[mask], dst_idx=dst_i[mask])
 
 
 def _narrow(model: str, n_in: int, n_pairs: int, m0: np.ndarray) -> Fit | None:
