@@ -301,6 +301,61 @@ def find_peaks(smooth, bg, thresh, border):
     return ys[:n], xs[:n]
 
 
+@numba.njit(nogil=True, cache=True)
+def find_peaks_sigma(smooth, bg, sig, factor, floor, border):
+    """:func:`find_peaks` with the threshold ``max(sig · factor, floor)`` computed per pixel
+    instead of read from a full-frame array (one frame-sized temporary less)."""
+    h, w = smooth.shape
+    cap = 1024
+    ys = np.empty(cap, dtype=np.int64)
+    xs = np.empty(cap, dtype=np.int64)
+    n = 0
+    for y in range(border, h - border):
+        for x in range(border, w - border):
+            v = smooth[y, x]
+            t = sig[y, x] * factor
+            if t < floor:
+                t = floor
+            if not (v - bg[y, x] > t):
+                continue
+            if not (v > smooth[y - 1, x - 1] and v > smooth[y - 1, x] and v > smooth[y - 1, x + 1]
+                    and v > smooth[y, x - 1] and v >= smooth[y, x + 1]
+                    and v >= smooth[y + 1, x - 1] and v >= smooth[y + 1, x] and v >= smooth[y + 1, x + 1]):
+                continue
+            if n == cap:
+                cap *= 2
+                ys2 = np.empty(cap, dtype=np.int64)
+                xs2 = np.empty(cap, dtype=np.int64)
+                ys2[:n] = ys[:n]
+                xs2[:n] = xs[:n]
+                ys = ys2
+                xs = xs2
+            ys[n] = y
+            xs[n] = x
+            n += 1
+    return ys[:n], xs[:n]
+
+
+@numba.njit(nogil=True, cache=True)
+def repair_sharp_into(img, med, bg, sig, hot_sigma, sharp_frac):
+    """Where a pixel stands more than ``hot_sigma`` σ above its 3×3 median ``med`` and that
+    excess is most of its height above the background (a single-pixel peak: hot pixel or
+    cosmic ray), keep the median; elsewhere copy ``img``. Writes into ``med`` in place (so
+    no further frame-sized temporaries) and returns how many pixels were repaired."""
+    h, w = img.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            v = img[y, x]
+            m = med[y, x]
+            e = v - m
+            if e > hot_sigma * sig[y, x] and e > (1.0 - sharp_frac) * (v - bg[y, x]):
+                n += 1
+            else:
+                med[y, x] = v
+    return n
+
+
 # status codes of measure_stars (0 = a good star)
 OK = 0
 SHARP = 1        # single-pixel peak: hot pixel or cosmic ray

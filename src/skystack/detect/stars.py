@@ -239,7 +239,7 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     empty = Stars(*(np.empty(0) for _ in range(6)), np.empty((0, 3)), background=bg_med, noise=sig_med, n_detected=0)
     if h < 8 or w < 8 or not (sig_med > 0):
         return empty
-    img, n_repaired = _repair_sharp_pixels(img, bg, sig, copy=np.may_share_memory(img, src))
+    img, n_repaired = _repair_sharp_pixels(img, bg, sig)
     ys, xs = _peaks(img, bg, sig, bg_med, _SMOOTH_SIGMA, sigma)
     sat = np.inf if saturation is None else float(saturation)
     if ys.size == 0:
@@ -301,18 +301,13 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     )
 
 
-def _repair_sharp_pixels(img: np.ndarray, bg: np.ndarray, sig: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
+def _repair_sharp_pixels(img: np.ndarray, bg: np.ndarray, sig: np.ndarray) -> tuple[np.ndarray, int]:
     """Replace hot pixels and cosmic-ray hits by their 3×3 median (see the module
-    docstring); returns the image (a copy when ``copy``) and how many were replaced."""
+    docstring); returns a repaired image (always a new array: the median buffer, filled in
+    place, so the input is never modified) and how many pixels were replaced."""
     med = cv2.medianBlur(img, 3)
-    excess = img - med
-    sharp = (excess > _HOT_SIGMA * sig) & (excess > (1.0 - _SHARP_FRAC) * (img - bg))
-    n = int(np.count_nonzero(sharp))
-    if n:
-        if copy:
-            img = img.copy()
-        np.copyto(img, med, where=sharp)
-    return img, n
+    n = kern.repair_sharp_into(img, med, bg, sig, np.float32(_HOT_SIGMA), np.float32(_SHARP_FRAC))
+    return med, int(n)
 
 
 def _fwhm_of_peaks(img, bg, sig, ys, xs, window_fwhm: float, sat: float) -> float | None:
@@ -337,11 +332,11 @@ def _peaks(img: np.ndarray, bg: np.ndarray, sig: np.ndarray, bg_med: float, smoo
     # white noise σ shrinks by sqrt(sum k²) under the filter; for the separable 2-D kernel
     # sum k² = (sum k1²)², so the factor is sum k1²
     k1 = cv2.getGaussianKernel(int(2 * math.ceil(4 * smooth_sigma) + 1), smooth_sigma, cv2.CV_64F)
-    thresh = sig * np.float32(k_sigma * float(np.sum(k1 ** 2)))
+    factor = np.float32(k_sigma * float(np.sum(k1 ** 2)))
     # smoothed background == background (it is smooth); a small floor keeps σ = 0 cells
     # (clipped or synthetic noise-free data) from turning every bump into a star
-    np.maximum(thresh, np.float32(1e-6 * max(abs(bg_med), 1.0)), out=thresh)
-    ys, xs = kern.find_peaks(smooth, bg, thresh, 2)
+    floor = np.float32(1e-6 * max(abs(bg_med), 1.0))
+    ys, xs = kern.find_peaks_sigma(smooth, bg, sig, factor, floor, 2)
     order = np.argsort(-(smooth[ys, xs] - bg[ys, xs]), kind="stable")
     return ys[order], xs[order]
 
