@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skystack.backends.base import BandJob
+from skystack.backends.cpu import CpuBackend
 from skystack.options import StackOptions
 from skystack.stack.plan import WARP_TILE_ROWS, band_matrix, source_rows
 from skystack.types import Transform
@@ -33,6 +34,59 @@ METHOD_PARAMS = {
     "gesd": (0.05, 0.3),
     "minmax": (1.0, 1.0),
 }
+
+
+class KernelTwinBackend(CpuBackend):
+    """The CPU backend with OpenCV's warp replaced by the Numba CPU twin of the GPU warp
+    kernel (``_skystack_kernels.cpu.warp.warp_affine_cpu``: the same per-pixel function the
+    GPU kernel is compiled from), on the same tile grid, with the same CPU combine kernel.
+
+    A GPU backend must equal this whatever the warp's edge rules are: it checks the GPU
+    backend's own plumbing (staging, tiles, normalisation, channels, combine, downloads).
+    Whether those edge rules are :class:`CpuBackend`'s is :func:`warp_semantics_mismatch`.
+    """
+
+    name = "kernel-twin"
+
+    def warp(self, rows, matrix, out_shape, interpolation, out=None):
+        from _skystack_kernels.cpu.warp import warp_affine_cpu
+
+        h, w = out_shape
+        src = rows if rows.dtype == np.float32 else rows.astype(np.float32)
+        if out is None:
+            out = np.empty((h, w) + src.shape[2:], dtype=np.float32)
+        warp_affine_cpu(src, np.asarray(matrix, dtype=np.float64), out, interpolation)
+        return out
+
+
+def warp_semantics_mismatch() -> str | None:
+    """Why the GPU warp kernel cannot reproduce :meth:`CpuBackend.warp` (None if it can).
+
+    Probed on the kernel's CPU twin (same per-pixel source as the GPU kernel): a rotated
+    and shifted 24x20 frame with a masked pixel, both interpolations, compared with the CPU
+    backend for coverage (NaN where not covered) and values.
+    """
+    rng = np.random.default_rng(3)
+    src = (rng.random((24, 20)) * 1000 + 100).astype(np.float32)
+    src[10, 9] = np.nan
+    m = Transform.from_params(dx=0.37, dy=-0.61, angle_deg=1.3, center=(10, 12)).matrix
+    problems = []
+    for interp in ("bilinear", "lanczos"):
+        want = CpuBackend().warp(src, m, (24, 20), interp)
+        got = KernelTwinBackend().warp(src, m, (24, 20), interp)
+        diff = np.isnan(want) != np.isnan(got)
+        if diff.any():
+            problems.append(f"{interp}: coverage differs at {int(diff.sum())} of {diff.size} pixels "
+                            f"(CPU backend NaN: {int(np.isnan(want).sum())}, kernel: {int(np.isnan(got).sum())})")
+            continue
+        both = np.isfinite(want)
+        if not np.allclose(got[both], want[both], rtol=2e-6, atol=0):
+            problems.append(f"{interp}: values differ by up to "
+                            f"{float(np.max(np.abs(got[both] - want[both]) / np.abs(want[both]))):.1e} (relative)")
+    if not problems:
+        return None
+    return ("the GPU warp kernel (kernels/_skystack_kernels/cpu/warp.py: warp_pixel, compiled for the GPU) "
+            "does not follow CpuBackend.warp's edge rules: " + "; ".join(problems))
 
 
 @dataclass
@@ -104,7 +158,7 @@ def band_jobs(frames: np.ndarray, matrices: list[np.ndarray], y0: int, y1: int, 
 
 
 def make_case(name: str, rng: np.random.Generator, *, method: str = "sigma", n: int = 7, height: int = 24,
-              width: int = 20, channels: int = 1, dtype=np.float32, y0: int = 8, y1: int = 20,
+              width: int = 20, channels: int = 1, dtype=np.float32, y0: int = 8, y1: int = 16,
               interpolation: str = "lanczos", normalise: bool = True, weighted: bool = True,
               tiled: bool = True, loader: bool = False) -> Case:
     """A ``combine_band`` call on output rows ``y0:y1`` of ``n`` frames."""
@@ -140,6 +194,18 @@ def all_cases(seed: int = 7) -> list[Case]:
     return cases
 
 
+def cpu_warped_band(case: Case) -> np.ndarray:
+    """The ``(N, h, W[, C])`` band the CPU backend warps and normalises before combining."""
+    from skystack.backends.cpu import _normalise_inplace
+
+    cpu = CpuBackend()
+    band = np.empty((len(case.jobs),) + tuple(case.out_shape), dtype=np.float32)
+    for k, job in enumerate(case.jobs):
+        cpu.warp_job(job, band[k], case.options.interpolation)
+        _normalise_inplace(band[k], job.scale, job.offset)
+    return band
+
+
 def _combine_task(backend: str, case) -> dict:
     return dict(backend=backend, call="combine", jobs=case.jobs, out_shape=case.out_shape,
                 weights=case.weights, options=case.options)
@@ -153,6 +219,10 @@ def gpu_tasks() -> tuple[dict[str, dict], dict[str, object]]:
     for case in all_cases():
         key = f"cupy:{case.name}"
         tasks[key], cases[key] = _combine_task("cupy", case), case
+        if case.name.startswith("reject-"):
+            # the same band warped and normalised on the CPU: the combine kernel alone
+            tasks[f"warped:{case.name}"] = dict(backend="cupy", call="combine_warped", band=cpu_warped_band(case),
+                                               weights=case.weights, options=case.options)
     # the streaming path: one whole frame at a time, no tile grid
     frames = star_frames(rng, 2, 20, 24, nan_frames=(1,))
     mats = transforms(rng, 2, 20, 24)

@@ -11,10 +11,12 @@ that a backend misusing the library fails here as it would on a CUDA build:
   parent; otherwise ``dst`` is reallocated and the parent is left untouched).
 - With a stream, the source's own row range is the image (border) — the stream path of the
   real CUDA warp ignores the parent matrix of an ROI.
+- Nearest-neighbour warps truncate the source coordinate toward zero, as OpenCV's CUDA
+  ``PointFilter`` does (the CPU warp rounds): modelled in NumPy, not with the CPU warp.
 - Work queued on a ``Stream`` runs only at ``waitForCompletion``: an array returned by
   ``download(stream)`` holds garbage until then, as on a GPU.
 
-The pixel arithmetic is OpenCV's CPU ``cv2.warpAffine`` with the same flags and border. (The
+Bilinear pixel arithmetic is OpenCV's CPU ``cv2.warpAffine`` with the same flags and border. (The
 real CUDA warp computes coordinates in float32 rather than in 1/32-pixel fixed point, so on
 a real build results differ from the CPU warp by sub-1/64-pixel interpolation, which this
 fake does not model: tests with it check the backend's plumbing — matrices, tiles, ROIs,
@@ -122,10 +124,31 @@ class GpuMat:
         roi._a = self._a[start:end]
         return roi
 
-    def setTo(self, s, stream: Stream | None = None) -> GpuMat:
+    def colRange(self, start: int, end: int) -> GpuMat:
+        if not 0 <= start <= end <= self._a.shape[1]:
+            raise cv2.error(f"colRange({start}, {end}) outside 0..{self._a.shape[1]}")
+        roi = GpuMat()
+        roi._a = self._a[:, start:end]
+        return roi
+
+    def setTo(self, s, mask_or_stream=None, stream: Stream | None = None) -> GpuMat:
+        """``setTo(s[, stream])`` or ``setTo(s, mask[, stream])`` (mask: CV_8UC1, nonzero
+        where to set)."""
+        mask = None
+        if isinstance(mask_or_stream, GpuMat):
+            mask = mask_or_stream
+        else:
+            stream = mask_or_stream
         a, cn = self._a, self.channels()
         value = np.asarray(s, dtype=np.float64)[:cn]
-        _run(stream, lambda: a.__setitem__(Ellipsis, value if cn > 1 else value[0]))
+        value = value if cn > 1 else value[0]
+        if mask is None:
+            _run(stream, lambda: a.__setitem__(Ellipsis, value))
+        else:
+            if mask.type() != cv2.CV_8UC1 or mask.size() != self.size():
+                raise cv2.error("setTo: mask must be CV_8UC1 of the matrix's size")
+            m = mask._a
+            _run(stream, lambda: a.__setitem__(m != 0, value))
         return self
 
     def convertTo(self, rtype: int, stream: Stream, dst: GpuMat | None = None) -> GpuMat:
@@ -166,12 +189,36 @@ def warpAffine(src, M, dsize, dst=None, flags=cv2.INTER_LINEAR, borderMode=cv2.B
     a, out = src._a, dst._a
 
     def work() -> None:
+        if interpolation == cv2.INTER_NEAREST:
+            out[...] = _nearest_cuda(a, M, flags, borderMode, borderValue, h, w).reshape(out.shape)
+            return
         res = cv2.warpAffine(np.ascontiguousarray(a), M, (w, h), flags=flags, borderMode=borderMode,
                              borderValue=tuple(float(v) for v in borderValue))
         out[...] = res.reshape(out.shape)
 
     _run(stream, work)
     return dst
+
+
+def _nearest_cuda(a: np.ndarray, M: np.ndarray, flags: int, border_mode: int, border_value, h: int, w: int):
+    """OpenCV CUDA's nearest-neighbour warp, which differs from the CPU one: the inverse
+    matrix in float32, source coordinates ``c0*x + c1*y + c2`` in float32, and the index
+    *truncated toward zero* (``PointFilter``: ``__float2int_rz``), not rounded."""
+    if border_mode != cv2.BORDER_CONSTANT:
+        raise NotImplementedError("the stand-in models nearest-neighbour warps with a constant border only")
+    inv = M if flags & cv2.WARP_INVERSE_MAP else cv2.invertAffineTransform(M)
+    c = inv.astype(np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    sx = c[0, 0] * x + c[0, 1] * y + c[0, 2]
+    sy = c[1, 0] * x + c[1, 1] * y + c[1, 2]
+    ix, iy = np.trunc(sx).astype(np.int64), np.trunc(sy).astype(np.int64)
+    inside = (ix >= 0) & (ix < a.shape[1]) & (iy >= 0) & (iy < a.shape[0])
+    out = np.empty((h, w) + a.shape[2:], dtype=a.dtype)
+    cn = 1 if a.ndim == 2 else a.shape[2]
+    fill = np.asarray(border_value, dtype=np.float64)[:cn]
+    out[...] = (fill if cn > 1 else fill[0]).astype(a.dtype)
+    out[inside] = a[iy[inside], ix[inside]]
+    return out
 
 
 def getCudaEnabledDeviceCount() -> int:

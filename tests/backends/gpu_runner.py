@@ -9,7 +9,7 @@ Two ways in:
 - :func:`run_tasks` in-process on a machine with CuPy and a CUDA device (native run).
 
 A task is a dict: ``backend`` ("cupy" or "cv2cuda": the latter with the stand-in
-``cv2.cuda`` of fake_cv2cuda.py), ``call`` ("combine", "warp" or "threads") and its
+``cv2.cuda`` of fake_cv2cuda.py), ``call`` ("combine", "combine_warped", "warp" or "threads") and its
 arguments. Results are plain arrays, so the caller compares them with the CPU backend's.
 """
 from __future__ import annotations
@@ -67,6 +67,8 @@ def run_task(task: dict, backends: dict) -> dict:
     t0 = time.perf_counter()
     if task["call"] == "combine":
         out = _band(be.combine_band(task["jobs"], task["out_shape"], task["weights"], task["options"]))
+    elif task["call"] == "combine_warped":
+        out = _band(be.combine_warped(task["band"], task["weights"], task["options"]))
     elif task["call"] == "warp":
         out = {"warped": be.warp(task["rows"], task["matrix"], task["out_shape"], task["interpolation"])}
     elif task["call"] == "threads":

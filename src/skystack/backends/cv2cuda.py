@@ -11,17 +11,23 @@ asserts it), and 1, 3 or 4 channels. So:
 - the rejection and reduction run on the numba.cuda combine kernel when CuPy is there,
   else on the CPU kernel.
 
-Warps follow the CPU backend's 8-row tile grid, each tile read from a row range (ROI) of
-the uploaded source rows: with a stream, OpenCV's CUDA warp treats an ROI's own edges as
-the image border (``WarpDispatcherStream`` ignores the parent matrix), which is exactly the
-NaN-border semantics of the CPU warp of a row slice.
+Warps follow the CPU backend's 8-row tile grid and its edge rules (:meth:`CpuBackend.warp`):
+taps that fall off the source reuse its edge pixels (``BORDER_REPLICATE``), and a pixel
+is covered when its centre maps inside the source. Each tile reads a row range (ROI) of
+the uploaded rows; with a stream, OpenCV's CUDA warp treats an ROI's own edges as the
+image border (``WarpDispatcherStream`` ignores the parent matrix), as the CPU warp of a row
+slice does. Coverage comes from a nearest-neighbour warp of a framed mask plane (see
+``_warp_cuda``: the CUDA nearest filter truncates where the CPU one rounds).
 
 Numerics: OpenCV's CUDA warp computes source coordinates in float32. OpenCV 5's CPU
 bilinear warp of 1, 3 or 4 float channels uses floating-point coordinates too (measured
-here: within 7e-5 ADU of exact bilinear on values up to 1000), so the two should agree to
+here: within 7e-5 ADU of exact bilinear on values up to 1000), so values should agree to
 float rounding; for 2 channels the CPU warp takes OpenCV's older fixed-point path with
-1/32-pixel steps (``INTER_BITS = 5``), up to 1/64 pixel apart from the CUDA warp. Not
-verified on a real CUDA build of OpenCV (none was available).
+1/32-pixel steps (``INTER_BITS = 5``), up to 1/64 pixel apart from the CUDA warp. The CPU
+coverage test works in 1/1024-pixel fixed point, the CUDA one in float32: a pixel whose
+centre lands within about 1e-3 px of a frame edge may be covered on one and not the other.
+None of this was verified on a real CUDA build of OpenCV (none was available); the tests
+use a stand-in module (tests/backends/fake_cv2cuda.py).
 """
 from __future__ import annotations
 
@@ -50,6 +56,8 @@ class _Lane:
         self.srcf: dict[int, object] = {}
         self.dst: dict[int, object] = {}
         self.tile: dict[int, object] = {}
+        self.mask: dict[int, object] = {}
+        self.tile_mask: dict[int, object] = {}
 
     def mat(self, cv2, pool: dict, key: int, rows: int, cols: int, cv_type: int):
         """A GpuMat of the given size and type, reusing this lane's allocation (``create``
@@ -160,6 +168,17 @@ class Cv2CudaBackend:
         else:  # 2 or > 4 channels: one plane at a time
             groups = [(rows[..., ch], dst[..., ch], 1) for ch in range(c)]
         results = []
+        # coverage (CpuBackend.warp): an output pixel is covered when its centre maps inside
+        # the source, [-0.5, w - 0.5) x [-0.5, h - 0.5). OpenCV's CUDA nearest-neighbour warp
+        # truncates toward zero (PointFilter: __float2int_rz), so it cannot tell (-1, 0) from
+        # [0, 1): warp a mask plane that has a 1-pixel frame of 255 around a zero inside,
+        # through the matrix shifted by +1.5 px. Then index trunc(s + 1.5) lands in the zero
+        # inside exactly when s + 0.5 is in [0, w), and on the frame or off the plane
+        # (border 255) otherwise.
+        hs, ws = rows.shape[:2]
+        mask_src = lane.mat(cv2, lane.mask, 0, hs + 2, ws + 2, cv2.CV_8UC1)
+        mask_src.setTo((255.0,) * 4, st)
+        mask_src.rowRange(1, hs + 1).colRange(1, ws + 1).setTo((0.0,) * 4, st)
         for gi, (src_host, dst_host, gc) in enumerate(groups):
             if src_host.dtype not in _NATIVE:
                 src_host = src_host.astype(np.float32)
@@ -176,15 +195,22 @@ class Cv2CudaBackend:
             if fill:
                 out.setTo(_NAN4, st)  # rows that no tile reaches are not covered
             for ty0, ty1, a, b, sy0, sy1, m in pieces:
-                roi = src.rowRange(sy0 - y_src, sy1 - y_src)
-                if (a, b) == (ty0, ty1):
-                    cv2.cuda.warpAffine(roi, m, (w, ty1 - ty0), out.rowRange(a - y_band, b - y_band),
-                                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                        borderValue=_NAN4, stream=st)
-                else:  # the image's last tile, cut by its bottom edge: warp whole, keep the top
-                    tile = lane.mat(cv2, lane.tile, gi, ty1 - ty0, w, cv2.CV_32FC(gc))
-                    cv2.cuda.warpAffine(roi, m, (w, ty1 - ty0), tile, flags=cv2.INTER_LINEAR,
-                                        borderMode=cv2.BORDER_CONSTANT, borderValue=_NAN4, stream=st)
+                r0, r1 = sy0 - y_src, sy1 - y_src
+                whole = (a, b) == (ty0, ty1)
+                # the image's last tile, cut by its bottom edge: warp it whole, keep the top
+                tile = out.rowRange(a - y_band, b - y_band) if whole else \
+                    lane.mat(cv2, lane.tile, gi, ty1 - ty0, w, cv2.CV_32FC(gc))
+                # taps off the source edge reuse the edge pixels, as on the CPU
+                cv2.cuda.warpAffine(src.rowRange(r0, r1), m, (w, ty1 - ty0), tile, flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE, stream=st)
+                m_mask = np.array(m, dtype=np.float64)
+                m_mask[:, 2] -= 1.5 * (m_mask[:, 0] + m_mask[:, 1])
+                uncovered = lane.mat(cv2, lane.tile_mask, 0, ty1 - ty0, w, cv2.CV_8UC1)
+                cv2.cuda.warpAffine(mask_src.rowRange(r0, r1 + 2), m_mask, (w, ty1 - ty0), uncovered,
+                                    flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=(255.0,) * 4, stream=st)
+                tile.setTo(_NAN4, uncovered, st)
+                if not whole:
                     tile.rowRange(a - ty0, b - ty0).copyTo(st, out.rowRange(a - y_band, b - y_band))
             results.append((out.download(st), dst_host))
         st.waitForCompletion()  # downloads on a stream are asynchronous
