@@ -24,7 +24,7 @@ def _inputs(inputs: PathLike | Sequence[PathLike]) -> list[str]:
 
 
 def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
-          method: str = "mean", kappa: tuple[float, float] = (3.0, 3.0), norm: str = "none",
+          method: str = "mean", kappa: tuple[float, float] = (3.0, 3.0), norm: str = "auto",
           weights: str = "none", interpolation: str = "lanczos", register: str = "auto",
           model: str = "similarity", reference: int | None = None, faint: bool = False,
           keep: str | None = None, max_fwhm: float | None = None, max_roundness: float | None = None,
@@ -44,7 +44,8 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
     ----------
     method : mean | median | sigma | winsorized | mad | linear-fit | percentile | gesd | minmax
     kappa : (low, high) rejection parameters (σ multiples, or fractions / counts, per method)
-    norm : none | add | mul | addscale | mulscale
+    norm : auto | none | add | mul | addscale | mulscale (auto: add for mean/median, addscale
+        for rejection methods)
     weights : none | noise | stars | fwhm
     register : auto | stars | orb
     memory_limit : bytes or a size such as "256M"; bounds phase 2's working memory

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kappa", nargs=2, type=float, default=(3.0, 3.0), metavar=("LOW", "HIGH"),
                    help="rejection parameters: σ multiples (sigma, winsorized, mad, linear-fit), "
                         "fractions (percentile), alpha and max outlier fraction (gesd), counts (minmax)")
-    g.add_argument("--norm", default="none", choices=["none", "add", "mul", "addscale", "mulscale"],
-                   help="normalisation to the reference before rejection (default none)")
+    g.add_argument("--norm", default="auto", choices=["auto", "none", "add", "mul", "addscale", "mulscale"],
+                   help="normalisation to the reference frame: auto (default) is additive for mean and "
+                        "median, additive + scaling for rejection methods")
     g.add_argument("--weights", default="none", choices=["none", "noise", "stars", "fwhm"])
     g.add_argument("--interpolation", default="lanczos", choices=["lanczos", "bilinear"])
     g.add_argument("--keep", default=None, metavar="RULE",

@@ -11,7 +11,7 @@ RejectMethod = Literal[
     "none", "sigma", "winsorized", "mad", "linear-fit", "percentile", "gesd", "minmax"
 ]
 Reduction = Literal["mean", "median"]
-Normalization = Literal["none", "add", "mul", "addscale", "mulscale"]
+Normalization = Literal["auto", "none", "add", "mul", "addscale", "mulscale"]
 Weighting = Literal["none", "noise", "stars", "fwhm"]
 
 
@@ -83,7 +83,7 @@ class StackOptions:
     kappa_low: float = 3.0
     kappa_high: float = 3.0
     max_iter: int = 5
-    normalization: Normalization = "none"
+    normalization: Normalization = "auto"  # add for mean/median, addscale for rejection
     weights: Weighting = "none"
     interpolation: Literal["lanczos", "bilinear"] = "lanczos"
     memory_limit: int | None = None  # bytes; None: a safe fraction of available RAM
@@ -92,6 +92,15 @@ class StackOptions:
     @property
     def reject(self) -> str:
         return "none" if self.method in ("mean", "median") else self.method
+
+    @property
+    def norm(self) -> str:
+        """The normalisation actually applied: ``auto`` matches sky levels (additive) for a
+        plain mean or median, and levels and spread (additive + scaling, Siril's default) for
+        rejection stacks, whose outlier tests assume comparable frames."""
+        if self.normalization != "auto":
+            return self.normalization
+        return "add" if self.reject == "none" else "addscale"
 
     @property
     def reduction(self) -> str:

@@ -71,8 +71,13 @@ def autostretch_params(image: np.ndarray, *, shadows_sigma: float = -2.8,
     return black, white, min(max(m, 1e-4), 0.9999)
 
 
-def autostretch(image: np.ndarray, **kw) -> np.ndarray:
-    """Stretch to [0, 1] for display (same parameters on every channel, so colours hold)."""
+def autostretch(image: np.ndarray, *, linked: bool = True, **kw) -> np.ndarray:
+    """Stretch to [0, 1] for display. ``linked``: the same parameters on every channel (the
+    image's colour balance is shown as it is); unlinked: each channel stretched on its own,
+    which neutralises the sky of an unbalanced camera-RGB stack (the usual display of a
+    linear colour stack, as Siril's and PixInsight's unlinked screen stretch)."""
+    if image.ndim == 3 and not linked:
+        return np.stack([autostretch(image[..., c], **kw) for c in range(image.shape[2])], axis=2)
     black, white, m = autostretch_params(image, **kw)
     return levels(image, black, white, m)
 

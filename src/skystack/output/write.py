@@ -125,8 +125,11 @@ def write_png(path: str | os.PathLike, image8: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int = 2048) -> Path:
+def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int = 2048,
+                  linked: bool = False) -> Path:
     """A stretched 8-bit PNG preview (Siril-style autostretch), downsized to ``max_side``.
+    Colour is stretched per channel unless ``linked`` (see
+    :func:`skystack.enhance.stretch.autostretch`).
 
     The stretch is measured on a subsample of the full image and applied after the
     resize, so a preview of a huge stack costs a small image's memory.
@@ -135,13 +138,18 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int =
 
     from ..enhance.stretch import autostretch_params, levels, to_uint8
 
-    black, white, mid = autostretch_params(image)
+    planes = [image] if image.ndim == 2 or linked else [image[..., c] for c in range(image.shape[2])]
+    params = [autostretch_params(p) for p in planes]
     h, w = image.shape[:2]
     f = max_side / max(h, w)
     src = np.asarray(image, dtype=np.float32)
     if f < 1:
         src = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    return write_png(path, to_uint8(levels(src, black, white, mid)))
+    if len(params) == 1:
+        out = levels(src, *params[0])
+    else:
+        out = np.stack([levels(src[..., c], *params[c]) for c in range(len(params))], axis=2)
+    return write_png(path, to_uint8(out))
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,

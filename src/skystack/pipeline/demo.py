@@ -70,8 +70,7 @@ def run_demo(folder: Path | None, *, n_frames: int = 16, size: tuple[int, int] =
     synth.write_fits(lights)
     t_gen = time.perf_counter() - t0
     out = folder / "stack.fits"
-    rejecting = method not in ("mean", "median")
-    result = api.stack([lights], out, method=method, norm="addscale" if rejecting else "none", quiet=quiet)
+    result = api.stack([lights], out, method=method, quiet=quiet)
     errs = registration_errors(synth, result.results, result.reference)
 
     from astropy.io import fits

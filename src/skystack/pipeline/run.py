@@ -281,7 +281,7 @@ def normalisation(p1: Phase1, kept: list[int], stack: StackOptions) -> tuple[np.
     loc = np.array([[res[i].metrics.get(f"location_{c}", np.nan) for c in range(channels)] for i in kept])
     sc = np.array([[res[i].metrics.get(f"scale_{c}", np.nan) for c in range(channels)] for i in kept])
     ref_row = kept.index(p1.reference) if p1.reference in kept else 0
-    mul, add = coefficients(stack.normalization, loc.reshape(len(kept), channels),
+    mul, add = coefficients(stack.norm, loc.reshape(len(kept), channels),
                             sc.reshape(len(kept), channels), ref_row)
     w = frame_weights(stack.weights, [res[i].metrics | {"n_stars": float(res[i].n_stars or 0)} for i in kept], mul)
     for k, i in enumerate(kept):
@@ -677,7 +677,7 @@ def write_outputs(image, count, output: OutputOptions, report: dict, p1: Phase1,
         "STACKMTH": (stack.method, "rejection/stack method"),
         "KAPPALO": (stack.kappa_low, "low rejection parameter"),
         "KAPPAHI": (stack.kappa_high, "high rejection parameter"),
-        "NORMALIZ": (stack.normalization, "normalisation"),
+        "NORMALIZ": (stack.norm, "normalisation"),
         "WEIGHTS": (stack.weights, "frame weighting"),
         "INTERP": (stack.interpolation, "warp interpolation"),
         "REGMETH": (register.method, "registration method"),

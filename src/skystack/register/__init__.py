@@ -115,6 +115,13 @@ def measure_frame(lum: np.ndarray, options: RegisterOptions) -> dict[str, float]
 # the noise register correctly at 1.1-1.3 px residual). Chance matches are refused earlier,
 # by the Poisson significance test in match_stars.
 _RESIDUAL_VS_EXPECTED = 3.0
+# Many matches with a wider scatter pin the transform as well as few tight ones: in a lunar
+# video seeing bends the surface locally, so ORB keypoints scatter by ~1.1 px about the
+# global fit, but 100+ of them fix it to ~0.1 px. Such a fit is accepted while the standard
+# error of the fit (residual / √matches) stays under a fifth of max_residual_px and the
+# scatter itself under three times it.
+_STANDARD_ERROR_FRACTION = 0.2
+_SCATTER_CAP = 3.0
 
 
 def _accept(fit: Fit, options: RegisterOptions) -> Fit:
@@ -123,6 +130,11 @@ def _accept(fit: Fit, options: RegisterOptions) -> Fit:
     limit = options.max_residual_px
     if fit.expected_px is not None and np.isfinite(fit.expected_px):
         limit = max(limit, _RESIDUAL_VS_EXPECTED * fit.expected_px)
+    if fit.residual_px > limit and fit.n_matches > 0:
+        se = fit.residual_px / np.sqrt(fit.n_matches)
+        if se <= _STANDARD_ERROR_FRACTION * options.max_residual_px and \
+                fit.residual_px <= _SCATTER_CAP * options.max_residual_px:
+            return fit
     if fit.residual_px > limit:
         return Fit(None, n_matches=fit.n_matches, residual_px=fit.residual_px,
                    reason=f"residual {fit.residual_px:.2f} px exceeds {limit:.2g} px "
