@@ -21,6 +21,12 @@ uploads, and never share a buffer.
 
 The device-array layer (:mod:`._device`) is CuPy on a real GPU and NumPy under Numba's
 CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where CI runs this same code on tiny bands.
+
+Parity with :class:`~.cpu.CpuBackend`: the combine kernel is the CPU kernel's twin (same
+per-pixel source), so rejection and reduction agree within float32 rounding. The warp is
+the warp kernel's (``_skystack_kernels.gpu.warp``), so its edge rules — which output pixels
+are covered, what taps past the frame edge read — are that kernel's; the tests check them
+against ``CpuBackend.warp`` (tests/backends/test_cupy.py).
 """
 from __future__ import annotations
 
@@ -201,8 +207,8 @@ class CupyBackend:
     def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
                      options: StackOptions) -> BandResult:
         """Warp every job into a device ``(C, N, h, W)`` buffer, normalise, reject and
-        reduce per channel; same contract and results (within float32 rounding) as
-        :meth:`CpuBackend.combine_band`."""
+        reduce per channel; same contract as :meth:`CpuBackend.combine_band` (results: see
+        the module docstring on parity)."""
         _, warp_gpu, codes, _ = _kernels()
         interp = _interp_code(codes, options.interpolation)
         h, w = out_shape[:2]
