@@ -494,6 +494,31 @@ def _safe_fp(frames, i):
         return (-1, -1)
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter numbers (malloc.h)
+_allocator_tuned = False
+
+
+def tune_allocator() -> None:
+    """Make glibc serve every allocation of 1 MiB or more with its own mmap.
+
+    By default glibc raises its mmap threshold after the first large free, so frame-sized
+    temporaries then come from per-thread heap arenas and stay resident after they are
+    freed: with two phase-1 workers on 3000×2000 frames that held ~50 MB more than the
+    frames in flight (564 vs 514 MB peak). A fixed threshold returns each frame-sized
+    buffer to the OS when it is freed. Process-wide and idempotent; no-op off glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_free_memory() -> None:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``) between phases.
 
@@ -543,6 +568,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     from ..stack.plan import default_memory_limit
 
     setup_logging(run.quiet)
+    tune_allocator()
     t_start = time.perf_counter()
     if run.scheduler:
         from .executor import check_scheduler
