@@ -42,10 +42,28 @@ class CalibrationOptions:
     cold_sigma: float = 5.0
     master_method: Literal["median", "sigma", "winsorized"] = "winsorized"
     cache_dir: str | None = None  # where masters are cached (default: the run's cache dir)
+    master_kappa: tuple[float, float] = (3.0, 3.0)  # rejection of sigma/winsorized masters
+    memory_limit: int | None = None  # bytes for building masters; None: a safe share of RAM
 
     @property
     def active(self) -> bool:
         return bool(self.bias or self.darks or self.flats or self.dark_flats)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColourOptions:
+    """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
+
+    ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
+    "auto" (the average star made white); or three factors (R, G, B).
+    """
+
+    neutralize: bool = False  # make the sky background grey (equal in R, G and B)
+    white_balance: str | tuple[float, float, float] = "none"
+
+    @property
+    def active(self) -> bool:
+        return self.neutralize or self.white_balance != "none"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +103,7 @@ class StackOptions:
     max_iter: int = 5
     normalization: Normalization = "auto"  # add for mean/median, addscale for rejection
     weights: Weighting = "none"
-    interpolation: Literal["lanczos", "bilinear"] = "lanczos"
+    interpolation: Literal["lanczos", "cubic", "bilinear"] = "lanczos"
     memory_limit: int | None = None  # bytes; None: a safe fraction of available RAM
     band_rows: int | None = None  # force a band height (tests); None: from the budget
 

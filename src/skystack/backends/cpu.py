@@ -9,14 +9,14 @@ from ..options import StackOptions
 from ..stack.plan import tile_warps
 from .base import BandJob, BandResult
 
-_CV_INTERP = {"lanczos": 4, "bilinear": 1}  # cv2.INTER_LANCZOS4, cv2.INTER_LINEAR
+_CV_INTERP = {"lanczos": 4, "cubic": 2, "bilinear": 1}  # cv2.INTER_LANCZOS4, INTER_CUBIC, INTER_LINEAR
 
 
 def cv_interp(name: str) -> int:
     try:
         return _CV_INTERP[name]
     except KeyError:
-        raise ValueError(f"interpolation must be lanczos or bilinear, not {name!r}") from None
+        raise ValueError(f"interpolation must be lanczos, cubic or bilinear, not {name!r}") from None
 
 
 def reject_codes(options: StackOptions) -> tuple[int, int]:

@@ -18,9 +18,10 @@ import numpy as np
 from ..errors import UsageError
 
 # Taps on each side of the sample point for the interpolation kernels (OpenCV Lanczos-4
-# uses an 8×8 neighbourhood: 3 before, 4 after; bilinear 0 before, 1 after) plus one row
+# uses an 8×8 neighbourhood: 3 before, 4 after; bicubic 4×4: 1 before, 2 after; bilinear
+# 0 before, 1 after) plus one row
 # of slack for rounding of the inverse-mapped corners.
-INTERP_MARGIN = {"lanczos": 5, "bilinear": 2}
+INTERP_MARGIN = {"lanczos": 5, "cubic": 3, "bilinear": 2}
 
 # Warps are done on a fixed grid of output row tiles. Each tile's source rows and local
 # matrix depend only on the tile, so a pixel's value never depends on the band partition
