@@ -20,9 +20,21 @@ Where things happen, for whoever extends this (bias/dark/flat/CFA):
 
 * :meth:`SyntheticSet.electrons` — the optics: photo-electrons per pixel expected in one
   exposure (stars, galaxy, sky, trail), noise-free.
-* :class:`Sensor` ``.expose`` — the sensor: flat response, shot noise, dark current (hot
-  pixels), cosmic rays, read noise, gain, pedestal (bias), saturation, quantisation to uint16.
-  Calibration frames (bias, dark, flat) and a CFA belong there.
+* :class:`Sensor` ``.expose`` — the sensor: colour filter array (``Sensor.mosaic``), flat
+  response (vignetting, dust donuts, pixel response non-uniformity), shot noise, dark current
+  (uniform, amplifier glow and hot pixels, all proportional to the exposure), cosmic rays,
+  read noise, gain, bias (pedestal plus a fixed pattern), saturation, quantisation to uint16.
+
+Calibration (all off by default, so the frames above are unchanged by it): set
+``bias_structure``, ``dark_current``/``amp_glow``, ``vignetting``/``dust_donuts``/``prnu`` and
+``bayer`` in :class:`DeepSkyParams`; then :meth:`SyntheticSet.bias_frame`,
+:meth:`~SyntheticSet.dark_frame`, :meth:`~SyntheticSet.flat_frame` and
+:meth:`~SyntheticSet.dark_flat_frame` render calibration frames through the same sensor, and
+:meth:`~SyntheticSet.write_calibration` writes them as FITS. The truth stays available:
+:meth:`~SyntheticSet.flat_response`, :meth:`~SyntheticSet.bias_level`,
+:meth:`~SyntheticSet.dark_rate`, and for a colour (CFA) set :meth:`~SyntheticSet.ideal_rgb`
+(the ideal stack per colour channel) with the objects' colours in
+:attr:`~SyntheticSet.star_colours`, ``params.galaxy_colour`` and ``params.sky_colour``.
 
 Example::
 
@@ -107,6 +119,24 @@ class DeepSkyParams:
     hot_pixel_fraction: float = 1e-4
     cold_pixel_fraction: float = 2e-5
     cosmic_rate: float = 5e-6  # cosmic-ray hits per pixel per frame
+    # calibration effects (defaults: none, the frames are those of a perfect sensor)
+    bias_structure: float = 0.0  # ADU: rms of a fixed column pattern; a 2x ramp across the rows
+    dark_current: float = 0.0  # e- per second per pixel, uniform
+    amp_glow: float = 0.0  # e- per second at the top-right corner, fading over ~15 % of the width
+    vignetting: float = 0.0  # response lost at the farthest corner (0.35: the corner gets 65 %)
+    dust_donuts: int = 0  # dust shadows (out-of-focus rings) in the flat response
+    dust_depth: float = 0.15  # largest relative dimming on a donut's ring
+    prnu: float = 0.0  # pixel response non-uniformity, relative rms
+    flat_level: float = 25000.0  # e- a green photosite at the optical centre records in a flat
+    flat_colour: tuple[float, float, float] = (0.75, 1.0, 0.55)  # flat panel, per camera channel
+    flat_exptime: float = 2.0  # s
+    ccd_temp: float | None = None  # written as CCD-TEMP when set
+    # colour: a one-shot-colour sensor and the colours of the sky's objects (camera R, G, B
+    # electrons relative to G); ignored when bayer is None
+    bayer: str | None = None  # CFA pattern of the sensor (FITS BAYERPAT convention)
+    star_colour_spread: float = 0.4  # star R/G from 1-s to 1+s (B/G the other way)
+    galaxy_colour: tuple[float, float, float] = (1.3, 1.0, 0.65)  # a yellowish galaxy
+    sky_colour: tuple[float, float, float] = (1.15, 1.0, 0.8)  # light-polluted sky
 
     def __post_init__(self) -> None:
         h, w = self.shape
@@ -117,6 +147,12 @@ class DeepSkyParams:
             raise ValueError(f"fwhm_range must satisfy 0.5 < lo <= hi, got {self.fwhm_range}")
         if self.beta <= 1.0:
             raise ValueError(f"Moffat beta must be > 1, got {self.beta}")
+        if not 0.0 <= self.vignetting < 1.0:
+            raise ValueError(f"vignetting must be in [0, 1), got {self.vignetting}")
+        if self.bayer is not None:
+            from ..calibrate.debayer import normalize_pattern
+
+            object.__setattr__(self, "bayer", normalize_pattern(self.bayer))
 
 
 @dataclass(frozen=True)
@@ -166,6 +202,13 @@ class Sensor:
     Hot pixels are modelled as dark current (e- per second, so a dark frame of the same
     exposure reproduces them); cold pixels as a low response (signal × ``cold_response``).
     Both sit on fixed sensor pixels, so they move relative to the sky from frame to frame.
+
+    The optional fields model what calibration removes: ``response`` (the flat: vignetting,
+    dust, pixel non-uniformity) multiplies the light, ``dark_rate`` (e- per second, uniform
+    dark current and amplifier glow) adds charge in proportion to the exposure, and
+    ``bias_map`` (ADU) replaces the constant ``pedestal``. ``bayer`` puts a colour filter
+    array in front: :meth:`expose` then takes ``(H, W, 3)`` electrons and each photosite
+    records its own colour.
     """
 
     shape: tuple[int, int]
@@ -177,6 +220,23 @@ class Sensor:
     hot_rate: np.ndarray  # (n,) e- per second
     cold_xy: np.ndarray  # (m, 2) int (x, y)
     cold_response: np.ndarray  # (m,) fraction of the signal a cold pixel records
+    response: np.ndarray | None = None  # (H, W) relative response to light (the flat)
+    dark_rate: np.ndarray | None = None  # (H, W) e- per second, hot pixels excluded
+    bias_map: np.ndarray | None = None  # (H, W) ADU; None: ``pedestal`` everywhere
+    bayer: str | None = None  # CFA pattern, FITS BAYERPAT convention
+
+    def mosaic(self, rgb: np.ndarray) -> np.ndarray:
+        """What the photosites behind the colour filter array see: ``(H, W, 3)`` → ``(H, W)``
+        (each pixel keeps the channel of its filter). Without a CFA, the channel sum."""
+        rgb = np.asarray(rgb, dtype=np.float64)
+        if self.bayer is None:
+            return rgb.sum(axis=2)
+        out = np.empty(rgb.shape[:2], dtype=np.float64)
+        for r in range(2):
+            for c in range(2):
+                ch = "RGB".index(self.bayer[2 * r + c])
+                out[r::2, c::2] = rgb[r::2, c::2, ch]
+        return out
 
     def expose(self, electrons: np.ndarray, *, exptime: float, rng: np.random.Generator | None,
                cosmics: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
@@ -185,10 +245,11 @@ class Sensor:
 
         Parameters
         ----------
-        electrons : (H, W) float64
-            Expected photo-electrons per pixel (noise-free); modified in place.
+        electrons : (H, W) float64, or (H, W, 3) for a colour (CFA) sensor
+            Expected photo-electrons per pixel reaching the sensor (noise-free); a 2-D array
+            is modified in place.
         exptime : float
-            Exposure in seconds (scales the dark current of hot pixels).
+            Exposure in seconds (scales the dark current: hot pixels, ``dark_rate``).
         rng : Generator or None
             Noise source; ``None`` gives a noise-free frame.
         cosmics : iterable of (ys, xs, e-)
@@ -197,10 +258,16 @@ class Sensor:
             Apply hot/cold pixels and cosmic rays.
         """
         e = electrons
+        if e.ndim == 3:
+            e = self.mosaic(e)
+        if self.response is not None:
+            e *= self.response
         if defects and len(self.cold_xy):
             e[self.cold_xy[:, 1], self.cold_xy[:, 0]] *= self.cold_response
         if defects and len(self.hot_xy):
             e[self.hot_xy[:, 1], self.hot_xy[:, 0]] += self.hot_rate * exptime
+        if self.dark_rate is not None and exptime > 0:
+            e += self.dark_rate * exptime
         if rng is not None:
             _shot_noise(e, rng)
         if defects:
@@ -210,7 +277,7 @@ class Sensor:
             e += rng.standard_normal(e.shape, dtype=np.float64) * self.read_noise
         adu = e
         adu /= self.gain
-        adu += self.pedestal
+        adu += self.pedestal if self.bias_map is None else self.bias_map
         np.rint(adu, out=adu)
         np.clip(adu, 0.0, min(self.saturation_adu, 65535.0), out=adu)
         return adu.astype(np.uint16)
@@ -251,6 +318,8 @@ class SyntheticSet:
         The frame that has a satellite trail.
     hot_pixels, cold_pixels : (n, 2) int arrays of sensor (x, y).
     sensor : Sensor
+    star_colours : (n_stars, 3) ndarray
+        Each star's camera R, G, B electrons relative to G (used when ``params.bayer`` is set).
     """
 
     def __init__(self, params: DeepSkyParams):
@@ -270,6 +339,10 @@ class SyntheticSet:
         has_trail = p.trail_frame is not None and 0 <= p.trail_frame < p.n_frames
         self.trail_frame: int | None = p.trail_frame if has_trail else None
         self.sensor = self._draw_sensor(np.random.default_rng([p.seed, 2]))
+        # colours and calibration maps come from streams of their own, so that a set with
+        # them has the very same layout, seeing and noise as the set without
+        self.star_colours = self._draw_colours(np.random.default_rng([p.seed, 4]))
+        self.sensor = self._draw_calibration(np.random.default_rng([p.seed, 5]), self.sensor)
         self.hot_pixels = self.sensor.hot_xy
         self.cold_pixels = self.sensor.cold_xy
 
@@ -377,6 +450,49 @@ class SyntheticSet:
             cold_xy=cold, cold_response=rng.uniform(0.0, 0.3, n_cold),
         )
 
+    def _draw_colours(self, rng: np.random.Generator) -> np.ndarray:
+        """Star colours from blue to red: R/G = 1 + s·u, B/G = 1 − s·u, u uniform in ±1."""
+        u = rng.uniform(-1.0, 1.0, len(self.stars))
+        s = self.params.star_colour_spread
+        return np.column_stack([1.0 + s * u, np.ones_like(u), 1.0 - s * u])
+
+    def _draw_calibration(self, rng: np.random.Generator, sensor: Sensor) -> Sensor:
+        """The sensor's bias pattern, dark current map, flat response and CFA."""
+        p = self.params
+        h, w = self.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        bias_map = dark_rate = response = None
+        cols = rng.standard_normal(w)
+        if p.bias_structure > 0:
+            # a fixed column pattern plus a slow ramp down the rows, as CMOS read-outs show
+            bias_map = (p.pedestal + p.bias_structure * cols[None, :]
+                        + 2.0 * p.bias_structure * (yy / max(h - 1, 1) - 0.5))
+        if p.dark_current > 0 or p.amp_glow > 0:
+            d = np.hypot(xx - (w - 1), yy)  # distance to the top-right corner
+            dark_rate = p.dark_current + p.amp_glow * np.exp(-d / (0.15 * w))
+        donut_x = rng.uniform(0.1 * w, 0.9 * w, p.dust_donuts)
+        donut_y = rng.uniform(0.1 * h, 0.9 * h, p.dust_donuts)
+        donut_r = rng.uniform(0.04, 0.09, p.dust_donuts) * min(h, w)
+        donut_d = p.dust_depth * rng.uniform(0.4, 1.0, p.dust_donuts)
+        prnu = rng.standard_normal((h, w))
+        if p.vignetting > 0 or p.dust_donuts > 0 or p.prnu > 0:
+            # vignetting: quadratic fall-off from an optical centre a little off the
+            # frame centre, reaching 1 - vignetting at the farthest corner
+            cx, cy = 0.53 * (w - 1), 0.46 * (h - 1)
+            r2 = (xx - cx) ** 2 + (yy - cy) ** 2
+            r2max = max((x - cx) ** 2 + (y - cy) ** 2 for x in (0, w - 1) for y in (0, h - 1))
+            response = 1.0 - p.vignetting * r2 / r2max
+            for x0, y0, r0, dep in zip(donut_x, donut_y, donut_r, donut_d):
+                # an out-of-focus dust shadow: a dark ring (the annular pupil) with a
+                # lighter centre
+                rho = np.hypot(xx - x0, yy - y0)
+                ring = np.exp(-0.5 * ((rho - r0) / (0.25 * r0)) ** 2)
+                inner = 0.4 * (rho < r0)
+                response *= 1.0 - dep * np.maximum(ring, inner)
+            if p.prnu > 0:
+                response *= 1.0 + p.prnu * prnu
+        return replace(sensor, response=response, dark_rate=dark_rate, bias_map=bias_map, bayer=p.bayer)
+
     # -- PSF in a given coordinate system ---------------------------------------------
     def _psf_matrix(self, i: int) -> np.ndarray:
         """Frame i's Moffat shape matrix A (frame pixels): q = d^T A d."""
@@ -415,13 +531,42 @@ class SyntheticSet:
              & (xy[:, 1] >= margin - 0.5) & (xy[:, 1] <= h - 0.5 - margin))
         return xy[m], self.stars.flux[m]
 
+    @property
+    def galaxy_xy(self) -> tuple[float, float] | None:
+        """Centre of the galaxy on the generator's reference grid, or None without one."""
+        return (self._blobs[0].x, self._blobs[0].y) if self._blobs else None
+
+    @property
+    def is_colour(self) -> bool:
+        """True when the sensor has a colour filter array (``params.bayer``)."""
+        return self.params.bayer is not None
+
     def electrons(self, i: int, *, sky: bool = True) -> np.ndarray:
         """Expected photo-electrons per pixel of frame ``i`` (float64, noise- and
         defect-free): stars, galaxy, sky gradient and, in the trail frame, the trail.
-        ``sky=False`` leaves out the sky (level and gradient)."""
+        ``sky=False`` leaves out the sky (level and gradient). For a colour set, what each
+        photosite receives through its filter (:meth:`electrons_rgb` through the CFA); the
+        flat response is the sensor's and is not included."""
         self._check(i)
+        if self.is_colour:
+            return self.sensor.mosaic(self.electrons_rgb(i, sky=sky))
+        return self._render_frame(i, sky, None)
+
+    def electrons_rgb(self, i: int, *, sky: bool = True) -> np.ndarray:
+        """``(H, W, 3)`` expected electrons of frame ``i`` in the camera's R, G and B
+        channels (objects coloured by :attr:`star_colours`, ``params.galaxy_colour`` and
+        ``params.sky_colour``; the trail is white)."""
+        self._check(i)
+        return np.stack([self._render_frame(i, sky, c) for c in range(3)], axis=2)
+
+    def _render_frame(self, i: int, sky: bool, channel: int | None) -> np.ndarray:
+        p = self.params
         h, w = self.shape
         img = self._sky_e(i) if sky else np.zeros((h, w), dtype=np.float64)
+        flux = self.stars.flux
+        if channel is not None:
+            img *= p.sky_colour[channel]
+            flux = flux * self.star_colours[:, channel]
         inv = self.transforms[i].inverse()
         # stars whose stamp can touch the frame
         xy = inv.apply(self.stars.xy)
@@ -431,10 +576,11 @@ class SyntheticSet:
         keep = ((xy[:, 0] > -reach) & (xy[:, 0] < w - 1 + reach)
                 & (xy[:, 1] > -reach) & (xy[:, 1] < h - 1 + reach))
         render_moffat(img, np.ascontiguousarray(xy[keep, 0]), np.ascontiguousarray(xy[keep, 1]),
-                      np.ascontiguousarray(self.stars.flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
+                      np.ascontiguousarray(flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
                       np.full(1, _QCORE))
         if self._blobs:
-            self._render_blobs(img, self.transforms[i].matrix)
+            weights = None if channel is None else np.full(len(self._blobs), p.galaxy_colour[channel])
+            self._render_blobs(img, self.transforms[i].matrix, weights)
         if i == self.trail_frame:
             self._render_trail(img)
         return img
@@ -518,9 +664,11 @@ class SyntheticSet:
         """Cosmic-ray hits of frame ``i``: a list of (ys, xs, e-) — single pixels (60 %)
         and short straight tracks of 2–8 pixels."""
         self._check(i)
+        return self._draw_cosmics(np.random.default_rng([self.params.seed, 3, i]))
+
+    def _draw_cosmics(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         p = self.params
         h, w = self.shape
-        rng = np.random.default_rng([p.seed, 3, i])
         n = rng.poisson(p.cosmic_rate * h * w)
         hits = []
         for _ in range(n):
@@ -560,6 +708,63 @@ class SyntheticSet:
         for i in range(len(self)):
             yield self.frame(i)
 
+    # -- calibration frames and their truth -----------------------------------------------
+    # Each kind has its own noise stream, [seed, 10 + kind, k]: calibration frames never
+    # change the lights, and frame k of a kind is the same whatever else was rendered.
+    def bias_frame(self, k: int = 0) -> np.ndarray:
+        """Bias (offset) frame ``k``: no light, zero exposure (uint16)."""
+        rng = np.random.default_rng([self.params.seed, 10, k]) if self.params.noise else None
+        return self.sensor.expose(np.zeros(self.shape), exptime=0.0, rng=rng)
+
+    def dark_frame(self, k: int = 0, *, exptime: float | None = None) -> np.ndarray:
+        """Dark frame ``k`` of ``exptime`` seconds (default: the lights'): no light; bias,
+        dark current, amplifier glow and hot pixels, read noise and cosmic rays (uint16)."""
+        p = self.params
+        t = p.exptime if exptime is None else float(exptime)
+        ms = int(round(t * 1000))
+        rng = np.random.default_rng([p.seed, 11, k, ms]) if p.noise else None
+        cos = self._draw_cosmics(np.random.default_rng([p.seed, 15, k, ms]))
+        return self.sensor.expose(np.zeros(self.shape), exptime=t, rng=rng, cosmics=cos)
+
+    def flat_frame(self, k: int = 0, *, level: float | None = None) -> np.ndarray:
+        """Flat frame ``k``: a uniform panel of ``params.flat_colour`` through the optics
+        (vignetting, dust) and the sensor, ``params.flat_exptime`` seconds (uint16).
+        ``level``: e- of a green photosite at full response (default ``params.flat_level``)."""
+        p = self.params
+        lvl = p.flat_level if level is None else float(level)
+        rng = np.random.default_rng([p.seed, 12, k]) if p.noise else None
+        h, w = self.shape
+        if self.is_colour:
+            light = np.broadcast_to(np.asarray(p.flat_colour, dtype=np.float64) * lvl, (h, w, 3))
+        else:
+            light = np.full((h, w), lvl)
+        return self.sensor.expose(np.array(light), exptime=p.flat_exptime, rng=rng)
+
+    def dark_flat_frame(self, k: int = 0) -> np.ndarray:
+        """Dark frame ``k`` of the flats' exposure (``params.flat_exptime``), uint16."""
+        p = self.params
+        rng = np.random.default_rng([p.seed, 13, k]) if p.noise else None
+        return self.sensor.expose(np.zeros(self.shape), exptime=p.flat_exptime, rng=rng)
+
+    def flat_response(self) -> np.ndarray:
+        """The true relative response to light (H, W), float64: vignetting × dust × PRNU
+        (ones when none is set). Cold pixels are defects, not part of it."""
+        r = self.sensor.response
+        return np.ones(self.shape) if r is None else r.copy()
+
+    def bias_level(self) -> np.ndarray:
+        """The true noise-free bias (H, W) in ADU."""
+        b = self.sensor.bias_map
+        return np.full(self.shape, float(self.params.pedestal)) if b is None else b.copy()
+
+    def dark_rate(self, *, hot: bool = True) -> np.ndarray:
+        """The true dark current (H, W) in e- per second: uniform + glow, and with
+        ``hot=True`` the hot pixels."""
+        d = np.zeros(self.shape) if self.sensor.dark_rate is None else self.sensor.dark_rate.copy()
+        if hot and len(self.hot_pixels):
+            d[self.hot_pixels[:, 1], self.hot_pixels[:, 0]] += self.sensor.hot_rate
+        return d
+
     # -- the ideal stack --------------------------------------------------------------
     def ideal(self, *, background: bool = False, frames: list[int] | None = None) -> np.ndarray:
         """The noise-free ideal stack on the reference grid (float64, ADU).
@@ -573,7 +778,19 @@ class SyntheticSet:
         subtracted stack holds); ``background=True`` adds the pedestal and the mean of the
         frames' sky planes mapped to the reference grid — what a mean stack without
         normalisation converges to where every frame covers the pixel.
+
+        For a colour set this is the colourless scene (every object with the colour
+        (1, 1, 1)); :meth:`ideal_rgb` gives the ideal per camera channel.
         """
+        return self._ideal(background, frames, None)
+
+    def ideal_rgb(self, *, background: bool = False, frames: list[int] | None = None) -> np.ndarray:
+        """``(H, W, 3)`` ideal stack per camera channel (float64, ADU): what a perfectly
+        calibrated, demosaiced colour stack holds, objects with their true colours
+        (``background=True`` adds the coloured sky and the pedestal, as :meth:`ideal`)."""
+        return np.stack([self._ideal(background, frames, c) for c in range(3)], axis=2)
+
+    def _ideal(self, background: bool, frames: list[int] | None, channel: int | None) -> np.ndarray:
         p = self.params
         frames = list(range(len(self))) if frames is None else list(frames)
         h, w = self.shape
@@ -593,6 +810,10 @@ class SyntheticSet:
             xs = np.arange(w, dtype=np.float64) * (gxr / n)
             ys = np.arange(h, dtype=np.float64) * (gyr / n) + const / n
             np.add(ys[:, None], xs[None, :], out=img)
+            if channel is not None:
+                img *= p.sky_colour[channel]
+        flux = self.stars.flux if channel is None else self.stars.flux * self.star_colours[:, channel]
+        blob_colour = 1.0 if channel is None else p.galaxy_colour[channel]
         comp = self._components(frames, on_reference=True)
         qmax = self._qmax(comp)
         reach = self._reach(comp, qmax)
@@ -600,7 +821,7 @@ class SyntheticSet:
         keep = ((xy[:, 0] > -reach) & (xy[:, 0] < w - 1 + reach)
                 & (xy[:, 1] > -reach) & (xy[:, 1] < h - 1 + reach))
         render_moffat(img, np.ascontiguousarray(xy[keep, 0]), np.ascontiguousarray(xy[keep, 1]),
-                      np.ascontiguousarray(self.stars.flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
+                      np.ascontiguousarray(flux[keep]), comp, np.ascontiguousarray(qmax[keep]),
                       np.full(len(frames), _QCORE))
         if self._blobs:
             # the galaxy seen on the reference grid has the frames' surface brightness:
@@ -608,7 +829,7 @@ class SyntheticSet:
             ident = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
             for i in frames:
                 det = abs(np.linalg.det(self.transforms[i].matrix[:, :2]))
-                self._render_blobs(img, ident, np.full(len(self._blobs), det / n))
+                self._render_blobs(img, ident, np.full(len(self._blobs), det / n * blob_colour))
         img /= p.gain
         if background:
             img += p.pedestal
@@ -630,6 +851,14 @@ class SyntheticSet:
             "hot_pixels": self.hot_pixels.tolist(),
             "cold_pixels": self.cold_pixels.tolist(),
             "n_stars": len(self.stars),
+            "calibration": {
+                "hot_rate_e_per_s": [float(v) for v in self.sensor.hot_rate],
+                "cold_response": [float(v) for v in self.sensor.cold_response],
+                "flat_response_mean": float(self.flat_response().mean()),
+                "flat_response_min": float(self.flat_response().min()),
+                "bias_mean_adu": float(self.bias_level().mean()),
+                "note": "maps: SyntheticSet.flat_response(), bias_level(), dark_rate()",
+            },
         }
 
     def write_fits(self, folder: str | Path, *, prefix: str = "synth_", frames: Iterable[int] | None = None,
@@ -648,24 +877,85 @@ class SyntheticSet:
             it = tqdm(idx, desc="rendering", unit="frame")
         p = self.params
         for i in it:
-            hdu = fits.PrimaryHDU(self.frame(i))  # astropy stores uint16 as BITPIX 16 + BZERO 32768
-            hd = hdu.header
-            hd["EXPTIME"] = (p.exptime, "[s] exposure time")
-            hd["EXPOSURE"] = (p.exptime, "[s] exposure time")
-            hd["GAIN"] = (p.gain, "[e-/ADU]")
-            hd["PEDESTAL"] = (p.pedestal, "[ADU] offset added to every pixel")
-            hd["IMAGETYP"] = "Light Frame"
-            hd["OBJECT"] = "skystack synthetic"
-            hd["SYNSEED"] = (p.seed, "skystack synthetic set seed")
-            hd["SYNFRAME"] = (i, "frame index in the synthetic set")
-            hd["HISTORY"] = "skystack.testing.synthetic: truth in truth.json"
             path = folder / f"{prefix}{i:04d}.fits"
-            hdu.writeto(path, overwrite=True)
+            self._write_frame(path, self.frame(i), exptime=p.exptime, imagetyp="Light Frame", index=i,
+                              extra=[("OBJECT", "skystack synthetic")])
             paths.append(path)
         truth = self.truth()
         truth["files"] = [q.name for q in paths]
         (folder / "truth.json").write_text(json.dumps(truth, indent=1))
         return paths
+
+    def _write_frame(self, path: Path, data: np.ndarray, *, exptime: float | None, imagetyp: str, index: int,
+                     extra: list[tuple[str, object]] = (), ccd_temp: float | None = None) -> None:
+        from astropy.io import fits
+
+        p = self.params
+        hdu = fits.PrimaryHDU(data)  # astropy stores uint16 as BITPIX 16 + BZERO 32768
+        hd = hdu.header
+        if exptime is not None:
+            hd["EXPTIME"] = (exptime, "[s] exposure time")
+            hd["EXPOSURE"] = (exptime, "[s] exposure time")
+        hd["GAIN"] = (p.gain, "[e-/ADU]")
+        hd["PEDESTAL"] = (p.pedestal, "[ADU] offset added to every pixel")
+        hd["IMAGETYP"] = imagetyp
+        for key, val in extra:
+            hd[key] = val
+        hd["SYNSEED"] = (p.seed, "skystack synthetic set seed")
+        hd["SYNFRAME"] = (index, "frame index in the synthetic set")
+        hd["HISTORY"] = "skystack.testing.synthetic: truth in truth.json"
+        if p.bayer is not None:
+            hd["BAYERPAT"] = (p.bayer, "CFA pattern of the first row")
+        temp = p.ccd_temp if ccd_temp is None else ccd_temp
+        if temp is not None:
+            hd["CCD-TEMP"] = (float(temp), "[C] sensor temperature")
+        hdu.writeto(path, overwrite=True)
+
+    def write_calibration(self, folder: str | Path, *, bias: int = 0, darks: int = 0, flats: int = 0,
+                          dark_flats: int = 0, dark_exptime: float | None = None, write_exptime: bool = True,
+                          ccd_temp: float | None = None) -> dict[str, list[Path]]:
+        """Write calibration frames as uint16 FITS, one folder per kind.
+
+        Parameters
+        ----------
+        folder : path
+            Gets ``bias/``, ``darks/``, ``flats/`` and ``dark_flats/`` (those asked for).
+        bias, darks, flats, dark_flats : int
+            How many frames of each kind.
+        dark_exptime : float, optional
+            Exposure of the darks (default: the lights').
+        write_exptime : bool
+            ``False`` leaves EXPTIME/EXPOSURE out of the headers (a bad-input case).
+        ccd_temp : float, optional
+            CCD-TEMP written in these frames (default ``params.ccd_temp``).
+
+        Returns
+        -------
+        dict
+            ``{"bias": [paths], "darks": [...], "flats": [...], "dark_flats": [...]}``.
+        """
+        p = self.params
+        folder = Path(folder)
+        t_dark = p.exptime if dark_exptime is None else float(dark_exptime)
+        kinds = (
+            ("bias", bias, "Bias Frame", 0.0, self.bias_frame),
+            ("darks", darks, "Dark Frame", t_dark, lambda k: self.dark_frame(k, exptime=t_dark)),
+            ("flats", flats, "Flat Field", p.flat_exptime, self.flat_frame),
+            ("dark_flats", dark_flats, "Dark Flat", p.flat_exptime, self.dark_flat_frame),
+        )
+        out: dict[str, list[Path]] = {}
+        for name, n, imagetyp, t, render in kinds:
+            if n <= 0:
+                continue
+            sub = folder / name
+            sub.mkdir(parents=True, exist_ok=True)
+            out[name] = []
+            for k in range(n):
+                path = sub / f"{name}_{k:04d}.fits"
+                self._write_frame(path, render(k), exptime=t if write_exptime else None, imagetyp=imagetyp,
+                                  index=k, ccd_temp=ccd_temp)
+                out[name].append(path)
+        return out
 
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):
