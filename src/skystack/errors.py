@@ -16,6 +16,12 @@ class UsageError(SkystackError):
     exit_code = 2
 
 
+class CalibrationError(UsageError):
+    """Calibration frames that cannot be applied to the lights (another size, binning or
+    CFA pattern; a dark whose exposure cannot be known or scaled). The run stops before
+    anything is written: a wrong calibration silently applied is worse than none."""
+
+
 class NoFramesError(SkystackError):
     """No input frame could be found or read at all (empty folder, no image files)."""
 

@@ -44,7 +44,7 @@ def test_dark_current_and_hot_pixels_scale_with_exposure(quiet):
     assert np.allclose(th60[hy, hx][ok], 2 * th30[hy, hx][ok], atol=1.5)
     # the amplifier glow sits in the top-right corner
     rate = quiet.dark_rate(hot=False)
-    assert rate[0, -1] > 10 * rate[-1, 0]
+    assert rate[0, -1] > 5 * rate[-1, 0] and rate[0, -1] == rate.max()
 
 
 def test_flat_is_vignetting_dust_and_panel_colour_through_the_cfa(quiet):

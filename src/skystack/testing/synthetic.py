@@ -122,7 +122,7 @@ class DeepSkyParams:
     # calibration effects (defaults: none, the frames are those of a perfect sensor)
     bias_structure: float = 0.0  # ADU: rms of a fixed column pattern; a 2x ramp across the rows
     dark_current: float = 0.0  # e- per second per pixel, uniform
-    amp_glow: float = 0.0  # e- per second at the top-right corner, fading over ~15 % of the width
+    amp_glow: float = 0.0  # e- per second at the top-right corner, fading over 15 % of the width (>= 64 px)
     vignetting: float = 0.0  # response lost at the farthest corner (0.35: the corner gets 65 %)
     dust_donuts: int = 0  # dust shadows (out-of-focus rings) in the flat response
     dust_depth: float = 0.15  # largest relative dimming on a donut's ring
@@ -469,7 +469,9 @@ class SyntheticSet:
                         + 2.0 * p.bias_structure * (yy / max(h - 1, 1) - 0.5))
         if p.dark_current > 0 or p.amp_glow > 0:
             d = np.hypot(xx - (w - 1), yy)  # distance to the top-right corner
-            dark_rate = p.dark_current + p.amp_glow * np.exp(-d / (0.15 * w))
+            # glow fades over 15 % of the width, and never faster than over 64 px (real glow
+            # changes by a fraction of a percent per pixel, even on small sensors)
+            dark_rate = p.dark_current + p.amp_glow * np.exp(-d / max(0.15 * w, 64.0))
         donut_x = rng.uniform(0.1 * w, 0.9 * w, p.dust_donuts)
         donut_y = rng.uniform(0.1 * h, 0.9 * h, p.dust_donuts)
         donut_r = rng.uniform(0.04, 0.09, p.dust_donuts) * min(h, w)
