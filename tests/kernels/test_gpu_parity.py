@@ -208,6 +208,30 @@ def gpu_warp(src, matrix, shape, interpolation):
     return to_host(out)
 
 
+def cv_reference(src, matrix, shape, interpolation):
+    """``CpuBackend.warp``: OpenCV with a replicated border, NaN where a nearest-neighbour
+    warp of ones says the pixel centre maps outside the source."""
+    import cv2
+
+    h, w = shape
+    flags = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_LANCZOS4
+    out = cv2.warpAffine(src, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    cov = cv2.warpAffine(np.ones(src.shape[:2], np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out[cov == 0] = np.nan
+    return out
+
+
+def assert_close_to_twin(gpu, cpu):
+    """Same coverage; values equal in the simulator (the same Python arithmetic), within
+    float32 rounding natively (FMA contraction, another summation order)."""
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    if SIMULATOR:
+        np.testing.assert_array_equal(gpu, cpu)
+    else:
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-4, equal_nan=True)
+
+
 WARPS = {
     "rotation": np.array([[0.98, -0.12, 1.3], [0.12, 0.98, -0.7]]),
     "scale": np.array([[1.07, 0.0, -0.4], [0.0, 1.07, 0.35]]),
@@ -219,22 +243,19 @@ WARPS = {
 @pytest.mark.parametrize("interpolation", ["bilinear", "lanczos"])
 @pytest.mark.parametrize("name", list(WARPS))
 def test_warp_matches_cpu_twin_and_opencv(name, interpolation):
-    import cv2
-
     from _skystack_kernels.cpu.warp import warp_affine_cpu
 
     rng = np.random.default_rng(len(name))
     src = rng.normal(500.0, 40.0, (18, 20)).astype(np.float32)
     src[4, 9] = np.nan
+    src[0, 3] = np.nan  # on the edge: replicated with it
     m = WARPS[name]
     gpu = gpu_warp(src, m, (14, 16), interpolation)
     cpu = np.empty((14, 16), np.float32)
     warp_affine_cpu(src, m, cpu, interpolation)
-    flags = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_LANCZOS4
-    ref = cv2.warpAffine(src, m, (16, 14), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
-    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    ref = cv_reference(src, m, (14, 16), interpolation)
+    assert_close_to_twin(gpu, cpu)
     np.testing.assert_array_equal(np.isnan(gpu), np.isnan(ref))
-    np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-4, equal_nan=True)
     np.testing.assert_allclose(gpu, ref, rtol=1e-6, atol=1e-3, equal_nan=True)
     assert np.isfinite(gpu).sum() > 20
 
@@ -249,3 +270,67 @@ def test_warp_colour():
         np.testing.assert_allclose(gpu[..., c], gpu_warp(np.ascontiguousarray(src[..., c]), m, (12, 14), "lanczos"),
                                    rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isfinite(gpu).any()
+
+
+def band_tiles(frame_matrix, band_y0, band_y1, width, src_height, interpolation):
+    """The band engine's tile grid over output rows ``band_y0:band_y1`` (as
+    tests/kernels/test_cpu_warp.py): tiles relative to the band and to its source rows."""
+    from skystack.stack.plan import WARP_TILE_ROWS, source_rows, tile_warps
+
+    end = -(-band_y1 // WARP_TILE_ROWS) * WARP_TILE_ROWS
+    s0, s1 = source_rows(frame_matrix, band_y0, end, width, src_height, interpolation)
+    tiles = [(a - band_y0, b - band_y0, ty0 - band_y0, sy0 - s0, sy1 - s0, m) for ty0, _, a, b, sy0, sy1, m in
+             tile_warps(frame_matrix, band_y0, band_y1, s0, s1, width, src_height, interpolation)]
+    return tiles, s0, s1
+
+
+@here
+@pytest.mark.parametrize("interpolation", ["bilinear", "lanczos"])
+def test_warp_tiles_matches_cpu_twin_and_per_tile_warps(interpolation):
+    """All tiles of a band (two channels, planar) in one launch: equal to the CPU twin, and
+    to warping each tile alone with the single-warp kernel (the per-tile path it replaces)."""
+    from _skystack_kernels.cpu.warp import tile_table, warp_tiles_cpu
+    from _skystack_kernels.gpu.warp import warp_tiles_gpu
+
+    rng = np.random.default_rng(9 + len(interpolation))
+    height, width = 28, 18
+    frame = rng.normal(800.0, 30.0, (2, height, width)).astype(np.float32)
+    frame[0][rng.random((height, width)) < 0.03] = np.nan
+    a = np.deg2rad(-1.7)
+    fm = np.array([[np.cos(a), -np.sin(a), -0.8], [np.sin(a), np.cos(a), 1.1]])
+    y0, y1 = 16, 28  # a whole tile and one cut by the frame's bottom edge
+    tiles, s0, s1 = band_tiles(fm, y0, y1, width, height, interpolation)
+    assert len(tiles) == 2 and tiles[-1][1] - tiles[-1][0] == 4
+    rows = np.ascontiguousarray(frame[:, s0:s1])
+    table = tile_table(tiles, interpolation, y1 - y0, s1 - s0)
+    out = to_device(np.full((2, y1 - y0, width), -7.0, np.float32))
+    warp_tiles_gpu(to_device(rows), to_device(table), out)
+    gpu = to_host(out)
+    cpu = np.empty((2, y1 - y0, width), np.float32)
+    warp_tiles_cpu(rows, table, cpu)
+    assert_close_to_twin(gpu, cpu)
+    per_tile = np.full_like(gpu[0], np.nan)  # one channel: the simulator is slow
+    for oy0, oy1, ty0, ts0, ts1, m in tiles:
+        tile = gpu_warp(np.ascontiguousarray(rows[0, ts0:ts1]), m, (8, width), interpolation)
+        per_tile[oy0:oy1] = tile[oy0 - ty0:oy1 - ty0]
+    np.testing.assert_array_equal(np.isnan(gpu[0]), np.isnan(per_tile))
+    np.testing.assert_array_equal(gpu[0], per_tile)  # same device arithmetic, pixel for pixel
+    assert np.isnan(gpu).any() and np.isfinite(gpu).mean() > 0.5
+    # one plane, 2-d arrays: the same
+    one = to_device(np.zeros((y1 - y0, width), np.float32))
+    warp_tiles_gpu(to_device(np.ascontiguousarray(rows[1])), to_device(table), one)
+    np.testing.assert_array_equal(to_host(one), gpu[1])
+
+
+@here
+def test_warp_tiles_leaves_rows_without_a_tile_nan():
+    from _skystack_kernels.cpu.warp import tile_table
+    from _skystack_kernels.gpu.warp import warp_tiles_gpu
+
+    src = np.full((10, 9), 3.0, np.float32)
+    table = tile_table([(2, 5, 2, 0, 10, np.array([[1.0, 0, 0], [0, 1, -2]]))], "lanczos", 8, 10)
+    out = to_device(np.zeros((8, 9), np.float32))
+    warp_tiles_gpu(to_device(src), to_device(table), out)
+    got = to_host(out)
+    assert np.isnan(got[:2]).all() and np.isnan(got[5:]).all()
+    np.testing.assert_allclose(got[2:5], 3.0, rtol=1e-6)

@@ -1,25 +1,46 @@
-"""Affine warp with OpenCV's exact semantics (bilinear and Lanczos-4), in Numba.
+"""Affine warp with the CPU backend's semantics (OpenCV bilinear / Lanczos-4 values,
+replicated border, coverage by pixel centre), in Numba.
 
-The CPU backend warps with ``cv2.warpAffine(..., borderMode=BORDER_CONSTANT,
-borderValue=NaN)``; this module reproduces that result so the GPU twin
-(``gpu/warp.py``, which compiles :func:`warp_pixel` for the device) can be checked against
-it, and serves as a fallback. Measured against OpenCV 5.1 (tests/kernels): NaN masks
-identical; Lanczos values bit-identical, bilinear within one float32 ulp.
+The CPU backend (``skystack.backends.cpu.CpuBackend.warp``) warps with
+``cv2.warpAffine(..., borderMode=BORDER_REPLICATE)`` and sets NaN wherever a
+nearest-neighbour warp of an all-ones plane (``INTER_NEAREST``, ``BORDER_CONSTANT`` 0) is
+0. This module reproduces that result so the GPU twin (``gpu/warp.py``, which compiles
+:func:`warp_pixel` and :func:`warp_tile_pixel` for the device) can be checked against it.
+Measured against OpenCV 5.1 (tests/kernels): NaN masks identical; Lanczos values
+bit-identical, edges included; bilinear within one float32 ulp.
 
-What "the source covers an output pixel" means (= where the output is not NaN):
+Which output pixels are covered (= not NaN): those whose centre maps inside the source,
+``-0.5 <= sx <= w - 0.5`` and ``-0.5 <= sy <= h - 0.5`` for the float64 source point
+``(sx, sy)`` of the inverse map. Both ends are closed: that is what OpenCV 5.1's nearest
+warp does (measured: a centre exactly on ``w - 0.5`` is covered, by the last column).
+Measured on transforms pushed to within 1e-11 px of an edge, the two disagree only where
+the centre lies within ~1e-13 px of it (OpenCV evaluates the map in another order).
 
-- bilinear: all 2x2 taps lie inside the source: ``0 <= sx < w-1`` and ``0 <= sy < h-1``
-  (OpenCV 5 computes the source point in floating point). The taps are read even when
-  their weight is 0, so a source point exactly on the last column or row is not covered.
-  Exception, as in OpenCV: an exact integer translation (``[[1, 0, tx], [0, 1, ty]]``,
-  integer ``tx, ty``) is a shifted copy, every source pixel lands on one output pixel.
-- Lanczos-4: all 8x8 taps lie inside the source. The source point is first quantised as
-  OpenCV does (fixed point, 1/32 pixel: ``INTER_BITS = 5``, ``AB_BITS = 10``, rounding
-  half to even as ``cvRound``), the taps are ``ix-3 .. ix+4`` around ``ix = floor(sx)``
-  and the weights come from OpenCV's normalised 32-entry table. Taps of zero weight count
-  too (OpenCV multiplies the NaN border by the weight; NaN * 0 is NaN).
+The value of a covered pixel is OpenCV's interpolation with taps that fall off the source
+reading the nearest edge pixel (``BORDER_REPLICATE``), so a frame keeps its own edge
+pixels rather than losing the kernel's width to the border:
 
-A NaN inside the source (masked pixel) makes every output pixel whose taps touch it NaN.
+- bilinear: the source point is clamped into ``[0, w-1] x [0, h-1]`` (what OpenCV 5.1's
+  replicated border does, measured), then taps ``floor(sx), +1`` by ``floor(sy), +1``
+  (the second replicated at the last column/row) are interpolated in float64 (OpenCV 5
+  computes the source point in floating point too). The taps are read even when their
+  weight is 0. An exact integer translation (``[[1, 0, tx], [0, 1, ty]]``, integer
+  ``tx, ty``) is a shifted copy, as in OpenCV.
+- Lanczos-4: the source point is first quantised as OpenCV does (fixed point, 1/32 pixel:
+  ``INTER_BITS = 5``, ``AB_BITS = 10``, rounding half to even as ``cvRound``); taps
+  ``ix-3 .. ix+4`` around ``ix = floor(sx)``, weights from OpenCV's normalised 32-entry
+  table, summed in float32 in OpenCV's order: row by row where all 64 taps are inside the
+  source, one tap after another where some are replicated (OpenCV's ``remapLanczos4``
+  border branch), so edge pixels are bit-identical too.
+
+A NaN inside the source (masked pixel) makes every output pixel whose taps touch it NaN
+(taps of zero weight count: NaN * 0 is NaN). A NaN on the edge is replicated with it.
+
+Tiles: the band engine warps on a fixed grid of 8-row output tiles, each from its own
+slice of source rows with its own matrix (``skystack.stack.plan.tile_warps``). A *tile
+table* (:func:`tile_table`) describes all tiles of one frame's band, and
+:func:`warp_tiles_cpu` (GPU: ``gpu.warp.warp_tiles_gpu``, one launch) warps them all,
+with every pixel equal to warping its tile alone.
 """
 from __future__ import annotations
 
@@ -118,33 +139,38 @@ def _cv_round(v):
 
 
 @njit(nogil=True, cache=True)
-def warp_pixel(src, a0, a1, a2, a3, a4, a5, interp, x, y):
-    """The value of output pixel (x, y) of a 2-d ``src`` warped through the inverse affine
-    map ``(a0 a1 a2; a3 a4 a5)`` (output -> source), NaN where the source does not cover
-    it (module docstring). ``interp``: ``codes.INTERP_*`` or ``INTERP_SHIFT``. Returned as
-    float64; Lanczos values are computed in float32 exactly as OpenCV does (bit-identical
-    on the CPU), bilinear ones in float64 (within one float32 ulp of OpenCV's)."""
-    h = src.shape[0]
+def warp_sample(src, row0, rows, a0, a1, a2, a3, a4, a5, interp, x, y):
+    """Output pixel (x, y) of the source ``src[row0:row0 + rows]`` (2-d) warped through the
+    inverse affine map ``(a0 a1 a2; a3 a4 a5)`` (output -> source, relative to ``row0``):
+    :func:`warp_pixel` on a row slice, without making one (the tiles of
+    :func:`warp_tile_pixel` share one source array). ``row0 + rows <= src.shape[0]``."""
     w = src.shape[1]
-    if interp == INTERP_SHIFT:
-        sx = x + a2
-        sy = y + a5
-        if not (0.0 <= sx <= w - 1 and 0.0 <= sy <= h - 1):
-            return math.nan
-        return float(src[int(sy), int(sx)])
+    sx = a0 * x + a1 * y + a2
+    sy = a3 * x + a4 * y + a5
+    # coverage: the centre maps inside the source, both ends closed (OpenCV's nearest
+    # warp); also false for NaN
+    if not (-0.5 <= sx <= w - 0.5 and -0.5 <= sy <= rows - 0.5):
+        return math.nan
+    if interp == INTERP_SHIFT:  # integer sx, sy: inside the source, a copy
+        return float(src[row0 + int(sy), int(sx)])
     if interp == INTERP_BILINEAR:
-        sx = a0 * x + a1 * y + a2
-        sy = a3 * x + a4 * y + a5
-        if not (0.0 <= sx < w - 1 and 0.0 <= sy < h - 1):  # also false for NaN
-            return math.nan
-        ix = int(math.floor(sx))
-        iy = int(math.floor(sy))
-        fx = sx - ix
-        fy = sy - iy
-        p00 = float(src[iy, ix])
-        p01 = float(src[iy, ix + 1])
-        p10 = float(src[iy + 1, ix])
-        p11 = float(src[iy + 1, ix + 1])
+        # OpenCV 5.1's replicated border, measured: the source point is clamped into
+        # [0, w-1] x [0, h-1] first, then the taps floor(s), +1 are read (the second one
+        # replicated at the last column/row). Same values as clamping each tap, but a
+        # point left of column 0 reads column 1 (weight 0), which matters for NaN.
+        cx = min(max(sx, 0.0), w - 1.0)
+        cy = min(max(sy, 0.0), rows - 1.0)
+        ix = int(math.floor(cx))
+        iy = int(math.floor(cy))
+        fx = cx - ix
+        fy = cy - iy
+        x1 = min(ix + 1, w - 1)
+        y0 = row0 + iy
+        y1 = row0 + min(iy + 1, rows - 1)
+        p00 = float(src[y0, ix])
+        p01 = float(src[y0, x1])
+        p10 = float(src[y1, ix])
+        p11 = float(src[y1, x1])
         v0 = p00 + fx * (p01 - p00)
         v1 = p10 + fx * (p11 - p10)
         return v0 + fy * (v1 - v0)
@@ -154,25 +180,181 @@ def warp_pixel(src, a0, a1, a2, a3, a4, a5, interp, x, y):
     col_x = a0 * x * _AB_SCALE
     col_y = a3 * x * _AB_SCALE
     if not (abs(row_x) < 1e15 and abs(row_y) < 1e15 and abs(col_x) < 1e15 and abs(col_y) < 1e15):
-        return math.nan  # far outside (or NaN): keep the integer arithmetic in range
+        return math.nan  # terms that cancel to a covered point but overflow the integers
     gx = (_cv_round(row_x) + 16 + _cv_round(col_x)) >> 5
     gy = (_cv_round(row_y) + 16 + _cv_round(col_y)) >> 5
     ix = gx >> 5
     iy = gy >> 5
-    if ix - 3 < 0 or ix + 4 > w - 1 or iy - 3 < 0 or iy + 4 > h - 1:
-        return math.nan
     fx = gx & 31
     fy = gy & 31
-    # OpenCV's arithmetic, to the bit: float32 weights wy*wx, each row summed left to
-    # right in float32, rows added in float32
     acc = np.float32(0.0)
+    if ix - 3 >= 0 and ix + 4 <= w - 1 and iy - 3 >= 0 and iy + 4 <= rows - 1:
+        # OpenCV's interior arithmetic, to the bit: float32 weights wy*wx, each row summed
+        # left to right in float32, rows added in float32
+        for i in range(8):
+            wy = LANCZOS4_TABLE[fy, i]
+            row = np.float32(0.0)
+            for j in range(8):
+                row += np.float32(src[row0 + iy - 3 + i, ix - 3 + j]) * (wy * LANCZOS4_TABLE[fx, j])
+            acc += row
+        return float(acc)
+    # OpenCV's border branch: taps clamped to the edge, all 64 added one after another
     for i in range(8):
         wy = LANCZOS4_TABLE[fy, i]
-        row = np.float32(0.0)
+        ty = row0 + min(max(iy - 3 + i, 0), rows - 1)
         for j in range(8):
-            row += np.float32(src[iy - 3 + i, ix - 3 + j]) * (wy * LANCZOS4_TABLE[fx, j])
-        acc += row
+            tx = min(max(ix - 3 + j, 0), w - 1)
+            acc += np.float32(src[ty, tx]) * (wy * LANCZOS4_TABLE[fx, j])
     return float(acc)
+
+
+@njit(nogil=True, cache=True)
+def warp_pixel(src, a0, a1, a2, a3, a4, a5, interp, x, y):
+    """The value of output pixel (x, y) of a 2-d ``src`` warped through the inverse affine
+    map ``(a0 a1 a2; a3 a4 a5)`` (output -> source): NaN where the pixel's centre maps
+    outside the source, else the interpolated value with taps off the edge replicated
+    (module docstring). ``interp``: ``codes.INTERP_*`` or ``INTERP_SHIFT``. Returned as
+    float64; Lanczos values are computed in float32 exactly as OpenCV does (bit-identical
+    on the CPU), bilinear ones in float64 (within one float32 ulp of OpenCV's)."""
+    return warp_sample(src, 0, src.shape[0], a0, a1, a2, a3, a4, a5, interp, x, y)
+
+
+# Columns of a tile table row (float64; the integers are exact)
+TILE_MATRIX = 0  # 0..5: the tile's inverse matrix, output (x, y - tile_y0) -> source (x, y - src_y0)
+TILE_OUT_Y0 = 6  # first output row the tile writes (of the band being written)
+TILE_OUT_Y1 = 7  # one past its last
+TILE_Y0 = 8  # the output row of the tile's local row 0 (<= out_y0: a tile cut at its top)
+TILE_SRC_Y0 = 9  # first source row of the tile's source slice (of the source array)
+TILE_SRC_Y1 = 10  # one past its last: taps beyond replicate this slice's edge rows
+TILE_INTERP = 11  # warp_code of the tile's matrix
+TILE_COLUMNS = 12
+
+
+@njit(nogil=True, cache=True)
+def find_tile(table, r):
+    """Index of the tile table row whose output rows hold row ``r``, or -1 (no tile: the
+    frame does not reach that row). Rows are sorted by ``TILE_OUT_Y0`` and disjoint, so a
+    binary search; a thread finds its tile from its output row alone."""
+    lo = 0
+    hi = table.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if table[mid, TILE_OUT_Y0] <= r:
+            lo = mid + 1
+        else:
+            hi = mid
+    t = lo - 1
+    if t >= 0 and r < table[t, TILE_OUT_Y1]:
+        return t
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def warp_tile_pixel(src, table, x, r):
+    """Output pixel (x, r) of a tiled warp of the 2-d ``src`` (:func:`tile_table`): the
+    value warping its tile alone gives that pixel; NaN on rows no tile covers."""
+    t = find_tile(table, r)
+    if t < 0:
+        return math.nan
+    s0 = int(table[t, TILE_SRC_Y0])
+    return warp_sample(src, s0, int(table[t, TILE_SRC_Y1]) - s0, table[t, 0], table[t, 1], table[t, 2],
+                       table[t, 3], table[t, 4], table[t, 5], int(table[t, TILE_INTERP]), x,
+                       r - int(table[t, TILE_Y0]))
+
+
+@njit(nogil=True, cache=True)
+def _warp_tiles(src, table, out):
+    for c in range(out.shape[0]):
+        plane = src[c]
+        for r in range(out.shape[1]):
+            for x in range(out.shape[2]):
+                out[c, r, x] = warp_tile_pixel(plane, table, x, r)
+
+
+def tile_table(tiles, interpolation, out_rows: int, src_rows: int) -> np.ndarray:
+    """The tile table of one frame's band, for :func:`warp_tiles_cpu` / ``warp_tiles_gpu``.
+
+    Parameters
+    ----------
+    tiles : iterable of (out_y0, out_y1, tile_y0, src_y0, src_y1, matrix)
+        Per tile: the output rows ``[out_y0, out_y1)`` it writes and the output row
+        ``tile_y0`` of its local row 0 (all relative to the band being written); the source
+        rows ``[src_y0, src_y1)`` it reads (relative to the source array); ``matrix``
+        (2x3) maps those source rows (local: row ``src_y0`` is y = 0) to the tile's local
+        rows, as ``cv2.warpAffine`` would take it. In output order, not overlapping.
+    interpolation : str or int
+        ``"bilinear"`` / ``"lanczos"`` or its code.
+    out_rows, src_rows : int
+        Heights of the output band and of the source array (checked against the tiles).
+
+    Returns
+    -------
+    (T, TILE_COLUMNS) float64 array
+        One row per tile: the inverse matrix (as ``cv2.invertAffineTransform``), the row
+        ranges and the per-tile interpolation code (``warp_code``).
+
+    Raises
+    ------
+    ValueError
+        Tiles out of order, overlapping, or outside the output or source rows.
+    """
+    code = interpolation_code(interpolation)
+    rows = []
+    last = 0
+    for out_y0, out_y1, tile_y0, src_y0, src_y1, matrix in tiles:
+        if not (last <= out_y0 < out_y1 <= out_rows and tile_y0 <= out_y0):
+            raise ValueError(f"tile rows {out_y0}:{out_y1} (local 0 at {tile_y0}) out of order or outside "
+                             f"the {out_rows} output rows")
+        if not 0 <= src_y0 < src_y1 <= src_rows:
+            raise ValueError(f"tile source rows {src_y0}:{src_y1} outside the {src_rows} source rows")
+        if np.shape(matrix) != (2, 3):
+            raise ValueError(f"matrix must be 2x3, not {np.shape(matrix)}")
+        last = out_y1
+        row = np.empty(TILE_COLUMNS, np.float64)
+        row[:6] = invert_affine(matrix)
+        row[6:11] = (out_y0, out_y1, tile_y0, src_y0, src_y1)
+        row[TILE_INTERP] = warp_code(matrix, code)
+        rows.append(row)
+    if not rows:
+        return np.empty((0, TILE_COLUMNS), np.float64)
+    return np.stack(rows)
+
+
+def check_tiles_args(src, table, out) -> None:
+    """Shape checks shared by the CPU and GPU tiled warps."""
+    if src.ndim not in (2, 3) or out.ndim != src.ndim:
+        raise ValueError(f"src and out must both be (h, w) or (C, h, w), not {src.shape} and {out.shape}")
+    if src.ndim == 3 and src.shape[0] != out.shape[0]:
+        raise ValueError(f"src has {src.shape[0]} channels, out {out.shape[0]}")
+    if table.ndim != 2 or table.shape[1] != TILE_COLUMNS:
+        raise ValueError(f"the tile table must be (T, {TILE_COLUMNS}), not {table.shape}")
+
+
+def warp_tiles_cpu(src: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Warp every tile of a tile table from ``src`` into ``out`` (the CPU twin of
+    ``gpu.warp.warp_tiles_gpu``): each pixel as warping its tile alone with
+    :func:`warp_affine_cpu` (i.e. as ``CpuBackend.warp`` of the tile's source slice), NaN on
+    rows no tile writes.
+
+    Parameters
+    ----------
+    src : (hs, ws) or (C, hs, ws) array
+        Source rows, channels first; any real dtype (read as float; NaN = masked).
+    table : (T, TILE_COLUMNS) float64 array
+        From :func:`tile_table`.
+    out : (h, W) or (C, h, W) float32 array
+        Written: every pixel.
+
+    Returns
+    -------
+    out
+    """
+    check_tiles_args(src, table, out)
+    if src.ndim == 2:
+        _warp_tiles(src[None], table, out[None])
+    else:
+        _warp_tiles(src, table, out)
+    return out
 
 
 @njit(nogil=True, cache=True)
@@ -202,8 +384,8 @@ def check_warp_args(src, matrix, out) -> None:
 
 
 def warp_affine_cpu(src: np.ndarray, matrix, out: np.ndarray, interpolation) -> np.ndarray:
-    """Warp ``src`` into ``out`` as ``cv2.warpAffine(src, matrix, (W, h), flags,
-    BORDER_CONSTANT, NaN)`` does.
+    """Warp ``src`` into ``out`` as ``CpuBackend.warp`` does: ``cv2.warpAffine(src, matrix,
+    (W, h), flags, BORDER_REPLICATE)``, NaN where the pixel centre maps outside ``src``.
 
     Parameters
     ----------
@@ -212,7 +394,7 @@ def warp_affine_cpu(src: np.ndarray, matrix, out: np.ndarray, interpolation) -> 
     matrix : (2, 3) array_like
         Maps source (x, y) to output (x, y), pixels (OpenCV convention); inverted here.
     out : (h, W) or (h, W, C) float32 array
-        Written: every pixel, NaN where the source does not cover it.
+        Written: every pixel, NaN where the source does not cover its centre.
     interpolation : str or int
         ``"bilinear"`` or ``"lanczos"`` (Lanczos-4, OpenCV's INTER_LANCZOS4), or its code.
 
