@@ -14,6 +14,7 @@ import pytest
 
 from skystack.backends.cpu import CpuBackend
 from skystack.errors import BackendUnavailableError
+from skystack.stack.plan import tile_warps
 
 from backend_cases import KernelTwinBackend, gpu_tasks, warp_semantics_mismatch  # tests/backends (conftest)
 
@@ -27,19 +28,23 @@ COMBINE_KEYS = [k for k, t in TASKS.items() if k.startswith("cupy:") and t["call
 WARP_KEYS = [k for k, t in TASKS.items() if k.startswith("cupy:") and t["call"] == "warp"]
 
 # Two references. KernelTwinBackend: the CPU backend warping with the CPU twin of the GPU
-# warp kernel: the GPU backend must always equal it (its own plumbing). CpuBackend: what the
-# GPU backend must equal in the end; that also needs the warp kernel to follow the CPU
-# backend's edge rules, which is the kernel's business: while it does not, those tests are
-# expected failures that say why (and turn into real tests when it does).
+# warp kernel: the GPU backend must equal it whatever the warp's edge rules (its own
+# plumbing). CpuBackend (OpenCV warps): what the GPU backend must equal in the end, which
+# also needs the warp kernel to follow the CPU backend's edge rules
+# (test_warp_kernel_follows_the_cpu_backend checks that on its own, so a failure there
+# says which of the two broke).
 REFERENCES = {"kernel-twin": KernelTwinBackend, "cpu": CpuBackend}
 
 
 def reference(name: str):
-    if name == "cpu":
-        why = warp_semantics_mismatch()
-        if why:
-            pytest.xfail(why)
     return REFERENCES[name]()
+
+
+def test_warp_kernel_follows_the_cpu_backend():
+    """The GPU warp kernel's per-pixel function, run on the CPU, warps as CpuBackend.warp:
+    the same covered pixels, values within float32 rounding (both interpolations)."""
+    why = warp_semantics_mismatch()
+    assert why is None, why
 
 
 def assert_same_band(got: dict, want, what: str) -> None:
@@ -86,13 +91,24 @@ def test_combine_band_under_simulator(cudasim, key, ref):
 @pytest.mark.cudasim
 @pytest.mark.parametrize("key", COMBINE_KEYS)
 def test_frames_cross_the_bus_in_native_dtype(cudasim, key):
-    """16-bit frames are uploaded as 16-bit (converted to float32 on the device), and the
-    only downloads are the image, the count and the rejection tallies."""
+    """16-bit frames are uploaded as 16-bit (converted to float32 on the device), besides
+    them only each frame's tile table goes up (12 float64 per 8-row warp tile, one tile
+    for a job without the tile grid), and the only downloads are the image, the count and
+    the rejection tallies."""
     got = cudasim[0][key]
     case = CASES[key]
     rows = [job.load_rows() for job in case.jobs]
     expected_up = sum(r.size * (r.itemsize if r.dtype in (np.uint8, np.uint16, np.float32) else 4) for r in rows)
-    assert got["bytes_h2d"] == expected_up
+    h, w = case.out_shape[:2]
+    tiles = 0
+    for job, r in zip(case.jobs, rows):
+        if job.frame_matrix is None:
+            tiles += 1
+        else:
+            tiles += len(list(tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h, job.src_y0,
+                                         job.src_y0 + r.shape[0], w, job.src_height, case.options.interpolation)))
+    assert tiles >= len(case.jobs)
+    assert got["bytes_h2d"] == expected_up + tiles * 12 * 8
     h, w = case.out_shape[:2]
     c = case.out_shape[2] if len(case.out_shape) == 3 else 1
     assert got["bytes_d2h"] == h * w * c * (4 + 4) + len(case.jobs) * 2 * 8

@@ -162,18 +162,14 @@ CV2_KEYS = [k for k in bc.gpu_tasks()[0] if k.startswith("cv2cuda:")]
 @pytest.mark.parametrize("key", CV2_KEYS)
 def test_cv2cuda_with_gpu_combine_under_simulator(cudasim, key):
     """Bilinear: the stand-in's warps + the simulated numba.cuda combine equal the CPU
-    backend. Lanczos goes to the numba.cuda warp kernel (cv2.cuda has none): it equals the
-    CPU backend warping with that kernel's CPU twin, and the CPU backend itself once the
-    kernel follows the CPU backend's edge rules (an expected failure until then)."""
+    backend. Lanczos goes to the numba.cuda warp kernel (cv2.cuda has none): it equals both
+    the CPU backend warping with that kernel's CPU twin and the CPU backend itself."""
     results, cases, _ = cudasim
     got, case = results[key], cases[key]
     assert got["layer"] == "cuda-simulator"  # combine (and Lanczos) ran on the numba.cuda kernels
     refs = [CpuBackend()]
     if case.options.interpolation == "lanczos":
-        refs = [bc.KernelTwinBackend()]
-        why = bc.warp_semantics_mismatch()
-        if why is None:
-            refs.append(CpuBackend())
+        refs = [bc.KernelTwinBackend(), CpuBackend()]
     for ref in refs:
         want = ref.combine_band(case.jobs, case.out_shape, case.weights, case.options)
         assert want.rejected.sum() > 0

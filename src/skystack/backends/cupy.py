@@ -5,10 +5,12 @@ Per band of output rows, for each frame (job) in turn:
 1. its source rows are copied into a page-locked staging buffer (host I/O) and sent to the
    device asynchronously on the lane's *copy* stream (native dtype: 16-bit frames cross
    the bus at 2 bytes a pixel, not 4);
-2. the *compute* stream waits for that copy, converts to float32 planes, warps every
-   channel on the fixed 8-row tile grid the CPU backend uses (so each output pixel is the
-   same whatever the band partition) into a device ``(C, N, h, W)`` band buffer, and
-   normalises (``v * scale + offset``);
+2. the *compute* stream waits for that copy (and for the frame's tile table, a few
+   hundred bytes, uploaded with it), converts to float32 planes, warps every channel on
+   the fixed 8-row tile grid the CPU backend uses (so each output pixel is the same
+   whatever the band partition) into a device ``(C, N, h, W)`` band buffer, in one kernel
+   launch per frame and channel (all its tiles at once), and normalises
+   (``v * scale + offset``);
 3. once all frames are in, the combine kernel rejects and reduces each channel, and the
    image, count and rejection tallies come back through page-locked buffers.
 
@@ -23,10 +25,11 @@ The device-array layer (:mod:`._device`) is CuPy on a real GPU and NumPy under N
 CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where CI runs this same code on tiny bands.
 
 Parity with :class:`~.cpu.CpuBackend`: the combine kernel is the CPU kernel's twin (same
-per-pixel source), so rejection and reduction agree within float32 rounding. The warp is
-the warp kernel's (``_skystack_kernels.gpu.warp``), so its edge rules — which output pixels
-are covered, what taps past the frame edge read — are that kernel's; the tests check them
-against ``CpuBackend.warp`` (tests/backends/test_cupy.py).
+per-pixel source), so rejection and reduction agree within float32 rounding. The warp
+kernel (``_skystack_kernels.gpu.warp``) follows ``CpuBackend.warp``'s edge rules (taps off
+the frame replicate its edge, coverage by pixel centre) and OpenCV's interpolation
+arithmetic; its CPU twin matches OpenCV to the bit (Lanczos) or one float32 ulp
+(bilinear), and the tests check the backend against both (tests/backends/test_cupy.py).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..options import StackOptions
-from ..stack.plan import tile_warps
+from ..stack.plan import WARP_TILE_ROWS, tile_warps
 from ._device import GrowBuffer, device_layer
 from .base import BandJob, BandResult
 from .cpu import reject_codes
@@ -58,11 +61,16 @@ COMBINE_SCRATCH_BYTES = 256 * 2**20
 def _kernels():
     """The numba.cuda twins of the CPU kernels, imported on first use (importing them
     needs numba.cuda, which must not load with ``import skystack``)."""
-    from _skystack_kernels.codes import INTERPOLATION
     from _skystack_kernels.gpu.combine import combine_band_gpu, combine_scratch_nbytes
-    from _skystack_kernels.gpu.warp import warp_affine_gpu
+    from _skystack_kernels.gpu.warp import warp_tiles_gpu
 
-    return combine_band_gpu, warp_affine_gpu, INTERPOLATION, combine_scratch_nbytes
+    return combine_band_gpu, warp_tiles_gpu, combine_scratch_nbytes
+
+
+def _tile_table(pieces, interpolation: str, out_rows: int, src_rows: int) -> np.ndarray:
+    from _skystack_kernels.cpu.warp import tile_table
+
+    return tile_table(pieces, interpolation, out_rows, src_rows)
 
 
 @dataclass
@@ -104,7 +112,10 @@ class _Lane:
         self.uploaded = [layer.event() for _ in range(2)]  # H2D from slot i done
         self.consumed = [layer.event() for _ in range(2)]  # device raw slot i read
         self.planar = GrowBuffer(device, sync)  # float32 (C, hs, Ws) of the current frame
-        self.tile = GrowBuffer(device, sync)  # float32 (C, 8, W): a tile cut by the image edge
+        # float64 (N, T, 12): every frame's tile table for the band, one region per frame so
+        # no upload overwrites a table a queued warp still reads
+        self.tables = GrowBuffer(device, sync)
+        self.tables_host = GrowBuffer(layer.pinned, sync)
         self.band = GrowBuffer(device, sync)  # float32 (C, N, h, W), or (C, H, W) for warp()
         self.small = GrowBuffer(device, sync)  # weights
         self.scratch = GrowBuffer(device, sync)  # the combine kernel's per-thread scratch
@@ -180,19 +191,24 @@ class CupyBackend:
         """Resample ``rows`` (H0, W0[, C]) through ``matrix`` onto an ``out_shape`` (h, W)
         grid on the GPU; float32 host array (h, W[, C]), NaN where the frame does not cover
         the output (as :meth:`CpuBackend.warp`, a single warp, no tile grid)."""
-        _, warp_gpu, codes, _ = _kernels()
-        interp = _interp_code(codes, interpolation)
+        _, warp_tiles, _ = _kernels()
+        _check_interpolation(interpolation)
         L, lane = self._layer, self._lane()
         h, w = out_shape
         c = rows.shape[2] if rows.ndim == 3 else 1
+        # one tile: the whole output from all the rows
+        table = _tile_table([(0, h, 0, 0, rows.shape[0], np.asarray(matrix, dtype=np.float64))], interpolation,
+                            h, rows.shape[0])
+        tables = self._tables(lane, 1, 1)
+        self._upload_table(lane, tables, 0, table)
         planar = self._upload(lane, 0, rows, c)
         dst = lane.band.view((c, h, w), np.float32)
         ks = L.kernel_stream(lane.compute)
         start = self._mark(lane.compute)
-        m = np.asarray(matrix, dtype=np.float64)
+        table = L.kernel_array(tables[1][0, :1])
         with L.launching():
             for ch in range(c):
-                warp_gpu(L.kernel_array(planar[ch]), m, L.kernel_array(dst[ch]), interp, stream=ks)
+                warp_tiles(L.kernel_array(planar[ch]), table, L.kernel_array(dst[ch]), stream=ks)
         self._span("kernel", start, lane.compute)
         host = self._download(lane, 0, dst)
         L.sync(lane.compute)
@@ -209,8 +225,9 @@ class CupyBackend:
         """Warp every job into a device ``(C, N, h, W)`` buffer, normalise, reject and
         reduce per channel; same contract as :meth:`CpuBackend.combine_band` (results: see
         the module docstring on parity)."""
-        _, warp_gpu, codes, _ = _kernels()
-        interp = _interp_code(codes, options.interpolation)
+        _, warp_tiles, _ = _kernels()
+        interpolation = options.interpolation
+        _check_interpolation(interpolation)
         h, w = out_shape[:2]
         c = out_shape[2] if len(out_shape) == 3 else 1
         n = len(jobs)
@@ -218,16 +235,29 @@ class CupyBackend:
             return _empty_result(h, w, c)
         L, lane = self._layer, self._lane()
         band = lane.band.view((c, n, h, w), np.float32)
+        # a band of h rows starting anywhere meets at most ceil(h / 8) + 1 grid tiles
+        tables = self._tables(lane, n, -(-h // WARP_TILE_ROWS) + 1)
         ks = L.kernel_stream(lane.compute)
         for k, job in enumerate(jobs):
             slot = k % 2
             t0 = time.perf_counter()
             rows = job.load_rows()  # may read the frame now: one frame's rows at a time
             lane.timings.host_io_s += time.perf_counter() - t0
+            n_tiles = self._upload_table(lane, tables, k, _job_table(job, h, w, rows.shape[0], interpolation))
             planar = self._upload(lane, slot, rows, c)
             del rows
             start = self._mark(lane.compute)
-            self._warp_job(lane, warp_gpu, ks, planar, job, band[:, k], interp, options.interpolation)
+            if n_tiles == 0:  # the frame reaches no row of this band
+                with L.on(lane.compute):
+                    band[:, k].fill(np.nan)
+            else:
+                table = L.kernel_array(tables[1][k, :n_tiles])
+                with L.launching():
+                    # all tiles of the frame in one launch per channel (rows no tile reaches
+                    # become NaN). Per channel, not one planar launch: band[:, k] is strided
+                    # across frames, which the CUDA simulator's argument copies refuse.
+                    for ch in range(c):
+                        warp_tiles(L.kernel_array(planar[ch]), table, L.kernel_array(band[ch, k]), stream=ks)
             _normalise(L, lane.compute, band[:, k], job.scale, job.offset)
             self._span("kernel", start, lane.compute)
         return self._combine_on_device(lane, band, weights, options)
@@ -304,37 +334,33 @@ class CupyBackend:
         L.record(lane.consumed[slot], lane.compute)
         return planar
 
-    def _warp_job(self, lane: _Lane, warp_gpu, ks, planar, job: BandJob, dst, interp: int,
-                  interpolation: str) -> None:
-        """Warp one job's float32 planes into ``dst`` (C, h, W) on the CPU backend's tile
-        grid when the job carries its absolute geometry, else in one piece."""
-        L = self._layer
-        c, h, w = dst.shape
-        hs = planar.shape[1]
-        if job.frame_matrix is None:
-            pieces = [(0, h, 0, h, 0, hs, np.asarray(job.matrix, dtype=np.float64))]
-            y_band, y_src = 0, 0
-        else:
-            with L.on(lane.compute):
-                dst.fill(np.nan)  # rows no tile reaches are not covered
-            pieces = tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h, job.src_y0, job.src_y0 + hs,
-                                w, job.src_height, interpolation)
-            y_band, y_src = job.band_y0, job.src_y0
-        with L.launching():
-            for ty0, ty1, a, b, sy0, sy1, m in pieces:
-                src = planar[:, sy0 - y_src:sy1 - y_src]
-                if (a, b) == (ty0, ty1):
-                    out = dst[:, a - y_band:b - y_band]
-                else:  # the image's last tile, cut by its bottom edge: warp whole, keep the top
-                    out = lane.tile.view((c, ty1 - ty0, w), np.float32)
-                for ch in range(c):
-                    warp_gpu(L.kernel_array(src[ch]), m, L.kernel_array(out[ch]), interp, stream=ks)
-                if (a, b) != (ty0, ty1):
-                    with L.on(lane.compute):
-                        dst[:, a - y_band:b - y_band] = out[:, a - ty0:b - ty0]
+    def _tables(self, lane: _Lane, n: int, t_cap: int):
+        """Pinned and device ``(n, t_cap, 12)`` tile-table buffers for one call (the previous
+        call synchronised its streams, so both are free)."""
+        from _skystack_kernels.cpu.warp import TILE_COLUMNS
+
+        shape = (n, t_cap, TILE_COLUMNS)
+        return lane.tables_host.view(shape, np.float64), lane.tables.view(shape, np.float64)
+
+    def _upload_table(self, lane: _Lane, tables, k: int, table: np.ndarray) -> int:
+        """Copy frame ``k``'s tile table into its region and send it on the copy stream,
+        ahead of the frame's rows (whose upload event the warp waits for). Returns the
+        number of tiles."""
+        host, dev = tables
+        t = table.shape[0]
+        if t > host.shape[1]:
+            raise ValueError(f"{t} tiles for a band with room for {host.shape[1]}")
+        if t == 0:
+            return 0
+        host[k, :t] = table
+        start = self._mark(lane.copy)
+        self._layer.h2d(dev[k, :t], host[k, :t], lane.copy)
+        self._span("transfer", start, lane.copy)
+        lane.timings.bytes_h2d += table.nbytes
+        return t
 
     def _combine_on_device(self, lane: _Lane, band, weights: np.ndarray, options: StackOptions) -> BandResult:
-        combine_gpu, _, _, scratch_nbytes = _kernels()
+        combine_gpu, _, scratch_nbytes = _kernels()
         L = self._layer
         c, n, h, w = band.shape
         rej, red = reject_codes(options)
@@ -384,11 +410,23 @@ class CupyBackend:
         return host
 
 
-def _interp_code(codes: dict, interpolation: str) -> int:
-    try:
-        return codes[interpolation]
-    except KeyError:
-        raise ValueError(f"interpolation must be lanczos or bilinear, not {interpolation!r}") from None
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in ("lanczos", "bilinear"):
+        raise ValueError(f"interpolation must be lanczos or bilinear, not {interpolation!r}")
+
+
+def _job_table(job: BandJob, h: int, w: int, hs: int, interpolation: str) -> np.ndarray:
+    """One job's tile table (``_skystack_kernels.cpu.warp.tile_table``): the CPU backend's
+    tile grid when the job carries its absolute geometry, else one tile for the band, all
+    rows relative to the band and to the job's source rows."""
+    if job.frame_matrix is None:
+        pieces = [(0, h, 0, 0, hs, np.asarray(job.matrix, dtype=np.float64))]
+    else:
+        y_band, y_src = job.band_y0, job.src_y0
+        pieces = [(a - y_band, b - y_band, ty0 - y_band, sy0 - y_src, sy1 - y_src, m)
+                  for ty0, _, a, b, sy0, sy1, m in tile_warps(job.frame_matrix, y_band, y_band + h, y_src,
+                                                              y_src + hs, w, job.src_height, interpolation)]
+    return _tile_table(pieces, interpolation, h, hs)
 
 
 def _normalise(layer, stream, x, scale: np.ndarray, offset: np.ndarray) -> None:
