@@ -487,6 +487,10 @@ def prepare_calibration(frames, options, *, cache_dir: str | os.PathLike[str], r
         warnings.append("flats without --bias or --dark-flats: their offset is left in them, so the flat "
                         "under-corrects vignetting (unless the flats given are a finished master)")
     flat = master("flat", options.flats, offset=flat_offset)
+    if flat is not None and dark_flat is not None and flat.exposure_s is not None \
+            and dark_flat.exposure_s is not None and not _same_exposure(flat.exposure_s, dark_flat.exposure_s):
+        warnings.append(f"{dark_flat.label}: the dark-flats are {dark_flat.exposure_s:g} s, the flats "
+                        f"{flat.exposure_s:g} s; their dark current differs")
     if flat is not None and bias is None and dark is None:
         warnings.append("flat division without --bias or --darks: the lights' offset is divided by the flat too")
     mode, factors = dark_plan(dark, bias, lights, options.dark_scaling, warnings)
