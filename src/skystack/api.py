@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .options import (CalibrationOptions, OutputOptions, ReadOptions, RegisterOptions, RunOptions,
-                      SelectOptions, StackOptions)
+from .options import (CalibrationOptions, ColourOptions, OutputOptions, ReadOptions, RegisterOptions,
+                      RunOptions, SelectOptions, StackOptions)
 from .pipeline.run import StackResult, stack_frames
 from .stack.plan import parse_size
 
@@ -35,7 +35,9 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
           band_rows: int | None = None, cache_dir: PathLike | None = None, quiet: bool = True,
           bias: PathLike | Sequence[PathLike] = (), darks: PathLike | Sequence[PathLike] = (),
           flats: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
-          dark_scaling: str = "auto", cosmetic: str = "auto",
+          dark_scaling: str = "auto", cosmetic: str = "auto", hot_sigma: float = 5.0, cold_sigma: float = 5.0,
+          master_method: str = "winsorized", debayer_method: str = "bilinear", neutralize: bool = False,
+          white_balance: str | tuple[float, float, float] = "none",
           ) -> StackResult:
     """Register ``inputs`` (files, folders, globs or a list file) and stack them into
     ``output`` (.fits, .tif or .png), with a JSON report beside it.
@@ -50,6 +52,8 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
     register : auto | stars | orb
     memory_limit : bytes or a size such as "256M"; bounds phase 2's working memory
     bias, darks, flats, dark_flats : calibration frames (files, folders, globs) or master FITS
+    debayer_method : bilinear (default: unbiased star colours) | ea | vng
+    neutralize, white_balance : colour balance of a colour stack (none | auto | camera | "R,G,B")
 
     Returns
     -------
@@ -60,7 +64,7 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
         _inputs(inputs),
         output=OutputOptions(output=os.fspath(output), report=os.fspath(report) if report else None,
                              tiff_dtype=tiff_dtype, preview=preview, coverage=coverage),
-        read=ReadOptions(debayer=debayer, bayer_override=bayer),
+        read=ReadOptions(debayer=debayer, bayer_override=bayer, debayer_method=debayer_method),
         register=RegisterOptions(method=register, model=model, reference=reference, faint=faint),
         select=SelectOptions(keep=keep, max_fwhm_px=max_fwhm, max_roundness=max_roundness, min_stars=min_stars),
         stack=StackOptions(method=method, kappa_low=kappa[0], kappa_high=kappa[1], normalization=norm,
@@ -70,8 +74,16 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
                        cache_dir=os.fspath(cache_dir) if cache_dir else None),
         calibration=CalibrationOptions(bias=_opt_inputs(bias), darks=_opt_inputs(darks), flats=_opt_inputs(flats),
                                        dark_flats=_opt_inputs(dark_flats), dark_scaling=dark_scaling,
-                                       cosmetic=cosmetic),
+                                       cosmetic=cosmetic, hot_sigma=hot_sigma, cold_sigma=cold_sigma,
+                                       master_method=master_method),
+        colour=ColourOptions(neutralize=neutralize, white_balance=_white_balance(white_balance)),
     )
+
+
+def _white_balance(wb):
+    from .calibrate.colour import parse_white_balance
+
+    return wb if isinstance(wb, tuple) else parse_white_balance(wb)
 
 
 def _opt_inputs(x: PathLike | Sequence[PathLike] | None) -> tuple[str, ...]:

@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale the dark by exposure time (auto), not at all, or optimise the factor")
     g.add_argument("--cosmetic", default="auto", choices=["auto", "off"],
                    help="fix hot/cold pixels found in the master dark (auto)")
+    g.add_argument("--hot-sigma", type=float, default=5.0, help="hot-pixel threshold in the master dark (σ)")
+    g.add_argument("--cold-sigma", type=float, default=5.0, help="cold-pixel threshold (σ)")
+    g.add_argument("--master-method", default="winsorized", choices=["median", "sigma", "winsorized"],
+                   help="how calibration frames are combined into masters")
+    g = p.add_argument_group("colour")
+    g.add_argument("--debayer-method", default="bilinear", choices=["bilinear", "ea", "vng"],
+                   help="demosaicing of CFA frames: bilinear (default; unbiased colours of small stars), "
+                        "ea (edge-aware), vng")
+    g.add_argument("--neutralize", action="store_true", help="make the sky background grey in a colour stack")
+    g.add_argument("--white-balance", default="none", metavar="WB",
+                   help="none (default), auto (the average star made white), camera (RAW multipliers) "
+                        "or factors R,G,B")
     _add_common_run(p)
     p.set_defaults(func=_cmd_stack)
 
@@ -138,7 +150,9 @@ def _cmd_stack(a: argparse.Namespace) -> int:
                   backend=a.backend, resume=a.resume, report=a.report, tiff_dtype=a.tiff_dtype,
                   preview=a.preview, coverage=a.coverage, debayer=a.debayer, bayer=a.bayer,
                   band_rows=a.band_rows, quiet=a.quiet, bias=a.bias, darks=a.darks, flats=a.flats,
-                  dark_flats=a.dark_flats, dark_scaling=a.dark_scaling, cosmetic=a.cosmetic)
+                  dark_flats=a.dark_flats, dark_scaling=a.dark_scaling, cosmetic=a.cosmetic,
+                  hot_sigma=a.hot_sigma, cold_sigma=a.cold_sigma, master_method=a.master_method,
+                  debayer_method=a.debayer_method, neutralize=a.neutralize, white_balance=a.white_balance)
     s = r.report["summary"]
     print(f"stacked {s['stacked']} of {s['frames']} frames ({s['registered']} registered, "
           f"{s['failed_registration']} failed, {s['unreadable']} unreadable, {s['rejected']} rejected) "

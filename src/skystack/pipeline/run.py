@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputChangedError, NoFramesError, RegistrationError, UsageError
-from ..options import (CalibrationOptions, OutputOptions, ReadOptions, RegisterOptions, RunOptions,
-                       SelectOptions, StackOptions)
+from ..options import (CalibrationOptions, ColourOptions, OutputOptions, ReadOptions, RegisterOptions,
+                       RunOptions, SelectOptions, StackOptions)
 from ..types import Fate, FrameResult, Transform
 from .executor import run_tasks
 from .progress import Progress, setup_logging
@@ -551,7 +551,8 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
                  read: ReadOptions = ReadOptions(), register: RegisterOptions = RegisterOptions(),
                  select: SelectOptions = SelectOptions(), stack: StackOptions = StackOptions(),
                  run: RunOptions = RunOptions(), transforms_only: bool = False,
-                 calibration: CalibrationOptions | None = None) -> StackResult:
+                 calibration: CalibrationOptions | None = None,
+                 colour: ColourOptions | None = None) -> StackResult:
     """Register and (unless ``transforms_only``) stack ``inputs``; write the outputs.
 
     Returns a :class:`StackResult`; per-frame problems are in its results, not raised.
@@ -581,23 +582,15 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
             log.warning("%s: %s", path, reason)
     if output is None and not transforms_only:
         raise UsageError("an output path is needed to stack (-o OUT.fits)")
+    if colour is not None and colour.white_balance == "camera":
+        from ..calibrate.colour import camera_white_balance
+
+        camera_white_balance(frames.meta(0), source=frames.name(0))  # fails now, not after stacking
     out_path = Path(output.output) if output is not None else None
     if out_path is not None:
         check_not_input(out_path, [frames.path(i) for i in range(len(frames))])
     backend_name = "cpu" if transforms_only else run.backend
     backend = None if transforms_only else resolve(backend_name)
-    anchor = out_path if out_path is not None else Path(output.report) if output and output.report else None
-    journal = Journal(anchor) if anchor is not None else None
-    resumed = False
-    if journal is not None:
-        opts = {"read": asdict(read), "register": asdict(register), "select": asdict(select),
-                "calibration": asdict(calibration) if calibration is not None else None,
-                "stack": {k: v for k, v in asdict(stack).items() if k not in ("memory_limit",)}
-                if not transforms_only else None, "transforms_only": transforms_only}
-        resumed = journal.start(manifest(frames, opts), run.resume)
-        if resumed:
-            log.info("resuming from %s", journal.dir)
-
     t0 = time.perf_counter()
     cache_dir = Path(run.cache_dir) if run.cache_dir else (
         (out_path.parent if out_path else Path.cwd()) / ".skystack-cache")
@@ -612,6 +605,20 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
         # calibration inserted between the raw plane and debayering
         frames, calibration_info = prepare_calibration(frames, calibration, cache_dir=cache_dir, run=run)
         timings["calibration_s"] = time.perf_counter() - t0
+
+    # the journal starts once the inputs are known to be usable (a refused calibration
+    # leaves nothing behind)
+    anchor = out_path if out_path is not None else Path(output.report) if output and output.report else None
+    journal = Journal(anchor) if anchor is not None else None
+    resumed = False
+    if journal is not None:
+        opts = {"read": asdict(read), "register": asdict(register), "select": asdict(select),
+                "calibration": asdict(calibration) if calibration is not None else None,
+                "stack": {k: v for k, v in asdict(stack).items() if k not in ("memory_limit",)}
+                if not transforms_only else None, "transforms_only": transforms_only}
+        resumed = journal.start(manifest(frames, opts), run.resume)
+        if resumed:
+            log.info("resuming from %s", journal.dir)
 
     p1 = run_phase1(frames, register, run, journal, resumed, memory_limit=stack.memory_limit)
     timings.update(p1.timings)
@@ -659,6 +666,17 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
             count = np.load(cnt_path, mmap_mode="r")
         timings["phase2_s"] = time.perf_counter() - t0
 
+    colour_info: dict[str, Any] | None = None
+    if colour is not None and colour.active and image is not None and np.ndim(image) == 3:
+        from ..calibrate.colour import colour_balance
+
+        t0 = time.perf_counter()
+        image, colour_info = colour_balance(np.asarray(image), neutralize=colour.neutralize,
+                                            white_balance=colour.white_balance, meta=frames.meta(p1.reference))
+        timings["colour_s"] = time.perf_counter() - t0
+    elif colour is not None and colour.active and image is not None:
+        log.warning("--neutralize/--white-balance apply to colour stacks; this one is mono, left as it is")
+
     t0 = time.perf_counter()
     report = build_report(frames=frames, p1=p1, kept=kept, inputs=inputs, output=output,
                           options={"read": asdict(read), "register": asdict(register),
@@ -673,6 +691,8 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     if calibration_info is not None:
         report["calibration"] = calibration_info
+    if colour_info is not None:
+        report["colour"] = colour_info
     if resumed:
         report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
