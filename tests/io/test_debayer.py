@@ -14,16 +14,6 @@ from skystack.calibrate.debayer import (
 )
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 COLOURS = {"red": (1000.0, 0.0, 0.0), "green": (0.0, 1000.0, 0.0), "blue": (0.0, 0.0, 1000.0)}

@@ -20,16 +20,6 @@ from skystack.io.discover import LUMINANCE_WEIGHTS, kind_from_extension, sniff_k
 from skystack.options import ReadOptions
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 def fits_file(path, data, **cards):

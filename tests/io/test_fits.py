@@ -9,16 +9,6 @@ from skystack.errors import BadFrameError
 from skystack.io.fits import FitsSource, format_bytes
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 def write(path, data, **cards):

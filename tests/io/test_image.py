@@ -12,16 +12,6 @@ from skystack.errors import BadFrameError
 from skystack.io.image import ImageSource
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 def imwrite(path, rgb_or_mono):

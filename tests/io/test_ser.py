@@ -11,16 +11,6 @@ from skystack.io import ser
 from skystack.io.ser import SerSource, write_ser
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 def frames16(rng, n=4, shape=(7, 9)):

@@ -13,16 +13,6 @@ from skystack.io.video import VideoSource
 W, H = 64, 48
 
 
-@pytest.fixture
-def real_path(shared_data):
-    """``real_path("folder/file")``: a path in the real-data folder, or a skip naming it.
-    (Not imported from conftest: several conftest modules share that name.)"""
-    def get(rel: str):
-        p = shared_data / rel
-        if not p.exists():
-            pytest.skip(f"real data {p} is absent")
-        return p
-    return get
 
 
 def scene(k: int, colour: bool) -> np.ndarray:

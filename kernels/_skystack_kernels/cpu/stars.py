@@ -268,43 +268,11 @@ def interp_mesh(mesh, centres_y, centres_x, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def find_peaks(smooth, bg, thresh, border):
-    """Local maxima of ``smooth`` that exceed ``bg + thresh``, at least ``border`` pixels
-    from the edge. Ties are broken in raster order (a plateau gives one peak). Returns
-    (ys, xs) int64 arrays."""
-    h, w = smooth.shape
-    cap = 1024
-    ys = np.empty(cap, dtype=np.int64)
-    xs = np.empty(cap, dtype=np.int64)
-    n = 0
-    for y in range(border, h - border):
-        for x in range(border, w - border):
-            v = smooth[y, x]
-            if not (v - bg[y, x] > thresh[y, x]):
-                continue
-            # strictly greater than the neighbours already passed, >= the ones ahead
-            if not (v > smooth[y - 1, x - 1] and v > smooth[y - 1, x] and v > smooth[y - 1, x + 1]
-                    and v > smooth[y, x - 1] and v >= smooth[y, x + 1]
-                    and v >= smooth[y + 1, x - 1] and v >= smooth[y + 1, x] and v >= smooth[y + 1, x + 1]):
-                continue
-            if n == cap:
-                cap *= 2
-                ys2 = np.empty(cap, dtype=np.int64)
-                xs2 = np.empty(cap, dtype=np.int64)
-                ys2[:n] = ys[:n]
-                xs2[:n] = xs[:n]
-                ys = ys2
-                xs = xs2
-            ys[n] = y
-            xs[n] = x
-            n += 1
-    return ys[:n], xs[:n]
-
-
-@numba.njit(nogil=True, cache=True)
-def find_peaks_sigma(smooth, bg, sig, factor, floor, border):
-    """:func:`find_peaks` with the threshold ``max(sig · factor, floor)`` computed per pixel
-    instead of read from a full-frame array (one frame-sized temporary less)."""
+def find_peaks(smooth, bg, sig, factor, floor, border):
+    """Local maxima of ``smooth`` that exceed ``bg + max(sig · factor, floor)``, at least
+    ``border`` pixels from the edge (the threshold is computed per pixel rather than read
+    from a frame-sized array). Ties are broken in raster order (a plateau gives one peak).
+    Returns (ys, xs) int64 arrays."""
     h, w = smooth.shape
     cap = 1024
     ys = np.empty(cap, dtype=np.int64)

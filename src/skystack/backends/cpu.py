@@ -75,8 +75,6 @@ class CpuBackend:
 
     def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
                      options: StackOptions) -> BandResult:
-        from _skystack_kernels.cpu.combine import combine_band
-
         h, w = out_shape[:2]
         c = out_shape[2] if len(out_shape) == 3 else 1
         n = len(jobs)
@@ -85,17 +83,28 @@ class CpuBackend:
             dst = band[k] if c > 1 else band[k, :, :, 0]
             self.warp_job(job, dst, options.interpolation)
             _normalise_inplace(dst, job.scale, job.offset)
-        image = np.empty((h, w, c), dtype=np.float32)
-        count = np.empty((h, w, c), dtype=np.int32)
-        rejected = np.zeros((n, 2), dtype=np.int64)
-        rej, red = reject_codes(options)
-        w32 = np.ascontiguousarray(weights, dtype=np.float32)
-        for ch in range(c):
-            combine_band(band[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
-                         int(options.max_iter), image[..., ch], count[..., ch], rejected)
-        if c == 1:
-            image, count = image[..., 0], count[..., 0]
-        return BandResult(image=image, count=count, rejected=rejected)
+        return combine_host_band(band, weights, options)
+
+
+def combine_host_band(band: np.ndarray, weights: np.ndarray, options: StackOptions) -> BandResult:
+    """Reject and reduce a warped, normalised host band ``(N, h, W[, C])`` with the Numba
+    kernel, one channel at a time (also used by the cv2.cuda backend after its GPU warps)."""
+    from _skystack_kernels.cpu.combine import combine_band
+
+    n, h, w = band.shape[:3]
+    c = band.shape[3] if band.ndim == 4 else 1
+    b4 = band.reshape(n, h, w, c)
+    image = np.empty((h, w, c), dtype=np.float32)
+    count = np.empty((h, w, c), dtype=np.int32)
+    rejected = np.zeros((n, 2), dtype=np.int64)
+    rej, red = reject_codes(options)
+    w32 = np.ascontiguousarray(weights, dtype=np.float32)
+    for ch in range(c):
+        combine_band(b4[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
+                     int(options.max_iter), image[..., ch], count[..., ch], rejected)
+    if c == 1:
+        image, count = image[..., 0], count[..., 0]
+    return BandResult(image=image, count=count, rejected=rejected)
 
 
 def _normalise_inplace(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> None:

@@ -40,7 +40,7 @@ from ..errors import BackendUnavailableError
 from ..options import StackOptions
 from ..stack.plan import tile_warps
 from .base import BandJob, BandResult
-from .cpu import CpuBackend, _normalise_inplace, reject_codes
+from .cpu import CpuBackend, _normalise_inplace, combine_host_band
 
 _NAN4 = (float("nan"),) * 4
 _GROUP_CHANNELS = (1, 3, 4)  # what cv2.cuda.warpAffine accepts in one call
@@ -139,7 +139,7 @@ class Cv2CudaBackend:
             _normalise_inplace(band[k], job.scale, job.offset)
         if self._gpu is not None:
             return self._gpu.combine_warped(band, weights, options)
-        return _combine_cpu(band, weights, options)
+        return combine_host_band(band, weights, options)
 
     # -- internals ------------------------------------------------------------------
 
@@ -216,23 +216,3 @@ class Cv2CudaBackend:
         st.waitForCompletion()  # downloads on a stream are asynchronous
         for host, dst_host in results:
             dst_host[...] = host.reshape(dst_host.shape)
-
-
-def _combine_cpu(band: np.ndarray, weights: np.ndarray, options: StackOptions) -> BandResult:
-    """The CPU combine kernel over a warped, normalised host band (N, h, W[, C])."""
-    from _skystack_kernels.cpu.combine import combine_band
-
-    n, h, w = band.shape[:3]
-    c = band.shape[3] if band.ndim == 4 else 1
-    b4 = band.reshape(n, h, w, c)
-    image = np.empty((h, w, c), dtype=np.float32)
-    count = np.empty((h, w, c), dtype=np.int32)
-    rejected = np.zeros((n, 2), dtype=np.int64)
-    rej, red = reject_codes(options)
-    w32 = np.ascontiguousarray(weights, dtype=np.float32)
-    for ch in range(c):
-        combine_band(b4[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
-                     int(options.max_iter), image[..., ch], count[..., ch], rejected)
-    if c == 1:
-        image, count = image[..., 0], count[..., 0]
-    return BandResult(image=image, count=count, rejected=rejected)

@@ -336,7 +336,7 @@ def _peaks(img: np.ndarray, bg: np.ndarray, sig: np.ndarray, bg_med: float, smoo
     # smoothed background == background (it is smooth); a small floor keeps σ = 0 cells
     # (clipped or synthetic noise-free data) from turning every bump into a star
     floor = np.float32(1e-6 * max(abs(bg_med), 1.0))
-    ys, xs = kern.find_peaks_sigma(smooth, bg, sig, factor, floor, 2)
+    ys, xs = kern.find_peaks(smooth, bg, sig, factor, floor, 2)
     order = np.argsort(-(smooth[ys, xs] - bg[ys, xs]), kind="stable")
     return ys[order], xs[order]
 
