@@ -64,3 +64,40 @@ class FrameSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class SourceBase:
+    """Plumbing every reader shares: a context manager that closes, closing when
+    collected, the frame-index check, and ``read_rows`` by decoding the whole frame (what
+    compressed formats must do; memory-mapped readers override it)."""
+
+    path: str
+
+    def __len__(self) -> int:  # pragma: no cover - every reader defines it
+        raise NotImplementedError
+
+    def read(self, i: int) -> np.ndarray:  # pragma: no cover - every reader defines it
+        raise NotImplementedError
+
+    def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        return self.read(i)[max(0, y0):max(0, y1)].copy()
+
+    def close(self) -> None:
+        """Release file handles and maps (nothing to release by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
+    def _check(self, i: int) -> None:
+        n = len(self)
+        if not 0 <= i < n:
+            raise IndexError(f"frame {i} out of range for {self.path} ({n} frame{'' if n == 1 else 's'})")

@@ -38,6 +38,7 @@ from ..calibrate.debayer import STRIP_MARGIN, debayer, normalize_pattern, patter
 from ..errors import BadFrameError, InputChangedError, NoFramesError, UsageError
 from ..options import ReadOptions
 from ..types import FrameInfo
+from .base import SourceBase
 from .fits import FITS_EXTENSIONS
 from .image import IMAGE_EXTENSIONS, PNG_MAGIC
 from .raw import RAW_EXTENSIONS
@@ -204,7 +205,7 @@ def _fingerprint(path: str) -> tuple[int, int] | None:
 
 
 # -- the frame set ----------------------------------------------------------------------
-class FrameSet:
+class FrameSet(SourceBase):
     """All input frames behind one global index.
 
     Build one with :func:`open_frames`; reopen one elsewhere with :meth:`from_spec` (the
@@ -291,18 +292,6 @@ class FrameSet:
             for path in list(self._lru):
                 if self._in_use[path] == 0:
                     self._close_source(path)
-
-    def __enter__(self) -> FrameSet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- indexing -----------------------------------------------------------------------
     def __len__(self) -> int:

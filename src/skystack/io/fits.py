@@ -25,6 +25,7 @@ import numpy as np
 
 from ..calibrate.debayer import normalize_pattern, pattern_flip_rows, pattern_shift
 from ..errors import BadFrameError
+from .base import SourceBase
 from .pages import release
 
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz",
@@ -64,7 +65,7 @@ def _scaled_dtype(bitpix: int, bzero: float, bscale: float) -> np.dtype:
     return np.dtype(np.float32 if bitpix <= 16 else np.float64)
 
 
-class FitsSource:
+class FitsSource(SourceBase):
     """One FITS file: a single image, an RGB image, or a cube of frames.
 
     Parameters
@@ -265,23 +266,7 @@ class FitsSource:
                 pass
             self._compressed_hdul = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     # -- internals ----------------------------------------------------------------------
-    def _check(self, i: int) -> None:
-        if not 0 <= i < self._n:
-            raise IndexError(f"frame {i} out of range for {self.path} ({self._n} frames)")
-
     def _raw_array(self) -> np.ndarray:
         with self._raw_lock:  # astropy creates the map lazily, once
             if self._raw is None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadFrameError
+from .base import SourceBase
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib")
 
@@ -79,7 +80,7 @@ def _bmp_header(head: bytes) -> tuple[tuple[int, ...], np.dtype]:
     return shape, np.dtype(np.uint8)
 
 
-class ImageSource:
+class ImageSource(SourceBase):
     """One PNG/JPEG/BMP picture.
 
     Raises
@@ -180,12 +181,4 @@ class ImageSource:
             )
         return img
 
-    def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
-        return self.read(i)[max(0, y0):max(0, y1)].copy()
 
-    def close(self) -> None:
-        pass
-
-    def _check(self, i: int) -> None:
-        if i != 0:
-            raise IndexError(f"frame {i} out of range for {self.path} (1 frame)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..calibrate.debayer import normalize_pattern
 from ..errors import BadFrameError
+from .base import SourceBase
 
 RAW_EXTENSIONS = (
     ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf",
@@ -116,7 +117,7 @@ def raw_meta(raw: Any) -> dict[str, Any]:
     return m
 
 
-class RawSource:
+class RawSource(SourceBase):
     """One camera RAW file: its visible CFA plane, uint16.
 
     Parameters
@@ -205,12 +206,4 @@ class RawSource:
             raise BadFrameError(self.path, f"RAW plane is {plane.shape}, its header said {self._shape}")
         return plane
 
-    def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
-        return self.read(i)[max(0, y0):max(0, y1)].copy()
 
-    def close(self) -> None:
-        pass
-
-    def _check(self, i: int) -> None:
-        if i != 0:
-            raise IndexError(f"frame {i} out of range for {self.path} (1 frame)")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import BadFrameError
+from .base import SourceBase
 from .pages import release
 
 SER_EXTENSIONS = (".ser",)
@@ -84,7 +85,7 @@ def _text(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("latin-1").strip()
 
 
-class SerSource:
+class SerSource(SourceBase):
     """One SER file, memory-mapped.
 
     Parameters
@@ -241,10 +242,6 @@ class SerSource:
         self._map = None  # numpy closes the mapping when the last view goes
 
     # -- internals ----------------------------------------------------------------------
-    def _check(self, i: int) -> None:
-        if not 0 <= i < self._n:
-            raise IndexError(f"frame {i} out of range for {self.path} ({self._n} frames)")
-
     def _frames(self) -> np.memmap:
         if self._map is None:
             shape: tuple[int, ...] = (self._n, self._h, self._w)

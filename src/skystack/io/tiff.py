@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadFrameError
+from .base import SourceBase
 from .pages import release
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
-class TiffSource:
+class TiffSource(SourceBase):
     """One TIFF file; each full-resolution page is a frame.
 
     Raises
@@ -157,23 +158,7 @@ class TiffSource:
         except Exception:
             pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     # -- internals ----------------------------------------------------------------------
-    def _check(self, i: int) -> None:
-        if not 0 <= i < len(self._pages):
-            raise IndexError(f"frame {i} out of range for {self.path} ({len(self._pages)} pages)")
-
     def _map(self, i: int, page) -> np.memmap:
         m = self._maps.get(i)
         if m is None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadFrameError
+from .base import SourceBase
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg",
                     ".wmv", ".mts", ".m2ts", ".ts", ".flv", ".3gp")
@@ -39,7 +40,7 @@ def _is_mp4_family(format_name: str) -> bool:
     return bool(names & {"mp4", "mov", "m4a", "3gp", "3g2", "mj2"})
 
 
-class VideoSource:
+class VideoSource(SourceBase):
     """One video file, decoded frame by frame.
 
     Parameters
@@ -273,23 +274,7 @@ class VideoSource:
     def close(self) -> None:
         self._reset()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     # -- decoding -----------------------------------------------------------------------
-    def _check(self, i: int) -> None:
-        if not 0 <= i < self._n:
-            raise IndexError(f"frame {i} out of range for {self.path} ({self._n} frames)")
-
     def _reset(self) -> None:
         self._decoder = None
         if self._container is not None:
