@@ -547,6 +547,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _validate_early(select: SelectOptions, stack: StackOptions) -> None:
+    """Refuse bad option values before any frame is read (not after phase 1)."""
+    from ..quality.select import parse_keep
+    from ..stack.normalize import coefficients
+
+    if select.keep is not None:
+        parse_keep(select.keep, 100)
+    coefficients(stack.norm, np.ones((1, 1)), np.ones((1, 1)), 0)
+    if stack.method not in ("mean", "median", "sigma", "winsorized", "mad", "linear-fit", "percentile", "gesd",
+                            "minmax"):
+        raise UsageError(f"--method {stack.method!r}: see `skystack stack --help` for the methods")
+
+
 def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions | None,
                  read: ReadOptions = ReadOptions(), register: RegisterOptions = RegisterOptions(),
                  select: SelectOptions = SelectOptions(), stack: StackOptions = StackOptions(),
@@ -569,6 +582,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], *, output: OutputOptions |
     from ..stack.plan import default_memory_limit
 
     setup_logging(run.quiet)
+    _validate_early(select, stack)
     tune_allocator()
     t_start = time.perf_counter()
     if run.scheduler:
