@@ -31,6 +31,8 @@ REDUCE = {"mean": REDUCE_MEAN, "median": REDUCE_MEDIAN}
 
 INTERP_BILINEAR = 0
 INTERP_LANCZOS4 = 1
+INTERP_CUBIC = 2
 
 # "lanczos" is the option name (StackOptions.interpolation); "lanczos4" is OpenCV's.
-INTERPOLATION = {"bilinear": INTERP_BILINEAR, "lanczos": INTERP_LANCZOS4, "lanczos4": INTERP_LANCZOS4}
+INTERPOLATION = {"bilinear": INTERP_BILINEAR, "lanczos": INTERP_LANCZOS4, "lanczos4": INTERP_LANCZOS4,
+                 "cubic": INTERP_CUBIC, "bicubic": INTERP_CUBIC}

@@ -25,7 +25,7 @@ def _inputs(inputs: PathLike | Sequence[PathLike]) -> list[str]:
 
 def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
           method: str = "mean", kappa: tuple[float, float] = (3.0, 3.0), norm: str = "auto",
-          weights: str = "none", interpolation: str = "lanczos", register: str = "auto",
+          weights: str = "none", interpolation: str = "cubic", register: str = "auto",
           model: str = "similarity", reference: int | None = None, faint: bool = False,
           keep: str | None = None, max_fwhm: float | None = None, max_roundness: float | None = None,
           min_stars: int | None = None, memory_limit: str | int | None = None, workers: int | None = None,

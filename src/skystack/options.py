@@ -103,7 +103,7 @@ class StackOptions:
     max_iter: int = 5
     normalization: Normalization = "auto"  # add for mean/median, addscale for rejection
     weights: Weighting = "none"
-    interpolation: Literal["lanczos", "cubic", "bilinear"] = "lanczos"
+    interpolation: Literal["lanczos", "cubic", "bilinear"] = "cubic"
     memory_limit: int | None = None  # bytes; None: a safe fraction of available RAM
     band_rows: int | None = None  # force a band height (tests); None: from the budget
 

@@ -189,6 +189,7 @@ def all_cases(seed: int = 7) -> list[Case]:
                            interpolation="bilinear", n=5))
     cases.append(make_case("bottom-edge-bilinear-loader", rng, method="winsorized", y0=16, y1=22, height=22,
                            interpolation="bilinear", n=5, loader=True))
+    cases.append(make_case("cubic-sigma", rng, method="sigma", interpolation="cubic", n=5))
     cases.append(make_case("untiled-unweighted", rng, method="sigma", tiled=False, weighted=False,
                            normalise=False, n=6))
     return cases

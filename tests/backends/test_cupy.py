@@ -51,7 +51,9 @@ def assert_same_band(got: dict, want, what: str) -> None:
     assert got["image"].dtype == np.float32 and got["image"].shape == want.image.shape, what
     assert got["count"].dtype == np.int32 and got["count"].shape == want.count.shape, what
     np.testing.assert_array_equal(np.isnan(got["image"]), np.isnan(want.image), err_msg=f"{what}: coverage")
-    np.testing.assert_allclose(got["image"], want.image, rtol=RTOL, atol=0, err_msg=f"{what}: image")
+    # OpenCV's float32 bicubic sums 16 products in float32 (the twin in float64): a few ulp
+    rtol = 1e-5 if "cubic" in what else RTOL
+    np.testing.assert_allclose(got["image"], want.image, rtol=rtol, atol=0, err_msg=f"{what}: image")
     np.testing.assert_array_equal(got["count"], want.count, err_msg=f"{what}: kept values per pixel")
     np.testing.assert_array_equal(got["rejected"], want.rejected, err_msg=f"{what}: rejected per frame")
 

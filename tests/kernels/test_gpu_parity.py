@@ -214,7 +214,7 @@ def cv_reference(src, matrix, shape, interpolation):
     import cv2
 
     h, w = shape
-    flags = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_LANCZOS4
+    flags = {"bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}[interpolation]
     out = cv2.warpAffine(src, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     cov = cv2.warpAffine(np.ones(src.shape[:2], np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -240,7 +240,7 @@ WARPS = {
 
 
 @here
-@pytest.mark.parametrize("interpolation", ["bilinear", "lanczos"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "cubic", "lanczos"])
 @pytest.mark.parametrize("name", list(WARPS))
 def test_warp_matches_cpu_twin_and_opencv(name, interpolation):
     from _skystack_kernels.cpu.warp import warp_affine_cpu
@@ -285,7 +285,7 @@ def band_tiles(frame_matrix, band_y0, band_y1, width, src_height, interpolation)
 
 
 @here
-@pytest.mark.parametrize("interpolation", ["bilinear", "lanczos"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "cubic", "lanczos"])
 def test_warp_tiles_matches_cpu_twin_and_per_tile_warps(interpolation):
     """All tiles of a band (two channels, planar) in one launch: equal to the CPU twin, and
     to warping each tile alone with the single-warp kernel (the per-tile path it replaces)."""

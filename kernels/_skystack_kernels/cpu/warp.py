@@ -49,7 +49,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..codes import INTERP_BILINEAR, INTERP_LANCZOS4, INTERPOLATION
+from ..codes import INTERP_BILINEAR, INTERP_CUBIC, INTERP_LANCZOS4, INTERPOLATION
 
 # internal code: bilinear through an exact integer translation, which OpenCV does as a copy
 INTERP_SHIFT = -1
@@ -83,6 +83,20 @@ def _lanczos4_table() -> np.ndarray:
 
 
 LANCZOS4_TABLE = _lanczos4_table()
+
+
+@njit(nogil=True, cache=True)
+def _cubic_weight(d):
+    """OpenCV's bicubic kernel (A = -0.75) at distance ``|d|`` from the sample point."""
+    d = abs(d)
+    if d <= 1.0:
+        return ((_CUBIC_A + 2.0) * d - (_CUBIC_A + 3.0)) * d * d + 1.0
+    if d < 2.0:
+        return ((_CUBIC_A * d - 5.0 * _CUBIC_A) * d + 8.0 * _CUBIC_A) * d - 4.0 * _CUBIC_A
+    return 0.0
+
+
+_CUBIC_A = -0.75  # OpenCV's cubic coefficient (Keys' kernel with a = -0.75)
 
 
 def invert_affine(matrix) -> np.ndarray:
@@ -122,7 +136,7 @@ def interpolation_code(interpolation) -> int:
         except KeyError:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATION)}, not {interpolation!r}") from None
     code = int(interpolation)
-    if code not in (INTERP_BILINEAR, INTERP_LANCZOS4):
+    if code not in (INTERP_BILINEAR, INTERP_LANCZOS4, INTERP_CUBIC):
         raise ValueError(f"unknown interpolation code {code}")
     return code
 
@@ -174,6 +188,24 @@ def warp_sample(src, row0, rows, a0, a1, a2, a3, a4, a5, interp, x, y):
         v0 = p00 + fx * (p01 - p00)
         v1 = p10 + fx * (p11 - p10)
         return v0 + fy * (v1 - v0)
+    if interp == INTERP_CUBIC:
+        # OpenCV 5.1 computes float bicubic warps at the exact source point (measured: no
+        # 1/32 px grid, unlike Lanczos-4) with Keys' kernel, a = -0.75; taps ix-1 .. ix+2,
+        # replicated at the edge; float64 here (within float32 rounding of OpenCV's)
+        ix = int(math.floor(sx))
+        iy = int(math.floor(sy))
+        fx = sx - ix
+        fy = sy - iy
+        total = 0.0
+        for i in range(4):
+            wy = _cubic_weight(fy - (i - 1))
+            ty = row0 + min(max(iy - 1 + i, 0), rows - 1)
+            row = 0.0
+            for j in range(4):
+                tx = min(max(ix - 1 + j, 0), w - 1)
+                row += float(src[ty, tx]) * _cubic_weight(fx - (j - 1))
+            total += wy * row
+        return total
     # Lanczos-4 on OpenCV's 1/32-pixel grid
     row_x = (a1 * y + a2) * _AB_SCALE
     row_y = (a4 * y + a5) * _AB_SCALE

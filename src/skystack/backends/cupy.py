@@ -411,8 +411,8 @@ class CupyBackend:
 
 
 def _check_interpolation(interpolation: str) -> None:
-    if interpolation not in ("lanczos", "bilinear"):
-        raise ValueError(f"interpolation must be lanczos or bilinear, not {interpolation!r}")
+    if interpolation not in ("lanczos", "cubic", "bilinear"):
+        raise ValueError(f"interpolation must be lanczos, cubic or bilinear, not {interpolation!r}")
 
 
 def _job_table(job: BandJob, h: int, w: int, hs: int, interpolation: str) -> np.ndarray:
