@@ -43,3 +43,21 @@ def test_rows_written_with_pwrite(tmp_path):
     # resuming keeps the existing accumulator contents
     p2 = j.accumulator("image", (10, 4, 3), "float32", fresh=False)
     assert np.array_equal(np.load(p2)[5:8], data)
+
+
+def test_disk_full_while_writing_bands_is_an_output_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from skystack.errors import OutputError
+
+    j = Journal(tmp_path / "o.fits")
+    j.start({}, resume=False)
+    p = j.accumulator("image", (10, 4), "float32", fresh=True)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OutputError, match="disk full.*--resume"):
+        write_rows(p, npy_data_offset(p), 16, 0, np.ones((2, 4), np.float32))

@@ -16,6 +16,7 @@ journal is deleted after the outputs are written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..types import FrameResult
 
 
@@ -158,16 +159,21 @@ def write_rows(path: Path, offset: int, row_bytes: int, y0: int, data: np.ndarra
     no memory map, so the written pages never count towards this process's RSS, and
     several workers can fill disjoint bands of the same file."""
     buf = np.ascontiguousarray(data).tobytes()
-    fd = os.open(path, os.O_WRONLY)
     try:
-        pos = offset + y0 * row_bytes
-        view = memoryview(buf)
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view = view[n:]
-            pos += n
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            pos = offset + y0 * row_bytes
+            view = memoryview(buf)
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view = view[n:]
+                pos += n
+        finally:
+            os.close(fd)
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise OutputError(f"{path}: could not write stacked rows ({why}); the output was not written. "
+                          "Free some space and rerun the same command with --resume") from e
 
 
 def read_rows(path: Path, offset: int, shape: tuple[int, ...], dtype: str, y0: int, y1: int) -> np.ndarray:
