@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -301,60 +300,51 @@ def write_ser(
     int
         The number of frames written.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ser", dir=folder)
+    from ..output.write import atomic_path
+
     n = 0
     shape = None
     file_dtype = None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * HEADER_SIZE)
-            for frame in frames:
-                a = np.asarray(frame)
-                if shape is None:
-                    shape = a.shape
-                    if a.dtype not in (np.uint8, np.uint16):
-                        raise ValueError(f"SER frames must be uint8 or uint16, not {a.dtype}")
-                    if depth is None:
-                        depth = 8 if a.dtype == np.uint8 else 16
-                    file_dtype = np.dtype(np.uint8) if depth <= 8 else np.dtype(f"{byteorder}u2")
-                    want_planes = 3 if color_id in (RGB, BGR) else 1
-                    if (a.ndim == 3) != (want_planes == 3) or (a.ndim == 3 and a.shape[2] != 3):
-                        raise ValueError(f"frame shape {a.shape} does not fit SER colour {color_id}")
-                elif a.shape != shape:
-                    raise ValueError(f"frame {n} has shape {a.shape}, the first frame {shape}")
-                if color_id == BGR:
-                    a = a[..., ::-1]
-                f.write(np.ascontiguousarray(a, dtype=file_dtype).tobytes())
-                n += 1
+    with atomic_path(os.fspath(path)) as tmp, open(tmp, "wb") as f:
+        f.write(b"\0" * HEADER_SIZE)
+        for frame in frames:
+            a = np.asarray(frame)
             if shape is None:
-                raise ValueError("write_ser needs at least one frame")
-            if timestamps is not None:
-                ticks = [datetime_to_ticks(t) if isinstance(t, _dt.datetime) else int(t)
-                         for t in timestamps]
-                if len(ticks) != n:
-                    raise ValueError(f"{len(ticks)} timestamps for {n} frames")
-                f.write(np.asarray(ticks, dtype="<u8").tobytes())
-            hdr = np.zeros((), dtype=HEADER_DTYPE)
-            hdr["file_id"] = FILE_ID
-            hdr["color_id"] = color_id
-            hdr["little_endian"] = (0 if byteorder == "<" else 1) if endian_flag is None else endian_flag
-            hdr["width"], hdr["height"] = shape[1], shape[0]
-            hdr["depth"] = depth
-            hdr["frame_count"] = n if frame_count is None else frame_count
-            hdr["observer"] = observer.encode("latin-1")[:40]
-            hdr["instrument"] = instrument.encode("latin-1")[:40]
-            hdr["telescope"] = telescope.encode("latin-1")[:40]
-            if date_utc is not None:
-                hdr["date_time"] = hdr["date_time_utc"] = datetime_to_ticks(date_utc)
-            f.seek(0)
-            f.write(hdr.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+                shape = a.shape
+                if a.dtype not in (np.uint8, np.uint16):
+                    raise ValueError(f"SER frames must be uint8 or uint16, not {a.dtype}")
+                if depth is None:
+                    depth = 8 if a.dtype == np.uint8 else 16
+                file_dtype = np.dtype(np.uint8) if depth <= 8 else np.dtype(f"{byteorder}u2")
+                want_planes = 3 if color_id in (RGB, BGR) else 1
+                if (a.ndim == 3) != (want_planes == 3) or (a.ndim == 3 and a.shape[2] != 3):
+                    raise ValueError(f"frame shape {a.shape} does not fit SER colour {color_id}")
+            elif a.shape != shape:
+                raise ValueError(f"frame {n} has shape {a.shape}, the first frame {shape}")
+            if color_id == BGR:
+                a = a[..., ::-1]
+            f.write(np.ascontiguousarray(a, dtype=file_dtype).tobytes())
+            n += 1
+        if shape is None:
+            raise ValueError("write_ser needs at least one frame")
+        if timestamps is not None:
+            ticks = [datetime_to_ticks(t) if isinstance(t, _dt.datetime) else int(t)
+                     for t in timestamps]
+            if len(ticks) != n:
+                raise ValueError(f"{len(ticks)} timestamps for {n} frames")
+            f.write(np.asarray(ticks, dtype="<u8").tobytes())
+        hdr = np.zeros((), dtype=HEADER_DTYPE)
+        hdr["file_id"] = FILE_ID
+        hdr["color_id"] = color_id
+        hdr["little_endian"] = (0 if byteorder == "<" else 1) if endian_flag is None else endian_flag
+        hdr["width"], hdr["height"] = shape[1], shape[0]
+        hdr["depth"] = depth
+        hdr["frame_count"] = n if frame_count is None else frame_count
+        hdr["observer"] = observer.encode("latin-1")[:40]
+        hdr["instrument"] = instrument.encode("latin-1")[:40]
+        hdr["telescope"] = telescope.encode("latin-1")[:40]
+        if date_utc is not None:
+            hdr["date_time"] = hdr["date_time_utc"] = datetime_to_ticks(date_utc)
+        f.seek(0)
+        f.write(hdr.tobytes())
     return n

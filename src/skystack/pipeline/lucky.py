@@ -270,6 +270,21 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return out[..., 0] if out.ndim == 3 else out
 
 
+def _record_alignment(table, i: int, result, s, min_response: float) -> bool:
+    """Record frame ``i``'s alignment outcome in ``table``; False when the frame could not
+    be read (``result`` is the BadFrameError) or did not match the reference (``None``)."""
+    if isinstance(result, BadFrameError):
+        table.fail(i, _UNREADABLE, Fate.UNREADABLE, result.reason)
+        return False
+    table.response[i] = s.response
+    table.shift[i] = (s.sx, s.sy)
+    if result is None:
+        table.fail(i, _NO_MATCH, Fate.FAILED_REGISTRATION,
+                   f"no match with the reference (correlation response {s.response:.3f} < {min_response})")
+        return False
+    return True
+
+
 def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoolExecutor | None,
                  inflight: int) -> Iterator[Any]:
     """``map(fn, items)`` in order, at most ``inflight`` items alive at once; ``items`` is
@@ -928,15 +943,7 @@ def _stack_global(reader: _Reader, kept: np.ndarray, rel: np.ndarray, table: _Ta
     with Progress(int(kept.size), "lucky: align + stack", quiet) as bar:
         for i, img, s, rect in _ordered_map(work, items, pool, inflight):
             bar.update()
-            if isinstance(img, BadFrameError):
-                table.fail(i, _UNREADABLE, Fate.UNREADABLE, img.reason)
-                continue
-            table.response[i] = s.response
-            table.shift[i] = (s.sx, s.sy)
-            if img is None:
-                table.fail(i, _NO_MATCH, Fate.FAILED_REGISTRATION,
-                           f"no match with the reference (correlation response {s.response:.3f} "
-                           f"< {opts.min_response})")
+            if not _record_alignment(table, i, img, s, opts.min_response):
                 continue
             table.used[i] = True
             if drz is not None:
@@ -997,15 +1004,7 @@ def _stack_multipoint(reader: _Reader, pool_idx: np.ndarray, n_keep: int, rel: n
     with Progress(m, "lucky: align (multi-point)", quiet) as bar:
         for k, i, res, s, lm in _ordered_map(measure, items, pool, inflight):
             bar.update()
-            if isinstance(res, BadFrameError):
-                table.fail(i, _UNREADABLE, Fate.UNREADABLE, res.reason)
-                continue
-            table.response[i] = s.response
-            table.shift[i] = (s.sx, s.sy)
-            if res is None:
-                table.fail(i, _NO_MATCH, Fate.FAILED_REGISTRATION,
-                           f"no match with the reference (correlation response {s.response:.3f} "
-                           f"< {opts.min_response})")
+            if not _record_alignment(table, i, res, s, opts.min_response):
                 continue
             ok[k] = True
             gshift[k] = (s.sx, s.sy)

@@ -13,7 +13,6 @@ import functools
 import logging
 import math
 import os
-import pickle
 import resource
 import threading
 import time
@@ -77,7 +76,7 @@ _local = threading.local()
 def _frames_for(spec):
     from ..io import FrameSet
 
-    key = pickle.dumps(spec)
+    key = spec.token  # a digest computed once per spec, not a pickle per task
     cache = getattr(_local, "frames", None)
     if cache is None or cache[0] != key:
         if cache is not None:
@@ -175,15 +174,11 @@ def choose_reference(frames, options: RegisterOptions) -> tuple[int, str, np.nda
         if tried >= options.reference_candidates:
             break
         try:
-            info_shape = frames.info(i).shape
             image = frames.read(i)
-        except BadFrameError:
-            continue
-        except (OSError, ValueError):
+        except (BadFrameError, OSError, ValueError):
             continue
         if tuple(image.shape) != tuple(frames.shape) or not np.isfinite(image).any():
             continue
-        del info_shape
         tried += 1
         score = quality_score(measure_frame(luminance(image), options))
         if best is None or score > best[0]:
@@ -298,7 +293,6 @@ def band_task(spec, y0: int, y1: int, width: int, channels: int, items: list[tup
     """Warp, normalise, reject and reduce output rows ``y0:y1``; write them into the
     accumulator files; return the (N, 2) low/high rejection counts."""
     from ..backends.base import BandJob
-    from ..backends.registry import resolve
     from ..stack.plan import WARP_TILE_ROWS, band_matrix, source_rows
 
     frames = _frames_for(spec)
@@ -746,7 +740,8 @@ def write_outputs(image, count, output: OutputOptions, report: dict, p1: Phase1,
         "REFNAME": (os.path.basename(frames.name(p1.reference))[:60], "reference frame"),
         "NFRAMES": (len(p1.results), "input frames"),
     }
-    exp = [r.metrics.get("exposure_s") for r in p1.results if r.index in set(kept)]
+    kept_set = set(kept)
+    exp = [r.metrics.get("exposure_s") for r in p1.results if r.index in kept_set]
     exp = [e for e in exp if e is not None and math.isfinite(e)]
     if exp:
         header["EXPTIME"] = (float(np.mean(exp)), "mean exposure of stacked frames (s)")
