@@ -88,7 +88,7 @@ def make_frames(path: Path, n: int, height: int, width: int, seed: int = 4) -> t
 
 
 # ---------------------------------------------------------------------------------
-# the band loop, as pipeline.run.band_task does it
+# the band loop, as pipeline.deepsky.phase2.band_task does it
 
 
 def band_jobs(frames: np.ndarray, mats: list[np.ndarray], y0: int, y1: int, interpolation: str):

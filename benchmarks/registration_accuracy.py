@@ -31,7 +31,7 @@ for _p in (_REPO / "src", _REPO / "kernels"):  # run from a checkout without ins
 
 from skystack.detect.stars import detect_stars  # noqa: E402
 from skystack.options import RegisterOptions  # noqa: E402
-from skystack.register import Reference, register_frame  # noqa: E402
+from skystack.register.deepsky import Reference, register_frame  # noqa: E402
 from skystack.testing.synthetic import make_deepsky  # noqa: E402
 from skystack.types import Transform  # noqa: E402
 

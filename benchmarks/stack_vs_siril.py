@@ -33,11 +33,11 @@ from _common import DATA, REPO, run_measured, synthetic_set, table
 
 BASELINE_CODE = """
 import resource, numpy as np
-import skystack, skystack.pipeline.run, skystack.io, skystack.backends.cpu, skystack.output.write
+import skystack, skystack.pipeline.deepsky.run, skystack.io, skystack.backends.cpu, skystack.output.write
 import cv2, astropy.io.fits, dask.threaded, tqdm
 from _skystack_kernels.cpu.combine import combine_band
 from skystack.options import RegisterOptions
-from skystack.register import Reference, register_frame, measure_frame
+from skystack.register.deepsky import Reference, register_frame, measure_frame
 b = np.zeros((3, 8, 8), np.float32)
 combine_band(b, np.ones(3, np.float32), 1, 0, 3.0, 3.0, 3, np.zeros((8, 8), np.float32),
              np.zeros((8, 8), np.int32), np.zeros((3, 2), np.int64))
@@ -145,7 +145,7 @@ def siril_registration_errors(proc, ref, n):
     from astropy.io import fits
 
     from skystack.options import RegisterOptions
-    from skystack.register import Reference, register_frame
+    from skystack.register.deepsky import Reference, register_frame
     from skystack.types import Transform
 
     o = RegisterOptions(method="stars")

@@ -1,18 +1,30 @@
-"""High-level functions: what the CLI calls and what users import.
+"""The one front door: every command and every Python user goes through these functions.
 
-Each function builds the per-stage option dataclasses from plain keyword arguments and
-hands them to the pipeline; no stage logic lives here.
+Each takes its inputs, an output path (``None``: nothing written, the result holds what
+was computed) and options as keyword arguments. A keyword is the option's name on the
+command line without the dashes (``memory_limit="256M"`` for ``--memory-limit 256M``,
+``kappa=(2.5, 3)`` for ``--kappa 2.5 3``); :mod:`skystack.options` defines them all, with
+their defaults and allowed values, and builds the per-stage option dataclasses from them.
+An unknown keyword or a bad value is a :class:`~skystack.errors.UsageError` before any
+frame is read.
+
+The pipelines are imported inside the functions that run them: the deep-sky pipeline
+imports star detection, triangle matching and ``scipy.stats`` (0.78 s measured on the
+project's 2-core machine) that ``skystack lucky`` never uses, and the reverse holds for
+the lucky pipeline's aligners; ``import skystack`` itself stays cheap.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .options import (CalibrationOptions, ColourOptions, OutputOptions, ReadOptions, RegisterOptions,
-                      RunOptions, SelectOptions, StackOptions)
-from .pipeline.run import StackResult, stack_frames
-from .stack.plan import parse_size
+from .errors import UsageError
+from .options import (CalibrateJob, ColourOptions, EnhanceJob, EnhanceOptions, LuckyJob, MasterOptions,
+                      OutputOptions, RegisterJob, StackJob, build, build_job)
+from .runtime.memory import parse_size
+from .types import LuckyResult, StackResult
 
 PathLike = str | os.PathLike
 
@@ -23,101 +35,131 @@ def _inputs(inputs: PathLike | Sequence[PathLike]) -> list[str]:
     return [os.fspath(p) for p in inputs]
 
 
-def stack(inputs: PathLike | Sequence[PathLike], output: PathLike, *,
-          method: str = "mean", kappa: tuple[float, float] = (3.0, 3.0), norm: str = "auto",
-          weights: str = "none", interpolation: str = "cubic", register: str = "auto",
-          model: str = "similarity", reference: int | None = None, faint: bool = False,
-          keep: str | None = None, max_fwhm: float | None = None, max_roundness: float | None = None,
-          min_stars: int | None = None, memory_limit: str | int | None = None, workers: int | None = None,
-          scheduler: str | None = None, backend: str = "auto", resume: bool = False,
-          report: PathLike | None = None, tiff_dtype: str = "float32", preview: bool = True,
-          coverage: bool = False, debayer: str = "auto", bayer: str | None = None,
-          band_rows: int | None = None, cache_dir: PathLike | None = None, quiet: bool = True,
-          bias: PathLike | Sequence[PathLike] = (), darks: PathLike | Sequence[PathLike] = (),
-          flats: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
-          dark_scaling: str = "auto", cosmetic: str = "auto", hot_sigma: float = 5.0, cold_sigma: float = 5.0,
-          master_method: str = "winsorized", debayer_method: str = "bilinear", neutralize: bool = False,
-          white_balance: str | tuple[float, float, float] = "none",
-          ) -> StackResult:
-    """Register ``inputs`` (files, folders, globs or a list file) and stack them into
-    ``output`` (.fits, .tif or .png), with a JSON report beside it.
+def _output(output: PathLike | None, kw: dict[str, Any]) -> OutputOptions:
+    base = OutputOptions(output=os.fspath(output) if output is not None else None)
+    return build(OutputOptions, kw, base=base)
+
+
+def stack(inputs: PathLike | Sequence[PathLike], output: PathLike | None = None, **options: Any) -> StackResult:
+    """Register ``inputs`` (files, folders, globs or a list file) and stack them.
 
     Parameters
     ----------
-    method : mean | median | sigma | winsorized | mad | linear-fit | percentile | gesd | minmax
-    kappa : (low, high) rejection parameters (σ multiples, or fractions / counts, per method)
-    norm : auto | none | add | mul | addscale | mulscale (auto: add for mean/median, addscale
-        for rejection methods)
-    weights : none | noise | stars | fwhm
-    register : auto | stars | orb
-    memory_limit : bytes or a size such as "256M"; bounds phase 2's working memory
-    bias, darks, flats, dark_flats : calibration frames (files, folders, globs) or master FITS
-    debayer_method : bilinear (default: unbiased star colours) | ea | vng
-    neutralize, white_balance : colour balance of a colour stack (none | auto | camera | "R,G,B")
+    inputs
+        The light frames.
+    output
+        ``.fits``, ``.tif`` or ``.png``, with OUT.report.json and a preview beside it.
+    **options
+        Any option of ``skystack stack --help`` by its long name (``method="sigma"``,
+        ``kappa=(3, 3)``, ``memory_limit="512M"``, ``darks=["darks/"]`` ...).
 
     Returns
     -------
     StackResult
         The per-frame results, the reference index, timings, peak RSS and paths written.
+
+    Raises
+    ------
+    UsageError, NoFramesError, RegistrationError, OutputError, InputChangedError, ClusterError
     """
-    return stack_frames(
-        _inputs(inputs),
-        output=OutputOptions(output=os.fspath(output), report=os.fspath(report) if report else None,
-                             tiff_dtype=tiff_dtype, preview=preview, coverage=coverage),
-        read=ReadOptions(debayer=debayer, bayer_override=bayer, debayer_method=debayer_method),
-        register=RegisterOptions(method=register, model=model, reference=reference, faint=faint),
-        select=SelectOptions(keep=keep, max_fwhm_px=max_fwhm, max_roundness=max_roundness, min_stars=min_stars),
-        stack=StackOptions(method=method, kappa_low=kappa[0], kappa_high=kappa[1], normalization=norm,
-                           weights=weights, interpolation=interpolation, memory_limit=parse_size(memory_limit),
-                           band_rows=band_rows),
-        run=RunOptions(workers=workers, scheduler=scheduler, backend=backend, resume=resume, quiet=quiet,
-                       cache_dir=os.fspath(cache_dir) if cache_dir else None),
-        calibration=CalibrationOptions(bias=_opt_inputs(bias), darks=_opt_inputs(darks), flats=_opt_inputs(flats),
-                                       dark_flats=_opt_inputs(dark_flats), dark_scaling=dark_scaling,
-                                       cosmetic=cosmetic, hot_sigma=hot_sigma, cold_sigma=cold_sigma,
-                                       master_method=master_method),
-        colour=ColourOptions(neutralize=neutralize, white_balance=_white_balance(white_balance)),
-    )
+    from .pipeline.deepsky.run import stack_frames
+
+    out = _output(output, options)
+    job = build_job(StackJob, options, output=out)
+    return stack_frames(_inputs(inputs), job)
 
 
-def _white_balance(wb):
-    from .calibrate.colour import parse_white_balance
+def register(inputs: PathLike | Sequence[PathLike], *, report: PathLike | None = None,
+             **options: Any) -> StackResult:
+    """Register only: each frame's transform to the reference and its fate, without
+    stacking. With ``report``, writes them as JSON. Options: those of
+    ``skystack register --help`` (registration, demosaicing, workers, scheduler)."""
+    from .pipeline.deepsky.run import register_frames
 
-    return wb if isinstance(wb, tuple) else parse_white_balance(wb)
-
-
-def _opt_inputs(x: PathLike | Sequence[PathLike] | None) -> tuple[str, ...]:
-    return tuple(_inputs(x)) if x else ()
-
-
-def register(inputs: PathLike | Sequence[PathLike], *, report: PathLike | None = None, method: str = "auto",
-             model: str = "similarity", reference: int | None = None, faint: bool = False,
-             workers: int | None = None, scheduler: str | None = None, debayer: str = "auto",
-             bayer: str | None = None, quiet: bool = True) -> StackResult:
-    """Register only: the per-frame transforms (and fates) without stacking. With
-    ``report``, writes them as report.json."""
-    out = OutputOptions(output=os.fspath(report), report=os.fspath(report)) if report else None
-    return stack_frames(
-        _inputs(inputs), output=out, read=ReadOptions(debayer=debayer, bayer_override=bayer),
-        register=RegisterOptions(method=method, model=model, reference=reference, faint=faint),
-        run=RunOptions(workers=workers, scheduler=scheduler, quiet=quiet), transforms_only=True)
+    out = OutputOptions(report=os.fspath(report) if report is not None else None)
+    job = build_job(RegisterJob, options, output=out)
+    return register_frames(_inputs(inputs), job)
 
 
-def lucky(inputs: PathLike | Sequence[PathLike], output: PathLike, **kwargs: Any):
-    """Lucky imaging of a video or frame sequence (see :mod:`skystack.pipeline.lucky`)."""
-    from .pipeline.lucky import LuckyOptions, run_lucky
+def lucky(inputs: Any, output: PathLike | None = None, **options: Any) -> LuckyResult:
+    """Lucky imaging of a video or frame sequence (``skystack lucky``).
 
-    fields = set(LuckyOptions.__dataclass_fields__)
-    opts = LuckyOptions(**{k: v for k, v in kwargs.items() if k in fields})
-    rest = {k: v for k, v in kwargs.items() if k not in fields}
-    return run_lucky(_inputs(inputs), os.fspath(output), opts, **rest)
+    ``inputs``: paths (videos, SER files, frame folders) or an open frame set. Options:
+    those of ``skystack lucky --help`` (``keep="10%"``, ``multipoint=False``,
+    ``wavelets=(1.8, 1.4, 1, 1, 1)``, ...). Sharpening runs when ``wavelets`` or a
+    ``stretch`` is given; a stretch alone does not sharpen.
+    """
+    from .pipeline.lucky.run import run_lucky
+
+    out = _output(output, options)
+    if ("stretch" in options or "black" in options or "white" in options) and "wavelets" not in options:
+        options["wavelets"] = (1.0,)  # a stretch alone: gain 1 at one scale leaves the image as is
+    job = build_job(LuckyJob, options, output=out)
+    if not isinstance(inputs, (str, os.PathLike, list, tuple)):
+        return run_lucky(inputs, job)
+    return run_lucky(_inputs(inputs), job)
 
 
-def enhance(image, **kwargs: Any):
-    """Wavelet sharpening and stretch of a stacked image (see :mod:`skystack.enhance`)."""
+def enhance(image, **options: Any):
+    """Wavelet sharpening and stretch of a stacked image array (see
+    :mod:`skystack.enhance.wavelets`); returns the enhanced float32 array."""
     from .enhance.wavelets import enhance as _enhance
 
-    return _enhance(image, **kwargs)
+    return _enhance(image, build(EnhanceOptions, dict(options)) if options else None)
+
+
+def enhance_file(input: PathLike, output: PathLike, **options: Any) -> list[Path]:
+    """``skystack enhance``: sharpen/stretch one stacked image file into ``output`` (and a
+    before/after preview); returns the paths written."""
+    from .pipeline.enhance import run_enhance
+
+    out = _output(output, options)
+    job = build_job(EnhanceJob, options, output=out)
+    return run_enhance(os.fspath(input), job)
+
+
+def master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLike, *,
+           bias: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
+           memory_limit: str | int | None = None, workers: int | None = None, quiet: bool = False,
+           **options: Any):
+    """``skystack master``: combine calibration frames (``kind``: bias, dark, flat,
+    dark-flat) into a master FITS. Options: ``method``, ``kappa``."""
+    from .pipeline.calibration import make_master
+
+    opts = build(MasterOptions, options)
+    if options:
+        raise UsageError(f"unknown option(s) {', '.join(sorted(options))} for master; known: method, kappa")
+    return make_master(kind, _inputs(inputs), output, method=opts.method, kappa=opts.kappa,
+                       bias=_inputs(bias) if bias else (), dark_flats=_inputs(dark_flats) if dark_flats else (),
+                       memory_limit=parse_size(memory_limit), workers=workers, quiet=quiet)
+
+
+def calibrate(inputs: PathLike | Sequence[PathLike], output: PathLike, *, debayer: bool = False,
+              **options: Any) -> tuple[list[Path], dict[str, Any]]:
+    """``skystack calibrate``: calibrated lights written as FITS into the folder
+    ``output``. Options: the calibration options of ``skystack stack``, ``debayer_method``,
+    ``bayer``, ``memory_limit``, ``workers``."""
+    from .pipeline.calibration import calibrate_frames
+
+    options = dict(options)
+    if "memory_limit" in options:
+        options["memory_limit"] = parse_size(options["memory_limit"])
+    job = build_job(CalibrateJob, options)
+    if debayer:
+        job = replace(job, read=replace(job.read, debayer="auto"))
+    return calibrate_frames(_inputs(inputs), output, job)
+
+
+def colour(image: PathLike, output: PathLike, *, neutralize: bool = False,
+           white_balance: str | Sequence[float] = "none", camera_from: PathLike | None = None,
+           preview: bool = True) -> tuple[list[Path], dict[str, Any]]:
+    """``skystack colour``: neutralise the background and/or white-balance a stacked RGB
+    image file into ``output``."""
+    from .pipeline.calibration import colour_balance_file
+
+    opts = ColourOptions(neutralize=neutralize, white_balance=white_balance)  # validates
+    return colour_balance_file(image, output, neutralize=opts.neutralize, white_balance=opts.white_balance,
+                               camera_from=camera_from, preview=preview)
 
 
 def demo(folder: PathLike | None = None, *, n_frames: int = 16, size: tuple[int, int] = (1200, 900),

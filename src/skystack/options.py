@@ -1,111 +1,357 @@
-"""One small frozen, keyword-only dataclass per stage. Each stage receives its own
-options only; there is no global settings object."""
+"""Every option of every command, defined once.
+
+One small frozen, keyword-only dataclass per stage; each stage receives its own options
+only, and there is no global settings object. A field's default, its choices (the
+``Literal`` in its annotation, or ``choices=`` in its :func:`flag` metadata), its help
+text and its command-line flag live here and nowhere else: the CLI
+(:mod:`skystack.cli`) builds its arguments from these fields and the API
+(:mod:`skystack.api`) builds these dataclasses from keyword arguments with
+:func:`build`, so a default cannot drift between them (``tests/test_options.py`` pins
+that). Values are checked in ``__post_init__``, before any frame is read.
+
+The jobs at the end (:class:`StackJob`, :class:`RegisterJob`, :class:`LuckyJob`, ...) say
+which option groups each command takes.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
-RegisterMethod = Literal["auto", "stars", "orb", "planetary", "surface"]
-Model = Literal["shift", "similarity", "affine"]
-RejectMethod = Literal[
-    "none", "sigma", "winsorized", "mad", "linear-fit", "percentile", "gesd", "minmax"
-]
-Reduction = Literal["mean", "median"]
+from _skystack_kernels import codes
+
+from .errors import UsageError
+from .runtime.memory import parse_size
+from .types import Model
+
+# -- choice lists ---------------------------------------------------------------------
+# The stacking methods: the two plain reductions, then every rejection method the kernels
+# know (kernels/_skystack_kernels/codes.py is the one table of them).
+STACK_METHODS: tuple[str, ...] = ("mean", "median") + tuple(m for m in codes.REJECT if m != "none")
+MASTER_METHODS: tuple[str, ...] = ("median", "sigma", "winsorized")
+INTERPOLATIONS: tuple[str, ...] = ("cubic", "lanczos", "bilinear")
+
+RegisterMethod = Literal["auto", "stars", "orb"]
 Normalization = Literal["auto", "none", "add", "mul", "addscale", "mulscale"]
 Weighting = Literal["none", "noise", "stars", "fwhm"]
+DebayerMethod = Literal["bilinear", "ea", "vng"]
+Backend = Literal["auto", "cpu", "cupy", "cv2cuda"]
+TiffDtype = Literal["float32", "uint16"]
+StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReadOptions:
-    """How frames are decoded."""
+# -- command-line metadata ------------------------------------------------------------
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line and as an API keyword.
 
-    debayer: Literal["auto", "none"] = "auto"  # "auto": debayer when a CFA pattern is known
-    debayer_method: Literal["bilinear", "vng", "ea"] = "ea"  # OpenCV demosaicing variants
-    bayer_override: str | None = None  # force a CFA pattern (FITS convention, e.g. "RGGB")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CalibrationOptions:
-    """Calibration of the lights before debayering (``--bias/--darks/--flats``).
-
-    Each of ``bias``/``darks``/``flats``/``dark_flats`` is a list of inputs (frames to build
-    a master from: files, folders, globs, list files) or a single master FITS file.
+    ``name`` is the API keyword and argparse ``dest`` when it differs from the field name
+    (``--register`` sets :attr:`RegisterOptions.method`). ``parse`` turns what the user
+    gave (CLI text or an API value) into the field's value. ``pair`` names a second field
+    that the same flag sets (``--kappa LOW HIGH``). ``action`` is an argparse action for
+    switches; ``const`` goes with ``store_const``.
     """
 
-    bias: tuple[str, ...] = ()
-    darks: tuple[str, ...] = ()
-    flats: tuple[str, ...] = ()
-    dark_flats: tuple[str, ...] = ()
-    dark_scaling: Literal["auto", "off", "optimize"] = "auto"  # by exposure; optimise the factor
-    cosmetic: Literal["auto", "off"] = "auto"  # hot/cold pixel map from the master dark
-    hot_sigma: float = 5.0
-    cold_sigma: float = 5.0
-    master_method: Literal["median", "sigma", "winsorized"] = "winsorized"
-    cache_dir: str | None = None  # where masters are cached (default: the run's cache dir)
-    master_kappa: tuple[float, float] = (3.0, 3.0)  # rejection of sigma/winsorized masters
-    memory_limit: int | None = None  # bytes for building masters; None: a safe share of RAM
+    flags: tuple[str, ...]
+    help: str
+    name: str | None = None
+    metavar: str | tuple[str, ...] | None = None
+    nargs: int | str | None = None
+    parse: Callable[[Any], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    pair: str | None = None
+    action: str | None = None
+    const: Any = None
+    hidden: bool = False
+
+
+def flag(*flags: str, help: str = "", **kw: Any) -> dict[str, Flag]:
+    """Field metadata: ``field(default=..., metadata=flag("--method", help="..."))``."""
+    return {"cli": Flag(tuple(flags), help, **kw)}
+
+
+def api_only(help: str, **kw: Any) -> dict[str, Flag]:
+    """Field metadata for an option the API takes by keyword but the CLI has no flag for."""
+    return {"cli": Flag((), help, **kw)}
+
+
+def cli_flag(f: dataclasses.Field) -> Flag | None:
+    return f.metadata.get("cli")
+
+
+def public_name(f: dataclasses.Field) -> str:
+    """The API keyword (and argparse dest) of a field."""
+    fl = cli_flag(f)
+    return fl.name if fl is not None and fl.name else f.name
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...] | None:
+    """The allowed values of field ``name`` of ``cls`` (from its flag or its Literal)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    fl = cli_flag(f)
+    if fl is not None and fl.choices is not None:
+        return fl.choices
+    hint = typing.get_type_hints(cls)[name]
+    lits = [a for a in (typing.get_args(hint) or (hint,)) if typing.get_origin(a) is Literal]
+    if typing.get_origin(hint) is Literal:
+        lits = [hint]
+    if not lits:
+        return None
+    return tuple(v for lit in lits for v in typing.get_args(lit))
+
+
+def default_of(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _flag_text(f: dataclasses.Field) -> str:
+    fl = cli_flag(f)
+    return fl.flags[0] if fl is not None and fl.flags else f.name
+
+
+class _Checked:
+    """Checks every field whose values are a closed list (choices) on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            allowed = choices(type(self), f.name)
+            value = getattr(self, f.name)
+            if allowed is not None and value is not None and value not in allowed:
+                raise UsageError(f"{_flag_text(f)} {value!r}: expected one of {', '.join(map(str, allowed))}")
+        self.check()
+
+    def check(self) -> None:
+        """Range checks beyond the choice lists (subclasses)."""
+
+
+def _positive_int(value: Any, what: str, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{what} {value!r}: expected a whole number of at least 1")
+
+
+def _finite(value: Any, what: str, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {value!r}: expected a number") from None
+    if not math.isfinite(v):
+        raise UsageError(f"{what} {value!r}: expected a finite number")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise UsageError(f"{what} {value!r}: must be {'>' if lo_open else '>='} {lo:g}")
+    if hi is not None and v > hi:
+        raise UsageError(f"{what} {value!r}: must be <= {hi:g}")
+
+
+def _parse_size(value: Any) -> int | None:
+    return parse_size(value)
+
+
+def _parse_floats(value: Any) -> tuple[float, ...]:
+    """``"1.8,1.4,1.0"`` (CLI) or a sequence (API) → a tuple of floats."""
+    if isinstance(value, str):
+        try:
+            vals = tuple(float(v) for v in value.replace(" ", "").split(",") if v != "")
+        except ValueError:
+            raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
+    else:
+        vals = tuple(float(v) for v in value)
+    if not vals:
+        raise UsageError(f"expected comma-separated numbers, got {value!r}")
+    return vals
+
+
+def _parse_white_balance(value: Any) -> str | tuple[float, float, float]:
+    """"none", "auto", "camera" or three factors "R,G,B" (or a 3-sequence)."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "auto", "camera"):
+        return value.strip().lower()
+    try:
+        vals = _parse_floats(value)
+    except (UsageError, TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise UsageError(f"--white-balance {value!r}: expected none, auto, camera or three positive "
+                         "factors R,G,B (e.g. 1.9,1,1.4)")
+    return (vals[0], vals[1], vals[2])
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    return tuple(os.fspath(v) for v in value)
+
+
+# -- the keep rule (both pipelines) ---------------------------------------------------
+_KEEP = re.compile(r"^\s*(?:best:)?\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """A parsed ``--keep``: a percentage of the usable frames or a count of them."""
+
+    value: float
+    percent: bool
+    text: str
+
+    def count(self, n: int) -> int:
+        """How many of ``n`` usable frames the rule keeps (at least one when ``n > 0``)."""
+        if self.percent:
+            # the epsilon keeps 10% of 30 at 3 where 30 * 10 / 100 rounds to 3.0000000000000004
+            return max(1 if n else 0, min(n, math.ceil(n * self.value / 100.0 - 1e-9)))
+        return min(n, int(self.value))
 
     @property
-    def active(self) -> bool:
-        return bool(self.bias or self.darks or self.flats or self.dark_flats)
+    def requested(self) -> int | None:
+        """The count asked for (to tell the user a clip was shorter), None for a percentage."""
+        return None if self.percent else int(self.value)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ColourOptions:
-    """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
+def parse_keep(text: str | None) -> KeepRule | None:
+    """``"80%"``, ``"best:80%"``, ``"200"``, ``"best:200"`` → a :class:`KeepRule`; ``None``
+    keeps every frame.
 
-    ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
-    "auto" (the average star made white); or three factors (R, G, B).
+    Raises
+    ------
+    UsageError
+        Not a rule, a percentage outside (0, 100], or a count below 1 or not whole.
     """
+    if text is None:
+        return None
+    m = _KEEP.match(str(text))
+    if not m:
+        raise UsageError(f"--keep {text!r}: expected a percentage (80%), a count (200) or best:N / best:N%")
+    value, percent = float(m.group(1)), bool(m.group(2))
+    if percent and not 0 < value <= 100:
+        raise UsageError(f"--keep {text!r}: a percentage must be in (0, 100]")
+    if not percent and (value < 1 or value != int(value)):
+        raise UsageError(f"--keep {text!r}: a count must be a whole number of at least 1")
+    return KeepRule(value, percent, str(text))
 
-    neutralize: bool = False  # make the sky background grey (equal in R, G and B)
-    white_balance: str | tuple[float, float, float] = "none"
 
-    @property
-    def active(self) -> bool:
-        return self.neutralize or self.white_balance != "none"
+# -- stages ---------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions(_Checked):
+    """How frames are decoded (demosaicing of colour-filter-array frames)."""
+
+    debayer: Literal["auto", "none"] = field(default="auto", metadata=flag(
+        "--no-debayer", action="store_const", const="none",
+        help="keep CFA (Bayer) mosaics as mono data instead of demosaicing them"))
+    debayer_method: DebayerMethod = field(default="bilinear", metadata=flag(
+        "--debayer-method",
+        help="demosaicing of CFA frames: bilinear (unbiased colours of small stars), ea (edge-aware), vng"))
+    bayer_override: str | None = field(default=None, metadata=flag(
+        "--bayer", name="bayer", metavar="PATTERN", parse=str,
+        help="force a CFA pattern (RGGB, BGGR, GRBG, GBRG) for raw mosaics"))
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegisterOptions:
+class RegisterOptions(_Checked):
     """Detection, matching and transform estimation (phase 1)."""
 
-    method: RegisterMethod = "auto"
-    model: Model = "similarity"
-    reference: int | None = None  # global frame index; None: best-scored of the first few
+    method: RegisterMethod = field(default="auto", metadata=flag(
+        "--register", name="register",
+        help="stars: triangle star matching (deep sky); orb: ORB keypoints (Moon, Sun, landscapes); "
+             "auto: stars, falling back to orb frame by frame"))
+    model: Model = field(default="similarity", metadata=flag(
+        "--model", help="transform model: similarity (shift + rotation + uniform scale), shift or affine"))
+    reference: int | None = field(default=None, metadata=flag(
+        "--reference", metavar="N", parse=int,
+        help="reference frame index, 0-based (default: the best-scored of the first few frames)"))
     reference_candidates: int = 5  # how many leading frames compete to be the reference
     max_stars: int = 100  # brightest stars kept per frame for matching
     detect_sigma: float = 5.0  # detection threshold above the local background, in noise σ
     ransac_px: float = 2.0  # RANSAC inlier tolerance in reference pixels
     min_matches: int = 6  # fewer inliers than this: registration failed
     max_residual_px: float = 1.0  # an inlier RMS above this: registration failed
-    faint: bool = False  # ORB: adaptive threshold + erosion pre-treatment (the seed's trick)
+    faint: bool = field(default=False, metadata=flag(
+        "--faint", action="store_true", help="ORB: adaptive-threshold + erosion pre-treatment for faint frames"))
     orb_features: int = 3000
 
+    def check(self) -> None:
+        if self.reference is not None and (isinstance(self.reference, bool) or self.reference < 0):
+            raise UsageError(f"--reference {self.reference!r}: expected a frame index of at least 0")
+        _positive_int(self.reference_candidates, "reference_candidates", allow_none=False)
+        _positive_int(self.max_stars, "max_stars", allow_none=False)
+        _finite(self.detect_sigma, "detect_sigma", lo=0, lo_open=True)
+        _finite(self.ransac_px, "ransac_px", lo=0, lo_open=True)
+
 
 @dataclass(frozen=True, kw_only=True)
-class SelectOptions:
+class SelectOptions(_Checked):
     """Which registered frames are kept (``--keep`` and quality thresholds)."""
 
-    keep: str | None = None  # "best:80%", "80%", "200", "best:200"; None keeps all
-    max_fwhm_px: float | None = None
-    max_roundness: float | None = None  # 1 - minor/major; 0 is perfectly round
-    min_stars: int | None = None
+    keep: str | None = field(default=None, metadata=flag(
+        "--keep", metavar="RULE", help="keep the best frames: 80%%, best:80%%, 200 or best:200 (default: all)"))
+    max_fwhm_px: float | None = field(default=None, metadata=flag(
+        "--max-fwhm", name="max_fwhm", metavar="PX", parse=float,
+        help="drop frames whose median star FWHM is above this many pixels"))
+    max_roundness: float | None = field(default=None, metadata=flag(
+        "--max-roundness", metavar="R", parse=float,
+        help="drop frames whose stars are more elongated (1 - minor/major; 0 is round)"))
+    min_stars: int | None = field(default=None, metadata=flag(
+        "--min-stars", metavar="N", parse=int, help="drop frames with fewer detected stars"))
+
+    def check(self) -> None:
+        parse_keep(self.keep)
+        if self.max_fwhm_px is not None:
+            _finite(self.max_fwhm_px, "--max-fwhm", lo=0, lo_open=True)
+        if self.max_roundness is not None:
+            _finite(self.max_roundness, "--max-roundness", lo=0, hi=1)
+        if self.min_stars is not None and (isinstance(self.min_stars, bool) or self.min_stars < 0):
+            raise UsageError(f"--min-stars {self.min_stars!r}: expected a whole number of at least 0")
 
 
 @dataclass(frozen=True, kw_only=True)
-class StackOptions:
+class StackOptions(_Checked):
     """Phase 2: warp, normalise, reject, reduce."""
 
-    method: RejectMethod | Literal["mean", "median"] = "mean"
-    kappa_low: float = 3.0
+    method: str = field(default="mean", metadata=flag(
+        "--method", choices=STACK_METHODS,
+        help="mean (streamed, no rejection), median, or a rejection method followed by the mean of what is "
+             "left: " + ", ".join(STACK_METHODS[2:])))
+    kappa_low: float = field(default=3.0, metadata=flag(
+        "--kappa", name="kappa", nargs=2, metavar=("LOW", "HIGH"), pair="kappa_high", parse=float,
+        help="rejection parameters: σ multiples (sigma, winsorized, mad, linear-fit), fractions "
+             "(percentile), alpha and max outlier fraction (gesd), counts (minmax)"))
     kappa_high: float = 3.0
     max_iter: int = 5
-    normalization: Normalization = "auto"  # add for mean/median, addscale for rejection
-    weights: Weighting = "none"
-    interpolation: Literal["lanczos", "cubic", "bilinear"] = "cubic"
-    memory_limit: int | None = None  # bytes; None: a safe fraction of available RAM
-    band_rows: int | None = None  # force a band height (tests); None: from the budget
+    normalization: Normalization = field(default="auto", metadata=flag(
+        "--norm", name="norm",
+        help="normalisation to the reference frame: auto is additive for mean and median, additive + "
+             "scaling for rejection methods"))
+    weights: Weighting = field(default="none", metadata=flag(
+        "--weights", help="frame weights: none, noise (1/σ²), stars (star count) or fwhm (1/FWHM²)"))
+    interpolation: Literal["cubic", "lanczos", "bilinear"] = field(default="cubic", metadata=flag(
+        "--interpolation",
+        help="warp interpolation: cubic (bicubic, as Siril's register), lanczos (Lanczos-4: a little sharper, "
+             "3.7x the warp cost, slightly higher noise), bilinear (cheapest, smooths noise and stars)"))
+    memory_limit: int | None = field(default=None, metadata=flag(
+        "--memory-limit", metavar="SIZE", parse=_parse_size,
+        help="working memory beyond the interpreter, e.g. 256M or 2G (default: half the available RAM, "
+             "at most 8 GiB)"))
+    band_rows: int | None = field(default=None, metadata=flag(
+        "--band-rows", parse=int, hidden=True, help="force the band height (tests)"))
+
+    def check(self) -> None:
+        for v, what in ((self.kappa_low, "--kappa LOW"), (self.kappa_high, "--kappa HIGH")):
+            _finite(v, what, lo=0)
+        _positive_int(self.max_iter, "max_iter", allow_none=False)
+        if self.memory_limit is not None and (isinstance(self.memory_limit, bool) or self.memory_limit < 1):
+            raise UsageError(f"--memory-limit {self.memory_limit!r}: expected a positive size such as 256M")
+        _positive_int(self.band_rows, "--band-rows")
 
     @property
     def reject(self) -> str:
@@ -126,24 +372,410 @@ class StackOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutputOptions:
-    """What is written and how."""
+class CalibrationOptions(_Checked):
+    """Calibration of the lights before debayering (``--bias/--darks/--flats``).
 
-    output: str
-    report: str | None = None  # default: next to the output, OUT.report.json
-    tiff_dtype: Literal["uint16", "float32"] = "float32"
-    preview: bool = True  # PNG preview next to the output
-    coverage: bool = False  # also write the per-pixel frame count
-    overwrite: bool = True  # an existing *output* is replaced atomically; inputs never
+    Each of ``bias``/``darks``/``flats``/``dark_flats`` is a list of inputs (frames to build
+    a master from: files, folders, globs, list files) or a single master FITS file.
+    """
+
+    bias: tuple[str, ...] = field(default=(), metadata=flag(
+        "--bias", nargs="+", metavar="B", parse=_paths, help="bias/offset frames or a master bias"))
+    darks: tuple[str, ...] = field(default=(), metadata=flag(
+        "--darks", nargs="+", metavar="D", parse=_paths, help="dark frames or a master dark"))
+    flats: tuple[str, ...] = field(default=(), metadata=flag(
+        "--flats", nargs="+", metavar="F", parse=_paths, help="flat frames or a master flat"))
+    dark_flats: tuple[str, ...] = field(default=(), metadata=flag(
+        "--dark-flats", nargs="+", metavar="DF", parse=_paths, help="dark-flat frames or a master dark-flat"))
+    dark_scaling: Literal["auto", "off", "optimize"] = field(default="auto", metadata=flag(
+        "--dark-scaling",
+        help="scale the dark by exposure time (auto; needs --bias when exposures differ), not at all (off), "
+             "or fit the factor per light (optimize, needs --bias)"))
+    cosmetic: Literal["auto", "off"] = field(default="auto", metadata=flag(
+        "--cosmetic", help="repair hot/cold pixels found in the master dark and flat (auto) or not (off)"))
+    hot_sigma: float = field(default=5.0, metadata=flag(
+        "--hot-sigma", metavar="K", parse=float, help="a dark pixel this many σ above its neighbourhood is hot"))
+    cold_sigma: float = field(default=5.0, metadata=flag(
+        "--cold-sigma", metavar="K", parse=float, help="a dark pixel this many σ below its neighbourhood is cold"))
+    master_method: str = field(default="winsorized", metadata=flag(
+        "--master-method", choices=MASTER_METHODS,
+        help="how calibration frames are combined into masters: median, or sigma / winsorized-sigma clipping "
+             "then mean"))
+    cache_dir: str | None = None  # where masters are cached (default: the run's cache dir)
+    master_kappa: tuple[float, float] = (3.0, 3.0)  # rejection of sigma/winsorized masters
+    memory_limit: int | None = None  # bytes for building masters; None: the run's limit
+
+    def check(self) -> None:
+        _finite(self.hot_sigma, "--hot-sigma", lo=0, lo_open=True)
+        _finite(self.cold_sigma, "--cold-sigma", lo=0, lo_open=True)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bias or self.darks or self.flats or self.dark_flats)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunOptions:
+class ColourOptions(_Checked):
+    """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
+
+    ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
+    "auto" (the average star made white); or three factors (R, G, B).
+    """
+
+    neutralize: bool = field(default=False, metadata=flag(
+        "--neutralize", "--neutralise", action="store_true", help="make the sky background grey in a colour stack"))
+    white_balance: str | tuple[float, float, float] = field(default="none", metadata=flag(
+        "--white-balance", metavar="WB", parse=_parse_white_balance,
+        help="none, auto (the average star made white), camera (the RAW file's multipliers) or three "
+             "factors R,G,B such as 1.9,1,1.4"))
+
+    def check(self) -> None:
+        object.__setattr__(self, "white_balance", _parse_white_balance(self.white_balance))
+
+    @property
+    def active(self) -> bool:
+        return self.neutralize or self.white_balance != "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions(_Checked):
+    """What is written and how."""
+
+    output: str | None = None  # the image; None: nothing written (the API returns the image)
+    report: str | None = field(default=None, metadata=flag(
+        "--report", metavar="R.json", parse=os.fspath, help="report path (default: OUT.report.json)"))
+    tiff_dtype: TiffDtype = field(default="float32", metadata=flag(
+        "--tiff-dtype", help="TIFF sample type: float32 (the stack's values) or uint16 (scaled to 0-65535)"))
+    preview: bool = field(default=True, metadata=flag(
+        "--no-preview", action="store_false", help="no stretched PNG preview (nor plots)"))
+    coverage: bool = field(default=False, metadata=flag(
+        "--coverage", action="store_true", help="also write OUT.coverage.fits (frames per pixel)"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(_Checked):
     """Execution: where and how the work runs."""
 
-    workers: int | None = None  # None: all cores
-    scheduler: str | None = None  # "tcp://host:8786" for a dask.distributed cluster
-    backend: Literal["auto", "cpu", "cupy", "cv2cuda"] = "auto"
-    resume: bool = False
+    workers: int | None = field(default=None, metadata=flag(
+        "--workers", metavar="N", parse=int, help="parallel workers (default: all cores)"))
+    scheduler: str | None = field(default=None, metadata=flag(
+        "--scheduler", metavar="URL",
+        help="run on an existing dask.distributed cluster, e.g. tcp://host:8786 (frames and output on a "
+             "path every worker sees)"))
+    backend: Backend = field(default="auto", metadata=flag(
+        "--backend",
+        help="where frames are warped and combined: auto (a CUDA GPU when usable, else the CPU), cpu, "
+             "cupy (CuPy + numba.cuda kernels) or cv2cuda (OpenCV built with CUDA)"))
+    resume: bool = field(default=False, metadata=flag(
+        "--resume", action="store_true", help="continue an interrupted run of the same command from its journal"))
+    quiet: bool = field(default=False, metadata=api_only(
+        "no progress bars or information; warnings only (the CLI's -q)"))
+    cache_dir: str | None = field(default=None, metadata=api_only(
+        "where decoded frames and masters are cached (default: .skystack-cache next to the output)",
+        parse=os.fspath))
+
+    def check(self) -> None:
+        _positive_int(self.workers, "--workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnhanceOptions(_Checked):
+    """Wavelet sharpening and tone curve for a stacked image.
+
+    ``gains`` (finest scale first) sets the number of scales; ``thresholds`` are noise
+    thresholds in layer σ (see :func:`skystack.enhance.wavelets.sharpen`). The stretch
+    maps ``black``/``white`` (image units; ``None``: the 0.1th and 99.99th percentiles)
+    to 0/1: ``"linear"``, ``"midtone"`` (then ``midtone`` is the MTF balance, 0.5 =
+    linear), ``"asinh"`` (with ``asinh_beta``), ``"auto"`` (Siril autostretch) or
+    ``"none"`` (keep image units).
+    """
+
+    gains: tuple[float, ...] = field(default=(1.8, 1.4, 1.0, 1.0, 1.0), metadata=flag(
+        "--wavelets", name="wavelets", metavar="G1,G2,...", parse=_parse_floats,
+        help="à-trous wavelet gains per scale, finest first; the count sets the number of scales"))
+    thresholds: tuple[float, ...] = field(default=(3.0, 2.0, 1.0, 0.0, 0.0), metadata=flag(
+        "--wavelet-noise", name="wavelet_noise", metavar="K1,K2,...", parse=_parse_floats,
+        help="noise thresholds per scale in that scale's noise σ; only detail above them is amplified"))
+    stretch: StretchKind = field(default="none", metadata=flag(
+        "--stretch", help="tone curve after sharpening (none keeps the image's units)"))
+    black: float | None = field(default=None, metadata=flag(
+        "--black", parse=float, help="black point, image units (default: the 0.1th percentile)"))
+    white: float | None = field(default=None, metadata=flag(
+        "--white", parse=float, help="white point, image units (default: the 99.99th percentile)"))
+    midtone: float = field(default=0.5, metadata=flag(
+        "--midtone", parse=float, help="midtone balance for --stretch midtone (0.5 = linear)"))
+    asinh_beta: float = field(default=10.0, metadata=flag(
+        "--asinh-beta", parse=float, help="softening for --stretch asinh"))
+
+    def check(self) -> None:
+        object.__setattr__(self, "gains", _parse_floats(self.gains))
+        object.__setattr__(self, "thresholds", _parse_floats(self.thresholds))
+        if any(not math.isfinite(g) or g < 0 for g in self.gains):
+            raise UsageError(f"--wavelets {self.gains}: gains must be finite and >= 0")
+        if any(not math.isfinite(t) or t < 0 for t in self.thresholds):
+            raise UsageError(f"--wavelet-noise {self.thresholds}: thresholds must be finite and >= 0")
+        if not 0 < self.midtone < 1:
+            raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
+        _finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
+
+
+def _parse_drizzle(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class LuckyOptions(_Checked):
+    """Everything ``skystack lucky`` decides about selection, alignment and stacking.
+
+    keep
+        The best frames to stack: ``"10%"`` or a count ``"200"`` (also ``"best:10%"``).
+    mode
+        ``"planet"`` (disk on dark sky: centroid, then phase correlation), ``"surface"``
+        (Moon/Sun filling the field: phase correlation), or ``"auto"``.
+    multipoint, ap_size, ap_spacing, ap_min_structure, ap_pool
+        Local alignment: AP box side and node spacing in pixels (default ``ap_size/2``),
+        the structure an AP needs (fraction of the median), and the candidate pool for
+        per-AP selection as a multiple of the kept count.
+    reference_frames
+        How many of the best frames build the reference (default: half the kept count,
+        5 to 50).
+    drizzle, pixfrac
+        Output scale (1.5, 2 or 3) and drop size for drizzle; ``None`` for no drizzle.
+    color
+        ``"auto"`` (RGB when the frames are colour and not a mono video in a colour
+        container), ``"rgb"`` or ``"mono"`` (stack luminance).
+    rgb_align
+        Shift R and B onto G after stacking (atmospheric dispersion).
+    min_overlap
+        Surface mode: a frame whose displacement leaves less than this fraction of the
+        reference field covered has drifted out of the field and is not used.
+    min_response
+        A global correlation response below this is a failed registration.
+    quality_downsample, quality_sigma
+        The view the quality metric is computed on.
+    workers
+        Threads for per-frame work (default: all cores).
+    """
+
+    keep: str = field(default="10%", metadata=flag(
+        "--keep", metavar="RULE", help="best frames to stack: a percentage (10%%) or a count (200)"))
+    mode: Literal["auto", "planet", "surface"] = field(default="auto", metadata=flag(
+        "--mode", help="planet: disk on dark sky; surface: Moon/Sun filling the field; auto decides per video"))
+    multipoint: bool = field(default=True, metadata=flag(
+        "--no-multipoint", action="store_false",
+        help="global alignment only (faster; fine for a small planet in good seeing)"))
+    ap_size: int = field(default=64, metadata=flag(
+        "--ap-size", metavar="PX", parse=int, help="alignment-point box side in pixels"))
+    ap_spacing: float | None = field(default=None, metadata=flag(
+        "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: half the box)"))
+    ap_min_structure: float = 0.1
+    ap_pool: float = 2.0
+    reference_frames: int | None = None
+    drizzle: float | None = field(default=None, metadata=flag(
+        "--drizzle", metavar="SCALE", parse=_parse_drizzle,
+        help="drizzle onto a 1.5, 2 or 3 times finer grid (undersampled captures)"))
+    pixfrac: float = field(default=0.7, metadata=flag(
+        "--pixfrac", parse=float, help="drizzle drop size, fraction of a pixel"))
+    color: Literal["auto", "rgb", "mono"] = field(default="auto", metadata=flag(
+        "--color", help="colour handling: auto (RGB unless the channels are identical), rgb or mono"))
+    rgb_align: bool = field(default=False, metadata=flag(
+        "--rgb-align", action="store_true", help="shift R and B onto G after stacking (atmospheric dispersion)"))
+    min_overlap: float = 0.5
+    min_response: float = 0.05
+    quality_downsample: int = 2
+    quality_sigma: float = 0.7
+    workers: int | None = field(default=None, metadata=flag(
+        "--workers", metavar="N", parse=int, help="threads (default: all cores)"))
+
+    def check(self) -> None:
+        parse_keep(self.keep)
+        if isinstance(self.ap_size, bool) or not isinstance(self.ap_size, int) or self.ap_size < 8:
+            raise UsageError(f"--ap-size {self.ap_size!r}: at least 8 pixels")
+        if self.ap_spacing is not None:
+            _finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
+        _finite(self.ap_pool, "ap_pool", lo=1)
+        if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 < self.drizzle <= 4.0):
+            raise UsageError(f"--drizzle {self.drizzle}: expected a scale in (1, 4], e.g. 1.5, 2 or 3")
+        _finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
+        _finite(self.min_overlap, "min_overlap", lo=0, hi=1, lo_open=True)
+        _positive_int(self.quality_downsample, "quality_downsample", allow_none=False)
+        _positive_int(self.workers, "--workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MasterOptions(_Checked):
+    """How ``skystack master`` combines calibration frames."""
+
+    method: str = field(default="winsorized", metadata=flag(
+        "--method", choices=MASTER_METHODS,
+        help="median, or sigma / winsorized-sigma clipping then mean"))
+    kappa: tuple[float, float] = field(default=(3.0, 3.0), metadata=flag(
+        "--kappa", nargs=2, metavar=("LOW", "HIGH"), parse=lambda v: tuple(float(x) for x in v),
+        help="rejection thresholds in σ"))
+
+    def check(self) -> None:
+        if len(self.kappa) != 2:
+            raise UsageError(f"--kappa {self.kappa!r}: expected two numbers LOW HIGH")
+        for k in self.kappa:
+            _finite(k, "--kappa", lo=0)
+
+
+# -- jobs: the option groups of each command ----------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class StackJob:
+    """``skystack stack``: register, select, stack, write."""
+
+    read: ReadOptions = ReadOptions()
+    register: RegisterOptions = RegisterOptions()
+    select: SelectOptions = SelectOptions()
+    stack: StackOptions = StackOptions()
+    calibration: CalibrationOptions = CalibrationOptions()
+    colour: ColourOptions = ColourOptions()
+    output: OutputOptions = OutputOptions()
+    run: RunOptions = RunOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterJob:
+    """``skystack register``: the transforms only."""
+
+    read: ReadOptions = ReadOptions()
+    register: RegisterOptions = RegisterOptions()
+    output: OutputOptions = OutputOptions()
+    run: RunOptions = RunOptions()
+
+
+# Planetary frames are bright and oversampled: the edge-aware demosaic keeps belt and crater
+# edges, where deep-sky's bilinear default is chosen for the colours of small stars.
+_LUCKY_READ = ReadOptions(debayer_method="ea")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LuckyJob:
+    """``skystack lucky``: rank, align, stack the best frames of a video; optional
+    sharpening (``enhance`` is ``None`` unless wavelets or a stretch were asked for)."""
+
+    read: ReadOptions = _LUCKY_READ
+    lucky: LuckyOptions = LuckyOptions()
+    enhance: EnhanceOptions | None = None
+    output: OutputOptions = OutputOptions()
     quiet: bool = False
-    cache_dir: str | None = None  # default: .skystack-cache next to the output
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnhanceJob:
+    """``skystack enhance``: sharpen/stretch one stacked image."""
+
+    enhance: EnhanceOptions = EnhanceOptions()
+    output: OutputOptions = OutputOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateJob:
+    """``skystack calibrate``: calibrated lights into a folder."""
+
+    read: ReadOptions = ReadOptions(debayer="none")
+    calibration: CalibrationOptions = CalibrationOptions()
+    memory_limit: int | None = None
+    run: RunOptions = RunOptions()
+
+
+def job_groups(job: type) -> dict[str, type]:
+    """``{group name: options class}`` of a job dataclass."""
+    hints = typing.get_type_hints(job)
+    out = {}
+    for f in dataclasses.fields(job):
+        t = hints[f.name]
+        args = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+        if dataclasses.is_dataclass(args[0]):
+            out[f.name] = args[0]
+    return out
+
+
+def keywords(cls: type) -> dict[str, tuple[str, ...]]:
+    """``{API keyword: (field, ...)}`` for an options class (a paired flag sets two fields).
+
+    Fields without :func:`flag` or :func:`api_only` metadata are internal tuning, not
+    keywords."""
+    out: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        fl = cli_flag(f)
+        if fl is None:
+            continue  # internal tuning: not a keyword (pass the dataclass to change it)
+        if any(f.name == (cli_flag(g).pair if cli_flag(g) else None) for g in dataclasses.fields(cls)):
+            continue  # set through its pair's keyword
+        out[public_name(f)] = (f.name, fl.pair) if fl is not None and fl.pair else (f.name,)
+    return out
+
+
+def build(cls: type, values: dict[str, Any], *, base: Any = None) -> Any:
+    """An instance of options class ``cls`` from API keywords / CLI dests in ``values``
+    (consumed: every key used is removed); missing ones keep ``base``'s values, else the
+    defaults. Values go through each flag's ``parse``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kw: dict[str, Any] = {}
+    for key, names in keywords(cls).items():
+        if key not in values:
+            continue
+        value = values.pop(key)
+        fl = cli_flag(fields[names[0]])
+        if len(names) == 2:  # a pair: (low, high)
+            try:
+                lo, hi = value
+            except (TypeError, ValueError):
+                raise UsageError(f"{fl.flags[0] if fl else key} {value!r}: expected two values") from None
+            pair = (lo, hi)
+            if fl is not None and fl.parse is not None:
+                pair = tuple(_apply(fl, v) for v in pair)
+            kw[names[0]], kw[names[1]] = pair
+        else:
+            kw[names[0]] = _apply(fl, value) if fl is not None and fl.parse is not None and value is not None \
+                else value
+    if base is not None:
+        return dataclasses.replace(base, **kw)
+    return cls(**kw)
+
+
+def _apply(fl: Flag, value: Any) -> Any:
+    try:
+        return fl.parse(value)  # type: ignore[misc]
+    except UsageError:
+        raise
+    except (TypeError, ValueError):
+        raise UsageError(f"{fl.flags[0]} {value!r}: not a valid value") from None
+
+
+def build_job(job: type, values: dict[str, Any], **fixed: Any) -> Any:
+    """A job dataclass from keyword arguments: each keyword goes to the one option group
+    that declares it; ``fixed`` are group instances or job fields given directly.
+
+    Raises
+    ------
+    UsageError
+        A keyword no group of this job knows (the message lists the known ones).
+    """
+    values = dict(values)
+    kw: dict[str, Any] = {}
+    defaults = job()
+    for name, cls in job_groups(job).items():
+        if name in fixed:
+            continue
+        base = getattr(defaults, name)
+        if base is None:
+            mine = {k: values.pop(k) for k in list(values) if k in keywords(cls)}
+            kw[name] = build(cls, mine) if mine else None
+        else:
+            kw[name] = build(cls, values, base=base)
+    for f in dataclasses.fields(job):
+        if f.name in values and f.name not in kw:
+            kw[f.name] = values.pop(f.name)
+    if values:
+        known = sorted(k for cls in job_groups(job).values() for k in keywords(cls))
+        raise UsageError(f"unknown option(s) {', '.join(sorted(values))}; known: {', '.join(known)}")
+    return job(**kw, **fixed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -194,3 +195,60 @@ def _finite_or_none(v: Any) -> Any:
     if isinstance(v, (np.integer,)):
         return int(v)
     return v
+
+
+@dataclass
+class StackResult:
+    """What ``skystack.stack`` and ``skystack.register`` produced: one
+    :class:`FrameResult` per input frame, the reference, what was written and the run's
+    figures (``report`` is the report.json content)."""
+
+    output: Path | None
+    report_path: Path | None
+    results: list[FrameResult]
+    reference: int
+    n_used: int
+    shape: tuple[int, ...]
+    timings: dict[str, float]
+    peak_rss_mb: float
+    backend: str
+    report: dict[str, Any]
+    extra_outputs: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class LuckyResult:
+    """What :func:`run_lucky` produced.
+
+    ``image`` is the stack (float32, input units; ``(H, W)`` or ``(H, W, 3)``; NaN where no
+    frame covered), ``sharpened`` the enhanced copy when wavelet options were given.
+    ``weight`` is the per-pixel sum of blending weights (frames covering the pixel, for
+    multi-point the per-AP selections blended; drizzle: the drop weights).
+    ``frames`` holds one :class:`~skystack.types.FrameResult` per input frame (its
+    ``transform`` is the frame → reference translation, ``metrics`` has ``quality`` and
+    ``rank``). ``report`` is the report.json content.
+    """
+
+    image: np.ndarray
+    weight: np.ndarray
+    sharpened: np.ndarray | None
+    mode: str
+    frames: list[FrameResult]
+    n_frames: int
+    n_used: int
+    timings: dict[str, float]
+    peak_rss_mb: float
+    outputs: list[Path]
+    report_path: Path | None
+    report: dict[str, Any]
+    messages: list[str]
+    rgb_shifts: dict[str, list[float]] | None = None
+    alignment_points: int = 0
+
+
+def shape_text(shape: tuple[int, ...] | list[int]) -> str:
+    """A frame shape as users read it: width × height (× channels), e.g. ``1080×1920×3``."""
+    if len(shape) < 2:
+        return str(tuple(shape))
+    s = f"{shape[1]}×{shape[0]}"
+    return s + (f"×{shape[2]}" if len(shape) == 3 else "")

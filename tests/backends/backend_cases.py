@@ -3,7 +3,7 @@
 Frames are tiny star fields (a few bright Gaussian stars on a sky background with noise),
 rotated and shifted by known transforms, some with NaN holes (masked pixels), one with a
 bright "satellite trail" so that rejection has something to reject. Jobs are built
-exactly as ``pipeline.run.band_task`` builds them: source rows from
+exactly as ``pipeline.deepsky.phase2.band_task`` builds them: source rows from
 :func:`skystack.stack.plan.source_rows` over whole warp tiles, local matrices from
 :func:`skystack.stack.plan.band_matrix`, and the absolute geometry for the tile grid.
 """
@@ -140,7 +140,7 @@ def transforms(rng: np.random.Generator, n: int, height: int, width: int) -> lis
 
 def band_jobs(frames: np.ndarray, matrices: list[np.ndarray], y0: int, y1: int, interpolation: str,
               scales: np.ndarray, offsets: np.ndarray, tiled: bool = True, loader: bool = False) -> list[BandJob]:
-    """The jobs of output rows ``y0:y1``, as ``pipeline.run.band_task`` makes them
+    """The jobs of output rows ``y0:y1``, as ``pipeline.deepsky.phase2.band_task`` makes them
     (``loader``: rows as a zero-argument loader, read when the backend asks)."""
     height, width = frames.shape[1:3]
     y1_tiles = -(-y1 // WARP_TILE_ROWS) * WARP_TILE_ROWS

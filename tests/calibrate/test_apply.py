@@ -38,7 +38,7 @@ def _calibrated(tmp, opts, debayer="none"):
 def _truth(s, i):
     """What a perfect calibration gives: the light above bias and dark, divided by the flat
     normalised per colour (the response over its per-colour mean)."""
-    from skystack.calibrate.debayer import cfa_masks
+    from skystack.io.bayer import cfa_masks
 
     signal = s.electrons(i) / s.params.gain
     resp = s.flat_response()

@@ -96,14 +96,15 @@ def test_star_colours_true_with_bilinear_demosaicing(case, tmp_path):
     # channels in stars of 2-3 px FWHM: a red star's green is overestimated at its red
     # photosites. Bilinear interpolation is linear and conserves each channel's flux, so
     # it is the one that keeps star colours (measured: EA R/G off by ~4 %, bilinear < 1 %).
-    from skystack.options import CalibrationOptions, OutputOptions, ReadOptions, RunOptions, StackOptions
-    from skystack.pipeline.run import stack_frames
+    from skystack.options import CalibrationOptions, OutputOptions, ReadOptions, RunOptions, StackJob, StackOptions
+    from skystack.pipeline.deepsky.run import stack_frames
 
     s, root, lights, cal = case
     calib = CalibrationOptions(bias=(str(root / "bias"),), darks=(str(root / "darks"),), flats=(str(root / "flats"),))
-    r = stack_frames([str(root / "lights")], output=OutputOptions(output=str(tmp_path / "bl.fits"), preview=False),
-                     read=ReadOptions(debayer_method="bilinear"), stack=StackOptions(method="mean"),
-                     run=RunOptions(quiet=True, cache_dir=str(tmp_path / "cache")), calibration=calib)
+    job = StackJob(output=OutputOptions(output=str(tmp_path / "bl.fits"), preview=False),
+                   read=ReadOptions(debayer_method="bilinear"), stack=StackOptions(method="mean"),
+                   run=RunOptions(quiet=True, cache_dir=str(tmp_path / "cache")), calibration=calib)
+    r = stack_frames([str(root / "lights")], job)
     errs = _star_colour_error(s, _rgb(r.output), r.reference)
     print("bilinear star colour (R/G, B/G) measured/truth", np.round(errs, 4))
     assert all(abs(e - 1) < 0.02 for e in errs), errs

@@ -126,7 +126,7 @@ def test_frames_that_do_not_fit_are_left_out(sensor, cal, tmp_path):
     odd = other.write_calibration(tmp_path / "odd", bias=1)["bias"][0]
     m = build_master("bias", _frames(list(files["bias"][:4]) + [odd]), tmp_path / "b.fits")
     assert m.n_frames == 4 and len(m.skipped) == 1
-    assert m.skipped[0][0] == str(odd) and "size 96x48 differs from the others' 96x64" in m.skipped[0][1]
+    assert m.skipped[0][0] == str(odd) and "size 96×48 differs from the others' 96×64" in m.skipped[0][1]
     # darks of two exposures: the majority wins
     d30 = sensor.write_calibration(tmp_path / "d30", darks=2, dark_exptime=30.0)["darks"]
     m = build_master("dark", _frames(list(files["darks"][:3]) + list(d30)), tmp_path / "d.fits")

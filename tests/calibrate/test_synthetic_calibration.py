@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from skystack.calibrate.debayer import cfa_masks
+from skystack.io.bayer import cfa_masks
 from skystack.testing.synthetic import make_deepsky
 
 SHAPE = (96, 128)

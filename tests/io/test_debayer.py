@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skystack.calibrate.debayer import (
+from skystack.io.bayer import (
     PATTERNS,
     cfa_masks,
     debayer,

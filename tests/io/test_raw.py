@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from skystack.calibrate.debayer import cfa_masks
+from skystack.io.bayer import cfa_masks
 from skystack.errors import BadFrameError
 from skystack.io.raw import RawSource, pattern_from_rawpy, raw_meta
 

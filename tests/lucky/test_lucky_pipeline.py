@@ -1,4 +1,4 @@
-"""run_lucky end to end on synthetic videos with known truth."""
+"""skystack.lucky end to end on synthetic videos with known truth."""
 from __future__ import annotations
 
 import json
@@ -6,21 +6,21 @@ import json
 import numpy as np
 import pytest
 
-from skystack.enhance.wavelets import EnhanceOptions
+import skystack
 from skystack.errors import UsageError
-from skystack.pipeline.lucky import LuckyOptions, parse_keep, run_lucky
+from skystack.options import LuckyOptions
 from skystack.testing.planetary import ArrayFrames, Seeing, make_lunar_video, make_planet_video
 from skystack.types import Fate
 
 
 @pytest.fixture(scope="module")
 def global_run(moon_frames):
-    return run_lucky(moon_frames, None, LuckyOptions(keep="10%", multipoint=False))
+    return skystack.lucky(moon_frames, None, keep="10%", multipoint=False)
 
 
 @pytest.fixture(scope="module")
 def multipoint_run(moon_frames):
-    return run_lucky(moon_frames, None, LuckyOptions(keep="10%", multipoint=True, ap_size=48))
+    return skystack.lucky(moon_frames, None, keep="10%", multipoint=True, ap_size=48)
 
 
 def test_multipoint_beats_global_beats_plain_mean(moon_video, moon_frames, global_run, multipoint_run, rmse_to):
@@ -36,7 +36,7 @@ def test_multipoint_beats_global_beats_plain_mean(moon_video, moon_frames, globa
     assert e_global < 0.7 * e_plain
     assert e_multi < 0.95 * e_global
     # the global-only stack of every frame (2.96) sits in between: selection matters too
-    e_all = rmse_to(run_lucky(moon_frames, None, LuckyOptions(keep="100%", multipoint=False)).image, truth)
+    e_all = rmse_to(skystack.lucky(moon_frames, None, keep="100%", multipoint=False).image, truth)
     assert e_global < 0.85 * e_all and e_all < 0.85 * e_plain
 
 
@@ -44,7 +44,7 @@ def test_global_shifts_match_the_truth():
     """Without local distortion the global shift is well defined: the measured ones follow
     the generator's up to the reference's fixed offset."""
     v = make_lunar_video(40, (192, 192), seed=21, seeing=Seeing(jitter_px=3.0, distortion_px=0.0))
-    r = run_lucky(v.as_frameset(), None, LuckyOptions(keep="50%", multipoint=False))
+    r = skystack.lucky(v.as_frameset(), None, keep="50%", multipoint=False)
     used = [f for f in r.frames if f.fate is Fate.USED]
     assert len(used) == 20 == r.n_used
     # transform is frame -> reference: a translation by -s
@@ -89,13 +89,13 @@ def test_multipoint_report(multipoint_run):
 
 def test_result_does_not_depend_on_worker_count(moon_frames):
     sub = ArrayFrames([moon_frames.read_raw(i) for i in range(40)], name="sub")
-    a = run_lucky(sub, None, LuckyOptions(keep="8", ap_size=48, workers=1))
-    b = run_lucky(sub, None, LuckyOptions(keep="8", ap_size=48, workers=2))
+    a = skystack.lucky(sub, None, keep="8", ap_size=48, workers=1)
+    b = skystack.lucky(sub, None, keep="8", ap_size=48, workers=2)
     assert np.array_equal(a.image, b.image, equal_nan=True)
 
 
 def test_planet_mode(planet_video, planet_frames):
-    r = run_lucky(planet_frames, None, LuckyOptions(keep="20%", ap_size=32))
+    r = skystack.lucky(planet_frames, None, keep="20%", ap_size=32)
     assert r.mode == "planet"
     assert r.report["planet_disk"]["radius_px"] == pytest.approx(40 * np.sqrt(0.935), abs=3)
     grid = r.report["alignment_points"]
@@ -120,7 +120,7 @@ def test_planet_mode(planet_video, planet_frames):
 def test_planet_drifting_out_of_the_field_is_reported():
     seeing = Seeing(jitter_px=2.0, distortion_px=0.3, drift_px_per_frame=(1.5, 0.0))
     v = make_planet_video(50, (120, 160), seed=3, radius_px=22.0, seeing=seeing)
-    r = run_lucky(v.as_frameset(), None, LuckyOptions(keep="10", multipoint=False))
+    r = skystack.lucky(v.as_frameset(), None, keep="10", multipoint=False)
     out = [f for f in r.frames if "drifted out of the field" in f.reason]
     assert out, "frames whose disk leaves the frame must be reported"
     assert all(f.fate is Fate.REJECTED for f in out)
@@ -135,7 +135,7 @@ def test_surface_drift_renews_key_frames_and_reports_lost_frames():
     # 2 px per frame over 80 frames: the last frames share little of the field with the first
     seeing = Seeing(jitter_px=1.0, distortion_px=0.3, drift_px_per_frame=(2.0, 0.0), blur_sigma=(0.6, 1.6))
     v = make_lunar_video(80, (128, 160), seed=9, seeing=seeing)
-    r = run_lucky(v.as_frameset(), None, LuckyOptions(keep="10", multipoint=False))
+    r = skystack.lucky(v.as_frameset(), None, keep="10", multipoint=False)
     coarse = np.array([f.metrics["coarse_x"] for f in r.frames])
     # coarse positions follow the drift over 160 px through several key frames; each renewal
     # adds its key frame's coarse error (measured: 1.6 px at most after 160 px), which the
@@ -151,13 +151,13 @@ def test_colour_planet_with_dispersion():
     disp = ((0.0, -1.2), (0.0, 0.0), (0.6, 1.0))
     v = make_planet_video(40, (120, 150), seed=6, radius_px=28.0, color=True, dispersion_px=disp)
     fs = v.as_frameset()
-    r = run_lucky(fs, None, LuckyOptions(keep="25%", multipoint=False, rgb_align=True))
+    r = skystack.lucky(fs, None, keep="25%", multipoint=False, rgb_align=True)
     assert r.image.shape == (120, 150, 3) and r.report["colour"]
     assert r.rgb_shifts["R"] == pytest.approx([0.0, -1.2], abs=0.15)
     assert r.rgb_shifts["B"] == pytest.approx([0.6, 1.0], abs=0.15)
     # after the correction R and B sit on G
-    again = run_lucky(fs, None, LuckyOptions(keep="25%", multipoint=False, rgb_align=False))
-    from skystack.pipeline.lucky import _rgb_dispersion
+    again = skystack.lucky(fs, None, keep="25%", multipoint=False, rgb_align=False)
+    from skystack.pipeline.lucky.run import _rgb_dispersion
 
     _, residual = _rgb_dispersion(r.image, False)
     assert np.abs(residual["R"]).max() < 0.1 and np.abs(residual["B"]).max() < 0.1
@@ -166,18 +166,17 @@ def test_colour_planet_with_dispersion():
 
 def test_mono_video_in_a_colour_container_is_stacked_as_luminance(moon_video):
     frames = [np.repeat(moon_video.frame(i)[..., None], 3, axis=2) for i in range(20)]
-    r = run_lucky(ArrayFrames(frames, name="grey.avi"), None, LuckyOptions(keep="5", multipoint=False))
+    r = skystack.lucky(ArrayFrames(frames, name="grey.avi"), None, keep="5", multipoint=False)
     assert r.image.ndim == 2 and not r.report["colour"]
     assert any("monochrome video in a colour container" in m for m in r.messages)
-    forced = run_lucky(ArrayFrames(frames, name="grey.avi"), None,
-                       LuckyOptions(keep="5", multipoint=False, color="rgb"))
+    forced = skystack.lucky(ArrayFrames(frames, name="grey.avi"), None, keep="5", multipoint=False, color="rgb")
     assert forced.image.shape == (256, 256, 3)
 
 
 def test_drizzle_doubles_the_grid(moon_frames):
     sub = ArrayFrames([moon_frames.read_raw(i) for i in range(30)], name="sub")
     for mp in (False, True):
-        r = run_lucky(sub, None, LuckyOptions(keep="6", drizzle=2.0, multipoint=mp, ap_size=48))
+        r = skystack.lucky(sub, None, keep="6", drizzle=2.0, multipoint=mp, ap_size=48)
         assert r.image.shape == (512, 512)
         assert np.isfinite(r.image[16:-16, 16:-16]).all()
 
@@ -185,8 +184,7 @@ def test_drizzle_doubles_the_grid(moon_frames):
 def test_outputs_and_report(tmp_path, moon_frames):
     sub = ArrayFrames([moon_frames.read_raw(i) for i in range(30)], name="sub.ser")
     out = tmp_path / "moon.tif"
-    r = run_lucky(sub, out, LuckyOptions(keep="20%", ap_size=48),
-                  enhance=EnhanceOptions(gains=(1.8, 1.4, 1.0, 1.0, 1.0)))
+    r = skystack.lucky(sub, out, keep="20%", ap_size=48, wavelets=(1.8, 1.4, 1.0, 1.0, 1.0))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["moon.tif", "moon.preview.png", "moon.compare.png", "moon.quality.png",
                             "moon_sharpened.tif", "moon_sharpened.before-after.png", "moon.tif.report.json"])
@@ -209,25 +207,14 @@ def test_outputs_and_report(tmp_path, moon_frames):
 
 def test_report_path_and_no_preview(tmp_path, moon_frames):
     sub = ArrayFrames([moon_frames.read_raw(i) for i in range(12)], name="sub.ser")
-    r = run_lucky(sub, tmp_path / "m.fits", LuckyOptions(keep="4", multipoint=False, preview=False, plot=False),
-                  report=tmp_path / "r.json")
+    r = skystack.lucky(sub, tmp_path / "m.fits", keep="4", multipoint=False, preview=False,
+                       report=tmp_path / "r.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fits", "r.json"]
     from astropy.io import fits
 
     h = fits.getheader(tmp_path / "m.fits")
     assert h["NCOMBINE"] == 4 and h["LUCKMODE"] == "surface"
     assert r.report_path == tmp_path / "r.json"
-
-
-def test_parse_keep():
-    assert parse_keep("10%", 120) == (12, None)
-    assert parse_keep("best:10%", 5) == (1, None)
-    assert parse_keep("200", 120) == (120, 200)
-    assert parse_keep("3", 120) == (3, 3)
-    assert parse_keep("100%", 7) == (7, None)
-    for bad in ("abc", "0", "0%", "150%", "2.5"):
-        with pytest.raises(UsageError):
-            parse_keep(bad, 10)
 
 
 def test_options_validation():
@@ -249,7 +236,7 @@ def test_bayer_ser_is_debayered_aligned_on_luminance_and_stacked_per_channel(tmp
     v = make_planet_video(30, (120, 150), seed=8, radius_px=28.0, bayer="RGGB", dispersion_px=disp)
     p = tmp_path / "jupiter.ser"
     write_ser(p, v.frames(), BAYER_RGGB)
-    r = run_lucky([str(p)], None, LuckyOptions(keep="30%", multipoint=False, rgb_align=True))
+    r = skystack.lucky([str(p)], None, keep="30%", multipoint=False, rgb_align=True)
     assert r.mode == "planet" and r.image.shape == (120, 150, 3)
     # the stack keeps the planet's colours: red above green above blue on the disk
     disk = np.nanmean(r.image, axis=2) > 60

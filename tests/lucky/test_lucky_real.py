@@ -1,4 +1,4 @@
-"""The real Moon video (PlanetarySystemStacker's example AVI) through run_lucky and the real reader."""
+"""The real Moon video (PlanetarySystemStacker's example AVI) through the lucky pipeline and the real reader."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import pytest
 
 from skystack.enhance.wavelets import noise_sigma
 from skystack.io import open_frames
-from skystack.pipeline.lucky import LuckyOptions, run_lucky
+from skystack.options import LuckyJob, LuckyOptions, OutputOptions
+from skystack.pipeline.lucky.run import run_lucky
 from skystack.quality.metrics import frame_quality
 from skystack.types import Fate
 
@@ -24,7 +25,8 @@ def moon_avi(shared_data):
 def test_real_moon_video_stacks(tmp_path, moon_avi):
     out = tmp_path / "moon.tif"
     # a pool of just the kept frames keeps the test short (per-AP selection among 11 frames)
-    r = run_lucky([str(moon_avi)], out, LuckyOptions(keep="10%", ap_size=128, ap_pool=1.0))
+    job = LuckyJob(lucky=LuckyOptions(keep="10%", ap_size=128, ap_pool=1.0), output=OutputOptions(output=str(out)))
+    r = run_lucky([str(moon_avi)], job)
     assert r.mode == "surface" and r.n_frames == 101
     assert r.report["summary"]["kept"] == 11 and r.n_used >= 11
     assert r.image.shape == (960, 1280)  # a grey video in a colour container: read as mono

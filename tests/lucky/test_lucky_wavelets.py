@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from skystack.enhance.wavelets import (NOISE_RATIO, EnhanceOptions, apply_stretch, atrous, before_after, enhance,
-                                       noise_sigma, parse_floats, sharpen)
+from skystack.enhance.wavelets import NOISE_RATIO, apply_stretch, atrous, before_after, enhance, noise_sigma, sharpen
+from skystack.errors import UsageError
+from skystack.options import EnhanceOptions
 
 
 def test_decomposition_is_exact(moon_video):
@@ -96,19 +97,21 @@ def test_enhance_combines_and_accepts_field_overrides(moon_video):
 
 
 def test_options_validation_and_parsing():
-    assert parse_floats("1.8,1.4,1.0,1,1") == (1.8, 1.4, 1.0, 1.0, 1.0)
-    assert parse_floats(" 2 , 1.5 ") == (2.0, 1.5)
-    for bad in ("", "a,b", ","):
-        with pytest.raises(ValueError):
-            parse_floats(bad)
-    with pytest.raises(ValueError):
-        EnhanceOptions(gains=())
-    with pytest.raises(ValueError):
-        EnhanceOptions(gains=(1.0, -1.0))
-    with pytest.raises(ValueError):
+    # the CLI's list syntax and API sequences both become tuples of floats
+    assert EnhanceOptions(gains="1.8,1.4,1.0,1,1").gains == (1.8, 1.4, 1.0, 1.0, 1.0)
+    assert EnhanceOptions(gains=" 2 , 1.5 ").gains == (2.0, 1.5)
+    assert EnhanceOptions(gains=[2, 1]).gains == (2.0, 1.0)
+    for bad in ("", "a,b", ",", (), (1.0, -1.0), (1.0, float("nan"))):
+        with pytest.raises(UsageError):
+            EnhanceOptions(gains=bad)
+    with pytest.raises(UsageError):
         EnhanceOptions(thresholds=(-1.0,))
-    with pytest.raises(ValueError):
-        EnhanceOptions(midtone=1.0)
+    for midtone in (0.0, 1.0):
+        with pytest.raises(UsageError):
+            EnhanceOptions(midtone=midtone)
+    with pytest.raises(UsageError):
+        EnhanceOptions(stretch="fancy")
+
 
 
 def test_before_after_preview(moon_video):

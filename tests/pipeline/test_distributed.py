@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 
 import skystack
-import skystack.pipeline.run as run_mod
+import skystack.pipeline.deepsky.run as run_mod
 from skystack.cli import main
 from skystack.errors import InputChangedError
 from skystack.testing.synthetic import make_deepsky

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.pipeline.resume import Journal, npy_data_offset, read_rows, write_rows
+from skystack.pipeline.deepsky.resume import Journal, npy_data_offset, read_rows, write_rows
 from skystack.types import Fate, FrameResult, Transform
 
 

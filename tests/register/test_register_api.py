@@ -9,7 +9,7 @@ import pytest
 
 from skystack.errors import UsageError
 from skystack.options import RegisterOptions
-from skystack.register import Reference, Registration, measure_frame, register_frame
+from skystack.register.deepsky import Reference, Registration, measure_frame, register_frame
 from skystack.testing.synthetic import make_deepsky
 from skystack.types import Transform
 

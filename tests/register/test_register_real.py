@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from skystack.options import RegisterOptions
-from skystack.register import Reference, register_frame
+from skystack.register.deepsky import Reference, register_frame
 
 
 def _fits(paths):

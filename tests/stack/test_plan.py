@@ -2,18 +2,8 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.stack.plan import band_matrix, parse_size, plan_bands, source_rows
+from skystack.stack.plan import band_matrix, plan_bands, source_rows
 from skystack.types import Transform
-
-
-def test_parse_size():
-    assert parse_size("256M") == 256 * 2**20
-    assert parse_size("1.5G") == int(1.5 * 2**30)
-    assert parse_size("800k") == 800 * 1024
-    assert parse_size("4096") == 4096
-    assert parse_size("2GiB") == 2 * 2**30
-    with pytest.raises(UsageError, match="cannot read"):
-        parse_size("lots")
 
 
 def test_band_height_follows_budget_and_frame_count():

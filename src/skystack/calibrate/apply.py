@@ -40,7 +40,9 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import BadFrameError, CalibrationError
-from .debayer import pattern_shift
+from ..io.bayer import pattern_shift
+from ..io.fits import FitsSource
+from .cosmetic import find_defects, fix_defects
 from .masters import SAME_EXPOSURE, Master, get_master
 
 log = logging.getLogger("skystack")
@@ -118,8 +120,6 @@ class CalibrationStep:
     def _sources(self) -> dict[str, Any]:
         with self._lock:
             if self._open is None:
-                from ..io.fits import FitsSource
-
                 opened: dict[str, Any] = {}
                 for name in ("bias", "dark", "flat"):
                     path = getattr(self, name)
@@ -179,8 +179,6 @@ class CalibrationStep:
             dys, dxs = src["defects"]
             a, b = np.searchsorted(dys, [y0, y1])
             if b > a:
-                from .cosmetic import fix_defects
-
                 pattern = pattern_shift(self.pattern, 0, y0) if self.pattern else None
                 fix_defects(x, dys[a:b] - y0, dxs[a:b], pattern)
         return x
@@ -388,8 +386,6 @@ def _defect_key(masters: list[Master | None], hot_sigma: float, cold_sigma: floa
 def defect_file(dark: Master | None, bias: Master | None, flat: Master | None, *, hot_sigma: float,
                 cold_sigma: float, cache_dir: Path) -> tuple[str | None, dict[str, Any]]:
     """The cached defect list (``.npy``) for these masters, found once and reused."""
-    from .cosmetic import find_defects
-
     if dark is None and flat is None:
         return None, {"total": 0, "source": "none (no master dark or flat to find defects in)"}
     key = _defect_key([dark, bias, flat], hot_sigma, cold_sigma)

@@ -25,8 +25,10 @@ import logging
 from typing import Any, Sequence
 
 import numpy as np
+from astropy.stats import sigma_clipped_stats
 
 from ..errors import UsageError
+from ..detect.stars import detect_stars
 
 log = logging.getLogger("skystack")
 
@@ -36,8 +38,6 @@ _SAMPLE = 2_000_000  # pixels per channel used to measure the sky
 def background_levels(image: np.ndarray) -> np.ndarray:
     """Sky level per channel of an ``(H, W, C)`` image (sigma-clipped median, 3σ, on a
     subsample of the finite pixels)."""
-    from astropy.stats import sigma_clipped_stats
-
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
@@ -75,8 +75,6 @@ def star_colours(image: np.ndarray, *, max_stars: int = 300, background: np.ndar
     fwhm : float
         The FWHM (px) the apertures were sized for.
     """
-    from ..detect.stars import detect_stars
-
     img = np.asarray(image, dtype=np.float32)
     finite_max = float(np.nanmax(img)) if np.isfinite(img).any() else 0.0
     if xy is None:

@@ -29,8 +29,9 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import median_filter
 
-from .debayer import normalize_pattern
+from ..io.bayer import normalize_pattern
 
 log = logging.getLogger("skystack")
 
@@ -60,8 +61,6 @@ def _strips(h: int):
 
 def _residual(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(pixel − local median, local median) of a block."""
-    from scipy.ndimage import median_filter
-
     clean = np.where(np.isfinite(block), block, np.nanmedian(block) if np.isfinite(block).any() else 0.0)
     local = median_filter(clean, size=_LOCAL, mode="nearest")
     return clean - local, local
@@ -169,8 +168,6 @@ def find_defects(*, dark=None, bias=None, flat=None, hot_sigma: float = 5.0,
                 for r in range(2):
                     for c in range(2):
                         f[(ya + r) % 2::2, c::2] /= cells[r, c]
-                from scipy.ndimage import median_filter
-
                 clean = np.where(np.isfinite(f), f, 0.0)
                 local = median_filter(clean, size=_LOCAL, mode="nearest")
                 with np.errstate(invalid="ignore", divide="ignore"):

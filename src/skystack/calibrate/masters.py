@@ -37,8 +37,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from _skystack_kernels import codes
+from _skystack_kernels.cpu.combine import combine_band
 
 from ..errors import BadFrameError, CalibrationError, NoFramesError
+from ..io import open_frames
+from ..io.cache import ensure_sliceable
+from ..io.fits import FitsSource
+from ..options import ReadOptions
+from ..output.write import write_fits
+from ..runtime.executor import run_tasks
+from ..runtime.memory import default_memory_limit
+from ..runtime.progress import Progress
+from ..stack.plan import plan_bands
+from ..types import shape_text
 
 log = logging.getLogger("skystack")
 
@@ -119,7 +131,6 @@ class Master:
 
     def open(self):
         """A :class:`~skystack.io.fits.FitsSource` on the master (rows read by memory map)."""
-        from ..io.fits import FitsSource
 
         return FitsSource(self.path)
 
@@ -156,7 +167,6 @@ def load_master(path: str | os.PathLike[str], kind: str, *, origin: str = "given
     CalibrationError
         Not a readable single-plane FITS image.
     """
-    from ..io.fits import FitsSource
 
     path = os.fspath(path)
     try:
@@ -256,7 +266,7 @@ def _select(frames, kind: str) -> _Selection:
             continue
         what = []
         if f[0] != common[0]:
-            what.append(f"size {_geom(f[0])} differs from the others' {_geom(common[0])}")
+            what.append(f"size {shape_text(f[0])} differs from the others' {shape_text(common[0])}")
         if f[1] != common[1]:
             what.append(f"CFA pattern {f[1]} differs from the others' {common[1]}")
         if f[2] != common[2]:
@@ -280,10 +290,6 @@ def _round_exposure(exp: float | None) -> float | None:
 
 def _fmt_exp(exp: float | None) -> str:
     return "unknown (no EXPTIME)" if exp is None else f"{exp:g} s"
-
-
-def _geom(shape: Sequence[int]) -> str:
-    return f"{shape[1]}x{shape[0]}"
 
 
 def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str = "winsorized",
@@ -326,13 +332,6 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
     UsageError
         The memory limit cannot hold one band of rows.
     """
-    from _skystack_kernels import codes
-    from _skystack_kernels.cpu.combine import combine_band
-
-    from ..output.write import write_fits
-    from ..pipeline.executor import run_tasks
-    from ..pipeline.progress import Progress
-    from ..stack.plan import default_memory_limit, plan_bands
 
     if kind not in KINDS:
         raise ValueError(f"unknown master kind {kind!r} ({', '.join(KINDS)})")
@@ -347,8 +346,8 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
     h, w = sel.shape
     pattern = sel.pattern or pattern
     if offset is not None and tuple(offset.shape) != (h, w):
-        raise CalibrationError(f"{offset.path}: the {offset.name} is {_geom(offset.shape)}, the {kind} frames "
-                               f"are {_geom((h, w))}; cannot subtract it from them")
+        raise CalibrationError(f"{offset.path}: the {offset.name} is {shape_text(offset.shape)}, the {kind} frames "
+                               f"are {shape_text((h, w))}; cannot subtract it from them")
     n = len(sel.use)
     workers = max(1, int(workers or os.cpu_count() or 1))
     limit = int(memory_limit or default_memory_limit())
@@ -496,9 +495,6 @@ def get_master(kind: str, inputs: Sequence[str], *, cache_dir: str | os.PathLike
     CalibrationError
         Nothing readable, or no usable frame.
     """
-    from ..io import open_frames
-    from ..io.cache import ensure_sliceable
-    from ..options import ReadOptions
 
     try:
         frames = open_frames(list(inputs), options=ReadOptions(debayer="none"))

@@ -23,13 +23,13 @@ times the B3 layer's response to unit white noise (Starck's table: 0.889, 0.200,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import replace
 
 import cv2
 import numpy as np
 
-from .stretch import asinh_stretch, autostretch_params, levels
+from ..options import EnhanceOptions
+from .stretch import asinh_stretch, autostretch_params, levels, to_uint8
 
 _B3 = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 # standard deviation of B3 à-trous detail layers j = 1.. for unit Gaussian white noise
@@ -137,50 +137,6 @@ def sharpen(image: np.ndarray, gains: tuple[float, ...], thresholds: tuple[float
     return out.astype(np.float32)
 
 
-StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnhanceOptions:
-    """Wavelet sharpening and tone curve for a stacked image.
-
-    ``gains`` (finest scale first) sets the number of scales; ``thresholds`` are noise
-    thresholds in layer σ (see :func:`sharpen`). The stretch maps ``black``/``white``
-    (image units; ``None``: the 0.1th and 99.99th percentiles) to 0/1: ``"linear"``,
-    ``"midtone"`` (then ``midtone`` is the MTF balance, 0.5 = linear), ``"asinh"`` (with
-    ``asinh_beta``), ``"auto"`` (Siril autostretch) or ``"none"`` (keep image units).
-    """
-
-    gains: tuple[float, ...] = (1.8, 1.4, 1.0, 1.0, 1.0)
-    thresholds: tuple[float, ...] = field(default=(3.0, 2.0, 1.0, 0.0, 0.0))
-    stretch: StretchKind = "none"
-    black: float | None = None
-    white: float | None = None
-    midtone: float = 0.5
-    asinh_beta: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.gains:
-            raise ValueError("at least one wavelet gain is needed")
-        if any(not np.isfinite(g) or g < 0 for g in self.gains):
-            raise ValueError(f"wavelet gains must be finite and >= 0, not {self.gains}")
-        if any(t < 0 for t in self.thresholds):
-            raise ValueError(f"wavelet thresholds must be >= 0, not {self.thresholds}")
-        if not 0 < self.midtone < 1:
-            raise ValueError(f"midtone must be in (0, 1), not {self.midtone}")
-
-
-def parse_floats(text: str) -> tuple[float, ...]:
-    """``"1.8,1.4,1.0,1,1"`` → ``(1.8, 1.4, 1.0, 1.0, 1.0)`` (the CLI's list syntax)."""
-    try:
-        vals = tuple(float(v) for v in text.replace(" ", "").split(",") if v != "")
-    except ValueError as e:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from e
-    if not vals:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}")
-    return vals
-
-
 def _black_white(image: np.ndarray, opts: EnhanceOptions) -> tuple[float, float]:
     v = image[np.isfinite(image)]
     if v.size > 2_000_000:
@@ -232,9 +188,7 @@ def enhance(image: np.ndarray, options: EnhanceOptions | None = None, *, noise: 
     """
     opts = options or EnhanceOptions()
     if fields:
-        from dataclasses import replace
-
-        opts = replace(opts, **{k: tuple(v) if k in ("gains", "thresholds") else v for k, v in fields.items()})
+        opts = replace(opts, **fields)
     sharp = sharpen(image, opts.gains, opts.thresholds, noise=noise)
     return apply_stretch(sharp, opts)
 
@@ -243,8 +197,6 @@ def before_after(before: np.ndarray, after: np.ndarray, *, gap: int = 4) -> np.n
     """A side-by-side 8-bit preview, before on the left: each half autostretched with the
     *before* image's parameters (so the comparison shows sharpening, not a new stretch),
     unless ``after`` is already a [0, 1] display image."""
-    from .stretch import to_uint8
-
     b, w, m = autostretch_params(before)
     left = to_uint8(levels(before, b, w, m))
     if after.dtype == np.float32 and np.nanmax(after) <= 1.0 + 1e-6 and np.nanmin(after) >= -1e-6 \

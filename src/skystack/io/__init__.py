@@ -6,7 +6,6 @@ from __future__ import annotations
 from .base import FrameSource
 from .cache import CachedFrames, ensure_sliceable
 from .discover import (
-    LUMINANCE_WEIGHTS,
     FrameSet,
     FrameSetSpec,
     RawStep,
@@ -16,7 +15,7 @@ from .discover import (
     open_frames,
     open_source,
     sniff_kind,
-    to_luminance,
+    luminance,
 )
 from .fits import FitsSource
 from .image import ImageSource
@@ -28,7 +27,7 @@ from .video import VideoSource
 __all__ = [
     "FrameSource", "FrameSet", "FrameSetSpec", "SourceEntry", "RawStep", "CachedFrames",
     "open_frames", "open_source", "ensure_sliceable", "kind_from_extension", "sniff_kind",
-    "natural_key", "to_luminance", "LUMINANCE_WEIGHTS",
+    "natural_key", "luminance",
     "FitsSource", "TiffSource", "ImageSource", "RawSource", "SerSource", "VideoSource",
     "write_ser",
 ]

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..calibrate.debayer import STRIP_MARGIN, debayer, normalize_pattern, pattern_shift
+from .bayer import STRIP_MARGIN, debayer, normalize_pattern, pattern_shift
 from ..errors import BadFrameError, InputChangedError, NoFramesError, UsageError
 from ..options import ReadOptions
 from ..types import FrameInfo
@@ -61,11 +61,6 @@ _SUFFIXES = sorted(
     ((ext, kind) for kind, exts in _KIND_EXTENSIONS.items() for ext in exts),
     key=lambda t: -len(t[0]),
 )
-
-# Luminance for registration: the plain mean of R, G and B. Equal weights keep the most
-# signal for stars of any colour and for narrow-band targets (an H-alpha nebula is all
-# red, and a perceptual mix such as Rec. 709's 0.07 for blue would bury blue stars).
-LUMINANCE_WEIGHTS = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0)
 
 DEFAULT_MAX_OPEN = 8
 
@@ -190,7 +185,7 @@ class RawStep(Protocol):
     (the whole frame when ``y0 == 0`` and the strip is full height), in native dtype or
     float32 from an earlier step. Returns float32 of the same shape. Must only look at
     pixels within a few rows of each output pixel (``read_rows`` gives it a margin of
-    :data:`~skystack.calibrate.debayer.STRIP_MARGIN` rows) and be picklable.
+    :data:`~skystack.io.bayer.STRIP_MARGIN` rows) and be picklable.
     """
 
     def __call__(self, plane: np.ndarray, *, index: int, y0: int) -> np.ndarray: ...
@@ -478,13 +473,12 @@ class FrameSet(SourceBase):
         return np.ascontiguousarray(out[y0 - ya:y1 - ya])
 
     def luminance(self, i: int) -> np.ndarray:
-        """float32 ``(H, W)`` for registration: the frame if mono, else the weighted sum
-        of R, G, B with :data:`LUMINANCE_WEIGHTS`."""
-        return to_luminance(self.read(i))
+        """float32 ``(H, W)``: :func:`luminance` of :meth:`read`."""
+        return luminance(self.read(i))
 
     def luminance_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0:y1`` of :meth:`luminance`."""
-        return to_luminance(self.read_rows(i, y0, y1))
+        return luminance(self.read_rows(i, y0, y1))
 
     def _check_shape(self, e: SourceEntry, raw: np.ndarray, rows: int) -> None:
         want = (rows or e.shape[0],) + tuple(e.shape[1:])
@@ -561,14 +555,18 @@ class FrameSet(SourceBase):
         return f"<{type(self).__name__}: {self._n} frames from {len(self._entries)} files>"
 
 
-def to_luminance(frame: np.ndarray) -> np.ndarray:
-    """float32 luminance of a processed frame (see :data:`LUMINANCE_WEIGHTS`)."""
+def luminance(frame: np.ndarray) -> np.ndarray:
+    """The plane registration, ranking and alignment work on, float32 ``(H, W)``: a mono
+    frame as it is; colour as the plain mean of R, G and B.
+
+    Equal weights keep the most signal for stars of any colour, for narrow-band targets
+    (an H-alpha nebula is all red; a perceptual mix such as Rec. 709's 0.07 for blue would
+    bury blue stars) and on camera RGB that is not yet white-balanced. One definition for
+    both pipelines.
+    """
     if frame.ndim == 2:
         return np.asarray(frame, dtype=np.float32)
-    w = np.asarray(LUMINANCE_WEIGHTS, dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.ascontiguousarray(frame[..., 0] * w[0] + frame[..., 1] * w[1] + frame[..., 2] * w[2],
-                                    dtype=np.float32)
+    return frame.mean(axis=2, dtype=np.float32)
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:

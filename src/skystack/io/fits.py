@@ -9,8 +9,8 @@ Integer data with the unsigned-offset convention (BITPIX 16 + BZERO 32768) comes
 Bayer pattern: ``BAYERPAT`` is read the way Siril reads it (its default preference,
 "from header, else top-down"): the pattern describes the first stored row unless
 ``ROWORDER = 'BOTTOM-UP'``, in which case the pattern is flipped for the image height
-(:func:`~skystack.calibrate.debayer.pattern_flip_rows`); then ``XBAYROFF``/``YBAYROFF``
-shift it (:func:`~skystack.calibrate.debayer.pattern_shift`). :attr:`FitsSource.bayer` is
+(:func:`~skystack.io.bayer.pattern_flip_rows`); then ``XBAYROFF``/``YBAYROFF``
+shift it (:func:`~skystack.io.bayer.pattern_shift`). :attr:`FitsSource.bayer` is
 the pattern of the array exactly as returned.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibrate.debayer import normalize_pattern, pattern_flip_rows, pattern_shift
+from .bayer import normalize_pattern, pattern_flip_rows, pattern_shift
 from ..errors import BadFrameError
 from .base import SourceBase
 from .pages import release

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibrate.debayer import normalize_pattern
+from .bayer import normalize_pattern
 from ..errors import BadFrameError
 from .base import SourceBase
 

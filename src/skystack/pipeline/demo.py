@@ -13,16 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from astropy.io import fits
 
+from ..options import OutputOptions, RunOptions, StackJob, StackOptions
+from ..testing.synthetic import make_deepsky
 from ..types import Transform
+from .deepsky.run import stack_frames
 
 
 def ideal_on_reference_grid(synth, reference: int, *, background: bool = True) -> np.ndarray:
     """The generator's ideal stack resampled onto the grid of frame ``reference`` (the
     pipeline's output grid), float32."""
-    import cv2
-
     ideal = synth.ideal(background=background).astype(np.float32)
     t_ref: Transform = synth.transforms[reference]  # frame `reference` → generator grid
     if np.allclose(t_ref.matrix, np.eye(2, 3)):
@@ -55,9 +58,6 @@ def robust_sigma(x: np.ndarray) -> float:
 
 def run_demo(folder: Path | None, *, n_frames: int = 16, size: tuple[int, int] = (1200, 900),
              method: str = "sigma", quiet: bool = False, seed: int = 7) -> dict[str, Any]:
-    from .. import api
-    from ..testing.synthetic import make_deepsky
-
     say = (lambda *a: None) if quiet else print
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="skystack-demo-"))
     lights = folder / "lights"
@@ -70,10 +70,10 @@ def run_demo(folder: Path | None, *, n_frames: int = 16, size: tuple[int, int] =
     synth.write_fits(lights)
     t_gen = time.perf_counter() - t0
     out = folder / "stack.fits"
-    result = api.stack([lights], out, method=method, quiet=quiet)
+    job = StackJob(stack=StackOptions(method=method), output=OutputOptions(output=str(out)),
+                   run=RunOptions(quiet=quiet))
+    result = stack_frames([str(lights)], job)
     errs = registration_errors(synth, result.results, result.reference)
-
-    from astropy.io import fits
 
     stacked = fits.getdata(out).astype(np.float32)
     ideal = ideal_on_reference_grid(synth, result.reference)

@@ -2,30 +2,10 @@
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
-from ..errors import UsageError
-from ..options import SelectOptions
-
-_KEEP = re.compile(r"^\s*(?:best:)?\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-
-
-def parse_keep(text: str | None, n: int) -> int:
-    """How many frames ``--keep`` keeps out of ``n``: "80%", "best:80%", "200", "best:200".
-    At least one frame is kept when ``n > 0``."""
-    if text is None:
-        return n
-    m = _KEEP.match(text)
-    if not m:
-        raise UsageError(f"--keep {text!r}: expected a count (200), a percentage (80%) or best:N / best:N%")
-    value = float(m.group(1))
-    k = math.ceil(n * value / 100.0) if m.group(2) else int(value)
-    if m.group(2) and not 0 < value <= 100:
-        raise UsageError(f"--keep {text!r}: a percentage must be in (0, 100]")
-    return max(1 if n else 0, min(n, k))
-
+from ..options import SelectOptions, parse_keep
 
 def quality_score(metrics: dict[str, float]) -> float:
     """Higher is better. Deep-sky: sharp (small FWHM) frames with many stars and low noise
@@ -64,7 +44,7 @@ def select(metrics: list[dict[str, float]], options: SelectOptions, *, always_ke
             reasons[i] = f"{int(s)} stars, fewer than --min-stars {options.min_stars}"
     if options.keep is not None:
         candidates = [i for i in range(n) if not reasons[i]]
-        k = parse_keep(options.keep, len(candidates))
+        k = parse_keep(options.keep).count(len(candidates))
         scores = {i: quality_score(metrics[i]) for i in candidates}
         # stable ranking: score, then frame order, so equal scores keep earlier frames
         order = sorted(candidates, key=lambda i: (-scores[i], i))

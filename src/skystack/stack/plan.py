@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UsageError
+
 
 # Taps on each side of the sample point for the interpolation kernels (OpenCV Lanczos-4
 # uses an 8×8 neighbourhood: 3 before, 4 after; bicubic 4×4: 1 before, 2 after; bilinear
@@ -31,31 +31,6 @@ INTERP_MARGIN = {"lanczos": 5, "cubic": 3, "bilinear": 2}
 # (measured: 0.24 s per 3000×2000 Lanczos frame either way), and small tiles keep the
 # smallest possible band (one tile) small for tight memory limits.
 WARP_TILE_ROWS = 8
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """'256M', '1.5G', '800k', '1073741824' → bytes (binary multiples, as `free -h`)."""
-    if text is None or isinstance(text, int):
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise UsageError(f"--memory-limit: cannot read {text!r} as a size (e.g. 256M, 2G)")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    return int(value * 1024 ** " kmgt".index(unit or " "))
-
-
-def default_memory_limit() -> int:
-    """A safe share of the RAM available now: half of it, at most 8 GiB, at least 128 MiB."""
-    try:
-        import psutil
-
-        avail = psutil.virtual_memory().available
-    except Exception:  # psutil missing or unsupported platform: assume a small machine
-        avail = 2 * 1024**3
-    return int(min(max(avail // 2, 128 * 1024**2), 8 * 1024**3))
-
 
 @dataclass(frozen=True)
 class BandPlan:

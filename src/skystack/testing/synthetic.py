@@ -150,7 +150,7 @@ class DeepSkyParams:
         if not 0.0 <= self.vignetting < 1.0:
             raise ValueError(f"vignetting must be in [0, 1), got {self.vignetting}")
         if self.bayer is not None:
-            from ..calibrate.debayer import normalize_pattern
+            from ..io.bayer import normalize_pattern
 
             object.__setattr__(self, "bayer", normalize_pattern(self.bayer))
 

@@ -1,7 +1,7 @@
 import pytest
 
 from skystack.errors import ClusterError
-from skystack.pipeline.executor import connect, run_tasks
+from skystack.runtime.executor import connect, run_tasks
 
 
 def _square(x, pair):

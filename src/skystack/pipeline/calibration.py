@@ -1,17 +1,25 @@
 """What ``skystack master``, ``skystack calibrate`` and ``skystack colour`` do.
 
-The CLI (:mod:`skystack.cli_calibrate`) only parses arguments and calls these.
+:mod:`skystack.api` calls these (``master``, ``calibrate``, ``colour``).
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import OutputError, UsageError
-from ..options import CalibrationOptions, ReadOptions, RunOptions
-from .masters import KINDS, Master, build_master, get_master, master_key
+from ..calibrate.apply import CalibrationStep, prepare_calibration
+from ..calibrate.colour import colour_balance
+from ..calibrate.masters import KINDS, Master, build_master, get_master, master_key
+from ..errors import BadFrameError, OutputError, UsageError
+from ..io import ensure_sliceable, open_frames
+from ..options import CalibrateJob, ReadOptions
+from ..output.products import preview_path
+from ..output.write import check_not_input, write_fits, write_image, write_json, write_preview
+from ..runtime.executor import run_tasks
+from ..runtime.progress import Progress
 
 log = logging.getLogger("skystack")
 
@@ -47,10 +55,6 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
     ------
     CalibrationError, OutputError, UsageError
     """
-    from ..io import open_frames
-    from ..io.cache import ensure_sliceable
-    from ..output.write import check_not_input
-
     if kind not in KINDS:
         raise UsageError(f"unknown master kind {kind!r} ({', '.join(KINDS)})")
     out = Path(output)
@@ -88,14 +92,12 @@ def _out_name(frames, i: int) -> str:
     return f"{stem}_cal.fits" if e.n_frames == 1 else f"{stem}_{k:05d}_cal.fits"
 
 
-def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike, *,
-                     calibration: CalibrationOptions, debayer: bool = False, debayer_method: str = "ea",
-                     bayer: str | None = None, workers: int | None = None, quiet: bool = True
+def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike, job: CalibrateJob
                      ) -> tuple[list[Path], dict[str, Any]]:
     """Calibrate every light and write it as float32 FITS into ``out_folder``.
 
     Each output is ``<name>_cal.fits`` (a CFA mosaic keeping BAYERPAT, or with
-    ``debayer`` a 3-plane RGB image); the inputs are never written. A
+    ``job.read.debayer == "auto"`` a 3-plane RGB image); the inputs are never written. A
     ``calibration.json`` beside them records the masters and factors used.
 
     Returns
@@ -106,26 +108,21 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
     ------
     CalibrationError, NoFramesError, OutputError
     """
-    from ..io import open_frames
-    from ..io.cache import ensure_sliceable
-    from ..output.write import check_not_input, write_fits, write_json
-    from ..pipeline.executor import run_tasks
-    from ..pipeline.progress import Progress
-    from .apply import prepare_calibration
-
+    calibration = job.calibration
+    if job.memory_limit is not None:
+        calibration = replace(calibration, memory_limit=job.memory_limit)
     if not calibration.active:
         raise UsageError("nothing to calibrate with: give --bias, --darks, --flats and/or --dark-flats")
     folder = Path(out_folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    read = ReadOptions(debayer="auto" if debayer else "none", debayer_method=debayer_method, bayer_override=bayer)
-    frames = open_frames(list(_paths(lights)), options=read)
+    frames = open_frames(list(_paths(lights)), options=job.read)
     for idx, path, reason in frames.problems:
         log.warning("%s: %s", path, reason)
     cache = folder / ".skystack-cache"
     frames = ensure_sliceable(frames, cache)
-    run = RunOptions(workers=workers, quiet=quiet)
+    run = job.run
     frames, info = prepare_calibration(frames, calibration, cache_dir=cache, run=run)
     inputs = [frames.path(i) for i in range(len(frames))]
     names = [_out_name(frames, i) for i in range(len(frames))]
@@ -139,8 +136,6 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
     skipped: list[dict[str, str]] = []
 
     def one(i: int) -> tuple[Path | None, str | None]:
-        from ..errors import BadFrameError
-
         if not frames.is_readable(i):
             return None, frames.bad_reason(i)
         try:
@@ -167,7 +162,7 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
         write_fits(out, img, header=header, history=history)
         return out, None
 
-    bar = Progress(len(frames), "calibrate", quiet)
+    bar = Progress(len(frames), "calibrate", run.quiet)
 
     def on_result(i: int, res: tuple[Path | None, str | None]) -> None:
         path, reason = res
@@ -179,7 +174,7 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
         bar.update()
 
     try:
-        run_tasks(one, [(i,) for i in range(len(frames))], workers=max(1, workers or os.cpu_count() or 1),
+        run_tasks(one, [(i,) for i in range(len(frames))], workers=max(1, run.workers or os.cpu_count() or 1),
                   scheduler=None, on_result=on_result)
     finally:
         bar.close()
@@ -191,8 +186,6 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
 
 def frames_step_factor(frames, i: int) -> float | None:
     """The dark factor the calibration step of ``frames`` applies to light ``i``."""
-    from .apply import CalibrationStep
-
     for step in frames.spec.raw_steps:
         if isinstance(step, CalibrationStep) and step.dark_mode == "thermal":
             return step.factor(i)
@@ -210,10 +203,6 @@ def colour_balance_file(image: PathLike, output: PathLike, *, neutralize: bool =
     -------
     (paths written, info)
     """
-    from ..io import open_frames
-    from ..output.write import check_not_input, write_image, write_preview
-    from .colour import colour_balance
-
     src = open_frames([os.fspath(image)], options=ReadOptions(debayer="auto"))
     if len(src) != 1 or not src.is_readable(0):
         raise UsageError(f"{image}: expected one readable image")
@@ -235,7 +224,7 @@ def colour_balance_file(image: PathLike, output: PathLike, *, neutralize: bool =
         header[f"WB_{c}"] = (round(float(f), 6), f"white balance factor {c}")
     written = [write_image(out, balanced, header=header, history=[f"skystack colour of {image}"])]
     if preview and out.suffix.lower() != ".png":
-        written.append(write_preview(out.with_suffix(".preview.png"), balanced))
+        written.append(write_preview(preview_path(out), balanced))
     return written, info
 
 

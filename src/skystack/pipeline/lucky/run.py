@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import resource
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -45,153 +44,32 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 import cv2
 import numpy as np
 
-from ..enhance.wavelets import EnhanceOptions, before_after, enhance as _enhance
-from ..errors import BadFrameError, NoFramesError, RegistrationError, UsageError
-from ..quality.metrics import BLANK_SPAN, gaussian_ksize, quality_of_view
-from ..register.multipoint import (LocalAligner, NodeInterpolator, dewarp, node_values,
+from ... import __version__
+from ...enhance.stretch import autostretch_params, levels, to_uint8
+from ...enhance.wavelets import before_after, enhance as _enhance
+from ...errors import BadFrameError, NoFramesError, RegistrationError
+from ...io import open_frames
+from ...io import luminance
+from ...output.header import lucky_header
+from ...output.products import quality_plot_path, write_stack
+from ...output.write import check_not_input, write_image, write_json, write_png
+from ...quality.metrics import BLANK_SPAN, gaussian_ksize, quality_of_view
+from ...register.multipoint import (LocalAligner, NodeInterpolator, dewarp, node_values,
                                    place_alignment_points, select_per_ap)
-from ..register.planetary import (GlobalAligner, PhaseCorrelator, disk_centroid, pick_mode,
+from ...register.planetary import (GlobalAligner, PhaseCorrelator, disk_centroid, pick_mode,
                                   shift_image, valid_rect)
-from ..types import Fate, FrameResult, Transform
+from ...options import LuckyJob, LuckyOptions, OutputOptions, ReadOptions, parse_keep
+from ...runtime.memory import peak_rss_mb
+from ...runtime.progress import Progress
+from ...stack.drizzle import Drizzle
+from ...types import Fate, FrameResult, LuckyResult, Transform
 
 log = logging.getLogger("skystack")
-
-# SMPTE/Rec. 601 luma weights, used for every luminance this module computes itself
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # a coarse (4x-downsampled) correlation weaker than this is no match at all
 _COARSE_MIN_RESPONSE = 0.02
 _CHUNK = 16  # frames per key-frame decision in the ranking pass
 _UNMAP_EVERY = 256  # reads between closing memory-mapped inputs (see _Reader)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LuckyOptions:
-    """Everything :func:`run_lucky` decides, one field per CLI option.
-
-    keep
-        The best frames to stack: ``"10%"`` or a count ``"200"`` (also ``"best:10%"``).
-    mode
-        ``"planet"`` (disk on dark sky: centroid, then phase correlation), ``"surface"``
-        (Moon/Sun filling the field: phase correlation), or ``"auto"``.
-    multipoint, ap_size, ap_spacing, ap_min_structure, ap_pool
-        Local alignment: AP box side and node spacing in pixels (default ``ap_size/2``),
-        the structure an AP needs (fraction of the median), and the candidate pool for
-        per-AP selection as a multiple of the kept count.
-    reference_frames
-        How many of the best frames build the reference (default: half the kept count,
-        5 to 50).
-    drizzle, pixfrac
-        Output scale (1.5, 2 or 3) and drop size for drizzle; ``None`` for no drizzle.
-    color
-        ``"auto"`` (RGB when the frames are colour and not a mono video in a colour
-        container), ``"rgb"`` or ``"mono"`` (stack luminance).
-    rgb_align
-        Shift R and B onto G after stacking (atmospheric dispersion).
-    min_overlap
-        Surface mode: a frame whose displacement leaves less than this fraction of the
-        reference field covered has drifted out of the field and is not used.
-    min_response
-        A global correlation response below this is a failed registration.
-    quality_downsample, quality_sigma
-        The view the quality metric is computed on.
-    workers
-        Threads for per-frame work (default: all cores).
-    preview, plot, tiff_dtype
-        Outputs beside the stack.
-    """
-
-    keep: str = "10%"
-    mode: Literal["auto", "planet", "surface"] = "auto"
-    multipoint: bool = True
-    ap_size: int = 64
-    ap_spacing: float | None = None
-    ap_min_structure: float = 0.1
-    ap_pool: float = 2.0
-    reference_frames: int | None = None
-    drizzle: float | None = None
-    pixfrac: float = 0.7
-    color: Literal["auto", "rgb", "mono"] = "auto"
-    rgb_align: bool = False
-    min_overlap: float = 0.5
-    min_response: float = 0.05
-    quality_downsample: int = 2
-    quality_sigma: float = 0.7
-    workers: int | None = None
-    preview: bool = True
-    plot: bool = True
-    tiff_dtype: Literal["float32", "uint16"] = "float32"
-
-    def __post_init__(self) -> None:
-        parse_keep(self.keep, 100)  # raises UsageError on a bad rule
-        if self.mode not in ("auto", "planet", "surface"):
-            raise UsageError(f"--mode {self.mode!r}: expected auto, planet or surface")
-        if self.ap_size < 8:
-            raise UsageError(f"--ap-size {self.ap_size}: at least 8 pixels")
-        if self.ap_spacing is not None and self.ap_spacing <= 0:
-            raise UsageError(f"--ap-spacing {self.ap_spacing}: must be positive")
-        if self.ap_pool < 1:
-            raise UsageError(f"ap_pool {self.ap_pool}: must be at least 1")
-        if self.drizzle is not None and not 1.0 < self.drizzle <= 4.0:
-            raise UsageError(f"--drizzle {self.drizzle}: expected a scale in (1, 4], e.g. 1.5, 2 or 3")
-        if not 0 < self.pixfrac <= 1:
-            raise UsageError(f"--pixfrac {self.pixfrac}: must be in (0, 1]")
-        if self.color not in ("auto", "rgb", "mono"):
-            raise UsageError(f"--color {self.color!r}: expected auto, rgb or mono")
-        if not 0 < self.min_overlap <= 1:
-            raise UsageError(f"min_overlap {self.min_overlap}: must be in (0, 1]")
-        if self.quality_downsample < 1:
-            raise UsageError("quality_downsample must be at least 1")
-
-
-_KEEP = re.compile(r"^\s*(?:best:)?\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-
-
-def parse_keep(rule: str, n: int) -> tuple[int, int | None]:
-    """``(count, requested)``: how many of ``n`` usable frames ``rule`` keeps, and the
-    absolute count asked for when the rule is a count (to tell the user when the clip is
-    shorter). At least one frame is kept when ``n > 0``."""
-    m = _KEEP.match(str(rule))
-    if not m:
-        raise UsageError(f"--keep {rule!r}: expected a percentage (10%) or a count (200)")
-    value = float(m.group(1))
-    if m.group(2):
-        if not 0 < value <= 100:
-            raise UsageError(f"--keep {rule!r}: a percentage must be in (0, 100]")
-        return max(1 if n else 0, min(n, math.ceil(n * value / 100.0 - 1e-9))), None
-    if value < 1 or value != int(value):
-        raise UsageError(f"--keep {rule!r}: a count must be a whole number of at least 1")
-    return min(n, int(value)), int(value)
-
-
-@dataclass
-class LuckyResult:
-    """What :func:`run_lucky` produced.
-
-    ``image`` is the stack (float32, input units; ``(H, W)`` or ``(H, W, 3)``; NaN where no
-    frame covered), ``sharpened`` the enhanced copy when wavelet options were given.
-    ``weight`` is the per-pixel sum of blending weights (frames covering the pixel, for
-    multi-point the per-AP selections blended; drizzle: the drop weights).
-    ``frames`` holds one :class:`~skystack.types.FrameResult` per input frame (its
-    ``transform`` is the frame → reference translation, ``metrics`` has ``quality`` and
-    ``rank``). ``report`` is the report.json content.
-    """
-
-    image: np.ndarray
-    weight: np.ndarray
-    sharpened: np.ndarray | None
-    mode: str
-    frames: list[FrameResult]
-    n_frames: int
-    n_used: int
-    timings: dict[str, float]
-    peak_rss_mb: float
-    outputs: list[Path]
-    report_path: Path | None
-    report: dict[str, Any]
-    messages: list[str]
-    rgb_shifts: dict[str, list[float]] | None = None
-    alignment_points: int = 0
 
 
 # -- per-frame bookkeeping ------------------------------------------------------------------
@@ -234,12 +112,10 @@ class _Table:
 
 # -- frame access -----------------------------------------------------------------------------
 
-def _open(inputs: Any) -> Any:
+def _open(inputs: Any, read: ReadOptions) -> Any:
     if hasattr(inputs, "luminance") and hasattr(inputs, "__len__"):
         return inputs
-    from ..io import open_frames
-
-    return open_frames(inputs)
+    return open_frames(inputs, options=read)
 
 
 def _frame_path(frames: Any, i: int) -> str:
@@ -259,15 +135,6 @@ def _has_raw_fast_path(frames: Any) -> bool:
         return False
     spec = getattr(frames, "spec", None)
     return not (spec is not None and getattr(spec, "raw_steps", ()))
-
-
-def _luma(img: np.ndarray) -> np.ndarray:
-    if img.ndim == 2:
-        return img.astype(np.float32, copy=False)
-    if img.shape[2] != 3:
-        return img.mean(axis=2, dtype=np.float32)
-    out = cv2.transform(img.astype(np.float32, copy=False), _LUMA[None, :])
-    return out[..., 0] if out.ndim == 3 else out
 
 
 def _record_alignment(table, i: int, result, s, min_response: float) -> bool:
@@ -379,7 +246,7 @@ class _Ranker:
 
     def view(self, img: np.ndarray) -> np.ndarray:
         if img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.dtype == np.uint8 else _luma(img)
+            img = luminance(img)
         f = self.f
         if f > 1:
             h, w = img.shape[:2]
@@ -438,9 +305,7 @@ class _Ranker:
 
 # -- the run ------------------------------------------------------------------------------------
 
-def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptions | None = None, *,
-              enhance: EnhanceOptions | None = None, report: str | os.PathLike | None = None,
-              quiet: bool = True) -> LuckyResult:
+def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
     """Lucky-imaging stack of a video (or frame sequence).
 
     Parameters
@@ -448,18 +313,12 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
     inputs
         Paths (videos, SER files, frame folders; anything :func:`skystack.io.open_frames`
         accepts) or an already open frame set.
-    output
-        The stack: ``.fits``, ``.tif``/``.tiff`` or ``.png``. ``None`` writes nothing
-        (the image is in the result).
-    options
-        :class:`LuckyOptions`.
-    enhance
-        Wavelet sharpening / stretch of the stack; writes ``OUT_sharpened.EXT`` and a
-        before/after preview.
-    report
-        report.json path (default ``OUT.report.json``).
-    quiet
-        No progress bars.
+    job
+        :class:`~skystack.options.LuckyJob`: the lucky options; ``enhance`` (wavelet
+        sharpening / stretch of the stack: writes ``OUT_sharpened.EXT`` and a before/after
+        preview); ``output.output`` the stack (``.fits``, ``.tif``/``.tiff`` or ``.png``;
+        ``None`` writes nothing, the image is in the result) and ``output.report``
+        (default ``OUT.report.json``).
 
     Returns
     -------
@@ -477,7 +336,8 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         An output could not be written (nothing half-written is left behind).
     """
     t_start = time.perf_counter()
-    opts = options or LuckyOptions()
+    opts, enhance, quiet = job.lucky, job.enhance, job.quiet
+    output, report = job.output.output, job.output.report
     timings: dict[str, float] = {}
     messages: list[str] = []
 
@@ -485,7 +345,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         messages.append(msg)
         log.log(level, "%s", msg)
 
-    frames = _open(inputs)
+    frames = _open(inputs, job.read)
     n = len(frames)
     if n == 0:
         raise NoFramesError("no input frame")
@@ -496,8 +356,6 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
             say(f"{path}: {reason}")
     input_paths = sorted({_frame_path(frames, i) for i in _sample_indices(n)})
     if output is not None:
-        from ..output.write import check_not_input
-
         check_not_input(output, input_paths)
     workers = max(1, opts.workers or os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lucky") if workers > 1 else None
@@ -537,7 +395,8 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
             raise RegistrationError(f"{source}: no frame could be located "
                                     f"({_first_reason(table)})")
         order = cand[np.lexsort((cand, -table.quality[cand]))]
-        n_ref = opts.reference_frames or min(50, max(5, parse_keep(opts.keep, int(order.size))[0] // 2))
+        keep = parse_keep(opts.keep)
+        n_ref = opts.reference_frames or min(50, max(5, keep.count(int(order.size)) // 2))
         n_ref = max(1, min(n_ref, order.size))
         best = order[:n_ref]
         origin = np.median(table.coarse[best], axis=0)
@@ -547,7 +406,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         if cand.size == 0:
             raise RegistrationError(f"{source}: every frame drifted out of the field")
         order = cand[np.lexsort((cand, -table.quality[cand]))]
-        n_keep, requested = parse_keep(opts.keep, int(order.size))
+        n_keep, requested = keep.count(int(order.size)), keep.requested
         if requested is not None and requested > order.size:
             say(f"{source}: only {order.size} usable frames, fewer than --keep {opts.keep}; "
                 f"stacking all {order.size}")
@@ -594,7 +453,7 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         t0 = time.perf_counter()
         results = _frame_results(frames, table, rank, mode)
         timings["total_s"] = time.perf_counter() - t_start
-        peak = _peak_rss_mb()
+        peak = peak_rss_mb()
         rep = _report(source, input_paths, opts, enhance, mode, shape, colour, table, results,
                       n_keep, n_used, order.size, grid, rgb_shifts, timings, peak, messages, ref_disk)
         rep["input_problems"] = [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in problems]
@@ -602,16 +461,14 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         report_path = None
         if output is not None:
             outputs, report_path = _write_outputs(Path(output), image, sharpened, best_aligned,
-                                                  rep, table, rank, opts, report, mode, n_used)
+                                                  rep, table, rank, opts, job.output, mode, n_used)
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
-        peak = _peak_rss_mb()
+        peak = peak_rss_mb()
         rep["peak_rss_mb"] = round(peak, 1)
         rep["timings"] = {k: round(v, 4) for k, v in timings.items()}
         rep["frames_per_s"] = round(n / timings["total_s"], 2) if timings["total_s"] > 0 else None
         if report_path is not None:
-            from ..output.write import write_json
-
             write_json(report_path, rep)
         return LuckyResult(image=image, weight=weight_map, sharpened=sharpened, mode=mode, frames=results, n_frames=n,
                            n_used=n_used, timings=timings, peak_rss_mb=peak, outputs=outputs,
@@ -621,32 +478,6 @@ def run_lucky(inputs: Any, output: str | os.PathLike | None, options: LuckyOptio
         if pool is not None:
             pool.shutdown(wait=True)
             cv2.setNumThreads(cv_threads)
-
-
-def run_enhance(input: str | os.PathLike, output: str | os.PathLike, options: EnhanceOptions | None = None, *,
-                tiff_dtype: str = "float32") -> list[Path]:
-    """Sharpen/stretch one stacked image file (``skystack enhance``).
-
-    Reads ``input`` (FITS, TIFF, PNG; colour FITS cubes as RGB), writes the enhanced image
-    to ``output`` (by extension) and a before/after preview beside it
-    (``OUT.before-after.png``). Returns the written paths.
-    """
-    from ..io import open_frames
-    from ..output.write import check_not_input, write_image, write_png
-
-    opts = options or EnhanceOptions()
-    frames = open_frames([os.fspath(input)])
-    if len(frames) != 1:
-        raise UsageError(f"{input}: holds {len(frames)} frames; enhance takes one stacked image")
-    check_not_input(output, [os.fspath(input)])
-    image = frames.read(0)
-    out = _enhance(image, opts)
-    dst = Path(output)
-    gains = ",".join(f"{g:g}" for g in opts.gains)
-    written = [write_image(dst, out, tiff_dtype=tiff_dtype,
-                           history=[f"skystack enhance {Path(input).name}: wavelets {gains}, stretch {opts.stretch}"])]
-    written.append(write_png(dst.with_suffix(".before-after.png"), before_after(image, out)))
-    return written
 
 
 def _sample_indices(n: int) -> list[int]:
@@ -686,8 +517,6 @@ def _first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
 
 def _rank_all(frames: Any, reader: _Reader, ranker: _Ranker, table: _Table, raw_path: bool,
               pool: ThreadPoolExecutor | None, inflight: int, quiet: bool) -> None:
-    from .progress import Progress
-
     n = table.n
     key_limit = None
     with Progress(n, "lucky: rank", quiet) as bar:
@@ -909,16 +738,12 @@ def _global_measure(aligner: GlobalAligner, lum: np.ndarray, coarse: np.ndarray,
 def _drizzle(shape: tuple[int, int], channels: int, opts: LuckyOptions):
     if not opts.drizzle:
         return None
-    from ..stack.drizzle import Drizzle  # imports Numba: only when drizzling
-
     return Drizzle(shape, channels=channels, scale=opts.drizzle, pixfrac=opts.pixfrac)
 
 
 def _stack_global(reader: _Reader, kept: np.ndarray, rel: np.ndarray, table: _Table, aligner: GlobalAligner,
                   shape: tuple[int, int], colour: bool, opts: LuckyOptions, pool, inflight: int, quiet: bool,
                   rank: np.ndarray):
-    from .progress import Progress
-
     h, w = shape
     nc = 3 if colour else 1
     drz = _drizzle(shape, nc, opts)
@@ -931,7 +756,7 @@ def _stack_global(reader: _Reader, kept: np.ndarray, rel: np.ndarray, table: _Ta
         i, img = item
         if isinstance(img, BadFrameError):
             return i, img, None, None
-        lum = _luma(img)
+        lum = luminance(img)
         s, ok = _global_measure(aligner, lum, rel[i], opts.min_response)
         if not ok:
             return i, None, s, None
@@ -972,8 +797,6 @@ def _stack_multipoint(reader: _Reader, pool_idx: np.ndarray, n_keep: int, rel: n
                       reference: np.ndarray, aligner: GlobalAligner, shape: tuple[int, int], colour: bool,
                       opts: LuckyOptions, pool, inflight: int, quiet: bool, timings: dict[str, float],
                       rank: np.ndarray):
-    from .progress import Progress
-
     t0 = time.perf_counter()
     h, w = shape
     # most frames keep every AP box inside; the few displaced further lose their edge APs
@@ -1134,15 +957,8 @@ def _frame_results(frames: Any, table: _Table, rank: np.ndarray, mode: str) -> l
     return out
 
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _report(source, inputs, opts, enhance, mode, shape, colour, table, results, n_keep, n_used, n_ranked,
             grid, rgb_shifts, timings, peak, messages, disk) -> dict[str, Any]:
-    from .. import __version__
-
     fates: dict[str, int] = {}
     for r in results:
         fates[r.fate.value] = fates.get(r.fate.value, 0) + 1
@@ -1178,81 +994,31 @@ def _report(source, inputs, opts, enhance, mode, shape, colour, table, results, 
     }
 
 
-def _write_outputs(out: Path, image, sharpened, best_aligned, rep, table, rank, opts, report,
+def _write_outputs(out: Path, image, sharpened, best_aligned, rep, table, rank, opts, output: OutputOptions,
                    mode, n_used):
-    from ..output.write import write_image, write_png, write_preview
-    from ..enhance.stretch import autostretch_params, levels, to_uint8
-
-    written: list[Path] = []
-    header = {"NCOMBINE": (n_used, "frames stacked"), "LUCKMODE": (mode, "lucky-imaging alignment"),
-              "KEEP": (str(opts.keep), "--keep rule"),
-              "MULTIPT": (bool(opts.multipoint), "multi-point alignment"),
-              "DRIZZLE": (float(opts.drizzle or 1.0), "drizzle scale")}
-    history = [f"skystack lucky: {n_used} of {table.n} frames, mode {mode}, keep {opts.keep}"]
-    written.append(write_image(out, image, header=header, history=history, tiff_dtype=opts.tiff_dtype))
-    if opts.preview and out.suffix.lower() != ".png":
-        written.append(write_preview(out.with_suffix(".preview.png"), image))
-    if opts.preview and best_aligned is not None:
+    header, history = lucky_header(opts, mode, n_used, table.n)
+    written = write_stack(out, image, header=header, history=history, output=output)
+    if output.preview and best_aligned is not None:
         # the best single frame beside the stack, both through the stack's stretch
         b, w, m = autostretch_params(image)
         best = best_aligned
         if best.shape[:2] != image.shape[:2]:
             best = cv2.resize(best, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
         if best.ndim != image.ndim:
-            best = np.repeat(best[..., None], 3, axis=2) if image.ndim == 3 else _luma(best)
+            best = np.repeat(best[..., None], 3, axis=2) if image.ndim == 3 else luminance(best)
         left, right = to_uint8(levels(best, b, w, m)), to_uint8(levels(image, b, w, m))
         gap = np.zeros((left.shape[0], 4) + left.shape[2:], np.uint8)
         written.append(write_png(out.with_suffix(".compare.png"), np.concatenate([left, gap, right], axis=1)))
-    if opts.plot:
-        written.append(_plot_quality(out.with_suffix(".quality.png"), table, rank, mode))
+    if output.preview:
+        from ...output.plots import plot_lucky  # matplotlib: only when a plot is drawn (see output.plots)
+
+        written.append(plot_lucky(quality_plot_path(out), table.quality, table.used, table.status != _OK,
+                                  table.status == _UNREADABLE, table.coarse, table.shift, mode))
     if sharpened is not None:
         sp = out.with_name(out.stem + "_sharpened" + out.suffix)
         written.append(write_image(sp, sharpened, header=header, history=history + ["wavelet sharpened"],
-                                   tiff_dtype=opts.tiff_dtype))
+                                   tiff_dtype=output.tiff_dtype))
         written.append(write_png(sp.with_suffix(".before-after.png"), before_after(image, sharpened)))
-    report_path = Path(report) if report else Path(str(out) + ".report.json")
+    report_path = Path(output.report) if output.report else Path(str(out) + ".report.json")
     rep["outputs"] = [str(p) for p in written]
     return written, report_path
-
-
-def _plot_quality(path: Path, table: _Table, rank: np.ndarray, mode: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from ..output.write import atomic_path
-
-    idx = np.arange(table.n)
-    q = table.quality
-    fig, ax = plt.subplots(2, 1, figsize=(10, 6), sharex=True, constrained_layout=True)
-    ax[0].plot(idx, q, "-", color="0.7", lw=0.8, zorder=1)
-    other = np.isfinite(q) & ~table.used
-    ax[0].scatter(idx[other], q[other], s=6, color="tab:gray", label="not used", zorder=2)
-    ax[0].scatter(idx[table.used], q[table.used], s=10, color="tab:green", label="used", zorder=3)
-    bad = table.status != _OK
-    bad_fin = bad & np.isfinite(q)
-    if bad_fin.any():
-        ax[0].scatter(idx[bad_fin], q[bad_fin], s=18, marker="x", color="tab:red",
-                      label="blank / lost / out of field", zorder=4)
-    unread = table.status == _UNREADABLE
-    if unread.any():
-        y = np.nanmin(q) if np.isfinite(q).any() else 0.0
-        ax[0].scatter(idx[unread], np.full(int(unread.sum()), y), s=18, marker="|", color="black",
-                      label="unreadable", zorder=4)
-    ax[0].set_ylabel("quality (normalised gradient energy)")
-    ax[0].legend(loc="best", fontsize=8)
-    ax[0].set_title(f"lucky imaging ({mode}): {int(table.used.sum())} of {table.n} frames used")
-    c = table.coarse - np.nanmedian(table.coarse, axis=0) if np.isfinite(table.coarse).any() else table.coarse
-    ax[1].plot(idx, c[:, 0], ".", ms=2, label="x (coarse)", color="tab:blue")
-    ax[1].plot(idx, c[:, 1], ".", ms=2, label="y (coarse)", color="tab:orange")
-    s = table.shift
-    ax[1].plot(idx[table.used], s[table.used, 0], "o", ms=3, mfc="none", color="tab:blue", label="x (used)")
-    ax[1].plot(idx[table.used], s[table.used, 1], "o", ms=3, mfc="none", color="tab:orange", label="y (used)")
-    ax[1].set_ylabel("displacement (px)")
-    ax[1].set_xlabel("frame index")
-    ax[1].legend(loc="best", fontsize=8, ncol=4)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path

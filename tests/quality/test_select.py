@@ -1,20 +1,7 @@
 import pytest
 
-from skystack.errors import UsageError
 from skystack.options import SelectOptions
-from skystack.quality.select import parse_keep, select
-
-
-def test_parse_keep():
-    assert parse_keep("80%", 10) == 8
-    assert parse_keep("best:80%", 10) == 8
-    assert parse_keep("best:3", 10) == 3
-    assert parse_keep("200", 10) == 10
-    assert parse_keep("1%", 10) == 1
-    assert parse_keep(None, 7) == 7
-    for bad in ("x", "150%", "0%"):
-        with pytest.raises(UsageError):
-            parse_keep(bad, 10)
+from skystack.quality.select import select
 
 
 def test_select_by_rank_and_thresholds():

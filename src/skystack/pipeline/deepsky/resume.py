@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import OutputError, UsageError
-from ..types import FrameResult
+from ...errors import OutputError, UsageError
+from ...types import FrameResult
 
 
 class Journal:

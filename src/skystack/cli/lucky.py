@@ -1,0 +1,80 @@
+"""``skystack lucky`` and ``skystack enhance``: arguments → one API call."""
+from __future__ import annotations
+
+import argparse
+
+from .. import api, options
+from .args import INPUT_HELP, add_options, add_verbosity, command, given
+
+_LUCKY_DESC = """\
+Lucky imaging of a video (SER, AVI, MP4, MOV) or frame sequence of the Moon, the Sun or a
+planet: rank every frame by sharpness, keep the best, align them globally and (by default)
+locally on a grid of alignment points, stack, and optionally drizzle and sharpen.
+
+Writes OUT (.fits, .tif/.tiff or .png), OUT's .preview.png, .compare.png (best single frame
+beside the stack), .quality.png (quality over time, used frames marked) and OUT.report.json
+(every frame's quality, rank, fate and shift). With --wavelets or --stretch also
+OUT_sharpened and a before/after preview."""
+
+_ENHANCE_DESC = """\
+À-trous (B3-spline) wavelet sharpening with per-scale gains and noise thresholds, then an
+optional tone curve. Writes OUT and OUT's .before-after.png."""
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``lucky`` and ``enhance``."""
+    p = command(sub, "lucky", "lucky imaging: stack the sharpest frames of a Moon/Sun/planet video",
+                _LUCKY_DESC)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=INPUT_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="stacked image: .fits, .tif/.tiff or .png")
+    g = p.add_argument_group("selection and alignment")
+    add_options(g, options.LuckyOptions, exclude=("workers",))
+    add_options(g, options.ReadOptions, only=("debayer_method", "bayer_override"),
+                defaults=options.LuckyJob().read)
+    g = p.add_argument_group("output")
+    add_options(g, options.OutputOptions, only=("report", "tiff_dtype", "preview"))
+    g = p.add_argument_group("sharpening (writes OUT_sharpened too)")
+    add_options(g, options.EnhanceOptions)
+    g = p.add_argument_group("execution")
+    add_options(g, options.LuckyOptions, only=("workers",))
+    add_verbosity(g)
+    p.set_defaults(func=cmd_lucky)
+
+    p = command(sub, "enhance", "wavelet-sharpen and stretch a stacked image", _ENHANCE_DESC)
+    p.add_argument("input", metavar="IN", help="image (FITS, TIFF, PNG)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=".fits, .tif/.tiff or .png")
+    add_options(p.add_argument_group("enhancement"), options.EnhanceOptions)
+    add_options(p.add_argument_group("output"), options.OutputOptions, only=("tiff_dtype",))
+    add_verbosity(p)
+    p.set_defaults(func=cmd_enhance)
+
+
+def cmd_lucky(a: argparse.Namespace) -> int:
+    """Run ``skystack lucky``; returns the exit code."""
+    r = api.lucky(a.inputs, a.output, **given(a))
+    s = r.report["summary"]
+    shift = s.get("shift_px", {})
+    keep = r.report["options"]["keep"]
+    print(f"stacked {r.n_used} of {r.n_frames} frames ({r.mode} mode, keep {keep}"
+          + (f", {r.alignment_points} alignment points" if r.alignment_points else "")
+          + f") in {r.timings['total_s']:.1f} s ({r.n_frames / max(r.timings['total_s'], 1e-9):.0f} frames/s), "
+          f"peak memory {r.peak_rss_mb:.0f} MiB")
+    if shift:
+        print(f"  shifts of used frames: x {shift['min'][0]:+.1f}..{shift['max'][0]:+.1f} px, "
+              f"y {shift['min'][1]:+.1f}..{shift['max'][1]:+.1f} px")
+    others = {k: s[k] for k in ("rejected", "failed_registration", "unreadable", "drifted_out_of_field", "blank")
+              if s.get(k)}
+    if others:
+        print("  " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in others.items()))
+    for path in r.outputs:
+        print(f"  wrote {path}")
+    if r.report_path is not None:
+        print(f"  report {r.report_path}")
+    return 0
+
+
+def cmd_enhance(a: argparse.Namespace) -> int:
+    """Run ``skystack enhance``; returns the exit code."""
+    for path in api.enhance_file(a.input, a.output, **given(a, drop=("quiet",))):
+        print(f"wrote {path}")
+    return 0

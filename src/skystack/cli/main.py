@@ -1,0 +1,53 @@
+"""``skystack``: the top-level parser and the one place where errors become exit codes.
+
+Each command module (:mod:`~skystack.cli.deepsky`: stack, register, demo;
+:mod:`~skystack.cli.lucky`: lucky, enhance; :mod:`~skystack.cli.calibrate`: master,
+calibrate, colour) adds its parsers and maps its arguments to one :mod:`skystack.api`
+call; :mod:`~skystack.cli.args` holds what they share.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import SkystackError
+from ..runtime.progress import setup_logging
+from . import calibrate, deepsky, lucky
+from .args import EPILOG, FORMATTER
+
+log = logging.getLogger("skystack")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skystack", description="Align and stack astronomical frames, out of core.",
+                                     epilog=EPILOG, formatter_class=FORMATTER)
+    parser.add_argument("--version", action="version", version=f"skystack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    deepsky.add_parsers(sub)
+    lucky.add_parsers(sub)
+    calibrate.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    setup_logging(quiet=getattr(args, "quiet", False), verbose=verbose)
+    try:
+        return int(args.func(args) or 0)
+    except SkystackError as e:
+        log.error("%s", e)
+        if verbose:
+            raise
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command with --resume to continue")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""``skystack stack`` and ``skystack register``: the conductor.
+
+Read :func:`stack_frames` top to bottom for what a run does; each step is a function of
+this package:
+
+1. :func:`open_inputs` — check the options against the machine, find and open the frames,
+   decode what cannot be sliced into the cache, insert the calibration;
+2. :func:`start_journal` — the journal that makes ``--resume`` possible;
+3. :func:`~.phase1.register_all` — choose the reference, register and measure every frame;
+4. :func:`~.weights.apply_selection` and :func:`~.weights.normalisation` — which frames
+   are stacked, with which factors and weights;
+5. :func:`combine` — phase 2: the streaming mean or the band engine;
+6. :func:`finish` — colour balance, report, outputs; the journal is removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ... import __version__
+from ...backends.registry import resolve
+from ...calibrate import prepare_calibration
+from ...calibrate.colour import camera_white_balance, colour_balance
+from ...errors import RegistrationError, UsageError
+from ...io import FrameSet, ensure_sliceable, open_frames
+from ...options import RegisterJob, StackJob
+from ...output.header import deepsky_header
+from ...output.report import build_report
+from ...output.products import write_stack
+from ...output.write import check_not_input, write_json
+from ...runtime.executor import check_scheduler
+from ...runtime.memory import current_rss, default_memory_limit, peak_rss_mb, release_free_memory, tune_allocator
+from ...runtime.progress import setup_logging
+from ...types import Fate, StackResult
+from .mean import run_streaming_mean, streaming_mean_fits
+from .phase1 import Phase1, register_all, workers_of
+from .phase2 import run_bands
+from .resume import Journal
+from .weights import Kept, apply_selection, normalisation
+
+log = logging.getLogger("skystack")
+
+
+@dataclass
+class Inputs:
+    """The opened inputs of a run and where its side files go."""
+
+    inputs: list[str]
+    frames: FrameSet
+    out_path: Path | None
+    cache_dir: Path
+    calibration_info: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackResult:
+    """Register and stack ``inputs``; write the outputs ``job.output`` names.
+
+    Returns a :class:`~skystack.types.StackResult`; per-frame problems are in its results,
+    not raised.
+
+    Raises
+    ------
+    NoFramesError, UsageError, RegistrationError, OutputError, InputChangedError, ClusterError
+    """
+    t_start = time.perf_counter()
+    setup_logging(job.run.quiet)
+    if job.output.output is None:
+        raise UsageError("an output path is needed to stack (-o OUT.fits)")
+    backend = resolve(job.run.backend)
+    src = open_inputs(inputs, job)
+    journal, resumed = start_journal(src, job, transforms_only=False)
+    p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit)
+    _require_registered(p1)
+    release_free_memory()
+    t0 = time.perf_counter()
+    kept = apply_selection(p1, job.select)
+    src.timings["select_s"] = time.perf_counter() - t0
+    if not kept:
+        raise RegistrationError("no frame left to stack after selection")
+    kept_frames = normalisation(p1, kept, job.stack)
+    image, count, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend, src.timings)
+    return finish(src, p1, kept, image, count, stack_info, job, journal, resumed, backend.name, t_start)
+
+
+def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> StackResult:
+    """Register ``inputs`` only: every frame's transform and fate; with
+    ``job.output.report``, written as report.json."""
+    t_start = time.perf_counter()
+    setup_logging(job.run.quiet)
+    as_stack = StackJob(read=job.read, register=job.register, output=job.output, run=job.run)
+    src = open_inputs(inputs, as_stack)
+    journal, resumed = start_journal(src, as_stack, transforms_only=True)
+    p1 = register_all(src.frames, job.register, job.run, journal, resumed, None)
+    _require_registered(p1)
+    kept = [r.index for r in p1.results if r.fate is Fate.USED]
+    return finish(src, p1, kept, None, None, {}, as_stack, journal, resumed, None, t_start)
+
+
+def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
+    """Check what can be checked before reading a frame, then open the frames, decode the
+    ones that cannot be sliced into the cache, and insert the calibration."""
+    tune_allocator()
+    if job.run.scheduler:
+        check_scheduler(job.run.scheduler)
+    frames = open_frames(list(inputs), options=job.read)
+    for idx, path, reason in frames.problems:
+        if idx < 0:  # a file-level warning; per-frame problems are reported once, in phase 1
+            log.warning("%s: %s", path, reason)
+    if job.colour.white_balance == "camera":
+        camera_white_balance(frames.meta(0), source=frames.name(0))  # fails now, not after stacking
+    out_path = Path(job.output.output) if job.output.output is not None else None
+    if out_path is not None:
+        check_not_input(out_path, [frames.path(i) for i in range(len(frames))])
+    anchor = out_path or (Path(job.output.report) if job.output.report else Path.cwd() / "skystack")
+    cache_dir = Path(job.run.cache_dir) if job.run.cache_dir else anchor.parent / ".skystack-cache"
+    src = Inputs(inputs=[os.fspath(p) for p in inputs], frames=frames, out_path=out_path, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    src.frames = ensure_sliceable(frames, cache_dir)
+    src.timings["decode_cache_s"] = time.perf_counter() - t0
+    if job.calibration.active:
+        t0 = time.perf_counter()
+        calibration = job.calibration
+        if calibration.memory_limit is None:  # masters are built inside the run's budget
+            calibration = dataclasses.replace(calibration, memory_limit=job.stack.memory_limit)
+        # builds (or reuses from the cache) the masters and returns the same frames with the
+        # calibration inserted between the raw plane and debayering
+        src.frames, src.calibration_info = prepare_calibration(src.frames, calibration, cache_dir=cache_dir,
+                                                               run=job.run)
+        src.timings["calibration_s"] = time.perf_counter() - t0
+    return src
+
+
+def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple[Journal | None, bool]:
+    """Open the run's journal (once the inputs are known to be usable: a refused
+    calibration leaves nothing behind). Returns it and whether this run resumes one."""
+    anchor = src.out_path if src.out_path is not None else Path(job.output.report) if job.output.report else None
+    if anchor is None:
+        return None, False
+    journal = Journal(anchor)
+    opts = {"read": asdict(job.read), "register": asdict(job.register), "select": asdict(job.select),
+            "calibration": asdict(job.calibration) if job.calibration.active else None,
+            "stack": {k: v for k, v in asdict(job.stack).items() if k != "memory_limit"}
+            if not transforms_only else None, "transforms_only": transforms_only}
+    resumed = journal.start(_manifest(src.frames, opts), job.run.resume)
+    if resumed:
+        log.info("resuming from %s", journal.dir)
+    return journal, resumed
+
+
+def combine(frames: FrameSet, p1: Phase1, kept: Kept, job: StackJob, journal: Journal, resumed: bool,
+            backend: Any, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Phase 2: the kept frames warped onto the reference and combined. Returns the image,
+    the per-pixel count of combined values, and the engine's figures for the report."""
+    t0 = time.perf_counter()
+    stack = job.stack
+    # what the run still holds from phase 1 (the frame index, results, allocator slack)
+    # comes out of the budget phase 2 may use
+    held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
+    budget = stack.memory_limit or default_memory_limit()
+    limit = max(budget - held, 1)
+    phase2 = dataclasses.replace(stack, memory_limit=limit)
+    in_flight = min(streaming_mean_fits(p1.shape, limit), workers_of(job.run) + 1)
+    info: dict[str, Any] = {"memory_limit": budget, "held_after_phase1": held}
+    # the streaming mean needs its H×W accumulators in one process, so a cluster run, or a
+    # memory limit too small for them, computes the mean with the band engine
+    if stack.method == "mean" and not job.run.scheduler and in_flight >= 1:
+        image, count = run_streaming_mean(frames, p1, kept, phase2, job.run, journal, resumed, backend, in_flight)
+        info["engine"] = "streaming-mean"
+    else:
+        img_path, cnt_path, rejected, band_info = run_bands(frames, p1, kept, phase2, job.run, journal, resumed,
+                                                           backend.name)
+        info.update(band_info, engine="bands")
+        res = p1.by_index()
+        n_px = float(np.prod(p1.shape))
+        for k, i in enumerate(kept.indices):
+            res[i].metrics["rejected_low_pct"] = 100.0 * rejected[k, 0] / n_px
+            res[i].metrics["rejected_high_pct"] = 100.0 * rejected[k, 1] / n_px
+        image = np.load(img_path, mmap_mode="r")
+        count = np.load(cnt_path, mmap_mode="r")
+    timings["phase2_s"] = time.perf_counter() - t0
+    return image, count, info
+
+
+def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: dict[str, Any], job: StackJob,
+           journal: Journal | None, resumed: bool, backend: str | None, t_start: float) -> StackResult:
+    """Colour balance, the report and the outputs; then the journal goes."""
+    timings = dict(src.timings)
+    timings.update(p1.timings)
+    transforms_only = image is None
+    colour_info = None
+    if job.colour.active and image is not None:
+        if np.ndim(image) == 3:
+            t0 = time.perf_counter()
+            image, colour_info = colour_balance(np.asarray(image), neutralize=job.colour.neutralize,
+                                                white_balance=job.colour.white_balance,
+                                                meta=src.frames.meta(p1.reference))
+            timings["colour_s"] = time.perf_counter() - t0
+        else:
+            log.warning("--neutralize/--white-balance apply to colour stacks; this one is mono, left as it is")
+    t0 = time.perf_counter()
+    report = build_report(frames=src.frames, p1=p1, kept=kept, inputs=src.inputs, output=job.output,
+                          options={"read": asdict(job.read), "register": asdict(job.register),
+                                   "select": asdict(job.select), "stack": asdict(job.stack),
+                                   "run": asdict(job.run)},
+                          backend=backend, stack_info=stack_info, transforms_only=transforms_only)
+    extra: list[Path] = []
+    if image is not None and src.out_path is not None:
+        header, history = deepsky_header(p1.results, p1.reference, kept, src.frames, job.stack, job.register)
+        extra = write_stack(src.out_path, np.asarray(image), count=np.asarray(count), header=header,
+                            history=history, output=job.output, results=p1.results, reference=p1.reference)
+        report["outputs"] = [str(p) for p in extra]
+    timings["write_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    if src.calibration_info is not None:
+        report["calibration"] = src.calibration_info
+    if colour_info is not None:
+        report["colour"] = colour_info
+    if resumed:
+        report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    report_path = None
+    if job.output.report:
+        report_path = Path(job.output.report)
+    elif src.out_path is not None:
+        report_path = Path(str(src.out_path) + ".report.json")
+    if report_path is not None:
+        write_json(report_path, report)
+    del image, count
+    if journal is not None:
+        journal.remove()
+    return StackResult(output=None if transforms_only else src.out_path, report_path=report_path,
+                       results=p1.results, reference=p1.reference, n_used=0 if transforms_only else len(kept),
+                       shape=p1.shape, timings=timings, peak_rss_mb=peak_rss_mb(), backend=backend or "none",
+                       report=report, extra_outputs=extra)
+
+
+def _require_registered(p1: Phase1) -> None:
+    if not any(r.fate is Fate.USED for r in p1.results):
+        raise RegistrationError("no frame could be registered; see the reasons above")
+
+
+def _manifest(frames: FrameSet, opts: dict[str, Any]) -> dict[str, Any]:
+    """What a run depends on: the inputs (size, mtime) and every option that changes the
+    result. ``--resume`` refuses a journal whose manifest differs."""
+    return {"skystack": __version__,
+            "inputs": [[frames.name(i), list(_safe_fp(frames, i))] for i in range(len(frames))],
+            **opts}
+
+
+def _safe_fp(frames: FrameSet, i: int) -> tuple[int, int]:
+    try:
+        return frames.fingerprint(i)
+    except OSError:
+        return (-1, -1)

@@ -1,0 +1,42 @@
+"""``skystack enhance``: sharpen and stretch one stacked image file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..enhance.wavelets import before_after, enhance
+from ..errors import UsageError
+from ..io import open_frames
+from ..options import EnhanceJob
+from ..output.write import check_not_input, write_image, write_png
+
+
+def run_enhance(input: str, job: EnhanceJob) -> list[Path]:
+    """Sharpen/stretch one stacked image file.
+
+    Reads ``input`` (FITS, TIFF, PNG; colour FITS cubes as RGB), writes the enhanced image
+    to ``job.output.output`` (by extension) and a before/after preview beside it
+    (``OUT.before-after.png``). Returns the written paths.
+
+    Raises
+    ------
+    UsageError
+        ``input`` holds more than one frame.
+    OutputError
+        The output is the input, or cannot be written.
+    """
+    opts = job.enhance
+    output = job.output.output
+    if output is None:
+        raise UsageError("enhance needs an output path (-o OUT)")
+    frames = open_frames([input])
+    if len(frames) != 1:
+        raise UsageError(f"{input}: holds {len(frames)} frames; enhance takes one stacked image")
+    check_not_input(output, [input])
+    image = frames.read(0)
+    out = enhance(image, opts)
+    dst = Path(output)
+    gains = ",".join(f"{g:g}" for g in opts.gains)
+    written = [write_image(dst, out, tiff_dtype=job.output.tiff_dtype,
+                           history=[f"skystack enhance {Path(input).name}: wavelets {gains}, stretch {opts.stretch}"])]
+    written.append(write_png(dst.with_suffix(".before-after.png"), before_after(image, out)))
+    return written

@@ -1,0 +1,92 @@
+"""Memory: budgets, the allocator and resident-set measurements.
+
+One home for what every pipeline needs to stay inside ``--memory-limit``: reading a size
+the user typed, the default budget, glibc allocator tuning and trimming, and the current
+and peak resident set size reported to the user.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import resource
+
+import psutil
+
+from ..errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | None, option: str = "--memory-limit") -> int | None:
+    """'256M', '1.5G', '800k', '1073741824' → bytes (binary multiples, as `free -h`)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"{option}: cannot read {text!r} as a size (e.g. 256M, 2G)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    return int(value * 1024 ** " kmgt".index(unit or " "))
+
+
+def default_memory_limit() -> int:
+    """A safe share of the RAM available now: half of it, at most 8 GiB, at least 128 MiB."""
+    try:
+        avail = psutil.virtual_memory().available
+    except Exception:  # unsupported platform: assume a small machine
+        avail = 2 * 1024**3
+    return int(min(max(avail // 2, 128 * 1024**2), 8 * 1024**3))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter number (malloc.h)
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl, Windows): nothing to tune
+        return None
+
+
+def tune_allocator() -> None:
+    """Make glibc serve every allocation of 1 MiB or more with its own mmap.
+
+    By default glibc raises its mmap threshold after the first large free, so frame-sized
+    temporaries then come from per-thread heap arenas and stay resident after they are
+    freed: with two phase-1 workers on 3000×2000 frames that held ~50 MB more than the
+    frames in flight (564 vs 514 MB peak). A fixed threshold returns each frame-sized
+    buffer to the OS when it is freed. Process-wide and idempotent (mallopt only sets a
+    value); no-op off glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        except AttributeError:
+            pass
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``) between phases.
+
+    Per-frame temporaries are freed, but glibc keeps freed chunks in per-thread arenas,
+    where they would still count in RSS on top of the next phase. No-op elsewhere.
+    """
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.malloc_trim(0)
+        except AttributeError:
+            pass
+
+
+def current_rss() -> int:
+    """Resident set size now, in bytes (0 where it cannot be told)."""
+    try:
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # no /proc: budgets then ignore what is already held
+        return 0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
