@@ -10,22 +10,24 @@ text and its command-line flag live here and nowhere else: the CLI
 that). Values are checked in ``__post_init__``, before any frame is read.
 
 The jobs at the end (:class:`StackJob`, :class:`RegisterJob`, :class:`LuckyJob`, ...) say
-which option groups each command takes.
+which option groups each command takes. The machinery (flag metadata, choice lists, value
+parsers, the ``--keep`` rule) is in :mod:`skystack.optionfields`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from _skystack_kernels import codes
 
 from .errors import UsageError
-from .runtime.memory import parse_size
+from .optionfields import (Checked, Flag, KeepRule, api_only, choices, cli_flag, default_of, finite,  # noqa: F401
+                           flag, parse_floats, parse_keep, parse_memory, parse_white_balance, paths, positive_int,
+                           public_name)
 from .types import Model
 
 # -- choice lists ---------------------------------------------------------------------
@@ -44,206 +46,9 @@ TiffDtype = Literal["float32", "uint16"]
 StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
 
 
-# -- command-line metadata ------------------------------------------------------------
-@dataclass(frozen=True)
-class Flag:
-    """How a field appears on the command line and as an API keyword.
-
-    ``name`` is the API keyword and argparse ``dest`` when it differs from the field name
-    (``--register`` sets :attr:`RegisterOptions.method`). ``parse`` turns what the user
-    gave (CLI text or an API value) into the field's value. ``pair`` names a second field
-    that the same flag sets (``--kappa LOW HIGH``). ``action`` is an argparse action for
-    switches; ``const`` goes with ``store_const``.
-    """
-
-    flags: tuple[str, ...]
-    help: str
-    name: str | None = None
-    metavar: str | tuple[str, ...] | None = None
-    nargs: int | str | None = None
-    parse: Callable[[Any], Any] | None = None
-    choices: tuple[str, ...] | None = None
-    pair: str | None = None
-    action: str | None = None
-    const: Any = None
-    hidden: bool = False
-
-
-def flag(*flags: str, help: str = "", **kw: Any) -> dict[str, Flag]:
-    """Field metadata: ``field(default=..., metadata=flag("--method", help="..."))``."""
-    return {"cli": Flag(tuple(flags), help, **kw)}
-
-
-def api_only(help: str, **kw: Any) -> dict[str, Flag]:
-    """Field metadata for an option the API takes by keyword but the CLI has no flag for."""
-    return {"cli": Flag((), help, **kw)}
-
-
-def cli_flag(f: dataclasses.Field) -> Flag | None:
-    return f.metadata.get("cli")
-
-
-def public_name(f: dataclasses.Field) -> str:
-    """The API keyword (and argparse dest) of a field."""
-    fl = cli_flag(f)
-    return fl.name if fl is not None and fl.name else f.name
-
-
-def choices(cls: type, name: str) -> tuple[Any, ...] | None:
-    """The allowed values of field ``name`` of ``cls`` (from its flag or its Literal)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    fl = cli_flag(f)
-    if fl is not None and fl.choices is not None:
-        return fl.choices
-    hint = typing.get_type_hints(cls)[name]
-    lits = [a for a in (typing.get_args(hint) or (hint,)) if typing.get_origin(a) is Literal]
-    if typing.get_origin(hint) is Literal:
-        lits = [hint]
-    if not lits:
-        return None
-    return tuple(v for lit in lits for v in typing.get_args(lit))
-
-
-def default_of(cls: type, name: str) -> Any:
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
-
-
-def _flag_text(f: dataclasses.Field) -> str:
-    fl = cli_flag(f)
-    return fl.flags[0] if fl is not None and fl.flags else f.name
-
-
-class _Checked:
-    """Checks every field whose values are a closed list (choices) on construction."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            allowed = choices(type(self), f.name)
-            value = getattr(self, f.name)
-            if allowed is not None and value is not None and value not in allowed:
-                raise UsageError(f"{_flag_text(f)} {value!r}: expected one of {', '.join(map(str, allowed))}")
-        self.check()
-
-    def check(self) -> None:
-        """Range checks beyond the choice lists (subclasses)."""
-
-
-def _positive_int(value: Any, what: str, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{what} {value!r}: expected a whole number of at least 1")
-
-
-def _finite(value: Any, what: str, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} {value!r}: expected a number") from None
-    if not math.isfinite(v):
-        raise UsageError(f"{what} {value!r}: expected a finite number")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise UsageError(f"{what} {value!r}: must be {'>' if lo_open else '>='} {lo:g}")
-    if hi is not None and v > hi:
-        raise UsageError(f"{what} {value!r}: must be <= {hi:g}")
-
-
-def _parse_size(value: Any) -> int | None:
-    return parse_size(value)
-
-
-def _parse_floats(value: Any) -> tuple[float, ...]:
-    """``"1.8,1.4,1.0"`` (CLI) or a sequence (API) → a tuple of floats."""
-    if isinstance(value, str):
-        try:
-            vals = tuple(float(v) for v in value.replace(" ", "").split(",") if v != "")
-        except ValueError:
-            raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
-    else:
-        vals = tuple(float(v) for v in value)
-    if not vals:
-        raise UsageError(f"expected comma-separated numbers, got {value!r}")
-    return vals
-
-
-def _parse_white_balance(value: Any) -> str | tuple[float, float, float]:
-    """"none", "auto", "camera" or three factors "R,G,B" (or a 3-sequence)."""
-    if isinstance(value, str) and value.strip().lower() in ("none", "auto", "camera"):
-        return value.strip().lower()
-    try:
-        vals = _parse_floats(value)
-    except (UsageError, TypeError, ValueError):
-        vals = ()
-    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise UsageError(f"--white-balance {value!r}: expected none, auto, camera or three positive "
-                         "factors R,G,B (e.g. 1.9,1,1.4)")
-    return (vals[0], vals[1], vals[2])
-
-
-def _paths(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    if isinstance(value, (str, os.PathLike)):
-        return (os.fspath(value),)
-    return tuple(os.fspath(v) for v in value)
-
-
-# -- the keep rule (both pipelines) ---------------------------------------------------
-_KEEP = re.compile(r"^\s*(?:best:)?\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-
-
-@dataclass(frozen=True)
-class KeepRule:
-    """A parsed ``--keep``: a percentage of the usable frames or a count of them."""
-
-    value: float
-    percent: bool
-    text: str
-
-    def count(self, n: int) -> int:
-        """How many of ``n`` usable frames the rule keeps (at least one when ``n > 0``)."""
-        if self.percent:
-            # the epsilon keeps 10% of 30 at 3 where 30 * 10 / 100 rounds to 3.0000000000000004
-            return max(1 if n else 0, min(n, math.ceil(n * self.value / 100.0 - 1e-9)))
-        return min(n, int(self.value))
-
-    @property
-    def requested(self) -> int | None:
-        """The count asked for (to tell the user a clip was shorter), None for a percentage."""
-        return None if self.percent else int(self.value)
-
-
-def parse_keep(text: str | None) -> KeepRule | None:
-    """``"80%"``, ``"best:80%"``, ``"200"``, ``"best:200"`` → a :class:`KeepRule`; ``None``
-    keeps every frame.
-
-    Raises
-    ------
-    UsageError
-        Not a rule, a percentage outside (0, 100], or a count below 1 or not whole.
-    """
-    if text is None:
-        return None
-    m = _KEEP.match(str(text))
-    if not m:
-        raise UsageError(f"--keep {text!r}: expected a percentage (80%), a count (200) or best:N / best:N%")
-    value, percent = float(m.group(1)), bool(m.group(2))
-    if percent and not 0 < value <= 100:
-        raise UsageError(f"--keep {text!r}: a percentage must be in (0, 100]")
-    if not percent and (value < 1 or value != int(value)):
-        raise UsageError(f"--keep {text!r}: a count must be a whole number of at least 1")
-    return KeepRule(value, percent, str(text))
-
-
 # -- stages ---------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class ReadOptions(_Checked):
+class ReadOptions(Checked):
     """How frames are decoded (demosaicing of colour-filter-array frames)."""
 
     debayer: Literal["auto", "none"] = field(default="auto", metadata=flag(
@@ -258,7 +63,7 @@ class ReadOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegisterOptions(_Checked):
+class RegisterOptions(Checked):
     """Detection, matching and transform estimation (phase 1)."""
 
     method: RegisterMethod = field(default="auto", metadata=flag(
@@ -283,14 +88,14 @@ class RegisterOptions(_Checked):
     def check(self) -> None:
         if self.reference is not None and (isinstance(self.reference, bool) or self.reference < 0):
             raise UsageError(f"--reference {self.reference!r}: expected a frame index of at least 0")
-        _positive_int(self.reference_candidates, "reference_candidates", allow_none=False)
-        _positive_int(self.max_stars, "max_stars", allow_none=False)
-        _finite(self.detect_sigma, "detect_sigma", lo=0, lo_open=True)
-        _finite(self.ransac_px, "ransac_px", lo=0, lo_open=True)
+        positive_int(self.reference_candidates, "reference_candidates", allow_none=False)
+        positive_int(self.max_stars, "max_stars", allow_none=False)
+        finite(self.detect_sigma, "detect_sigma", lo=0, lo_open=True)
+        finite(self.ransac_px, "ransac_px", lo=0, lo_open=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectOptions(_Checked):
+class SelectOptions(Checked):
     """Which registered frames are kept (``--keep`` and quality thresholds)."""
 
     keep: str | None = field(default=None, metadata=flag(
@@ -307,15 +112,15 @@ class SelectOptions(_Checked):
     def check(self) -> None:
         parse_keep(self.keep)
         if self.max_fwhm_px is not None:
-            _finite(self.max_fwhm_px, "--max-fwhm", lo=0, lo_open=True)
+            finite(self.max_fwhm_px, "--max-fwhm", lo=0, lo_open=True)
         if self.max_roundness is not None:
-            _finite(self.max_roundness, "--max-roundness", lo=0, hi=1)
+            finite(self.max_roundness, "--max-roundness", lo=0, hi=1)
         if self.min_stars is not None and (isinstance(self.min_stars, bool) or self.min_stars < 0):
             raise UsageError(f"--min-stars {self.min_stars!r}: expected a whole number of at least 0")
 
 
 @dataclass(frozen=True, kw_only=True)
-class StackOptions(_Checked):
+class StackOptions(Checked):
     """Phase 2: warp, normalise, reject, reduce."""
 
     method: str = field(default="mean", metadata=flag(
@@ -339,7 +144,7 @@ class StackOptions(_Checked):
         help="warp interpolation: cubic (bicubic, as Siril's register), lanczos (Lanczos-4: a little sharper, "
              "3.7x the warp cost, slightly higher noise), bilinear (cheapest, smooths noise and stars)"))
     memory_limit: int | None = field(default=None, metadata=flag(
-        "--memory-limit", metavar="SIZE", parse=_parse_size,
+        "--memory-limit", metavar="SIZE", parse=parse_memory,
         help="working memory beyond the interpreter, e.g. 256M or 2G (default: half the available RAM, "
              "at most 8 GiB)"))
     band_rows: int | None = field(default=None, metadata=flag(
@@ -347,11 +152,11 @@ class StackOptions(_Checked):
 
     def check(self) -> None:
         for v, what in ((self.kappa_low, "--kappa LOW"), (self.kappa_high, "--kappa HIGH")):
-            _finite(v, what, lo=0)
-        _positive_int(self.max_iter, "max_iter", allow_none=False)
+            finite(v, what, lo=0)
+        positive_int(self.max_iter, "max_iter", allow_none=False)
         if self.memory_limit is not None and (isinstance(self.memory_limit, bool) or self.memory_limit < 1):
             raise UsageError(f"--memory-limit {self.memory_limit!r}: expected a positive size such as 256M")
-        _positive_int(self.band_rows, "--band-rows")
+        positive_int(self.band_rows, "--band-rows")
 
     @property
     def reject(self) -> str:
@@ -372,7 +177,7 @@ class StackOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrationOptions(_Checked):
+class CalibrationOptions(Checked):
     """Calibration of the lights before debayering (``--bias/--darks/--flats``).
 
     Each of ``bias``/``darks``/``flats``/``dark_flats`` is a list of inputs (frames to build
@@ -380,13 +185,13 @@ class CalibrationOptions(_Checked):
     """
 
     bias: tuple[str, ...] = field(default=(), metadata=flag(
-        "--bias", nargs="+", metavar="B", parse=_paths, help="bias/offset frames or a master bias"))
+        "--bias", nargs="+", metavar="B", parse=paths, help="bias/offset frames or a master bias"))
     darks: tuple[str, ...] = field(default=(), metadata=flag(
-        "--darks", nargs="+", metavar="D", parse=_paths, help="dark frames or a master dark"))
+        "--darks", nargs="+", metavar="D", parse=paths, help="dark frames or a master dark"))
     flats: tuple[str, ...] = field(default=(), metadata=flag(
-        "--flats", nargs="+", metavar="F", parse=_paths, help="flat frames or a master flat"))
+        "--flats", nargs="+", metavar="F", parse=paths, help="flat frames or a master flat"))
     dark_flats: tuple[str, ...] = field(default=(), metadata=flag(
-        "--dark-flats", nargs="+", metavar="DF", parse=_paths, help="dark-flat frames or a master dark-flat"))
+        "--dark-flats", nargs="+", metavar="DF", parse=paths, help="dark-flat frames or a master dark-flat"))
     dark_scaling: Literal["auto", "off", "optimize"] = field(default="auto", metadata=flag(
         "--dark-scaling",
         help="scale the dark by exposure time (auto; needs --bias when exposures differ), not at all (off), "
@@ -406,8 +211,8 @@ class CalibrationOptions(_Checked):
     memory_limit: int | None = None  # bytes for building masters; None: the run's limit
 
     def check(self) -> None:
-        _finite(self.hot_sigma, "--hot-sigma", lo=0, lo_open=True)
-        _finite(self.cold_sigma, "--cold-sigma", lo=0, lo_open=True)
+        finite(self.hot_sigma, "--hot-sigma", lo=0, lo_open=True)
+        finite(self.cold_sigma, "--cold-sigma", lo=0, lo_open=True)
 
     @property
     def active(self) -> bool:
@@ -415,7 +220,7 @@ class CalibrationOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ColourOptions(_Checked):
+class ColourOptions(Checked):
     """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
 
     ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
@@ -425,12 +230,12 @@ class ColourOptions(_Checked):
     neutralize: bool = field(default=False, metadata=flag(
         "--neutralize", "--neutralise", action="store_true", help="make the sky background grey in a colour stack"))
     white_balance: str | tuple[float, float, float] = field(default="none", metadata=flag(
-        "--white-balance", metavar="WB", parse=_parse_white_balance,
+        "--white-balance", metavar="WB", parse=parse_white_balance,
         help="none, auto (the average star made white), camera (the RAW file's multipliers) or three "
              "factors R,G,B such as 1.9,1,1.4"))
 
     def check(self) -> None:
-        object.__setattr__(self, "white_balance", _parse_white_balance(self.white_balance))
+        object.__setattr__(self, "white_balance", parse_white_balance(self.white_balance))
 
     @property
     def active(self) -> bool:
@@ -438,7 +243,7 @@ class ColourOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutputOptions(_Checked):
+class OutputOptions(Checked):
     """What is written and how."""
 
     output: str | None = None  # the image; None: nothing written (the API returns the image)
@@ -453,7 +258,7 @@ class OutputOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunOptions(_Checked):
+class RunOptions(Checked):
     """Execution: where and how the work runs."""
 
     workers: int | None = field(default=None, metadata=flag(
@@ -475,11 +280,11 @@ class RunOptions(_Checked):
         parse=os.fspath))
 
     def check(self) -> None:
-        _positive_int(self.workers, "--workers")
+        positive_int(self.workers, "--workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EnhanceOptions(_Checked):
+class EnhanceOptions(Checked):
     """Wavelet sharpening and tone curve for a stacked image.
 
     ``gains`` (finest scale first) sets the number of scales; ``thresholds`` are noise
@@ -491,10 +296,10 @@ class EnhanceOptions(_Checked):
     """
 
     gains: tuple[float, ...] = field(default=(1.8, 1.4, 1.0, 1.0, 1.0), metadata=flag(
-        "--wavelets", name="wavelets", metavar="G1,G2,...", parse=_parse_floats,
+        "--wavelets", name="wavelets", metavar="G1,G2,...", parse=parse_floats,
         help="à-trous wavelet gains per scale, finest first; the count sets the number of scales"))
     thresholds: tuple[float, ...] = field(default=(3.0, 2.0, 1.0, 0.0, 0.0), metadata=flag(
-        "--wavelet-noise", name="wavelet_noise", metavar="K1,K2,...", parse=_parse_floats,
+        "--wavelet-noise", name="wavelet_noise", metavar="K1,K2,...", parse=parse_floats,
         help="noise thresholds per scale in that scale's noise σ; only detail above them is amplified"))
     stretch: StretchKind = field(default="none", metadata=flag(
         "--stretch", help="tone curve after sharpening (none keeps the image's units)"))
@@ -508,15 +313,15 @@ class EnhanceOptions(_Checked):
         "--asinh-beta", parse=float, help="softening for --stretch asinh"))
 
     def check(self) -> None:
-        object.__setattr__(self, "gains", _parse_floats(self.gains))
-        object.__setattr__(self, "thresholds", _parse_floats(self.thresholds))
+        object.__setattr__(self, "gains", parse_floats(self.gains))
+        object.__setattr__(self, "thresholds", parse_floats(self.thresholds))
         if any(not math.isfinite(g) or g < 0 for g in self.gains):
             raise UsageError(f"--wavelets {self.gains}: gains must be finite and >= 0")
         if any(not math.isfinite(t) or t < 0 for t in self.thresholds):
             raise UsageError(f"--wavelet-noise {self.thresholds}: thresholds must be finite and >= 0")
         if not 0 < self.midtone < 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
-        _finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
+        finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
 
 
 def _parse_drizzle(value: Any) -> float | None:
@@ -530,7 +335,7 @@ def _parse_drizzle(value: Any) -> float | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LuckyOptions(_Checked):
+class LuckyOptions(Checked):
     """Everything ``skystack lucky`` decides about selection, alignment and stacking.
 
     keep
@@ -598,18 +403,18 @@ class LuckyOptions(_Checked):
         if isinstance(self.ap_size, bool) or not isinstance(self.ap_size, int) or self.ap_size < 8:
             raise UsageError(f"--ap-size {self.ap_size!r}: at least 8 pixels")
         if self.ap_spacing is not None:
-            _finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
-        _finite(self.ap_pool, "ap_pool", lo=1)
+            finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
+        finite(self.ap_pool, "ap_pool", lo=1)
         if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 < self.drizzle <= 4.0):
             raise UsageError(f"--drizzle {self.drizzle}: expected a scale in (1, 4], e.g. 1.5, 2 or 3")
-        _finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
-        _finite(self.min_overlap, "min_overlap", lo=0, hi=1, lo_open=True)
-        _positive_int(self.quality_downsample, "quality_downsample", allow_none=False)
-        _positive_int(self.workers, "--workers")
+        finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
+        finite(self.min_overlap, "min_overlap", lo=0, hi=1, lo_open=True)
+        positive_int(self.quality_downsample, "quality_downsample", allow_none=False)
+        positive_int(self.workers, "--workers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class MasterOptions(_Checked):
+class MasterOptions(Checked):
     """How ``skystack master`` combines calibration frames."""
 
     method: str = field(default="winsorized", metadata=flag(
@@ -623,7 +428,7 @@ class MasterOptions(_Checked):
         if len(self.kappa) != 2:
             raise UsageError(f"--kappa {self.kappa!r}: expected two numbers LOW HIGH")
         for k in self.kappa:
-            _finite(k, "--kappa", lo=0)
+            finite(k, "--kappa", lo=0)
 
 
 # -- jobs: the option groups of each command ----------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 from astropy.io import fits
 
 from skystack.errors import InputChangedError
-from skystack.io import CachedFrames, ensure_sliceable, open_frames
-from skystack.io.cache import cache_file, cache_key
+from skystack.io import FrameSet, ensure_sliceable, open_frames
+from skystack.io.npycache import cache_file, cache_key
 from skystack.io.video import VideoSource
 
 
@@ -49,7 +49,8 @@ def test_cached_frames_equal_the_originals_and_are_sliceable(tmp_path, rng, monk
     cached = ensure_sliceable(fs, tmp_path / "cache", progress=seen.append)
     assert len(opened) == 1  # one straight decode of the video: no seek, no restart
     monkeypatch.undo()
-    assert isinstance(cached, CachedFrames) and len(cached) == len(fs)
+    assert isinstance(cached, FrameSet) and cached is not fs and len(cached) == len(fs)
+    assert {e.kind for e in cached.entries if e.path.endswith(".avi")} == {"npy-cache"}
     assert seen == list(range(1, 10))  # the 9 non-sliceable frames
     for i in range(len(fs)):
         assert cached.frame_sliceable(i) and not cached.frame_sequential(i)
@@ -97,7 +98,7 @@ def test_cached_set_pickles_and_caches_only_what_is_asked(tmp_path, rng):
     assert len(os.listdir(tmp_path / "cache")) == 2
     assert [cached.frame_sliceable(i) for i in video] == [k in keep for k in video]
     again = pickle.loads(pickle.dumps(cached))
-    assert isinstance(again, CachedFrames) and again.cache_dir == cached.cache_dir
+    assert isinstance(again, FrameSet) and again.entries == cached.entries
     for i in video:  # cached frames from the cache, the rest decoded from the video
         assert np.array_equal(again.read(i), fs.read(i))
     e = next(e for e in cached.entries if e.path.endswith("d.avi"))

@@ -1,5 +1,3 @@
-import pytest
-
 from skystack.options import SelectOptions
 from skystack.quality.select import select
 

@@ -31,7 +31,9 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,8 +414,6 @@ def defect_file(dark: Master | None, bias: Master | None, flat: Master | None, *
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -453,8 +453,6 @@ def prepare_calibration(frames, options, *, cache_dir: str | os.PathLike[str], r
     CalibrationError
         A master that does not fit the lights, or exposures that cannot be matched.
     """
-    import time
-
     t0 = time.perf_counter()
     cache = Path(options.cache_dir) if options.cache_dir else Path(cache_dir)
     lights = light_facts(frames)

@@ -46,9 +46,8 @@ from ..io.cache import ensure_sliceable
 from ..io.fits import FitsSource
 from ..options import ReadOptions
 from ..output.write import write_fits
-from ..runtime.executor import run_tasks
 from ..runtime.memory import default_memory_limit
-from ..runtime.progress import Progress
+from ..stack.blocks import run_blocks
 from ..stack.plan import plan_bands
 from ..types import shape_text
 
@@ -375,7 +374,6 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
     rc, dc = codes.REJECT[reject], codes.REDUCE[reduce]
     weights = np.ones(n, dtype=np.float32)
     result = np.full((h, w), np.nan, dtype=np.float32)
-    rejected = np.zeros((n, 2), dtype=np.int64)
 
     def band(y0: int, y1: int) -> np.ndarray:
         buf = np.empty((n, y1 - y0, w), dtype=np.float32)
@@ -395,17 +393,10 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
                      result[y0:y1], count, rej)
         return rej
 
-    bar = Progress(len(plan.bands), f"master {kind}", quiet)
-
-    def on_result(k: int, rej: np.ndarray) -> None:
-        nonlocal rejected
-        rejected += rej
-        bar.update()
-
     try:
-        run_tasks(band, plan.bands, workers=workers, scheduler=None, on_result=on_result)
+        rejected = run_blocks(band, plan.bands, n, workers=workers, scheduler=None, label=f"master {kind}",
+                              quiet=quiet)
     finally:
-        bar.close()
         if off_src is not None:
             off_src.close()
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import BadFrameError
+from ..output.write import atomic_path
 from .base import SourceBase
 from .pages import release
 
@@ -300,8 +301,6 @@ def write_ser(
     int
         The number of frames written.
     """
-    from ..output.write import atomic_path
-
     n = 0
     shape = None
     file_dtype = None

@@ -4,18 +4,24 @@ Every file is written to a temporary name in the destination folder and renamed 
 final name only once complete, so a crash or a full disk never leaves a half-written file
 under the output name, and an existing output is only replaced by a complete new one.
 Inputs are never written: :func:`check_not_input` refuses an output path that is one.
+
+astropy (0.32 s to import) and tifffile are imported by the writer that needs them: the
+frame readers use :func:`atomic_path` from here, and reading never needs either.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import cv2
 import numpy as np
 
+from ..enhance.stretch import autostretch, autostretch_params, levels, to_uint8
 from ..errors import OutputError
 
 
@@ -65,7 +71,7 @@ def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, 
     """Write float32 FITS. Colour (H, W, 3) becomes a 3-plane cube (NAXIS3 = 3, RGB order)
     as Siril writes it; ``header`` cards (keyword → value or (value, comment)) and HISTORY
     lines carry the provenance."""
-    from astropy.io import fits
+    from astropy.io import fits  # 0.32 s to import: only when a FITS is written (see the module notes)
 
     data = np.asarray(image, dtype=np.float32)
     if data.ndim == 3:
@@ -95,7 +101,7 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "floa
                scale: tuple[float, float] | None = None, description: str | None = None) -> Path:
     """Write TIFF: float32 as is, or uint16 scaled from ``scale=(black, white)`` (default:
     the finite min/max of the image) to 0–65535. NaN becomes 0."""
-    import tifffile
+    import tifffile  # only when a TIFF is written (see the module notes)
 
     data = np.asarray(image, dtype=np.float32)
     if dtype == "uint16":
@@ -112,8 +118,6 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "floa
 
 def write_png(path: str | os.PathLike, image8: np.ndarray) -> Path:
     """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR)."""
-    import cv2
-
     data = image8
     if data.ndim == 3:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
@@ -134,10 +138,6 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int =
     The stretch is measured on a subsample of the full image and applied after the
     resize, so a preview of a huge stack costs a small image's memory.
     """
-    import cv2
-
-    from ..enhance.stretch import autostretch_params, levels, to_uint8
-
     planes = [image] if image.ndim == 2 or linked else [image[..., c] for c in range(image.shape[2])]
     params = [autostretch_params(p) for p in planes]
     h, w = image.shape[:2]
@@ -162,8 +162,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, header: dict[str,
         desc = "; ".join(f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in (header or {}).items())
         return write_tiff(path, image, dtype=tiff_dtype, description=desc or None)
     if ext == ".png":
-        from ..enhance.stretch import autostretch
-
         disp = np.nan_to_num(autostretch(image), nan=0.0)
         return write_png(path, np.clip(np.rint(disp * 65535.0), 0, 65535).astype(np.uint16))
     raise OutputError(f"{path}: unknown output format {ext!r} (use .fits, .tif or .png)")
@@ -177,8 +175,6 @@ def _finite_minmax(a: np.ndarray) -> tuple[float, float]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    import json
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     return Path(path)

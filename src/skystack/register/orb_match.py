@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from ..detect.orb import OrbFeatures
 from ..types import Model, Transform
@@ -81,9 +83,6 @@ def _distinct(xy: np.ndarray, radius: float = 1.0) -> int:
     several pyramid levels converge to one position after refinement, and count once."""
     if xy.shape[0] < 2:
         return int(xy.shape[0])
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     graph = cKDTree(xy).sparse_distance_matrix(cKDTree(xy), radius, output_type="coo_matrix")
     return int(connected_components(graph, directed=False)[0])
 

@@ -8,7 +8,13 @@ through the scheduler.
 """
 from __future__ import annotations
 
+import functools
+import socket
 from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+import dask.threaded
+from dask.callbacks import Callback
 
 from ..errors import ClusterError
 
@@ -32,11 +38,6 @@ def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], *, workers: int, sc
 
 
 def _run_threaded(fn, args, workers, on_result) -> None:
-    import functools
-
-    import dask
-    from dask.callbacks import Callback
-
     keys = [("skystack-task", i) for i in range(len(args))]
     # functools.partial hides the arguments from dask's graph traversal: a tuple argument
     # that happens to start with a callable, or equals a key, must stay plain data.
@@ -57,9 +58,6 @@ def check_scheduler(scheduler: str, timeout: float = 5.0) -> None:
     """Fail fast, before any work, when nothing listens at ``scheduler`` (tcp://host:port):
     a plain TCP connect answers in milliseconds where the Dask client retries for its whole
     timeout."""
-    import socket
-    from urllib.parse import urlparse
-
     u = urlparse(scheduler if "://" in scheduler else f"tcp://{scheduler}")
     if u.scheme not in ("tcp", "tls") or not u.hostname or not u.port:
         raise ClusterError(f"--scheduler {scheduler}: expected an address such as tcp://host:8786")

@@ -17,9 +17,8 @@ import numpy as np
 from ...backends.base import BandJob
 from ...errors import InputChangedError
 from ...options import RunOptions, StackOptions
-from ...runtime.executor import run_tasks
 from ...runtime.memory import default_memory_limit
-from ...runtime.progress import Progress
+from ...stack.blocks import run_blocks
 from ...stack.plan import WARP_TILE_ROWS, band_matrix, plan_bands, rotation_extra_rows, source_rows
 from .phase1 import Phase1, workers_of
 from .resume import Journal, npy_data_offset, write_rows
@@ -129,18 +128,8 @@ def run_bands(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptio
     todo = [b for b in range(len(bands)) if b not in done]
     log.info("phase 2: %d band(s) of %d row(s), %d frames, memory limit %.0f MiB",
              len(bands), plan.band_rows, len(kept), limit / 2**20)
-    bar = Progress(len(bands), "phase 2: stack", run.quiet, initial=len(done))
-
-    def on_result(k: int, rej: np.ndarray) -> None:
-        nonlocal rejected
-        rejected += rej
-        journal.record_band(todo[k], rej)
-        bar.update()
-
-    try:
-        run_tasks(band_task, [(task, *bands[b]) for b in todo], workers=workers, scheduler=run.scheduler,
-                  on_result=on_result)
-    finally:
-        bar.close()
+    rejected += run_blocks(band_task, [(task, *bands[b]) for b in todo], len(kept), workers=workers,
+                           scheduler=run.scheduler, label="phase 2: stack", quiet=run.quiet, done=len(done),
+                           on_block=lambda k, rej: journal.record_band(todo[k], rej))
     info = {"band_rows": plan.band_rows, "bands": len(bands), "phase2_budget": limit, "bands_reused": len(done)}
     return img_path, cnt_path, rejected, info

@@ -16,7 +16,7 @@ from astropy.io import fits
 from skystack.io.bayer import debayer
 from skystack.errors import BadFrameError, InputChangedError, NoFramesError, UsageError
 from skystack.io import FrameSet, FrameSource, natural_key, open_frames, open_source, ser, write_ser
-from skystack.io.discover import kind_from_extension, sniff_kind
+from skystack.io.registry import kind_from_extension, sniff_kind
 from skystack.options import ReadOptions
 
 

@@ -184,7 +184,7 @@ def test_make_synthetic_script(tmp_path, monkeypatch):
     argv = ["make_synthetic.py", str(tmp_path / "out"), "--n", "2", "--size", "64x48", "--seed", "3",
             "--max-shift", "5", "--max-rot", "1", "--quiet"]
     monkeypatch.setattr(sys, "argv", argv)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_synthetic.py"
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(script), run_name="__main__")
     assert e.value.code == 0

@@ -1,11 +1,10 @@
-"""Finding input frames and reading them through one global index.
+"""Every input frame behind one global index: :class:`FrameSet`.
 
-:func:`open_frames` turns what the user typed (files, folders, globs, list files) into a
-:class:`FrameSet`: every frame of every file gets a global index, in natural order
-(``frame_2`` before ``frame_10``). Opening is lazy: each file's header is read once to
-learn its frame count, geometry and CFA pattern, and no pixel is decoded. Files are
-reopened on demand through a small LRU, so a folder of 5000 frames never holds 5000
-descriptors or memory maps.
+A :class:`FrameSet` is built by :func:`~skystack.io.resolve.open_frames`: every frame of
+every file gets a global index, in natural order. Opening is lazy: each file's header is
+read once to learn its frame count, geometry and CFA pattern, and no pixel is decoded.
+Files are reopened on demand through a small LRU, so a folder of 5000 frames never holds
+5000 descriptors or memory maps.
 
 A file that cannot be used (not an image, truncated, ...) still gets one global index: it
 shows up in :attr:`FrameSet.problems` and in the report, and reading it raises
@@ -20,110 +19,26 @@ from __future__ import annotations
 
 import bisect
 import functools
-import glob
 import hashlib
 import os
 import pickle
-import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .bayer import STRIP_MARGIN, debayer, normalize_pattern, pattern_shift
 from ..errors import BadFrameError, InputChangedError, NoFramesError, UsageError
 from ..options import ReadOptions
-from ..types import FrameInfo
+from ..types import FrameInfo, shape_text
 from .base import SourceBase
-from .fits import FITS_EXTENSIONS
-from .image import IMAGE_EXTENSIONS, PNG_MAGIC
-from .raw import RAW_EXTENSIONS
-from .ser import SER_EXTENSIONS
-from .tiff import TIFF_EXTENSIONS
-from .video import VIDEO_EXTENSIONS
-
-LIST_EXTENSIONS = (".txt", ".lst")
-
-_KIND_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "fits": FITS_EXTENSIONS,
-    "tiff": TIFF_EXTENSIONS,
-    "image": IMAGE_EXTENSIONS,
-    "raw": RAW_EXTENSIONS,
-    "ser": SER_EXTENSIONS,
-    "video": VIDEO_EXTENSIONS,
-}
-# Longest suffix first so that ".fits.gz" wins over ".gz".
-_SUFFIXES = sorted(
-    ((ext, kind) for kind, exts in _KIND_EXTENSIONS.items() for ext in exts),
-    key=lambda t: -len(t[0]),
-)
+from .bayer import STRIP_MARGIN, debayer, normalize_pattern, pattern_shift
+from .npycache import in_runs
+from .registry import open_source
 
 DEFAULT_MAX_OPEN = 8
-
-
-# -- kinds ------------------------------------------------------------------------------
-def kind_from_extension(path: str | os.PathLike[str]) -> str | None:
-    """The reader kind a file name implies (``"fits"``, ``"video"``, ...), or ``None``."""
-    name = os.fspath(path).lower()
-    for ext, kind in _SUFFIXES:
-        if name.endswith(ext):
-            return kind
-    return None
-
-
-def sniff_kind(path: str | os.PathLike[str]) -> str | None:
-    """The reader kind a file's first bytes imply, or ``None`` (unreadable or unknown)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if head.startswith(b"SIMPLE  ="):
-        return "fits"
-    if head.startswith(PNG_MAGIC) or head.startswith(b"\xff\xd8\xff") or head.startswith(b"BM"):
-        return "image"
-    if head.startswith(b"LUCAM-RECORDER"):
-        return "ser"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "video"
-    if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video"
-    return None
-
-
-def open_source(path: str, kind: str, hints: dict[str, Any] | None = None):
-    """Open one file with the reader for ``kind``; ``hints`` are reader keyword arguments
-    learnt when the file was first opened (they spare a video its counting pass)."""
-    hints = dict(hints or {})
-    if kind == "fits":
-        from .fits import FitsSource
-        return FitsSource(path)
-    if kind == "tiff":
-        from .tiff import TiffSource
-        return TiffSource(path)
-    if kind == "image":
-        from .image import ImageSource
-        return ImageSource(path)
-    if kind == "raw":
-        from .raw import RawSource
-        return RawSource(path, **hints)
-    if kind == "ser":
-        from .ser import SerSource
-        return SerSource(path, endianness=hints.get("endianness", "compat"))
-    if kind == "video":
-        from .video import VideoSource
-        return VideoSource(path, mono=hints.get("mono"), frame_count=hints.get("frame_count"),
-                           bits=hints.get("bits"))
-    if kind == "npy-cache":
-        from .cache import NpyCacheSource
-        return NpyCacheSource(path, **hints)
-    raise ValueError(f"unknown reader kind {kind!r}")
 
 
 # -- the resolved description of one file ---------------------------------------------
@@ -163,7 +78,6 @@ class FrameSetSpec:
     options: ReadOptions = field(default_factory=ReadOptions)
     inputs: tuple[str, ...] = ()
     raw_steps: tuple[Any, ...] = ()
-    cache_dir: str | None = None
     max_open: int = DEFAULT_MAX_OPEN
 
     @functools.cached_property
@@ -191,7 +105,8 @@ class RawStep(Protocol):
     def __call__(self, plane: np.ndarray, *, index: int, y0: int) -> np.ndarray: ...
 
 
-def _fingerprint(path: str) -> tuple[int, int] | None:
+def fingerprint(path: str) -> tuple[int, int] | None:
+    """``(size_bytes, mtime_ns)`` of a file now, or None when it cannot be stat'ed."""
     try:
         st = os.stat(path)
     except OSError:
@@ -251,11 +166,6 @@ class FrameSet(SourceBase):
     @classmethod
     def from_spec(cls, spec: FrameSetSpec) -> FrameSet:
         """Reopen the set described by ``spec`` (no header is read; files open on demand)."""
-        if spec.cache_dir is not None:
-            from .cache import CachedFrames
-            return CachedFrames(spec.entries, spec.options, inputs=spec.inputs,
-                                raw_steps=spec.raw_steps, max_open=spec.max_open,
-                                cache_dir=spec.cache_dir)
         return FrameSet(spec.entries, spec.options, inputs=spec.inputs,
                         raw_steps=spec.raw_steps, max_open=spec.max_open)
 
@@ -328,12 +238,16 @@ class FrameSet(SourceBase):
         return e, k
 
     def frame_sliceable(self, i: int) -> bool:
+        """Frame ``i`` reads by rows cheaply (memory-mapped, or decoded into the cache)."""
         e, k = self.locate(i)
+        if e.kind == "npy-cache":
+            return e.readable and in_runs(e.hints["cached"], k)
         return e.readable and e.sliceable
 
     def frame_sequential(self, i: int) -> bool:
+        """Frame ``i`` comes from a decoder that must read the file in order (a video)."""
         e, _ = self.locate(i)
-        return e.readable and e.sequential
+        return e.readable and e.sequential and not self.frame_sliceable(i)
 
     @property
     def problems(self) -> list[tuple[int, str, str]]:
@@ -412,7 +326,7 @@ class FrameSet(SourceBase):
 
         Compare with the value recorded in phase 1 to detect a file changed on disk.
         """
-        fp = _fingerprint(self.path(i))
+        fp = fingerprint(self.path(i))
         return fp if fp is not None else (-1, -1)
 
     def opened_fingerprint(self, i: int) -> tuple[int, int] | None:
@@ -423,7 +337,7 @@ class FrameSet(SourceBase):
         """Raise :class:`~skystack.errors.InputChangedError` if frame ``i``'s file changed
         (size or mtime) since the set was opened."""
         e, _ = self.locate(i)
-        now = _fingerprint(e.path)
+        now = fingerprint(e.path)
         if e.fingerprint is not None and now != e.fingerprint:
             raise InputChangedError(
                 f"{e.path}: changed on disk since it was opened "
@@ -485,7 +399,7 @@ class FrameSet(SourceBase):
         if raw.shape != want:
             raise BadFrameError(
                 e.path,
-                f"frame is {_fmt_shape(raw.shape)}, the file's header said {_fmt_shape(want)}",
+                f"frame is {shape_text(raw.shape)}, the file's header said {shape_text(want)}",
             )
 
     def _process(self, i: int, raw: np.ndarray, y0: int) -> np.ndarray:
@@ -507,7 +421,7 @@ class FrameSet(SourceBase):
                     # Facts in the entry (frame count, geometry) describe the file as it
                     # was opened; a file changed since then is not silently reread. (The
                     # decode cache keeps the opened version, so it needs no check.)
-                    now = _fingerprint(e.path)
+                    now = fingerprint(e.path)
                     if now != e.fingerprint:
                         raise InputChangedError(
                             f"{e.path}: changed on disk since it was opened "
@@ -567,207 +481,3 @@ def luminance(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         return np.asarray(frame, dtype=np.float32)
     return frame.mean(axis=2, dtype=np.float32)
-
-
-def _fmt_shape(shape: tuple[int, ...]) -> str:
-    if len(shape) >= 2:
-        s = f"{shape[1]}x{shape[0]}"
-        return s + (f"x{shape[2]}" if len(shape) == 3 else "")
-    return str(shape)
-
-
-# -- resolving inputs -------------------------------------------------------------------
-_NATURAL = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key putting ``frame_2`` before ``frame_10`` (digits compare as numbers)."""
-    parts = _NATURAL.split(name)
-    return tuple((int(p) if k % 2 else p.casefold()) for k, p in enumerate(parts)) + (name,)
-
-
-def _natural_sorted(paths: Iterable[str]) -> list[str]:
-    return sorted(paths, key=lambda p: natural_key(os.path.basename(p)) + (p,))
-
-
-def _has_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-@dataclass
-class _Candidate:
-    path: str
-    explicit: bool  # named by the user (or a list file) rather than found in a folder
-    kind: str | None = None
-    error: str | None = None
-
-
-def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str],
-             depth: int = 0, base: str | None = None) -> list[_Candidate]:
-    out: list[_Candidate] = []
-    for raw in inputs:
-        s = os.path.expanduser(os.fspath(raw))
-        if base is not None and not os.path.isabs(s):
-            s = os.path.join(base, s)
-        searched.append(s)
-        if os.path.isdir(s):
-            names = [os.path.join(s, n) for n in os.listdir(s) if not n.startswith(".")]
-            out += [_Candidate(p, False) for p in _natural_sorted(names) if os.path.isfile(p)]
-        elif os.path.isfile(s):
-            if s.lower().endswith(LIST_EXTENSIONS):
-                if depth >= 4:
-                    out.append(_Candidate(s, True, error="list files nested too deeply"))
-                    continue
-                out += _resolve(_read_list(s), searched, depth + 1, os.path.dirname(os.path.abspath(s)))
-            else:
-                out.append(_Candidate(s, True))
-        elif _has_glob(s):
-            for m in _natural_sorted(glob.glob(s)):
-                if os.path.isdir(m):
-                    out += _resolve([m], [], depth + 1)
-                elif os.path.isfile(m):
-                    out.append(_Candidate(m, False))
-        else:
-            out.append(_Candidate(s, True, error="file does not exist"))
-    return out
-
-
-def _read_list(path: str) -> list[str]:
-    # One path per line; a line starting with '#' is a comment, and so is the rest of a
-    # line after ' #' (a '#' inside a file name, 'frame#1.fits', is kept).
-    lines = []
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            line = re.split(r"\s#", line, maxsplit=1)[0].strip()
-            if line:
-                lines.append(line)
-    return lines
-
-
-def _entry_for(c: _Candidate, hints: dict[str, Any]) -> tuple[SourceEntry, Any]:
-    """Open one candidate; returns its entry and the open source (or None)."""
-    fp = _fingerprint(c.path)
-    if c.error is not None:
-        return SourceEntry(path=c.path, kind=None, error=c.error, fingerprint=fp), None
-    try:
-        src = open_source(c.path, c.kind, hints.get(c.kind))  # type: ignore[arg-type]
-    except BadFrameError as e:
-        return SourceEntry(path=c.path, kind=None, error=e.reason, fingerprint=fp), None
-    except Exception as e:  # a reader bug or an exotic file must not stop the listing
-        return SourceEntry(path=c.path, kind=None, fingerprint=fp,
-                           error=f"cannot open ({type(e).__name__}: {e})"), None
-    n = len(src)
-    meta = src.meta(0) if n == 1 else _file_meta(src)
-    # Header cards stay in the file (meta(i) rereads them): a spec shipped with every
-    # task should not carry a thousand FITS headers.
-    meta.pop("header", None)
-    entry_hints = dict(hints.get(c.kind) or {})
-    if c.kind == "video":
-        entry_hints.update(frame_count=n, mono=src.is_mono, bits=src.bits)
-    elif c.kind == "raw":  # reopening then needs no LibRaw unpack before the read
-        entry_hints.update(shape=tuple(src.shape), bayer=src.bayer, meta=dict(meta))
-    entry = SourceEntry(
-        path=c.path, kind=c.kind, n_frames=n, shape=tuple(src.shape), dtype=np.dtype(src.dtype).name,
-        bayer=src.bayer, sliceable=bool(src.sliceable), sequential=bool(src.sequential),
-        meta=meta, fingerprint=fp, hints=entry_hints, warnings=tuple(getattr(src, "problems", ())),
-    )
-    return entry, src
-
-
-def _file_meta(src) -> dict[str, Any]:
-    # File-level metadata of a multi-frame source: frame 0's, without per-frame keys.
-    m = dict(src.meta(0))
-    for key in ("timestamp", "timestamp_s", "time_s", "page"):
-        m.pop(key, None)
-    return m
-
-
-def open_frames(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    *,
-    options: ReadOptions = ReadOptions(),
-    ser_endianness: str = "compat",
-    max_open: int = DEFAULT_MAX_OPEN,
-) -> FrameSet:
-    """Find and open the input frames.
-
-    Parameters
-    ----------
-    inputs : path, or sequence of paths
-        Files, folders (their files with a known image/video extension, not recursive;
-        hidden files skipped), glob patterns, or ``.txt``/``.lst`` files listing one path
-        per line (``#`` starts a comment; relative paths are relative to the list file).
-        Files within a folder or glob are in natural order; the order of the inputs is
-        kept; a file named twice is used once.
-    options : ReadOptions
-        Demosaicing choices.
-    ser_endianness : {"compat", "spec", "little", "big"}
-        How to read the SER ``LittleEndian`` flag (see :mod:`skystack.io.ser`).
-    max_open : int
-        Most files kept open at once.
-
-    Returns
-    -------
-    FrameSet
-
-    Raises
-    ------
-    NoFramesError
-        Nothing found, or nothing readable among what was found; the message names what
-        was searched and why the files were refused.
-    UsageError
-        An invalid ``options.bayer_override``.
-    """
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = list(inputs)
-    if not inputs:
-        raise NoFramesError("no input given")
-    searched: list[str] = []
-    candidates = _resolve(inputs, searched)
-
-    seen: set[str] = set()
-    chosen: list[_Candidate] = []
-    for c in candidates:
-        key = os.path.normcase(os.path.realpath(c.path))
-        if key in seen:
-            continue
-        if c.error is None:
-            c.kind = kind_from_extension(c.path) or sniff_kind(c.path)
-            if c.kind is None:
-                if not c.explicit:
-                    continue  # an unrelated file in a folder: ignored silently
-                ext = Path(c.path).suffix or "(none)"
-                c.error = f"not an image or video file skystack can read (extension {ext})"
-        seen.add(key)
-        chosen.append(c)
-
-    if not chosen:
-        raise NoFramesError(
-            "no image or video files found in " + ", ".join(repr(s) for s in searched)
-        )
-
-    hints = {"ser": {"endianness": ser_endianness}}
-    entries: list[SourceEntry] = []
-    open_sources: OrderedDict[str, Any] = OrderedDict()
-    for c in chosen:
-        entry, src = _entry_for(c, hints)
-        entries.append(entry)
-        if src is not None:
-            open_sources[c.path] = src
-            while len(open_sources) > max_open:  # keep the most recent few open
-                _, old = open_sources.popitem(last=False)
-                old.close()
-
-    if not any(e.readable for e in entries):
-        reasons = "; ".join(f"{e.path}: {e.error}" for e in entries[:5])
-        more = f" (and {len(entries) - 5} more)" if len(entries) > 5 else ""
-        for s in open_sources.values():
-            s.close()
-        raise NoFramesError(f"no readable frame among {len(entries)} files: {reasons}{more}")
-
-    return FrameSet(entries, options, inputs=[os.fspath(i) for i in inputs],
-                    max_open=max_open, _open_sources=open_sources)

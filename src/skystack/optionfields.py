@@ -1,0 +1,214 @@
+"""The machinery of option fields (used by :mod:`skystack.options`, which defines the
+options themselves): command-line metadata (:func:`flag`, :func:`api_only`), choice
+lists read from ``Literal`` annotations, value checks and parsers shared by many options,
+and the one ``--keep`` rule parser of both pipelines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from .errors import UsageError
+from .runtime.memory import parse_size
+
+
+# -- command-line metadata ------------------------------------------------------------
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line and as an API keyword.
+
+    ``name`` is the API keyword and argparse ``dest`` when it differs from the field name
+    (``--register`` sets :attr:`RegisterOptions.method`). ``parse`` turns what the user
+    gave (CLI text or an API value) into the field's value. ``pair`` names a second field
+    that the same flag sets (``--kappa LOW HIGH``). ``action`` is an argparse action for
+    switches; ``const`` goes with ``store_const``.
+    """
+
+    flags: tuple[str, ...]
+    help: str
+    name: str | None = None
+    metavar: str | tuple[str, ...] | None = None
+    nargs: int | str | None = None
+    parse: Callable[[Any], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    pair: str | None = None
+    action: str | None = None
+    const: Any = None
+    hidden: bool = False
+
+
+def flag(*flags: str, help: str = "", **kw: Any) -> dict[str, Flag]:
+    """Field metadata: ``field(default=..., metadata=flag("--method", help="..."))``."""
+    return {"cli": Flag(tuple(flags), help, **kw)}
+
+
+def api_only(help: str, **kw: Any) -> dict[str, Flag]:
+    """Field metadata for an option the API takes by keyword but the CLI has no flag for."""
+    return {"cli": Flag((), help, **kw)}
+
+
+def cli_flag(f: dataclasses.Field) -> Flag | None:
+    return f.metadata.get("cli")
+
+
+def public_name(f: dataclasses.Field) -> str:
+    """The API keyword (and argparse dest) of a field."""
+    fl = cli_flag(f)
+    return fl.name if fl is not None and fl.name else f.name
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...] | None:
+    """The allowed values of field ``name`` of ``cls`` (from its flag or its Literal)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    fl = cli_flag(f)
+    if fl is not None and fl.choices is not None:
+        return fl.choices
+    hint = typing.get_type_hints(cls)[name]
+    lits = [a for a in (typing.get_args(hint) or (hint,)) if typing.get_origin(a) is Literal]
+    if typing.get_origin(hint) is Literal:
+        lits = [hint]
+    if not lits:
+        return None
+    return tuple(v for lit in lits for v in typing.get_args(lit))
+
+
+def default_of(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def flag_text(f: dataclasses.Field) -> str:
+    fl = cli_flag(f)
+    return fl.flags[0] if fl is not None and fl.flags else f.name
+
+
+class Checked:
+    """Checks every field whose values are a closed list (choices) on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            allowed = choices(type(self), f.name)
+            value = getattr(self, f.name)
+            if allowed is not None and value is not None and value not in allowed:
+                raise UsageError(f"{flag_text(f)} {value!r}: expected one of {', '.join(map(str, allowed))}")
+        self.check()
+
+    def check(self) -> None:
+        """Range checks beyond the choice lists (subclasses)."""
+
+
+def positive_int(value: Any, what: str, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{what} {value!r}: expected a whole number of at least 1")
+
+
+def finite(value: Any, what: str, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {value!r}: expected a number") from None
+    if not math.isfinite(v):
+        raise UsageError(f"{what} {value!r}: expected a finite number")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise UsageError(f"{what} {value!r}: must be {'>' if lo_open else '>='} {lo:g}")
+    if hi is not None and v > hi:
+        raise UsageError(f"{what} {value!r}: must be <= {hi:g}")
+
+
+def parse_memory(value: Any) -> int | None:
+    return parse_size(value)
+
+
+def parse_floats(value: Any) -> tuple[float, ...]:
+    """``"1.8,1.4,1.0"`` (CLI) or a sequence (API) → a tuple of floats."""
+    if isinstance(value, str):
+        try:
+            vals = tuple(float(v) for v in value.replace(" ", "").split(",") if v != "")
+        except ValueError:
+            raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
+    else:
+        vals = tuple(float(v) for v in value)
+    if not vals:
+        raise UsageError(f"expected comma-separated numbers, got {value!r}")
+    return vals
+
+
+def parse_white_balance(value: Any) -> str | tuple[float, float, float]:
+    """"none", "auto", "camera" or three factors "R,G,B" (or a 3-sequence)."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "auto", "camera"):
+        return value.strip().lower()
+    try:
+        vals = parse_floats(value)
+    except (UsageError, TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise UsageError(f"--white-balance {value!r}: expected none, auto, camera or three positive "
+                         "factors R,G,B (e.g. 1.9,1,1.4)")
+    return (vals[0], vals[1], vals[2])
+
+
+def paths(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    return tuple(os.fspath(v) for v in value)
+
+
+# -- the keep rule (both pipelines) ---------------------------------------------------
+_KEEP = re.compile(r"^\s*(?:best:)?\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """A parsed ``--keep``: a percentage of the usable frames or a count of them."""
+
+    value: float
+    percent: bool
+    text: str
+
+    def count(self, n: int) -> int:
+        """How many of ``n`` usable frames the rule keeps (at least one when ``n > 0``)."""
+        if self.percent:
+            # the epsilon keeps 10% of 30 at 3 where 30 * 10 / 100 rounds to 3.0000000000000004
+            return max(1 if n else 0, min(n, math.ceil(n * self.value / 100.0 - 1e-9)))
+        return min(n, int(self.value))
+
+    @property
+    def requested(self) -> int | None:
+        """The count asked for (to tell the user a clip was shorter), None for a percentage."""
+        return None if self.percent else int(self.value)
+
+
+def parse_keep(text: str | None) -> KeepRule | None:
+    """``"80%"``, ``"best:80%"``, ``"200"``, ``"best:200"`` → a :class:`KeepRule`; ``None``
+    keeps every frame.
+
+    Raises
+    ------
+    UsageError
+        Not a rule, a percentage outside (0, 100], or a count below 1 or not whole.
+    """
+    if text is None:
+        return None
+    m = _KEEP.match(str(text))
+    if not m:
+        raise UsageError(f"--keep {text!r}: expected a percentage (80%), a count (200) or best:N / best:N%")
+    value, percent = float(m.group(1)), bool(m.group(2))
+    if percent and not 0 < value <= 100:
+        raise UsageError(f"--keep {text!r}: a percentage must be in (0, 100]")
+    if not percent and (value < 1 or value != int(value)):
+        raise UsageError(f"--keep {text!r}: a count must be a whole number of at least 1")
+    return KeepRule(value, percent, str(text))
