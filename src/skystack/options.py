@@ -147,8 +147,10 @@ class StackOptions(Checked):
         "--memory-limit", metavar="SIZE", parse=parse_memory,
         help="working memory beyond the interpreter, e.g. 256M or 2G (default: half the available RAM, "
              "at most 8 GiB)"))
-    band_rows: int | None = field(default=None, metadata=flag(
-        "--band-rows", parse=int, hidden=True, help="force the band height (tests)"))
+    tile_rows: int | None = field(default=None, metadata=flag(
+        "--tile-rows", parse=int, hidden=True, help="force the tile height, rows (tests)"))
+    strip_cols: int | None = field(default=None, metadata=flag(
+        "--strip-cols", parse=int, hidden=True, help="cut the columns into strips of about this width (tests)"))
 
     def check(self) -> None:
         for v, what in ((self.kappa_low, "--kappa LOW"), (self.kappa_high, "--kappa HIGH")):
@@ -156,7 +158,8 @@ class StackOptions(Checked):
         positive_int(self.max_iter, "max_iter", allow_none=False)
         if self.memory_limit is not None and (isinstance(self.memory_limit, bool) or self.memory_limit < 1):
             raise UsageError(f"--memory-limit {self.memory_limit!r}: expected a positive size such as 256M")
-        positive_int(self.band_rows, "--band-rows")
+        positive_int(self.tile_rows, "--tile-rows")
+        positive_int(self.strip_cols, "--strip-cols")
 
     @property
     def reject(self) -> str:

@@ -209,6 +209,22 @@ def test_read_rows_equals_read_for_every_format(tmp_path, rng):
         with_src.close()
 
 
+@pytest.mark.parametrize("method", ["bilinear", "ea", "vng"])
+def test_read_block_equals_read_for_every_format(tmp_path, rng, method):
+    d = _every_format(tmp_path, rng)
+    fs = open_frames(d, options=ReadOptions(debayer_method=method))
+    for i in range(len(fs)):
+        full = fs.read(i)
+        h, w = full.shape[:2]
+        for y0, y1, x0, x1 in ((0, h, 0, w), (0, 1, 0, 1), (1, 4, 3, 9), (3, 10, 7, w), (h - 5, h + 2, -3, 5),
+                               (7, 8, w - 1, w + 4), (2, 2, 0, w)):
+            part = fs.read_block(i, y0, y1, x0, x1)
+            assert part.dtype == np.float32
+            assert np.array_equal(part, full[max(0, y0):y1, max(0, x0):x1]), (fs.name(i), y0, y1, x0, x1)
+    steps = fs.with_raw_steps(AddOffset(7.0))  # raw steps see whole rows: the block is cut after
+    assert np.array_equal(steps.read_block(1, 3, 12, 5, 11), steps.read(1)[3:12, 5:11])
+
+
 def test_pickle_and_from_spec(tmp_path, rng):
     d = _every_format(tmp_path, rng)
     fs = open_frames(d, options=ReadOptions(debayer_method="bilinear"))

@@ -54,6 +54,11 @@ class FrameSource(Protocol):
         where the format allows it."""
         ...
 
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of frame ``i`` (native dtype): only that block
+        where the file is memory-mapped (phase 2's tiles read their blocks this way)."""
+        ...
+
     def name(self, i: int) -> str:
         """A human name for frame ``i``: the path, plus ``#k`` inside a multi-frame file."""
         ...
@@ -68,8 +73,8 @@ class FrameSource(Protocol):
 
 class SourceBase:
     """Plumbing every reader shares: a context manager that closes, closing when
-    collected, the frame-index check, and ``read_rows`` by decoding the whole frame (what
-    compressed formats must do; memory-mapped readers override it)."""
+    collected, the frame-index check, and ``read_rows``/``read_block`` by decoding the whole frame
+    (what compressed formats must do; memory-mapped readers override them)."""
 
     path: str
 
@@ -81,6 +86,9 @@ class SourceBase:
 
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
         return self.read(i)[max(0, y0):max(0, y1)].copy()
+
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.ascontiguousarray(self.read_rows(i, y0, y1)[:, max(0, x0):max(0, x1)])
 
     def close(self) -> None:
         """Release file handles and maps (nothing to release by default)."""

@@ -236,20 +236,24 @@ class FitsSource(SourceBase):
         return self.read_rows(i, 0, self._h)
 
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        return self.read_block(i, y0, y1, 0, self._w)
+
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         self._check(i)
         y0, y1 = max(0, int(y0)), min(self._h, int(y1))
-        if y1 <= y0:
-            return np.empty((0,) + self.shape[1:], dtype=self._dtype)
+        x0, x1 = max(0, int(x0)), min(self._w, int(x1))
+        if y1 <= y0 or x1 <= x0:
+            return np.empty((max(0, y1 - y0), max(0, x1 - x0)) + self.shape[2:], dtype=self._dtype)
         if self._compressed:
-            return self._read_compressed(i, y0, y1)
+            return self._read_compressed(i, y0, y1, x0, x1)
         raw = self._raw_array()
         try:
             if self._rgb:
-                block = np.moveaxis(raw[:, y0:y1, :], 0, -1)
+                block = np.moveaxis(raw[:, y0:y1, x0:x1], 0, -1)
             elif self._naxes == 3:
-                block = raw[i, y0:y1, :]
+                block = raw[i, y0:y1, x0:x1]
             else:
-                block = raw[y0:y1, :]
+                block = raw[y0:y1, x0:x1]
             out = self._scale(block)
             release(raw)
             return out
@@ -299,7 +303,7 @@ class FitsSource(SourceBase):
             out = out * dt.type(self._bscale) + dt.type(self._bzero)
         return out.astype(dt, copy=False)
 
-    def _read_compressed(self, i: int, y0: int, y1: int) -> np.ndarray:
+    def _read_compressed(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         # Tile-compressed images cannot be memory-mapped; astropy's ``section`` decodes
         # only the tiles that hold the requested rows and applies the scaling itself.
         from astropy.io import fits
@@ -313,11 +317,11 @@ class FitsSource(SourceBase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self._rgb:
-                    block = np.moveaxis(np.asarray(hdu.section[:, y0:y1, :]), 0, -1)
+                    block = np.moveaxis(np.asarray(hdu.section[:, y0:y1, x0:x1]), 0, -1)
                 elif self._naxes == 3:
-                    block = np.asarray(hdu.section[i, y0:y1, :])
+                    block = np.asarray(hdu.section[i, y0:y1, x0:x1])
                 else:
-                    block = np.asarray(hdu.section[y0:y1, :])
+                    block = np.asarray(hdu.section[y0:y1, x0:x1])
         except BadFrameError:
             raise
         except Exception as e:

@@ -12,8 +12,9 @@ shows up in :attr:`FrameSet.problems` and in the report, and reading it raises
 
 The processing of a frame happens in one place, :meth:`FrameSet._process`: raw plane →
 raw steps (calibration, added with :meth:`FrameSet.with_raw_steps`) → demosaic →
-float32. ``read_rows`` runs the same chain on a strip with a margin, so
-``read_rows(i, y0, y1) == read(i)[y0:y1]`` exactly.
+float32. ``read_rows`` and ``read_block`` run the same chain on a strip or block with a
+margin, so ``read_rows(i, y0, y1) == read(i)[y0:y1]`` and ``read_block(i, y0, y1, x0, x1)
+== read(i)[y0:y1, x0:x1]`` exactly.
 """
 from __future__ import annotations
 
@@ -356,6 +357,12 @@ class FrameSet(SourceBase):
         e, k = self._check_readable(i)
         return self._use(e, lambda src: src.read_rows(k, y0, y1))
 
+    def read_raw_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of :meth:`read_raw` (only that block where the
+        file is memory-mapped)."""
+        e, k = self._check_readable(i)
+        return self._use(e, lambda src: src.read_block(k, y0, y1, x0, x1))
+
     def read(self, i: int) -> np.ndarray:
         """Frame ``i`` processed: float32 ``(H, W)`` mono or ``(H, W, 3)`` RGB, CFA
         frames demosaiced (``ReadOptions.debayer == "auto"``). NaN/inf stay in place."""
@@ -386,6 +393,35 @@ class FrameSet(SourceBase):
         out = self._process(i, raw, ya)
         return np.ascontiguousarray(out[y0 - ya:y1 - ya])
 
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of :meth:`read`, reading only a block around
+        them where the file allows it. Equal to ``read(i)[y0:y1, x0:x1]`` exactly."""
+        e, _ = self._check_readable(i)
+        h, w = e.shape[:2]
+        y0, y1 = max(0, int(y0)), min(h, int(y1))
+        x0, x1 = max(0, int(x0)), min(w, int(x1))
+        if y1 <= y0 or x1 <= x0:
+            return np.empty((max(0, y1 - y0), max(0, x1 - x0)) + self._processed_shape(e)[2:], dtype=np.float32)
+        if self._raw_steps:  # calibration steps work on whole rows of the raw plane
+            return np.ascontiguousarray(self.read_rows(i, y0, y1)[:, x0:x1])
+        if self.pattern(i) is None:
+            raw = self.read_raw_block(i, y0, y1, x0, x1)
+            self._check_block(e, raw, y1 - y0, x1 - x0)
+            return self._process(i, raw, y0)
+        # demosaicing looks at neighbours: an even-aligned block with a margin, cropped
+        ya, xa = max(0, y0 - STRIP_MARGIN), max(0, x0 - STRIP_MARGIN)
+        ya, xa = ya - ya % 2, xa - xa % 2
+        yb, xb = min(h, y1 + STRIP_MARGIN), min(w, x1 + STRIP_MARGIN)
+        raw = self.read_raw_block(i, ya, yb, xa, xb)
+        self._check_block(e, raw, yb - ya, xb - xa)
+        out = self._process(i, raw, ya, xa)
+        return np.ascontiguousarray(out[y0 - ya:y1 - ya, x0 - xa:x1 - xa])
+
+    def _check_block(self, e: SourceEntry, raw: np.ndarray, rows: int, cols: int) -> None:
+        want = (rows, cols) + tuple(e.shape[2:])
+        if raw.shape != want:
+            raise BadFrameError(e.path, f"block is {shape_text(raw.shape)}, the file's header said {shape_text(want)}")
+
     def luminance(self, i: int) -> np.ndarray:
         """float32 ``(H, W)``: :func:`luminance` of :meth:`read`."""
         return luminance(self.read(i))
@@ -402,14 +438,15 @@ class FrameSet(SourceBase):
                 f"frame is {shape_text(raw.shape)}, the file's header said {shape_text(want)}",
             )
 
-    def _process(self, i: int, raw: np.ndarray, y0: int) -> np.ndarray:
-        """The one place where a raw plane becomes a processed frame."""
+    def _process(self, i: int, raw: np.ndarray, y0: int, x0: int = 0) -> np.ndarray:
+        """The one place where a raw plane becomes a processed frame (``raw`` starts at row
+        ``y0``, column ``x0``; raw steps are only ever given whole rows, ``x0 == 0``)."""
         plane = raw
         for step in self._raw_steps:
             plane = step(plane, index=i, y0=y0)
         pattern = self.pattern(i)
         if pattern is not None and self._options.debayer == "auto" and plane.ndim == 2:
-            return debayer(plane, pattern_shift(pattern, 0, y0), self._options.debayer_method)
+            return debayer(plane, pattern_shift(pattern, x0, y0), self._options.debayer_method)
         return np.asarray(plane, dtype=np.float32)
 
     # -- the open-file LRU --------------------------------------------------------------

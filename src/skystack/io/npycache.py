@@ -104,9 +104,13 @@ class NpyCacheSource:
         return self.read_rows(i, 0, self._shape[0])
 
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        return self.read_block(i, y0, y1, 0, self._shape[1])
+
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if not 0 <= i < self._n:
             raise IndexError(f"frame {i} out of range for {self.path} ({self._n} frames)")
         y0, y1 = max(0, int(y0)), min(self._shape[0], int(y1))
+        x0, x1 = max(0, int(x0)), min(self._shape[1], int(x1))
         if in_runs(self._cached, i):
             f = cache_file(self._dir, self._key, i)
             try:
@@ -114,14 +118,14 @@ class NpyCacheSource:
                 arr = np.load(f, mmap_mode="r")
                 if arr.shape != self._shape or arr.dtype != self._dtype:
                     raise ValueError(f"cached array is {arr.shape} {arr.dtype}")
-                return np.array(arr[y0:y1])
+                return np.array(arr[y0:y1, x0:x1])
             except (OSError, ValueError) as e:
                 raise BadFrameError(self.path, f"decode cache {f} is unreadable ({e}); "
                                                "delete the cache folder and rerun") from e
         with self._orig_lock:
             if self._orig is None:
                 self._orig = self._reopen()
-            return self._orig.read_rows(i, y0, y1)
+            return self._orig.read_block(i, y0, y1, x0, x1)
 
     def close(self) -> None:
         with self._orig_lock:

@@ -229,10 +229,14 @@ class SerSource(SourceBase):
         return self.read_rows(i, 0, self._h)
 
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        return self.read_block(i, y0, y1, 0, self._w)
+
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         self._check(i)
         y0, y1 = max(0, int(y0)), min(self._h, int(y1))
+        x0, x1 = max(0, int(x0)), min(self._w, int(x1))
         frames = self._frames()
-        out = np.array(frames[i, y0:y1], dtype=self.dtype)  # a copy in native order, never the map
+        out = np.array(frames[i, y0:y1, x0:x1], dtype=self.dtype)  # a copy in native order, never the map
         release(frames)
         if self.color_id == BGR:
             out = np.ascontiguousarray(out[..., ::-1])

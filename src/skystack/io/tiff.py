@@ -122,6 +122,9 @@ class TiffSource(SourceBase):
         return self.read_rows(i, 0, self._shape[0])
 
     def read_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        return self.read_block(i, y0, y1, 0, self._shape[1])
+
+    def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         self._check(i)
         page = self._pages[i]
         try:
@@ -134,13 +137,10 @@ class TiffSource(SourceBase):
                 f"page {i} is {shape} {page.dtype}, page 0 is {self._shape} {self._dtype}",
             )
         y0, y1 = max(0, int(y0)), min(shape[0], int(y1))
+        x0, x1 = max(0, int(x0)), min(shape[1], int(x1))
         try:
-            if self._mappable(page):
-                data = self._map(i, page)
-                block = data[:, y0:y1, :] if axes == "SYX" else data[y0:y1]
-            else:
-                data = page.asarray()
-                block = data[:, y0:y1, :] if axes == "SYX" else data[y0:y1]
+            data = self._map(i, page) if self._mappable(page) else page.asarray()
+            block = data[:, y0:y1, x0:x1] if axes == "SYX" else data[y0:y1, x0:x1]
         except Exception as e:
             raise BadFrameError(self.path, f"cannot decode TIFF page {i} ({e})") from e
         if axes == "SYX":

@@ -26,10 +26,10 @@ def lights(tmp_path_factory):
 
 def test_local_cluster_gives_the_local_result(lights, tmp_path):
     distributed = pytest.importorskip("distributed")
-    local = skystack.stack(lights, tmp_path / "local.fits", method="sigma", band_rows=32)
+    local = skystack.stack(lights, tmp_path / "local.fits", method="sigma", tile_rows=32)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster:
-        remote = skystack.stack(lights, tmp_path / "remote.fits", method="sigma", band_rows=32,
+        remote = skystack.stack(lights, tmp_path / "remote.fits", method="sigma", tile_rows=32,
                                 scheduler=cluster.scheduler_address)
     assert [r.fate for r in remote.results] == [r.fate for r in local.results]
     for a, b in zip(local.results, remote.results):

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.pipeline.deepsky.resume import Journal, npy_data_offset, read_rows, write_rows
+from skystack.pipeline.deepsky.phase2 import _reuse_done
+from skystack.pipeline.deepsky.resume import Journal, npy_data_offset, read_rows, write_block, write_rows
+from skystack.stack.plan import TilePlan
 from skystack.types import Fate, FrameResult, Transform
 
 
@@ -13,14 +15,17 @@ def test_journal_roundtrip_and_torn_lines(tmp_path):
                     transform=Transform.from_params(dx=1.5, angle_deg=0.3), residual_px=0.01,
                     metrics={"fwhm_px": 2.5, "bad": float("nan")})
     j.record_frame(r)
-    j.record_band(2, np.array([[1, 2], [3, 4]]))
+    j.record_tile((0, 8, 16, 32), np.array([[1, 2], [3, 4]]))
+    j.save_plan({"engine": "tiles", "tiles": {"tile_rows": 8}})
     with open(j.dir / "phase1.jsonl", "a") as f:
         f.write('{"index": 9, "pa')  # a kill in the middle of a line
     done = j.phase1_done()
     assert list(done) == [3]
     assert np.allclose(done[3].transform.matrix, r.transform.matrix)
     assert np.isnan(done[3].metrics["bad"])
-    assert j.bands_done()[2].tolist() == [[1, 2], [3, 4]]
+    (rect, counts), = j.tiles_done()
+    assert rect == (0, 8, 16, 32) and counts.tolist() == [[1, 2], [3, 4]]
+    assert j.load_plan()["tiles"]["tile_rows"] == 8
     # resuming with the same manifest keeps it; a different one is refused
     assert Journal(tmp_path / "out.fits").start({"a": 1, "inputs": [["x", [1, 2]]]}, resume=True) is True
     with pytest.raises(UsageError, match="different a"):
@@ -33,7 +38,8 @@ def test_journal_roundtrip_and_torn_lines(tmp_path):
 def test_rows_written_with_pwrite(tmp_path):
     j = Journal(tmp_path / "o.fits")
     j.start({}, resume=False)
-    p = j.accumulator("image", (10, 4, 3), "float32", fresh=True)
+    p, new = j.accumulator("image", (10, 4, 3), "float32", fresh=True)
+    assert new
     off = npy_data_offset(p)
     data = np.arange(3 * 4 * 3, dtype=np.float32).reshape(3, 4, 3)
     write_rows(p, off, 4 * 3 * 4, 5, data)
@@ -41,8 +47,11 @@ def test_rows_written_with_pwrite(tmp_path):
     assert np.array_equal(full[5:8], data) and not full[:5].any() and not full[8:].any()
     assert np.array_equal(read_rows(p, off, (10, 4, 3), "float32", 5, 8), data)
     # resuming keeps the existing accumulator contents
-    p2 = j.accumulator("image", (10, 4, 3), "float32", fresh=False)
-    assert np.array_equal(np.load(p2)[5:8], data)
+    p2, new = j.accumulator("image", (10, 4, 3), "float32", fresh=False)
+    assert not new and np.array_equal(np.load(p2)[5:8], data)
+    with open(p, "r+b") as f:  # cut short by a kill while it was created: made again
+        f.truncate(100)
+    assert j.accumulator("image", (10, 4, 3), "float32", fresh=False)[1]
 
 
 def test_disk_full_while_writing_bands_is_an_output_error(tmp_path, monkeypatch):
@@ -53,7 +62,7 @@ def test_disk_full_while_writing_bands_is_an_output_error(tmp_path, monkeypatch)
 
     j = Journal(tmp_path / "o.fits")
     j.start({}, resume=False)
-    p = j.accumulator("image", (10, 4), "float32", fresh=True)
+    p, _ = j.accumulator("image", (10, 4), "float32", fresh=True)
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -61,3 +70,41 @@ def test_disk_full_while_writing_bands_is_an_output_error(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(OutputError, match="disk full.*--resume"):
         write_rows(p, npy_data_offset(p), 16, 0, np.ones((2, 4), np.float32))
+
+
+def test_tiles_written_into_their_rectangle(tmp_path):
+    j = Journal(tmp_path / "o.fits")
+    j.start({}, resume=False)
+    p, _ = j.accumulator("image", (10, 6, 3), "float32", fresh=True)
+    data = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3) + 1
+    write_block(p, npy_data_offset(p), (10, 6, 3), 4, 3, 4, data)
+    full = np.load(p)
+    assert np.array_equal(full[3:7, 4:6], data)
+    full[3:7, 4:6] = 0
+    assert not full.any()
+
+
+def _plan(rows):
+    return TilePlan(height=40, width=30, channels=1, n_frames=3, tile_rows=rows, strips=(0, 15, 30))
+
+
+def test_done_tiles_are_reused_when_the_new_plan_nests_in_them():
+    done = [((0, 16, 0, 15), np.full((3, 2), 1)), ((0, 16, 15, 30), np.full((3, 2), 10)),
+            ((16, 32, 15, 30), np.full((3, 2), 100))]
+    same = _plan(16).tiles
+    skip: set[int] = set()
+    taken = _reuse_done(done, same, skip, 3)
+    assert sorted(skip) == [0, 1, 3] and taken[0, 0] == 111
+    finer = _plan(8).tiles  # a smaller budget on resume: each recorded tile is two of these
+    skip = set()
+    taken = _reuse_done(done, finer, skip, 3)
+    assert {finer[t] for t in skip} == {(0, 8, 0, 15), (8, 16, 0, 15), (0, 8, 15, 30), (8, 16, 15, 30),
+                                        (16, 24, 15, 30), (24, 32, 15, 30)}
+    assert taken[0, 0] == 111
+    coarser = _plan(32).tiles  # a recorded tile cut across by the new plan is recomputed, not counted
+    skip = set()
+    taken = _reuse_done(done, coarser, skip, 3)
+    assert skip == set() and not taken.any()
+    skip = set()  # a rectangle recorded twice (two resumed runs) counts once
+    taken = _reuse_done(done + [done[0]], same, skip, 3)
+    assert taken[0, 0] == 111

@@ -1,4 +1,11 @@
-"""--resume after a kill (SIGKILL) at any point gives the output of an uninterrupted run."""
+"""Fault injection: kill -9 and Ctrl-C (SIGINT) at random points of phase 1, phase 2 (tiles)
+and the streaming mean, with the memory limit, the worker count and so the plan changing
+between the runs; ``--resume`` must give the output of an uninterrupted run to the bit.
+
+Each case is a seeded random point (how many journal records, or a delay after the first
+mean checkpoint) at which a real subprocess is signalled; the invariant is checked
+whatever the point turns out to be.
+"""
 from __future__ import annotations
 
 import json
@@ -14,10 +21,14 @@ from astropy.io import fits
 
 from skystack.testing.synthetic import make_deepsky
 
+N_FRAMES = 12
+STRIPS = ["--strip-cols", "96"]  # 3 strips of 100 columns: 2-D tiles on small frames
+
 
 @pytest.fixture(scope="module")
 def lights(tmp_path_factory):
-    s = make_deepsky(n_frames=10, shape=(320, 400), seed=21, max_shift=10.0, max_rot_deg=1.0, trail_frame=3)
+    s = make_deepsky(n_frames=N_FRAMES, shape=(200, 300), seed=21, max_shift=10.0, max_rot_deg=1.5, trail_frame=3,
+                     star_density=2e-3)
     folder = tmp_path_factory.mktemp("lights")
     s.write_fits(folder)
     return folder
@@ -29,59 +40,119 @@ def _env():
     return env
 
 
-def _cmd(lights, out, *extra):
-    return [sys.executable, "-m", "skystack.cli", "stack", str(lights), "-o", str(out), "--method", "sigma",
-            "--band-rows", "8", "--workers", "1", "-q", *extra]
+def _cmd(lights, out, method, limit, workers, *extra):
+    return [sys.executable, "-m", "skystack.cli", "stack", str(lights), "-o", str(out), "--method", method,
+            "--memory-limit", limit, "--workers", str(workers), "-q", "--no-preview", *STRIPS, *extra]
 
 
-def _kill_when(proc, path, lines, timeout=120.0):
-    """SIGKILL ``proc`` as soon as ``path`` holds ``lines`` complete lines."""
+@pytest.fixture(scope="module")
+def uninterrupted(lights, tmp_path_factory):
+    """The reference outputs, one per method (the tile engine's output does not depend on
+    the limit or the workers; the mean is streamed at every limit used here)."""
+    out = {}
+    folder = tmp_path_factory.mktemp("ref")
+    for method in ("sigma", "mean"):
+        path = folder / f"{method}.fits"
+        subprocess.run(_cmd(lights, path, method, "64M", 2), check=True, env=_env())
+        out[method] = fits.getdata(path)
+    return out
+
+
+def _lines(path) -> int:
+    try:
+        return path.read_text().count("\n")
+    except OSError:
+        return 0
+
+
+def _signal_when(proc, ready, sig, delay_s, timeout=120.0) -> bool:
+    """Send ``sig`` to ``proc`` ``delay_s`` after ``ready()`` first holds; False when the run
+    ended first."""
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end and proc.poll() is None:
-        try:
-            if path.read_text().count("\n") >= lines:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-        except OSError:
-            pass
+        if ready():
+            if delay_s:
+                time.sleep(delay_s)  # the random point: a little later than the trigger
+            if proc.poll() is not None:
+                return False
+            proc.send_signal(sig)
+            proc.wait()
+            return True
         time.sleep(0.002)  # polling the journal, not waiting for an outcome
     proc.wait()
     return False
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(lights, tmp_path_factory):
-    ref = tmp_path_factory.mktemp("ref") / "ref.fits"
-    subprocess.run(_cmd(lights, ref), check=True, env=_env())
-    return fits.getdata(ref)
+# (stage, signal, seed, method, first run (limit, workers, extra), resumed run (limit, workers, extra))
+CASES = [
+    ("phase 1", signal.SIGKILL, 1, "sigma", ("6M", 1, []), ("64M", 2, [])),
+    ("phase 1", signal.SIGINT, 2, "sigma", ("64M", 2, []), ("12M", 1, [])),
+    # the resumed run is told to use shorter tiles: the plan is refined, nesting in the recorded one
+    ("phase 2", signal.SIGKILL, 3, "sigma", ("64M", 1, ["--tile-rows", "32"]), ("8M", 2, ["--tile-rows", "8"])),
+    ("phase 2", signal.SIGINT, 4, "sigma", ("8M", 1, ["--tile-rows", "8"]), ("64M", 2, [])),
+    ("mean", signal.SIGKILL, 5, "mean", ("64M", 1, []), ("16M", 2, [])),
+    ("mean", signal.SIGINT, 6, "mean", ("16M", 2, []), ("64M", 1, [])),
+]
 
 
-@pytest.mark.parametrize("stage,journal_file,lines", [("phase 1", "phase1.jsonl", 3), ("phase 2", "bands.jsonl", 2)])
-def test_kill_then_resume_is_identical(lights, uninterrupted, tmp_path, stage, journal_file, lines):
+@pytest.mark.parametrize("stage,sig,seed,method,first,second", CASES,
+                         ids=[f"{c[0]}-{signal.Signals(c[1]).name}-{c[2]}" for c in CASES])
+def test_interrupt_then_resume_is_identical(lights, uninterrupted, tmp_path, stage, sig, seed, method, first,
+                                            second):
+    rng = np.random.default_rng(seed)
     out = tmp_path / "out.fits"
-    proc = subprocess.Popen(_cmd(lights, out), env=_env(), stderr=subprocess.DEVNULL)
     journal = tmp_path / "out.fits.skystack-journal"
-    killed = _kill_when(proc, journal / journal_file, lines)
-    if not killed:
-        pytest.skip(f"the run finished before it could be killed in {stage} (machine too fast)")
-    assert not out.exists(), "nothing may be left under the output name after a kill"
-    done = (journal / journal_file).read_text().count("\n")
-    r = subprocess.run(_cmd(lights, out, "--resume"), env=_env(), capture_output=True, text=True)
+    limit, workers, extra = first
+    proc = subprocess.Popen(_cmd(lights, out, method, limit, workers, *extra), env=_env(),
+                            stderr=subprocess.DEVNULL)
+    if stage == "phase 1":
+        k = int(rng.integers(1, N_FRAMES - 2))
+        ready = lambda: _lines(journal / "phase1.jsonl") >= k  # noqa: E731
+    elif stage == "phase 2":
+        k = int(rng.integers(1, 6))
+        ready = lambda: _lines(journal / "tiles.jsonl") >= k  # noqa: E731
+    else:
+        ready = lambda: (journal / "mean.npz").exists()  # noqa: E731
+    if not _signal_when(proc, ready, sig, float(rng.uniform(0, 0.02))):
+        pytest.skip(f"the run finished before it could be interrupted in {stage} (machine too fast)")
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert not out.exists(), "nothing may be left under the output name after an interruption"
+    frames_done, tiles_done = _lines(journal / "phase1.jsonl"), _lines(journal / "tiles.jsonl")
+    limit, workers, extra = second
+    r = subprocess.run(_cmd(lights, out, method, limit, workers, "--resume", *extra), env=_env(),
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert np.array_equal(fits.getdata(out), uninterrupted, equal_nan=True)
+    assert np.array_equal(fits.getdata(out), uninterrupted[method], equal_nan=True)
     rep = json.loads((tmp_path / "out.fits.report.json").read_text())
-    key = "phase1_frames_reused" if stage == "phase 1" else "bands_reused"
-    assert rep["resumed"][key] >= min(done, lines)
+    assert rep["resumed"]["phase1_frames_reused"] >= min(frames_done, N_FRAMES) - 1  # a torn last line
+    if stage == "phase 2":
+        assert rep["stack"]["plan_from_journal"] and rep["resumed"]["tiles_reused"] >= tiles_done - 1
+        if "--tile-rows" in extra:
+            assert rep["stack"]["tile_rows"] == 8  # refined from the recorded 32
     assert not journal.exists()  # cleaned up after success
+
+
+def test_resume_that_cannot_hold_the_recorded_tiles_is_refused_then_works(lights, uninterrupted, tmp_path):
+    out = tmp_path / "o.fits"
+    journal = tmp_path / "o.fits.skystack-journal"
+    proc = subprocess.Popen(_cmd(lights, out, "sigma", "64M", 1, "--tile-rows", "8"), env=_env(),
+                            stderr=subprocess.DEVNULL)
+    if not _signal_when(proc, lambda: _lines(journal / "tiles.jsonl") >= 2, signal.SIGKILL, 0):
+        pytest.skip("the run finished before it could be killed")
+    r = subprocess.run(_cmd(lights, out, "sigma", "1k", 1, "--resume"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr and "memory-limit" in r.stderr, r.stderr
+    assert journal.exists()  # the refusal keeps what was done
+    r = subprocess.run(_cmd(lights, out, "sigma", "64M", 2, "--resume"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(fits.getdata(out), uninterrupted["sigma"], equal_nan=True)
 
 
 def test_resume_with_other_options_is_refused(lights, tmp_path):
     out = tmp_path / "o.fits"
-    proc = subprocess.Popen(_cmd(lights, out), env=_env(), stderr=subprocess.DEVNULL)
-    if not _kill_when(proc, tmp_path / "o.fits.skystack-journal" / "phase1.jsonl", 1):
+    proc = subprocess.Popen(_cmd(lights, out, "sigma", "64M", 1), env=_env(), stderr=subprocess.DEVNULL)
+    if not _signal_when(proc, lambda: _lines(tmp_path / "o.fits.skystack-journal" / "phase1.jsonl") >= 1,
+                        signal.SIGKILL, 0):
         pytest.skip("the run finished before it could be killed")
-    cmd = _cmd(lights, out, "--resume")
-    cmd[cmd.index("sigma")] = "winsorized"
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    r = subprocess.run(_cmd(lights, out, "winsorized", "64M", 1, "--resume"), env=_env(), capture_output=True,
+                       text=True)
     assert r.returncode == 2 and "different" in r.stderr and "without --resume" in r.stderr

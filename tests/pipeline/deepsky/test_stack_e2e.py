@@ -68,9 +68,9 @@ def test_mean_stack_registers_to_truth_and_approaches_the_ideal(synth, lights, t
 
 def test_rejection_removes_trail_and_hot_pixels(synth, lights, tmp_path):
     plain = fits.getdata(skystack.stack(lights, tmp_path / "m.fits", method="mean", norm="none").output)
-    r = skystack.stack(lights, tmp_path / "w.fits", method="winsorized", norm="addscale", band_rows=64)
+    r = skystack.stack(lights, tmp_path / "w.fits", method="winsorized", norm="addscale", tile_rows=64)
     clipped = fits.getdata(r.output)
-    assert r.report["stack"]["engine"] == "bands"
+    assert r.report["stack"]["engine"] == "tiles"
     ideal = ideal_on_reference_grid(synth, r.reference)
     light = ideal_on_reference_grid(synth, r.reference, background=False)
     sky = np.isfinite(plain) & np.isfinite(clipped) & np.isfinite(ideal) & (light < 0.5)
@@ -89,14 +89,23 @@ def test_rejection_removes_trail_and_hot_pixels(synth, lights, tmp_path):
     assert trail.fate is Fate.USED and trail.metrics["rejected_high_pct"] > 0.05
 
 
-def test_output_bit_identical_for_any_worker_count_and_band_height(lights, tmp_path):
-    a = skystack.stack(lights, tmp_path / "a.fits", method="sigma", workers=1, band_rows=16)
-    b = skystack.stack(lights, tmp_path / "b.fits", method="sigma", workers=2, band_rows=64)
-    c = skystack.stack(lights, tmp_path / "c.fits", method="sigma", workers=2, band_rows=8)
-    ia, ib, ic = (fits.getdata(x.output) for x in (a, b, c))
-    assert np.array_equal(ia, ib, equal_nan=True) and np.array_equal(ia, ic, equal_nan=True)
-    m1 = skystack.stack(lights, tmp_path / "m1.fits", workers=1)
-    m2 = skystack.stack(lights, tmp_path / "m2.fits", workers=2)
+def test_output_bit_identical_for_any_worker_count_and_tile_size(lights, tmp_path):
+    # 5 strips of 64 columns: tiles are 2-D; their height follows tile_rows, the strips stay
+    a = skystack.stack(lights, tmp_path / "a.fits", method="sigma", workers=1, tile_rows=16, strip_cols=64)
+    b = skystack.stack(lights, tmp_path / "b.fits", method="sigma", workers=2, tile_rows=64, strip_cols=64)
+    c = skystack.stack(lights, tmp_path / "c.fits", method="sigma", workers=2, tile_rows=8, strip_cols=64)
+    d = skystack.stack(lights, tmp_path / "d.fits", method="sigma", workers=2, strip_cols=64, memory_limit="3M")
+    assert a.report["stack"]["tiles"] == 5 * 240 // 16 and c.report["stack"]["tiles"] == 5 * 240 // 8
+    ia, ib, ic, id_ = (fits.getdata(x.output) for x in (a, b, c, d))
+    for other in (ib, ic, id_):
+        assert np.array_equal(ia, other, equal_nan=True)
+    # other strips warp every cell through another local matrix: the same stack to float rounding
+    e = fits.getdata(skystack.stack(lights, tmp_path / "e.fits", method="sigma", workers=2).output)
+    ok = np.isfinite(ia) & np.isfinite(e)
+    assert np.array_equal(np.isfinite(ia), np.isfinite(e))
+    assert np.median(np.abs(ia - e)[ok]) == 0 and np.quantile(np.abs(ia - e)[ok], 0.999) < 1e-2
+    m1 = skystack.stack(lights, tmp_path / "m1.fits", method="mean", workers=1)
+    m2 = skystack.stack(lights, tmp_path / "m2.fits", method="mean", workers=2)
     assert np.array_equal(fits.getdata(m1.output), fits.getdata(m2.output), equal_nan=True)
 
 

@@ -2,7 +2,7 @@
 
 Memory is the H×W accumulators plus a few frames in flight, whatever the number of
 frames; the accumulator is checkpointed into the journal every
-:data:`MEAN_CHECKPOINT_EVERY` frames for ``--resume``.
+:data:`MEAN_CHECKPOINT_EVERY` frames (more often for small sets) for ``--resume``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .resume import Journal
 from .weights import Kept
 from .workspace import Workspace
 
-# How often (in frames) the streaming mean checkpoints its accumulator for --resume.
+# How often (in frames) the streaming mean checkpoints its accumulator for --resume: every
+# 25 frames, and at least 4 times a run (a small set's frames are few but may be large).
 MEAN_CHECKPOINT_EVERY = 25
 
 # Streaming mean memory per output pixel and channel: float64 sum + float64 weight sum +
@@ -71,6 +72,7 @@ def run_streaming_mean(frames, p1: Phase1, kept: Kept, stack: StackOptions, run:
         out += add[k]
         return out
 
+    every = max(1, min(MEAN_CHECKPOINT_EVERY, len(kept) // 4))
     workers = max(1, min(workers_of(run), in_flight))
     bar = Progress(len(kept), "phase 2: mean", run.quiet, initial=start)
     try:
@@ -85,7 +87,7 @@ def run_streaming_mean(frames, p1: Phase1, kept: Kept, stack: StackOptions, run:
                 accumulate_mean(warped, np.float64(weights[k]), acc, wsum, count)
                 del warped
                 bar.update()
-                if (k + 1) % MEAN_CHECKPOINT_EVERY == 0 and k + 1 < len(kept):
+                if (k + 1) % every == 0 and k + 1 < len(kept):
                     journal.save_mean(k + 1, {"acc": acc, "wsum": wsum, "count": count})
     finally:
         bar.close()

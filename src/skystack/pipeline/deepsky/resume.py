@@ -6,8 +6,11 @@ Next to the output ``OUT`` we keep a folder ``OUT.skystack-journal/`` holding:
   changes the result). ``--resume`` refuses a journal made for something else.
 - ``phase1.jsonl``: one finished phase-1 :class:`FrameResult` per line, appended and
   flushed as each frame finishes;
-- ``bands.jsonl``: one finished band per line (index and per-frame rejection counts);
-- ``image.npy`` / ``count.npy``: the output accumulators that finished bands were written
+- ``plan.json``: how phase 2 was cut (the engine, and the tile plan: tile height and
+  strips), written once before the first tile; a resumed run finishes that plan;
+- ``tiles.jsonl``: one finished tile per line (its rectangle ``[y0, y1, x0, x1]`` and
+  per-frame rejection counts), appended after the tile's pixels were written;
+- ``image.npy`` / ``count.npy``: the output accumulators that finished tiles were written
   into (``.npy`` so they are plain, memory-mappable files);
 - ``mean.npz``: the streaming-mean accumulator checkpoint.
 
@@ -81,25 +84,48 @@ class Journal:
         self._append("phase1.jsonl", result.to_json())
 
     # -- phase 2 ------------------------------------------------------------------
-    def bands_done(self) -> dict[int, np.ndarray]:
-        out: dict[int, np.ndarray] = {}
-        for d in self._lines("bands.jsonl"):
+    def save_plan(self, plan: dict[str, Any]) -> None:
+        """Record how phase 2 is cut (once, before its first tile)."""
+        tmp = self.dir / "plan.json.part"
+        tmp.write_text(json.dumps(_jsonable(plan)))
+        os.replace(tmp, self.dir / "plan.json")
+
+    def load_plan(self) -> dict[str, Any] | None:
+        """The recorded phase-2 plan, or None when phase 2 had not started."""
+        try:
+            d = json.loads((self.dir / "plan.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+
+    def tiles_done(self) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+        """``(rectangle, rejection counts)`` of every finished tile, in the order recorded."""
+        out = []
+        for d in self._lines("tiles.jsonl"):
             try:
-                out[int(d["band"])] = np.asarray(d["rejected"], dtype=np.int64).reshape(-1, 2)
+                rect = tuple(int(v) for v in d["tile"])
+                if len(rect) != 4:
+                    continue
+                out.append((rect, np.asarray(d["rejected"], dtype=np.int64).reshape(-1, 2)))
             except (KeyError, ValueError, TypeError):
                 continue
         return out
 
-    def record_band(self, band: int, rejected: np.ndarray) -> None:
-        self._append("bands.jsonl", {"band": band, "rejected": rejected.tolist()})
+    def record_tile(self, rect: tuple[int, int, int, int], rejected: np.ndarray) -> None:
+        self._append("tiles.jsonl", {"tile": [int(v) for v in rect], "rejected": rejected.tolist()})
 
-    def accumulator(self, name: str, shape: tuple[int, ...], dtype: str, fresh: bool) -> Path:
-        """Create (or, when resuming, keep) a zero-filled ``.npy`` file of that shape."""
+    def accumulator(self, name: str, shape: tuple[int, ...], dtype: str, fresh: bool) -> tuple[Path, bool]:
+        """Create (or, when resuming, keep) a zero-filled ``.npy`` file of that shape.
+        Returns its path and whether it was created now (then nothing recorded as written
+        into an earlier one is in it)."""
         path = self.dir / f"{name}.npy"
-        if fresh or not path.exists() or _npy_shape(path) != (tuple(shape), np.dtype(dtype)):
-            arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        if fresh or not _npy_complete(path, tuple(shape), np.dtype(dtype)):
+            tmp = self.dir / f"{name}.part.npy"
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             del arr  # zero-filled sparse file; flushed and unmapped here
-        return path
+            os.replace(tmp, path)  # a kill while creating it leaves no half-made accumulator
+            return path, True
+        return path, False
 
     # -- streaming mean checkpoints -----------------------------------------------
     def save_mean(self, next_pos: int, arrays: dict[str, np.ndarray]) -> None:
@@ -148,6 +174,17 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         return None
 
 
+def _npy_complete(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """The file is an ``.npy`` of this shape and dtype, with all its bytes."""
+    try:
+        with open(path, "rb") as f:
+            if _read_header(f) != (shape, dtype):
+                return False
+            return os.fstat(f.fileno()).st_size >= f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError):
+        return False
+
+
 def npy_data_offset(path: Path) -> int:
     with open(path, "rb") as f:
         _read_header(f)
@@ -157,17 +194,33 @@ def npy_data_offset(path: Path) -> int:
 def write_rows(path: Path, offset: int, row_bytes: int, y0: int, data: np.ndarray) -> None:
     """Write rows ``y0 : y0 + len(data)`` of a C-ordered ``.npy`` file with ``pwrite``:
     no memory map, so the written pages never count towards this process's RSS, and
-    several workers can fill disjoint bands of the same file."""
-    buf = np.ascontiguousarray(data).tobytes()
+    several workers can fill disjoint parts of the same file."""
+    _pwrite_runs(path, [(offset + y0 * row_bytes, memoryview(np.ascontiguousarray(data)).cast("B"))])
+
+
+def write_block(path: Path, offset: int, shape: tuple[int, int, int], itemsize: int, y0: int, x0: int,
+                data: np.ndarray) -> None:
+    """Write a tile ``data`` (h, w[, C]) at row ``y0``, column ``x0`` of a C-ordered ``.npy``
+    file of ``shape`` (H, W, C) with ``pwrite`` (one call per row of the tile; see
+    :func:`write_rows`)."""
+    _, width, channels = shape
+    data = np.ascontiguousarray(data)
+    h, w = data.shape[:2]
+    row = memoryview(data).cast("B")
+    n = w * channels * itemsize
+    _pwrite_runs(path, [(offset + ((y0 + r) * width + x0) * channels * itemsize, row[r * n:(r + 1) * n])
+                        for r in range(h)])
+
+
+def _pwrite_runs(path: Path, runs: list[tuple[int, memoryview]]) -> None:
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
-            pos = offset + y0 * row_bytes
-            view = memoryview(buf)
-            while view:
-                n = os.pwrite(fd, view, pos)
-                view = view[n:]
-                pos += n
+            for pos, view in runs:
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
         finally:
             os.close(fd)
     except OSError as e:

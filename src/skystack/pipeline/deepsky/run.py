@@ -9,7 +9,7 @@ this package:
 3. :func:`~.phase1.register_all` — choose the reference, register and measure every frame;
 4. :func:`~.weights.apply_selection` and :func:`~.weights.normalisation` — which frames
    are stacked, with which factors and weights;
-5. :func:`combine` — phase 2: the streaming mean or the band engine;
+5. :func:`combine` — phase 2: the streaming mean or the tile engine;
 6. :func:`finish` — colour balance, report, outputs; the journal is removed.
 """
 from __future__ import annotations
@@ -36,12 +36,12 @@ from ...output.report import build_report
 from ...output.products import write_stack
 from ...output.write import check_not_input, write_json
 from ...runtime.executor import check_scheduler
-from ...runtime.memory import current_rss, default_memory_limit, peak_rss_mb, release_free_memory, tune_allocator
+from ...runtime.memory import peak_rss_mb, release_free_memory, tune_allocator
 from ...runtime.progress import setup_logging
 from ...types import Fate, StackResult
-from .mean import run_streaming_mean, streaming_mean_fits
-from .phase1 import Phase1, register_all, workers_of
-from .phase2 import run_bands
+from .mean import run_streaming_mean
+from .phase1 import Phase1, register_all
+from .phase2 import plan_phase2, run_tiles
 from .resume import Journal
 from .weights import Kept, apply_selection, normalisation
 
@@ -147,7 +147,7 @@ def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple
     journal = Journal(anchor)
     opts = {"read": asdict(job.read), "register": asdict(job.register), "select": asdict(job.select),
             "calibration": asdict(job.calibration) if job.calibration.active else None,
-            "stack": {k: v for k, v in asdict(job.stack).items() if k != "memory_limit"}
+            "stack": {k: v for k, v in asdict(job.stack).items() if k not in _PARTITION_ONLY}
             if not transforms_only else None, "transforms_only": transforms_only}
     resumed = journal.start(_manifest(src.frames, opts), job.run.resume)
     if resumed:
@@ -160,24 +160,15 @@ def combine(frames: FrameSet, p1: Phase1, kept: Kept, job: StackJob, journal: Jo
     """Phase 2: the kept frames warped onto the reference and combined. Returns the image,
     the per-pixel count of combined values, and the engine's figures for the report."""
     t0 = time.perf_counter()
-    stack = job.stack
-    # what the run still holds from phase 1 (the frame index, results, allocator slack)
-    # comes out of the budget phase 2 may use
-    held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
-    budget = stack.memory_limit or default_memory_limit()
-    limit = max(budget - held, 1)
-    phase2 = dataclasses.replace(stack, memory_limit=limit)
-    in_flight = min(streaming_mean_fits(p1.shape, limit), workers_of(job.run) + 1)
-    info: dict[str, Any] = {"memory_limit": budget, "held_after_phase1": held}
-    # the streaming mean needs its H×W accumulators in one process, so a cluster run, or a
-    # memory limit too small for them, computes the mean with the band engine
-    if stack.method == "mean" and not job.run.scheduler and in_flight >= 1:
-        image, count = run_streaming_mean(frames, p1, kept, phase2, job.run, journal, resumed, backend, in_flight)
-        info["engine"] = "streaming-mean"
+    plan = plan_phase2(p1, kept, job.stack, job.run, journal, resumed)
+    info: dict[str, Any] = {"memory_limit": plan.limit, "held_after_phase1": plan.held, "engine": plan.engine}
+    if plan.engine == "streaming-mean":
+        image, count = run_streaming_mean(frames, p1, kept, job.stack, job.run, journal, resumed, backend,
+                                          plan.in_flight)
     else:
-        img_path, cnt_path, rejected, band_info = run_bands(frames, p1, kept, phase2, job.run, journal, resumed,
-                                                           backend.name)
-        info.update(band_info, engine="bands")
+        img_path, cnt_path, rejected, tile_info = run_tiles(frames, p1, kept, job.stack, job.run, journal, resumed,
+                                                            backend.name, plan)
+        info.update(tile_info)
         res = p1.by_index()
         n_px = float(np.prod(p1.shape))
         for k, i in enumerate(kept.indices):
@@ -225,7 +216,7 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
     if colour_info is not None:
         report["colour"] = colour_info
     if resumed:
-        report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
+        report["resumed"] = {"phase1_frames_reused": p1.reused, "tiles_reused": stack_info.get("tiles_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report_path = None
     if job.output.report:
@@ -246,6 +237,11 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
 def _require_registered(p1: Phase1) -> None:
     if not any(r.fate is Fate.USED for r in p1.results):
         raise RegistrationError("no frame could be registered; see the reasons above")
+
+
+# Stack options that only change how the output is cut into tiles, never a pixel of it:
+# a resumed run may use other values (it finishes the recorded plan).
+_PARTITION_ONLY = ("memory_limit", "tile_rows")
 
 
 def _manifest(frames: FrameSet, opts: dict[str, Any]) -> dict[str, Any]:
