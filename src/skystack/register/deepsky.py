@@ -36,7 +36,7 @@ from .estimate import Fit
 from .orb_match import match_orb
 from .triangles import Triangles, build_triangles, match_stars
 
-__all__ = ["Reference", "Registration", "register_frame", "measure_frame"]
+__all__ = ["Reference", "Registration", "register_frame", "measure_frame", "detect_frame"]
 
 _METHODS = ("auto", "stars", "orb")
 
@@ -71,15 +71,16 @@ class Reference:
     metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, lum: np.ndarray, options: RegisterOptions) -> Reference:
-        """Detect the reference frame's stars (and ORB features for ``orb``/``auto``).
+    def build(cls, lum: np.ndarray, options: RegisterOptions, stars: Stars | None = None) -> Reference:
+        """Detect the reference frame's stars (and ORB features for ``orb``/``auto``);
+        ``stars`` is :func:`detect_frame` of ``lum`` when already known.
 
         Raises ``UsageError`` for a method this module does not handle; a reference without
         stars is not an error here (every frame will then fail with a reason saying so).
         """
         _check_method(options)
         img = _as_lum(lum)
-        st = _detect(img, options)
+        st = stars if stars is not None else _detect(img, options)
         tri = build_triangles(st.xy, st.err) if options.method in ("auto", "stars") else None
         orb = (orb_features(img, n_features=options.orb_features, faint=options.faint)
                if options.method in ("auto", "orb") else None)
@@ -101,6 +102,12 @@ class Registration:
     @property
     def ok(self) -> bool:
         return self.transform is not None
+
+
+def detect_frame(lum: np.ndarray, options: RegisterOptions) -> Stars:
+    """The stars :func:`register_frame` and :meth:`Reference.build` detect in ``lum`` (pass
+    them back to either to detect once when a frame is looked at twice)."""
+    return _detect(_as_lum(lum), options)
 
 
 def measure_frame(lum: np.ndarray, options: RegisterOptions) -> dict[str, float]:
@@ -142,18 +149,22 @@ def _accept(fit: Fit, options: RegisterOptions) -> Fit:
     return fit
 
 
-def register_frame(lum: np.ndarray, reference: Reference, options: RegisterOptions) -> Registration:
+def register_frame(lum: np.ndarray | None, reference: Reference, options: RegisterOptions,
+                   stars: Stars | None = None) -> Registration:
     """Register one frame onto ``reference``.
 
     Parameters
     ----------
-    lum : (H, W) array
-        Linear luminance of the frame (NaN = no data, treated as background).
+    lum : (H, W) array, or None
+        Linear luminance of the frame (NaN = no data, treated as background). None only
+        with ``stars`` and ``options.method == "stars"`` (nothing else looks at pixels).
     reference : Reference
         From :meth:`Reference.build` with the same ``options.method``.
     options : RegisterOptions
         ``method``, ``model``, ``max_stars``, ``detect_sigma``, ``ransac_px``,
         ``min_matches``, ``max_residual_px``, ``faint``, ``orb_features``.
+    stars : Stars, optional
+        :func:`detect_frame` of ``lum``, when already known.
 
     Returns
     -------
@@ -162,8 +173,10 @@ def register_frame(lum: np.ndarray, reference: Reference, options: RegisterOptio
         the frame did not register.
     """
     _check_method(options)
-    img = _as_lum(lum)
-    st = _detect(img, options)
+    if lum is None and (stars is None or options.method != "stars"):
+        raise ValueError("register_frame needs the frame's pixels unless given its stars with method 'stars'")
+    img = _as_lum(lum) if lum is not None else None
+    st = stars if stars is not None else _detect(img, options)
     metrics = st.metrics()
     reasons: list[str] = []
     best_matches = 0

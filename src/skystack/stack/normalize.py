@@ -29,10 +29,20 @@ _STAT_SAMPLES = 250_000
 def robust_stats(image: np.ndarray) -> tuple[list[float], list[float]]:
     """Median and 1.4826 × MAD per channel, over finite pixels of a regular subsample."""
     planes = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
+    step = stat_step(image.shape[0], image.shape[1])
+    return sample_stats([p[::step, ::step].ravel() for p in planes])
+
+
+def stat_step(height: int, width: int) -> int:
+    """The stride of :func:`robust_stats`' subsample (rows and columns ``::step``), so that
+    a frame read in strips can gather the very same pixels."""
+    return max(1, int(np.sqrt(height * width / _STAT_SAMPLES)))
+
+
+def sample_stats(samples: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Median and 1.4826 × MAD of each channel's subsample (non-finite values dropped)."""
     locs, scales = [], []
-    for p in planes:
-        step = max(1, int(np.sqrt(p.size / _STAT_SAMPLES)))
-        v = p[::step, ::step].ravel()
+    for v in samples:
         v = v[np.isfinite(v)]
         if v.size == 0:
             locs.append(float("nan"))

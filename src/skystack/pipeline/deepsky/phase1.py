@@ -2,35 +2,51 @@
 
 One Dask task per frame (:func:`register_task`); a task reads its frame itself and
 returns a small :class:`~skystack.types.FrameResult`. Nothing image-sized survives
-phase 1 but the reference's star list.
+phase 1 but the reference's star list. The candidates for the reference are read and
+measured once (:func:`measure_task`): their stars are matched against the reference
+without reading them again.
+
+Memory: a task holds the frame's luminance (a colour frame is read in strips and never
+held whole) and star detection's working buffers; :func:`phase1_workers` runs as many at
+once as ``--memory-limit`` holds.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ...detect.stars import Stars
 from ...errors import BadFrameError, NoFramesError, UsageError
 from ...io import luminance
 from ...options import RegisterOptions, RunOptions
 from ...quality.select import quality_score
-from ...register.deepsky import Reference, measure_frame, register_frame
+from ...register.deepsky import Reference, Registration, detect_frame, register_frame
 from ...runtime.executor import run_tasks
 from ...runtime.memory import current_rss, release_free_memory
 from ...runtime.progress import Progress
-from ...stack.normalize import robust_stats
+from ...stack.normalize import robust_stats, sample_stats, stat_step
 from ...types import Fate, FrameResult, Transform, shape_text
 from .resume import Journal
 from .workspace import Workspace
 
 log = logging.getLogger("skystack")
 
-# Phase 1 holds, per frame in flight, the decoded frame and about 4.3 frame-sized float32
-# temporaries of star detection and ORB (measured: +99 MB for a 3000×2000 frame).
-_PHASE1_FRAME_FACTOR = 5.5
+# Star detection and registration's working memory, in float32 planes of the frame's
+# luminance (measured, RSS growth during register_frame: 4.28× on the Seestar 1080×1920
+# subs and on 1500×1000 synthetic frames). The detection rework (detect.working_bytes)
+# gives this figure per method once it lands.
+_DETECT_PLANES = 4.3
+# Rows a colour frame is read by when only its luminance is kept: the strip, its raw rows
+# and the demosaic's temporaries are small next to the luminance plane.
+_LUM_STRIP_ROWS = 128
+# A strip's bytes in float32 values of its pixels and channels: the demosaiced strip, the
+# raw rows with the demosaic margin, and the demosaic's temporaries (measured: read() of a
+# CFA frame peaks at 1.58× its float32 RGB size).
+_STRIP_COPIES = 3
 
 
 @dataclass
@@ -54,6 +70,28 @@ class Phase1:
         return {r.index: r for r in self.results}
 
 
+@dataclass
+class Measured:
+    """A frame read and measured, without its pixels: the stars phase 1 detected and the
+    metrics it recorded (statistics per channel, non-finite pixels, exposure)."""
+
+    index: int
+    path: str
+    name: str
+    stars: Stars
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class MeasureTask:
+    """What every measuring task shares: the frames and options, and the processed shape
+    a frame must have to be used (``None``: any)."""
+
+    workspace: Workspace
+    options: RegisterOptions
+    shape: tuple[int, ...] | None
+
+
 @dataclass(frozen=True)
 class RegisterTask:
     """What every phase-1 task shares (pickled once per task: small)."""
@@ -65,93 +103,155 @@ class RegisterTask:
     options: RegisterOptions
 
 
-def register_task(task: RegisterTask, index: int) -> FrameResult:
-    """Read, check, register and measure one frame. Never raises for a bad frame."""
-    frames = task.workspace.frames()
+def read_luminance(frames, index: int) -> tuple[np.ndarray, list[float], list[float], int]:
+    """Frame ``index``'s luminance, the robust statistics of each of its channels and its
+    count of non-finite values: exactly ``luminance(read(i))``, ``robust_stats(read(i))``.
+
+    A colour frame is read in strips of :data:`_LUM_STRIP_ROWS` rows, so the whole RGB
+    frame (3 planes, plus the demosaic's temporaries) is never in memory: only the
+    luminance plane and one strip.
+    """
+    shape = frames.processed_shape(index)
+    if len(shape) == 2:
+        image = frames.read(index)
+        locs, scales = robust_stats(image)
+        return image, locs, scales, int(image.size - np.count_nonzero(np.isfinite(image)))
+    h, w, c = shape
+    step = stat_step(h, w)
+    lum = np.empty((h, w), dtype=np.float32)
+    samples: list[list[np.ndarray]] = [[] for _ in range(c)]
+    n_bad = 0
+    for y0 in range(0, h, _LUM_STRIP_ROWS):
+        y1 = min(h, y0 + _LUM_STRIP_ROWS)
+        strip = frames.read_rows(index, y0, y1)
+        lum[y0:y1] = luminance(strip)
+        n_bad += int(strip.size - np.count_nonzero(np.isfinite(strip)))
+        sub = strip[(-y0) % step::step, ::step]  # the rows of robust_stats' subsample in this strip
+        for ch in range(c):
+            samples[ch].append(sub[..., ch].ravel())
+        del strip, sub
+    locs, scales = sample_stats([np.concatenate(s) for s in samples])
+    return lum, locs, scales, n_bad
+
+
+def _read_and_measure(frames, index: int, options: RegisterOptions, shape: tuple[int, ...] | None
+                      ) -> tuple[np.ndarray, Measured] | FrameResult:
+    """Read frame ``index``, check it, detect its stars and measure it; a FrameResult says
+    why a frame cannot be used."""
     name, path = frames.name(index), frames.path(index)
     base = dict(index=index, path=path, name=name)
     try:
         info = frames.info(index)
-        image = frames.read(index)
+        got = tuple(frames.processed_shape(index))
+        if shape is not None and got != tuple(shape):
+            return FrameResult(**base, fate=Fate.REJECTED,
+                               reason=f"size {shape_text(got)} differs from the reference's {shape_text(shape)}")
+        lum, locs, scales, n_bad = read_luminance(frames, index)
     except BadFrameError as e:
         return FrameResult(**base, fate=Fate.UNREADABLE, reason=e.reason)
     except (OSError, ValueError, MemoryError) as e:  # a decoder's own complaint, in words
         return FrameResult(**base, fate=Fate.UNREADABLE, reason=f"cannot decode: {e}")
-    if tuple(image.shape) != tuple(task.ref_shape):
-        return FrameResult(**base, fate=Fate.REJECTED,
-                           reason=f"size {shape_text(image.shape)} differs from the reference's "
-                                  f"{shape_text(task.ref_shape)}")
-    n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-    if n_bad == image.size:
+    if n_bad == int(np.prod(got)):
         return FrameResult(**base, fate=Fate.UNREADABLE, reason="no finite pixel (all NaN/inf)")
     if n_bad:
         log.info("%s: %d NaN/inf pixel(s) treated as missing data", name, n_bad)
-    reg = register_frame(luminance(image), task.reference, task.options)
-    locs, scales = robust_stats(image)
-    metrics = dict(reg.metrics)
-    metrics["nonfinite_px"] = float(n_bad)
+    metrics: dict[str, float] = {"nonfinite_px": float(n_bad)}
     for c, (lo, sc) in enumerate(zip(locs, scales)):
         metrics[f"location_{c}"] = lo
         metrics[f"scale_{c}"] = sc
     if info.exposure_s is not None:
         metrics["exposure_s"] = float(info.exposure_s)
-    is_reference = index == task.ref_index
+    return lum, Measured(index=index, path=path, name=name, stars=detect_frame(lum, options), metrics=metrics)
+
+
+def measure_task(task: MeasureTask, index: int) -> Measured | FrameResult:
+    """Read and measure one frame (a reference candidate). Never raises for a bad frame."""
+    got = _read_and_measure(task.workspace.frames(), index, task.options, task.shape)
+    if isinstance(got, FrameResult):
+        return got
+    return got[1]
+
+
+def register_task(task: RegisterTask, index: int) -> FrameResult:
+    """Read, check, register and measure one frame. Never raises for a bad frame."""
+    got = _read_and_measure(task.workspace.frames(), index, task.options, task.ref_shape)
+    if isinstance(got, FrameResult):
+        return got
+    lum, m = got
+    reg = register_frame(lum, task.reference, task.options, stars=m.stars)
+    return frame_result(m, reg, index == task.ref_index, task.options)
+
+
+def frame_result(m: Measured, reg: Registration, is_reference: bool, options: RegisterOptions) -> FrameResult:
+    """The :class:`FrameResult` of a measured and registered frame."""
+    metrics = dict(reg.metrics)
+    metrics.update(m.metrics)
     transform = reg.transform
     if is_reference:
         # the reference defines the output grid: exactly the identity, whatever the fit says
-        transform = Transform.identity(task.options.model)
+        transform = Transform.identity(options.model)
     fate = Fate.USED if transform is not None else Fate.FAILED_REGISTRATION
-    return FrameResult(**base, fate=fate, reason="" if transform is not None else reg.reason,
+    return FrameResult(index=m.index, path=m.path, name=m.name, fate=fate,
+                       reason="" if transform is not None else reg.reason,
                        method="reference" if is_reference else reg.method, transform=transform,
                        n_stars=reg.n_stars, n_matches=reg.n_matches,
                        residual_px=0.0 if is_reference else reg.residual_px, metrics=metrics)
 
 
-def choose_reference(frames, options: RegisterOptions) -> tuple[int, str, np.ndarray]:
+def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers: int
+                     ) -> tuple[int, str, dict[int, Measured | FrameResult]]:
     """The reference frame: ``options.reference`` if given, else the best-scored readable
     frame of the set's geometry among the first ``reference_candidates``.
 
-    Returns (index, why, processed image of the reference).
+    Returns (index, why, every frame looked at: measured, or why it cannot be used); the
+    candidates are measured in parallel (``workers``) and only once.
     """
     n = len(frames)
+    seen: dict[int, Measured | FrameResult] = {}
     if options.reference is not None:
         if not 0 <= options.reference < n:
             raise UsageError(f"--reference {options.reference}: there are {n} frames (0 to {n - 1})")
-        try:
-            image = frames.read(options.reference)
-        except BadFrameError as e:
-            raise UsageError(f"--reference {options.reference}: {e}") from e
-        return options.reference, "chosen with --reference", image
-    best: tuple[float, int, np.ndarray] | None = None
-    tried = 0
-    for i in range(n):
-        if tried >= options.reference_candidates:
-            break
-        try:
-            image = frames.read(i)
-        except (BadFrameError, OSError, ValueError):
-            continue
-        if tuple(image.shape) != tuple(frames.shape) or not np.isfinite(image).any():
-            continue
-        tried += 1
-        score = quality_score(measure_frame(luminance(image), options))
-        if best is None or score > best[0]:
-            best = (score, i, image)
-    if best is None:
+        got = measure_task(MeasureTask(Workspace(frames.spec), options, None), options.reference)
+        if isinstance(got, FrameResult):
+            raise UsageError(f"--reference {options.reference}: {got.name}: {got.reason}")
+        seen[options.reference] = got
+        return options.reference, "chosen with --reference", seen
+    task = MeasureTask(Workspace(frames.spec), options, tuple(frames.shape))
+    want = options.reference_candidates
+    nxt = 0
+    while nxt < n and sum(isinstance(v, Measured) for v in seen.values()) < want:
+        batch = list(range(nxt, min(n, nxt + want - sum(isinstance(v, Measured) for v in seen.values()))))
+        nxt = batch[-1] + 1
+        run_tasks(measure_task, [(task, i) for i in batch], workers=workers, scheduler=run.scheduler,
+                  on_result=lambda k, r, b=batch: seen.__setitem__(b[k], r))
+    cands = [(quality_score(m.stars.metrics()), i) for i, m in seen.items() if isinstance(m, Measured)]
+    if not cands:
         raise NoFramesError("no readable frame of the set's size to use as the reference")
-    why = (f"best quality score of the first {tried} readable frames" if tried > 1
+    best = max(cands, key=lambda si: (si[0], -si[1]))[1]  # the first of equal scores
+    why = (f"best quality score of the first {len(cands)} readable frames" if len(cands) > 1
            else "first readable frame")
-    return best[1], why, best[2]
+    return best, why, seen
+
+
+def phase1_frame_bytes(shape: tuple[int, ...]) -> int:
+    """Memory one phase-1 task needs for a frame of this processed shape: the luminance,
+    star detection's buffers, and one strip of a colour frame with its raw rows."""
+    h, w = shape[:2]
+    c = shape[2] if len(shape) == 3 else 1
+    lum = h * w * 4
+    strip = _STRIP_COPIES * min(h, _LUM_STRIP_ROWS) * w * c * 4 if c > 1 else lum // 2  # mono: the raw copy
+    return int(lum * (1 + _DETECT_PLANES) + strip)
 
 
 def phase1_workers(shape: tuple[int, ...], workers: int, memory_limit: int | None) -> int:
     """How many frames phase 1 may work on at once within ``memory_limit`` (at least 1)."""
     if not memory_limit:
         return workers
-    h, w = shape[:2]
-    c = shape[2] if len(shape) == 3 else 1
-    per_frame = (h * w * 4) * (_PHASE1_FRAME_FACTOR + (c - 1 if c > 1 else 0))
-    return max(1, min(workers, int(1.1 * memory_limit // per_frame)))
+    per_frame = phase1_frame_bytes(shape)
+    if per_frame > memory_limit:
+        log.warning("--memory-limit %.0f MiB is below what registering one %s frame needs (about %.0f MiB); "
+                    "phase 1 will use that", memory_limit / 2**20, shape_text(shape), per_frame / 2**20)
+    return max(1, min(workers, int(memory_limit // per_frame)))
 
 
 def workers_of(run: RunOptions) -> int:
@@ -162,21 +262,26 @@ def workers_of(run: RunOptions) -> int:
 def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Journal | None,
                  resumed: bool, memory_limit: int | None) -> Phase1:
     """Choose the reference, then register and measure every frame (frames finished by an
-    interrupted run are taken from its journal)."""
+    interrupted run are taken from its journal; the reference candidates are not read
+    twice)."""
     t0 = time.perf_counter()
-    ref_index, ref_reason, ref_image = choose_reference(frames, options)
-    reference = Reference.build(luminance(ref_image), options)
-    ref_shape = tuple(ref_image.shape)
-    del ref_image
+    workers = phase1_workers(tuple(frames.shape), workers_of(run), memory_limit)
+    if workers < workers_of(run) and not run.scheduler:
+        log.info("phase 1: %d worker(s) to stay within the memory limit", workers)
+    ref_index, ref_reason, seen = choose_reference(frames, options, run, workers)
+    chosen = seen[ref_index]
+    assert isinstance(chosen, Measured)
+    ref_lum = read_luminance(frames, ref_index)[0]  # once more, for ORB features and the shape
+    reference = Reference.build(ref_lum, options, stars=chosen.stars)
+    ref_shape = tuple(frames.processed_shape(ref_index))
+    del ref_lum
     release_free_memory()
     rss_warm = current_rss()
     log.info("reference: frame %d (%s), %s", ref_index, frames.name(ref_index), ref_reason)
     t_ref = time.perf_counter() - t0
 
     done = journal.phase1_done() if (journal is not None and resumed) else {}
-    todo = [i for i in range(len(frames)) if i not in done]
     results: dict[int, FrameResult] = dict(done)
-    task = RegisterTask(Workspace(frames.spec), reference, ref_shape, ref_index, options)
     bar = Progress(len(frames), "phase 1: register", run.quiet, initial=len(done))
 
     def on_result(k: int, r: FrameResult) -> None:
@@ -187,9 +292,22 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
             log.warning("%s: %s; %s", r.name, r.reason, "skipped" if r.fate is not Fate.REJECTED else "not stacked")
         bar.update()
 
-    workers = phase1_workers(ref_shape, workers_of(run), memory_limit)
-    if workers < workers_of(run) and not run.scheduler:
-        log.info("phase 1: %d worker(s) to stay within the memory limit", workers)
+    again = []
+    for i, m in seen.items():  # the candidates: their stars matched without reading them again
+        if i in done:
+            continue
+        if isinstance(m, FrameResult):
+            on_result(i, m)
+        elif options.method == "orb":
+            again.append(i)
+        else:
+            reg = register_frame(None, reference, replace(options, method="stars"), stars=m.stars)
+            if reg.transform is None and options.method == "auto" and i != ref_index:
+                again.append(i)  # the ORB fallback needs the pixels
+            else:
+                on_result(i, frame_result(m, reg, i == ref_index, options))
+    todo = [i for i in range(len(frames)) if i not in results and (i not in seen or i in again)]
+    task = RegisterTask(Workspace(frames.spec), reference, ref_shape, ref_index, options)
     try:
         run_tasks(register_task, [(task, i) for i in todo], workers=workers, scheduler=run.scheduler,
                   on_result=on_result)

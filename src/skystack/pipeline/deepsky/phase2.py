@@ -30,7 +30,7 @@ from .mean import streaming_mean_fits
 from .phase1 import Phase1, workers_of
 from .resume import Journal, npy_data_offset, write_block
 from .weights import Kept
-from .workspace import Workspace
+from .workspace import Workspace, keep_files_open
 
 log = logging.getLogger("skystack")
 
@@ -234,7 +234,8 @@ def run_tiles(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptio
     if resumed and not (new_image or new_count):
         rejected += _reuse_done(journal.tiles_done(), tiles, skip, len(kept))
     task = TileTask(
-        workspace=Workspace(frames.spec, backend_name), height=H, width=W, channels=C,
+        workspace=Workspace(keep_files_open(frames.spec, plan.in_flight), backend_name), height=H, width=W,
+        channels=C,
         frames=tuple(KeptFrame(i, res[i].transform.matrix, kept.mul[k], kept.add[k], p1.fingerprints[i])
                      for k, i in enumerate(kept.indices)),
         weights=kept.weights, options=stack, image_path=str(img_path), count_path=str(cnt_path),

@@ -9,10 +9,21 @@ pickles without those caches and rebuilds them there.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from ...backends.registry import resolve
 from ...io import FrameSet, FrameSetSpec
+
+try:
+    import resource
+except ImportError:  # not Unix: no descriptor limit to read or raise
+    resource = None  # type: ignore[assignment]
+
+# Descriptors an open file holds (the file and its memory map) and those kept for the rest
+# of the process (logs, the journal, sockets of a cluster client).
+_FDS_PER_FILE = 2
+_FDS_SPARE = 64
 
 
 class Workspace:
@@ -43,3 +54,30 @@ class Workspace:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["spec"], state["backend_name"])
+
+
+def keep_files_open(spec: FrameSetSpec, threads: int) -> FrameSetSpec:
+    """``spec`` with room for every input file to stay open in each of ``threads`` frame
+    sets, as far as the descriptor limit allows (the soft limit is raised to the hard one
+    when needed).
+
+    Every phase-2 tile reads every kept frame: a frame set that must close and reopen its
+    files for each tile parses each FITS header again (4.5 ms a file, measured; 5000
+    reopens for 100 frames in 50 tiles), while an open file costs ~20 KB and two
+    descriptors.
+    """
+    files = len(spec.entries)
+    want = _FDS_PER_FILE * files * max(1, threads) + _FDS_SPARE
+    limit = want
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+        limit = want if soft == resource.RLIM_INFINITY else soft
+    room = max(0, limit - _FDS_SPARE) // (_FDS_PER_FILE * max(1, threads))
+    return replace(spec, max_open=max(spec.max_open, min(files, room)))
