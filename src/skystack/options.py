@@ -31,10 +31,25 @@ from .optionfields import (Checked, Flag, KeepRule, api_only, choices, cli_flag,
 from .types import Model
 
 # -- choice lists ---------------------------------------------------------------------
-# The stacking methods: the two plain reductions, then every rejection method the kernels
-# know (kernels/_skystack_kernels/codes.py is the one table of them).
-STACK_METHODS: tuple[str, ...] = ("mean", "median") + tuple(m for m in codes.REJECT if m != "none")
+# The stacking methods: auto, the two plain reductions, then every rejection method the
+# kernels know (kernels/_skystack_kernels/codes.py is the one table of them).
+STACK_METHODS: tuple[str, ...] = ("auto", "mean", "median") + tuple(m for m in codes.REJECT if m != "none")
+# --method auto by the number of frames stacked: winsorized σ-clipping from this many
+# frames, the median from AUTO_MEDIAN_FROM, the plain mean below (benchmarks/default_method.py:
+# measurements and reasons in the README's "Stacking" section).
+AUTO_WINSORIZED_FROM = 6
+AUTO_MEDIAN_FROM = 3
+
+
+def auto_method(n_frames: int) -> str:
+    """What ``--method auto`` stacks ``n_frames`` frames with."""
+    if n_frames >= AUTO_WINSORIZED_FROM:
+        return "winsorized"
+    if n_frames >= AUTO_MEDIAN_FROM:
+        return "median"
+    return "mean"
 MASTER_METHODS: tuple[str, ...] = ("median", "sigma", "winsorized")
+MASTER_KINDS: tuple[str, ...] = ("bias", "dark", "flat", "dark-flat")
 INTERPOLATIONS: tuple[str, ...] = ("cubic", "lanczos", "bilinear")
 
 RegisterMethod = Literal["auto", "stars", "orb"]
@@ -123,10 +138,11 @@ class SelectOptions(Checked):
 class StackOptions(Checked):
     """Phase 2: warp, normalise, reject, reduce."""
 
-    method: str = field(default="mean", metadata=flag(
+    method: str = field(default="auto", metadata=flag(
         "--method", choices=STACK_METHODS,
-        help="mean (streamed, no rejection), median, or a rejection method followed by the mean of what is "
-             "left: " + ", ".join(STACK_METHODS[2:])))
+        help=f"auto: winsorized σ-clipping (--kappa, default 3 3) from {AUTO_WINSORIZED_FROM} frames, the median "
+             f"from {AUTO_MEDIAN_FROM}, the mean below; mean (streamed: fastest, no rejection), median, or a rejection "
+             "method followed by the mean of what is left: " + ", ".join(STACK_METHODS[3:])))
     kappa_low: float = field(default=3.0, metadata=flag(
         "--kappa", name="kappa", nargs=2, metavar=("LOW", "HIGH"), pair="kappa_high", parse=float,
         help="rejection parameters: σ multiples (sigma, winsorized, mad, linear-fit), fractions "
@@ -161,8 +177,17 @@ class StackOptions(Checked):
         positive_int(self.tile_rows, "--tile-rows")
         positive_int(self.strip_cols, "--strip-cols")
 
+    def for_frames(self, n_frames: int) -> StackOptions:
+        """These options with ``method="auto"`` resolved for ``n_frames`` frames (the
+        other properties need a concrete method)."""
+        if self.method != "auto":
+            return self
+        return dataclasses.replace(self, method=auto_method(n_frames))
+
     @property
     def reject(self) -> str:
+        if self.method == "auto":
+            raise ValueError("method 'auto' is resolved by for_frames(n) before stacking")
         return "none" if self.method in ("mean", "median") else self.method
 
     @property

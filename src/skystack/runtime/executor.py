@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
@@ -81,6 +82,69 @@ def connect(scheduler: str, timeout: float = 10.0):
         raise ClusterError(
             f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e.__class__.__name__}: {e}); "
             "check the address and that `dask scheduler` is running") from e
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What a cluster offers a run: its worker threads, and the memory one task may use on
+    the tightest worker (``None`` when the workers set no memory limit)."""
+
+    workers: int
+    threads: int
+    thread_memory: int | None
+
+
+# Dask pauses a worker at 80 % of its memory limit (distributed.worker.memory.pause): a
+# task's share is what is left below that once the worker holds skystack's code.
+_WORKER_USABLE = 0.8
+
+
+def _worker_facts() -> dict[str, Any]:
+    """Run on every worker: skystack's version there, and the worker's RSS once the
+    pipeline's modules are loaded (its tasks load them anyway)."""
+    import skystack
+    import skystack.pipeline.deepsky.phase2  # noqa: F401
+
+    from .memory import current_rss
+
+    return {"version": skystack.__version__, "rss": current_rss()}
+
+
+def cluster_shape(scheduler: str, version: str) -> ClusterShape:
+    """Ask the cluster at ``scheduler`` for its workers (``Client.scheduler_info()``) and
+    check that every one runs skystack ``version``.
+
+    Raises
+    ------
+    ClusterError
+        No worker, a worker that cannot import skystack, or one with another version (its
+        results could differ: outputs are only bit-identical for one version).
+    """
+    client = connect(scheduler)
+    try:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        if not info:
+            raise ClusterError(f"--scheduler {scheduler}: the cluster has no worker")
+        facts = client.run(_worker_facts, on_error="return")
+    finally:
+        client.close()
+    odd = []
+    for addr, f in sorted(facts.items()):
+        if isinstance(f, BaseException):
+            odd.append(f"{addr} cannot run skystack ({f.__class__.__name__}: {f})")
+        elif f["version"] != version:
+            odd.append(f"{addr} runs skystack {f['version']}")
+    if odd:
+        raise ClusterError(f"--scheduler {scheduler}: this is skystack {version}, but " + "; ".join(odd) +
+                           "; install the same version on every worker")
+    threads = sum(int(w.get("nthreads", 1)) for w in info.values())
+    shares = []
+    for addr, w in info.items():
+        limit = int(w.get("memory_limit") or 0)
+        if limit > 0:
+            rss = int(facts.get(addr, {}).get("rss", 0))
+            shares.append(max(0, int(limit * _WORKER_USABLE) - rss) // max(1, int(w.get("nthreads", 1))))
+    return ClusterShape(workers=len(info), threads=threads, thread_memory=min(shares) if shares else None)
 
 
 def _run_distributed(fn, args, scheduler, on_result) -> None:

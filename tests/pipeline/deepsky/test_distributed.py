@@ -24,18 +24,44 @@ def lights(tmp_path_factory):
     return folder
 
 
-def test_local_cluster_gives_the_local_result(lights, tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     distributed = pytest.importorskip("distributed")
-    local = skystack.stack(lights, tmp_path / "local.fits", method="sigma", tile_rows=32)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as cluster:
-        remote = skystack.stack(lights, tmp_path / "remote.fits", method="sigma", tile_rows=32,
-                                scheduler=cluster.scheduler_address)
+                                  silence_logs=40, memory_limit="2GiB") as c:
+        yield c
+
+
+def test_local_cluster_gives_the_local_result(lights, tmp_path, cluster):
+    local = skystack.stack(lights, tmp_path / "local.fits", method="sigma", tile_rows=32, strip_cols=128)
+    remote = skystack.stack(lights, tmp_path / "remote.fits", method="sigma", strip_cols=128,
+                            scheduler=cluster.scheduler_address)
     assert [r.fate for r in remote.results] == [r.fate for r in local.results]
     for a, b in zip(local.results, remote.results):
         if a.transform is not None:
             assert np.array_equal(a.transform.matrix, b.transform.matrix)
     assert np.array_equal(fits.getdata(local.output), fits.getdata(remote.output), equal_nan=True)
+    # tiles sized by the cluster: one per worker thread in flight, several per thread
+    st = remote.report["stack"]
+    assert st["in_flight"] == 2 and st["tiles"] >= 4 * 2
+    assert st["tile_bytes"] <= st["phase2_budget"] < 2 * 2**30
+
+
+def test_cluster_shape_reads_the_workers(cluster):
+    from skystack.runtime.executor import cluster_shape
+
+    shape = cluster_shape(cluster.scheduler_address, skystack.__version__)
+    assert shape.workers == 2 and shape.threads == 2
+    assert 0 < shape.thread_memory < 0.8 * 2 * 2**30
+
+
+def test_workers_of_another_version_are_refused(lights, tmp_path, cluster, monkeypatch, capsys):
+    monkeypatch.setattr(run_mod, "__version__", "0.0.1-other")  # this client; the workers run the real one
+    rc = main(["stack", str(lights), "-o", str(tmp_path / "o.fits"), "-q", "--scheduler", cluster.scheduler_address])
+    assert rc == 8
+    err = capsys.readouterr().err
+    assert "skystack 0.0.1-other" in err and f"runs skystack {skystack.__version__}" in err
+    assert not (tmp_path / "o.fits").exists()
 
 
 def test_unreachable_scheduler_exit_code(lights, tmp_path, capsys):

@@ -109,6 +109,32 @@ def test_output_bit_identical_for_any_worker_count_and_tile_size(lights, tmp_pat
     assert np.array_equal(fits.getdata(m1.output), fits.getdata(m2.output), equal_nan=True)
 
 
+def test_default_method_is_auto_and_cleans_the_stack(synth, lights, tmp_path):
+    """No --method: winsorized clipping for 12 frames (the trail and hot pixels gone), the
+    median for 3 to 5 frames, the mean for 2; the report and header say which."""
+    from skystack.options import AUTO_MEDIAN_FROM, AUTO_WINSORIZED_FROM, auto_method
+
+    assert [auto_method(n) for n in (1, 2, 3, 5, 6, 100)] == ["mean", "mean", "median", "median", "winsorized",
+                                                              "winsorized"]
+    assert AUTO_MEDIAN_FROM < AUTO_WINSORIZED_FROM
+    r = skystack.stack(lights, tmp_path / "auto.fits")
+    assert r.report["stack"]["method"] == "winsorized" and r.report["options"]["stack"]["method"] == "winsorized"
+    with fits.open(r.output) as h:
+        assert h[0].header["STACKMTH"] == "winsorized"
+    ideal = ideal_on_reference_grid(synth, r.reference)
+    light = ideal_on_reference_grid(synth, r.reference, background=False)
+    img = fits.getdata(r.output)
+    sky = np.isfinite(img) & np.isfinite(ideal) & (light < 0.5)
+    d = (img - ideal)[sky]
+    d -= np.median(d)
+    assert np.abs(d).max() < 8 * robust_sigma(d)  # no trail, hot pixel or cosmic ray left
+    files = sorted(lights.glob("*.fits"))
+    for n, method in ((2, "mean"), (4, "median")):
+        lst = tmp_path / f"l{n}.txt"
+        lst.write_text("\n".join(str(f) for f in files[:n]))
+        assert skystack.stack(lst, tmp_path / f"a{n}.fits").report["stack"]["method"] == method
+
+
 def test_register_only_writes_transforms(synth, lights, tmp_path):
     rep = tmp_path / "reg.json"
     r = skystack.register(lights, report=rep)

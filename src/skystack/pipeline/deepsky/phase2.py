@@ -22,6 +22,7 @@ import numpy as np
 from ...backends.base import BandJob
 from ...errors import InputChangedError, UsageError
 from ...options import RunOptions, StackOptions
+from ...runtime.executor import ClusterShape
 from ...runtime.memory import current_rss, default_memory_limit
 from ...stack.blocks import run_blocks
 from ...stack.plan import (INTERP_MARGIN, Geometry, TilePlan, band_matrix, cells_end, fits_in, plan_tiles, source_block,
@@ -147,13 +148,15 @@ def tile_task(task: TileTask, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, journal: Journal,
-                resumed: bool) -> Phase2Plan:
+                resumed: bool, cluster: ClusterShape | None = None) -> Phase2Plan:
     """Choose the engine and cut the plan, or take the ones an interrupted run recorded;
     record them in the journal before the first tile.
 
     ``--method mean`` streams frames into H×W accumulators when they fit the budget in one
     process; everything else, and the mean on a cluster or in a budget too small for the
-    accumulators, runs the tile engine.
+    accumulators, runs the tile engine. On a cluster (``cluster``: its threads and the
+    memory a task may use on its tightest worker) tiles are sized for one per worker
+    thread, capped by ``--memory-limit`` when given.
 
     Raises
     ------
@@ -176,6 +179,13 @@ def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, jo
                           resumed_plan=True, limit=limit, held=held)
     if recorded is None and stack.method == "mean" and not run.scheduler and streaming >= 1:
         plan = Phase2Plan(engine="streaming-mean", tiles=None, in_flight=min(streaming, workers + 1), budget=budget)
+    elif cluster is not None:
+        share = cluster.thread_memory if cluster.thread_memory is not None else limit
+        if stack.memory_limit:
+            share = min(share, stack.memory_limit)
+        plan = plan_tile_engine(p1, kept, stack, max(share, 1), 1, recorded, parallel=cluster.threads)
+        plan = replace(plan, in_flight=cluster.threads, budget=max(share, 1))
+        limit, held = share, 0
     else:
         plan = plan_tile_engine(p1, kept, stack, budget, workers, recorded)
     plan = replace(plan, limit=limit, held=held)

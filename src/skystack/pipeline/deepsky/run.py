@@ -26,8 +26,6 @@ import numpy as np
 
 from ... import __version__
 from ...backends.registry import resolve
-from ...calibrate import prepare_calibration
-from ...calibrate.colour import camera_white_balance, colour_balance
 from ...errors import RegistrationError, UsageError
 from ...io import FrameSet, ensure_sliceable, open_frames
 from ...options import RegisterJob, StackJob
@@ -35,7 +33,7 @@ from ...output.header import deepsky_header
 from ...output.report import build_report
 from ...output.products import write_stack
 from ...output.write import check_not_input, write_json
-from ...runtime.executor import check_scheduler
+from ...runtime.executor import ClusterShape, check_scheduler, cluster_shape
 from ...runtime.memory import peak_rss_mb, release_free_memory, tune_allocator
 from ...runtime.progress import setup_logging
 from ...types import Fate, StackResult
@@ -48,6 +46,12 @@ from .weights import Kept, apply_selection, normalisation
 log = logging.getLogger("skystack")
 
 
+# _calibrate_modules: skystack.calibrate (masters, cosmetic correction: scipy.ndimage) and
+# its colour module (astropy.stats, astropy.units) are imported where a run calibrates or
+# balances colour, not at the top: a plain stack never uses them, and they cost 0.10-0.13 s
+# of its start-up (measured on the 2-core project machine, after the stack's own imports).
+
+
 @dataclass
 class Inputs:
     """The opened inputs of a run and where its side files go."""
@@ -58,6 +62,7 @@ class Inputs:
     cache_dir: Path
     calibration_info: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    cluster: ClusterShape | None = None  # with --scheduler: the workers' threads and memory
 
 
 def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackResult:
@@ -85,8 +90,10 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     src.timings["select_s"] = time.perf_counter() - t0
     if not kept:
         raise RegistrationError("no frame left to stack after selection")
+    job = dataclasses.replace(job, stack=job.stack.for_frames(len(kept)))  # --method auto, by the frames kept
     kept_frames = normalisation(p1, kept, job.stack)
-    image, count, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend, src.timings)
+    image, count, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend, src.timings,
+                                       src.cluster)
     return finish(src, p1, kept, image, count, stack_info, job, journal, resumed, backend.name, t_start)
 
 
@@ -108,24 +115,31 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
     """Check what can be checked before reading a frame, then open the frames, decode the
     ones that cannot be sliced into the cache, and insert the calibration."""
     tune_allocator()
+    cluster = None
     if job.run.scheduler:
         check_scheduler(job.run.scheduler)
+        cluster = cluster_shape(job.run.scheduler, __version__)  # every worker runs this version
     frames = open_frames(list(inputs), options=job.read)
     for idx, path, reason in frames.problems:
         if idx < 0:  # a file-level warning; per-frame problems are reported once, in phase 1
             log.warning("%s: %s", path, reason)
     if job.colour.white_balance == "camera":
+        from ...calibrate.colour import camera_white_balance  # see _calibrate_modules
+
         camera_white_balance(frames.meta(0), source=frames.name(0))  # fails now, not after stacking
     out_path = Path(job.output.output) if job.output.output is not None else None
     if out_path is not None:
         check_not_input(out_path, [frames.path(i) for i in range(len(frames))])
     anchor = out_path or (Path(job.output.report) if job.output.report else Path.cwd() / "skystack")
     cache_dir = Path(job.run.cache_dir) if job.run.cache_dir else anchor.parent / ".skystack-cache"
-    src = Inputs(inputs=[os.fspath(p) for p in inputs], frames=frames, out_path=out_path, cache_dir=cache_dir)
+    src = Inputs(inputs=[os.fspath(p) for p in inputs], frames=frames, out_path=out_path, cache_dir=cache_dir,
+                 cluster=cluster)
     t0 = time.perf_counter()
     src.frames = ensure_sliceable(frames, cache_dir)
     src.timings["decode_cache_s"] = time.perf_counter() - t0
     if job.calibration.active:
+        from ...calibrate import prepare_calibration  # see _calibrate_modules
+
         t0 = time.perf_counter()
         calibration = job.calibration
         if calibration.memory_limit is None:  # masters are built inside the run's budget
@@ -156,12 +170,14 @@ def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple
 
 
 def combine(frames: FrameSet, p1: Phase1, kept: Kept, job: StackJob, journal: Journal, resumed: bool,
-            backend: Any, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+            backend: Any, timings: dict[str, float], cluster: ClusterShape | None = None
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Phase 2: the kept frames warped onto the reference and combined. Returns the image,
     the per-pixel count of combined values, and the engine's figures for the report."""
     t0 = time.perf_counter()
-    plan = plan_phase2(p1, kept, job.stack, job.run, journal, resumed)
-    info: dict[str, Any] = {"memory_limit": plan.limit, "held_after_phase1": plan.held, "engine": plan.engine}
+    plan = plan_phase2(p1, kept, job.stack, job.run, journal, resumed, cluster)
+    info: dict[str, Any] = {"method": job.stack.method, "memory_limit": plan.limit, "held_after_phase1": plan.held,
+                            "engine": plan.engine}
     if plan.engine == "streaming-mean":
         image, count = run_streaming_mean(frames, p1, kept, job.stack, job.run, journal, resumed, backend,
                                           plan.in_flight)
@@ -189,6 +205,8 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
     colour_info = None
     if job.colour.active and image is not None:
         if np.ndim(image) == 3:
+            from ...calibrate.colour import colour_balance  # see _calibrate_modules
+
             t0 = time.perf_counter()
             image, colour_info = colour_balance(np.asarray(image), neutralize=job.colour.neutralize,
                                                 white_balance=job.colour.white_balance,
