@@ -31,7 +31,7 @@ from .mean import streaming_mean_fits
 from .phase1 import Phase1, workers_of
 from .resume import Journal, npy_data_offset, write_block
 from .weights import Kept
-from .workspace import Workspace, keep_files_open
+from .workspace import OPEN_FILE_BYTES, Workspace, keep_files_open
 
 log = logging.getLogger("skystack")
 
@@ -167,7 +167,8 @@ def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, jo
     # comes out of the budget phase 2 may use
     held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
     limit = stack.memory_limit or default_memory_limit()
-    budget = max(limit - held, 1)
+    # the tile engine keeps every input file open (workspace.keep_files_open)
+    budget = max(limit - held - len(p1.results) * OPEN_FILE_BYTES, 1)
     workers = workers_of(run)
     recorded = journal.load_plan() if resumed else None
     streaming = streaming_mean_fits(p1.shape, budget)
@@ -244,8 +245,7 @@ def run_tiles(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptio
     if resumed and not (new_image or new_count):
         rejected += _reuse_done(journal.tiles_done(), tiles, skip, len(kept))
     task = TileTask(
-        workspace=Workspace(keep_files_open(frames.spec, plan.in_flight), backend_name), height=H, width=W,
-        channels=C,
+        workspace=Workspace(keep_files_open(frames.spec), backend_name, shared=True), height=H, width=W, channels=C,
         frames=tuple(KeptFrame(i, res[i].transform.matrix, kept.mul[k], kept.add[k], p1.fingerprints[i])
                      for k, i in enumerate(kept.indices)),
         weights=kept.weights, options=stack, image_path=str(img_path), count_path=str(cnt_path),
