@@ -47,6 +47,16 @@ StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
 
 
 # -- stages ---------------------------------------------------------------------------
+def _parse_drizzle(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
+    return v
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReadOptions(Checked):
     """How frames are decoded (demosaicing of colour-filter-array frames)."""
@@ -149,11 +159,23 @@ class StackOptions(Checked):
              "at most 8 GiB)"))
     band_rows: int | None = field(default=None, metadata=flag(
         "--band-rows", parse=int, hidden=True, help="force the band height (tests)"))
+    drizzle: float | None = field(default=None, metadata=flag(
+        "--drizzle", metavar="SCALE", parse=_parse_drizzle,
+        help="drizzle onto a SCALE times finer grid (e.g. 2) instead of warping: for undersampled, dithered "
+             "subs (stars under ~2 px FWHM); colour (CFA) frames are drizzled from their mosaics "
+             "(Bayer drizzle)"))
+    pixfrac: float = field(default=0.7, metadata=flag(
+        "--pixfrac", metavar="F", parse=float,
+        help="drizzle drop size, fraction of an input pixel (smaller: sharper, needs more frames; "
+             "1 for colour frames with few subs)"))
 
     def check(self) -> None:
         for v, what in ((self.kappa_low, "--kappa LOW"), (self.kappa_high, "--kappa HIGH")):
             finite(v, what, lo=0)
         positive_int(self.max_iter, "max_iter", allow_none=False)
+        if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 <= self.drizzle <= 4.0):
+            raise UsageError(f"--drizzle {self.drizzle}: expected a scale in [1, 4], e.g. 1.5, 2 or 3")
+        finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
         if self.memory_limit is not None and (isinstance(self.memory_limit, bool) or self.memory_limit < 1):
             raise UsageError(f"--memory-limit {self.memory_limit!r}: expected a positive size such as 256M")
         positive_int(self.band_rows, "--band-rows")
@@ -322,16 +344,6 @@ class EnhanceOptions(Checked):
         if not 0 < self.midtone < 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
         finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
-
-
-def _parse_drizzle(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
-    return v
 
 
 @dataclass(frozen=True, kw_only=True)

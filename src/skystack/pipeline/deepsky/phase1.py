@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import BadFrameError, NoFramesError, UsageError
 from ...io import luminance
 from ...options import RegisterOptions, RunOptions
+from ...output.header import frame_start_mjd
 from ...quality.select import quality_score
 from ...register.deepsky import Reference, measure_frame, register_frame
 from ...runtime.executor import run_tasks
@@ -95,6 +96,9 @@ def register_task(task: RegisterTask, index: int) -> FrameResult:
         metrics[f"scale_{c}"] = sc
     if info.exposure_s is not None:
         metrics["exposure_s"] = float(info.exposure_s)
+    start = frame_start_mjd(info.meta)
+    if start is not None:  # the stack's DATE-OBS/EXPSTART/EXPEND (output.header.time_cards)
+        metrics["start_mjd"] = start
     is_reference = index == task.ref_index
     transform = reg.transform
     if is_reference:
