@@ -197,8 +197,10 @@ def drizzle_affine_add(src, src_x0, src_y0, cfa, matrix, pixfrac, mul, add, weig
     ho, wo, nco = wout.shape
     counting = count.shape[0] == ho and count.shape[1] == wo
     mosaic = cfa[0, 0] >= 0
-    a, b, tx = matrix[0, 0], matrix[0, 1], matrix[0, 2] - out_x0
-    c, d, ty = matrix[1, 0], matrix[1, 1], matrix[1, 2] - out_y0
+    # absolute output coordinates throughout (the block origin only offsets the indices), so
+    # a pixel's sums are bit-identical however the output is cut into blocks
+    a, b, tx = matrix[0, 0], matrix[0, 1], matrix[0, 2]
+    c, d, ty = matrix[1, 0], matrix[1, 1], matrix[1, 2]
     h = 0.5 * pixfrac
     # the drop's corners relative to its mapped centre, counter-clockwise in (x, y)
     cx0 = -h * a - h * b
@@ -229,10 +231,10 @@ def drizzle_affine_add(src, src_x0, src_y0, cfa, matrix, pixfrac, mul, add, weig
             fx = src_x0 + xx
             mx = a * fx + b * fy + tx
             my = c * fx + d * fy + ty
-            ix0 = max(int(math.floor(mx - ext_x + 0.5)), 0)
-            ix1 = min(int(math.floor(mx + ext_x + 0.5)), wo - 1)
-            iy0 = max(int(math.floor(my - ext_y + 0.5)), 0)
-            iy1 = min(int(math.floor(my + ext_y + 0.5)), ho - 1)
+            ix0 = max(int(math.floor(mx - ext_x + 0.5)), out_x0)
+            ix1 = min(int(math.floor(mx + ext_x + 0.5)), out_x0 + wo - 1)
+            iy0 = max(int(math.floor(my - ext_y + 0.5)), out_y0)
+            iy1 = min(int(math.floor(my + ext_y + 0.5)), out_y0 + ho - 1)
             if ix0 > ix1 or iy0 > iy1:
                 continue
             for ci in range(nc):
@@ -257,8 +259,10 @@ def drizzle_affine_add(src, src_x0, src_y0, cfa, matrix, pixfrac, mul, add, weig
                         if ov <= 0.0:
                             continue
                         wgt = ov * inv_area
-                        out[oy, ox, co] += v * wgt
-                        wout[oy, ox, co] += wgt
-                        if counting and stamp[oy, ox, co] != frame_id:
-                            stamp[oy, ox, co] = frame_id
-                            count[oy, ox, co] += 1
+                        ly = oy - out_y0
+                        lx = ox - out_x0
+                        out[ly, lx, co] += v * wgt
+                        wout[ly, lx, co] += wgt
+                        if counting and stamp[ly, lx, co] != frame_id:
+                            stamp[ly, lx, co] = frame_id
+                            count[ly, lx, co] += 1
