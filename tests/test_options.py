@@ -122,3 +122,23 @@ def test_keep_rule_is_one_parser_for_both_pipelines():
     for bad in ("x", "150%", "0%", "0", "2.5", "-3", ""):
         with pytest.raises(UsageError):
             rule(bad)
+
+
+def test_every_command_renders_its_help_and_every_option_has_one():
+    # a default with a % (lucky's --keep 10%) once broke `skystack lucky --help`
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "usage:" in text
+        for a in p._actions:
+            if a.help == argparse.SUPPRESS:
+                continue
+            assert a.help and a.help.strip() and not a.help.strip().startswith("(default"), (name, a.option_strings)
+
+
+def test_the_drizzle_options_of_stack():
+    job = build_job(StackJob, {"drizzle": "2", "pixfrac": 0.5})
+    assert job.stack.drizzle == 2.0 and job.stack.pixfrac == 0.5
+    for bad in ({"drizzle": 0.5}, {"drizzle": "x"}, {"pixfrac": 0}, {"pixfrac": 1.5}):
+        with pytest.raises(UsageError):
+            build_job(StackJob, bad)

@@ -246,14 +246,14 @@ class ColourOptions(Checked):
     """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
 
     ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
-    "auto" (the average star made white); or three factors (R, G, B).
+    "auto" (the median star made white); or three factors (R, G, B).
     """
 
     neutralize: bool = field(default=False, metadata=flag(
         "--neutralize", "--neutralise", action="store_true", help="make the sky background grey in a colour stack"))
     white_balance: str | tuple[float, float, float] = field(default="none", metadata=flag(
         "--white-balance", metavar="WB", parse=parse_white_balance,
-        help="none, auto (the average star made white), camera (the RAW file's multipliers) or three "
+        help="none, auto (the median star made white), camera (the RAW file's multipliers) or three "
              "factors R,G,B such as 1.9,1,1.4"))
 
     def check(self) -> None:
