@@ -48,15 +48,19 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike | None = None,
     inputs
         The light frames.
     output
-        ``.fits``, ``.tif`` or ``.png``, with OUT.report.json and a preview beside it.
+        ``.fits``, ``.tif`` or ``.png``, with OUT.report.json and a preview beside it;
+        ``None``: nothing is written, the result holds the stack.
     **options
         Any option of ``skystack stack --help`` by its long name (``method="sigma"``,
-        ``kappa=(3, 3)``, ``memory_limit="512M"``, ``darks=["darks/"]`` ...).
+        ``kappa=(3, 3)``, ``memory_limit="512M"``, ``darks=["darks/"]``, ``drizzle=2`` ...).
 
     Returns
     -------
     StackResult
-        The per-frame results, the reference index, timings, peak RSS and paths written.
+        ``image`` (float32, the pixels the FITS file holds), ``coverage``, ``weight``
+        (drizzle), ``header`` (astropy Header: observation cards, WCS, DATE-OBS,
+        STACKCNT, LIVETIME, ...), ``to_ccddata()``; the per-frame results, the reference
+        index, timings, peak RSS and paths written.
 
     Raises
     ------

@@ -254,7 +254,8 @@ def iso_from_mjd(value: float) -> str:
 
 def time_cards(starts_mjd: Sequence[float | None], exposures_s: Sequence[float | None], *,
                date_obs: str = "start") -> Cards:
-    """DATE-OBS, DATE-END, EXPSTART, EXPEND, EXPTIME and LIVETIME of a stack of frames.
+    """DATE-OBS, DATE-END (and MJD-OBS, MJD-END), EXPSTART, EXPEND, EXPTIME and LIVETIME of
+    a stack of frames.
 
     Parameters
     ----------
@@ -291,6 +292,10 @@ def time_cards(starts_mjd: Sequence[float | None], exposures_s: Sequence[float |
         cards["DATE-END"] = (iso_from_mjd(t1), "[UTC] end of the latest stacked frame")
         cards["EXPSTART"] = (round(t0, 8), "[MJD UTC] start of the earliest stacked frame")
         cards["EXPEND"] = (round(t1, 8), "[MJD UTC] end of the latest stacked frame")
+        # the standard's own MJD twins of DATE-OBS/DATE-END (astropy.wcs derives them, with a
+        # warning, when they are missing)
+        cards["MJD-OBS"] = (round(0.5 * (t0 + t1) if date_obs == "mid" else t0, 8), "[MJD UTC] DATE-OBS")
+        cards["MJD-END"] = (round(t1, 8), "[MJD UTC] DATE-END")
     return cards
 
 
