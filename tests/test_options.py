@@ -17,8 +17,8 @@ from skystack import options
 from skystack.cli import build_parser
 from skystack.cli.args import given
 from skystack.errors import UsageError
-from skystack.options import (CalibrateJob, EnhanceJob, LuckyJob, OutputOptions, RegisterJob, StackJob, build_job,
-                              keywords)
+from skystack.options import (BenchJob, CalibrateJob, EnhanceJob, LuckyJob, OutputOptions, RegisterJob, StackJob,
+                              build_job, keywords)
 
 # command → (job, argv that gives only the required arguments)
 COMMANDS = {
@@ -27,6 +27,7 @@ COMMANDS = {
     "lucky": (LuckyJob, ["lucky", "in.ser", "-o", "out.fits"]),
     "enhance": (EnhanceJob, ["enhance", "in.fits", "-o", "out.fits"]),
     "calibrate": (CalibrateJob, ["calibrate", "in/", "-o", "cal/"]),
+    "bench": (BenchJob, ["bench"]),
 }
 
 
@@ -72,7 +73,7 @@ def test_cli_choices_and_help_defaults_come_from_the_fields(command):
                     assert f"(default: {shown}" in action.help, (dest, action.help)
 
 
-@pytest.mark.parametrize("job", [StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob])
+@pytest.mark.parametrize("job", [StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob, BenchJob])
 def test_every_keyword_belongs_to_one_group(job):
     seen: dict[str, str] = {}
     for group, cls in options.job_groups(job).items():

@@ -44,6 +44,7 @@ DebayerMethod = Literal["bilinear", "ea", "vng"]
 Backend = Literal["auto", "cpu", "cupy", "cv2cuda"]
 TiffDtype = Literal["float32", "uint16"]
 StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
+BenchBackend = Literal["all", "cpu", "cupy", "cv2cuda"]
 
 
 # -- stages ---------------------------------------------------------------------------
@@ -443,6 +444,71 @@ class MasterOptions(Checked):
             finite(k, "--kappa", lo=0)
 
 
+def _parse_frame_size(value: Any) -> str:
+    """``"1024x768"`` (CLI) or ``(1024, 768)`` (API): width × height → ``"1024x768"``."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            parts = []
+    try:
+        w, h = (int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise UsageError(f"--size {value!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160") from None
+    return f"{w}x{h}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions(Checked):
+    """``skystack bench``: which backends are measured, on which frames.
+
+    Without INPUT a synthetic set of ``frames`` frames of ``size`` (width × height) in
+    ``dtype`` is generated (:func:`skystack.testing.synthetic.make_deepsky`), in ``dir``
+    when given (and reused from there next time), else in a temporary folder removed
+    afterwards. With INPUT every frame of it is used and ``frames``, ``size``, ``dtype``
+    do not apply.
+    """
+
+    backend: BenchBackend = field(default="all", metadata=flag(
+        "--backend",
+        help="backends to measure: all (every usable one; the unusable are listed with the reason), cpu, "
+             "cupy or cv2cuda; a GPU backend is always measured beside the CPU backend, whose result it "
+             "must match"))
+    frames: int = field(default=16, metadata=flag(
+        "--frames", metavar="N", parse=int, help="synthetic frames to generate (not with INPUT)"))
+    size: str = field(default="3840x2160", metadata=flag(
+        "--size", metavar="WxH", parse=_parse_frame_size, help="synthetic frame size in pixels (not with INPUT)"))
+    dtype: Literal["uint16", "float32"] = field(default="uint16", metadata=flag(
+        "--dtype", help="sample type of the synthetic FITS frames (not with INPUT)"))
+    data_dir: str | None = field(default=None, metadata=flag(
+        "--dir", name="dir", metavar="DIR", parse=os.fspath,
+        help="write the synthetic set into DIR and reuse it on the next run with the same --frames/--size/"
+             "--dtype (default: a temporary folder, removed afterwards)"))
+    workers: int | None = field(default=None, metadata=flag(
+        "--workers", metavar="N", parse=int,
+        help="threads of the register and combine stages, as skystack stack runs them (default: all cores)"))
+    json: str | None = field(default=None, metadata=flag(
+        "--json", metavar="PATH", parse=os.fspath,
+        help="also write the device, the figures and the parity checks as JSON"))
+    seed: int = 0  # of the synthetic set: same seed, same frames
+
+    def check(self) -> None:
+        positive_int(self.frames, "--frames", allow_none=False)
+        object.__setattr__(self, "size", _parse_frame_size(self.size))
+        w, h = self.width_height
+        if w < 96 or h < 96:
+            raise UsageError(f"--size {self.size}: at least 96x96 pixels (a smaller synthetic frame has too few "
+                             "stars to register)")
+        positive_int(self.workers, "--workers")
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        w, h = (int(v) for v in self.size.split("x"))
+        return w, h
+
+
 # -- jobs: the option groups of each command ----------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class StackJob:
@@ -501,6 +567,18 @@ class CalibrateJob:
     calibration: CalibrationOptions = CalibrationOptions()
     memory_limit: int | None = None
     run: RunOptions = RunOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchJob:
+    """``skystack bench``: each backend's throughput per stage, and its parity with the CPU
+    backend. Stacking is a rejection stack by default (sigma), the work a GPU is for."""
+
+    bench: BenchOptions = BenchOptions()
+    read: ReadOptions = ReadOptions()
+    register: RegisterOptions = RegisterOptions()
+    stack: StackOptions = StackOptions(method="sigma")
+    quiet: bool = False
 
 
 def job_groups(job: type) -> dict[str, type]:
