@@ -29,13 +29,16 @@ import os
 import re
 import warnings
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .. import __version__
 from ..options import LuckyOptions, RegisterOptions, StackOptions
 from ..types import FrameResult
+
+if TYPE_CHECKING:  # annotations only; astropy is imported where a header is built
+    from astropy.io import fits
 
 Cards = dict[str, Any]  # keyword -> value or (value, comment)
 

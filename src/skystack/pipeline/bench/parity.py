@@ -4,47 +4,10 @@ rounding."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .results import BackendRun
-
-# Parity of a GPU stack with the CPU stack. The backend tests hold the kernels to 1e-5
-# relative on small bands (OpenCV's float32 bicubic sums 16 products in another order
-# than the GPU twin); a large stack sums more values per pixel and a GPU contracts
-# multiply-adds (FMA), so the bench allows ten times that. Relative to the CPU value, but
-# never to less than 1e-3 of the image's largest magnitude: near-zero pixels of a
-# calibrated frame would otherwise turn rounding into large ratios.
-PARITY_RTOL = 1e-4
-PARITY_FLOOR = 1e-3
-# A value that sits on a rejection threshold within float rounding can be kept by one
-# backend and rejected by the other: legitimate, and rare. More than this fraction of the
-# pixels with another kept count is a real difference.
-PARITY_MAX_FLIPPED = 1e-5
-
-
-@dataclass(frozen=True)
-class Parity:
-    """A GPU backend's stack against the CPU backend's."""
-
-    backend: str
-    pixels: int  # pixel values compared (H × W × C)
-    coverage_mismatch_px: int  # covered by one backend only
-    count_mismatch_px: int  # covered by both, another number of values kept
-    max_abs_diff: float  # over pixels covered by both
-    max_rel_diff: float  # over pixels with the same kept count, relative as PARITY_RTOL says
-    ok: bool
-    reason: str = ""  # why not, in words
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "reference": "cpu", "pixels": self.pixels,
-                "coverage_mismatch_px": self.coverage_mismatch_px, "count_mismatch_px": self.count_mismatch_px,
-                "max_abs_diff": float(self.max_abs_diff), "max_rel_diff": float(self.max_rel_diff),
-                "rtol": PARITY_RTOL, "max_flipped_fraction": PARITY_MAX_FLIPPED, "ok": self.ok,
-                "reason": self.reason}
-
+from .results import PARITY_FLOOR, PARITY_MAX_FLIPPED, PARITY_RTOL, BackendRun, Parity  # noqa: F401
 
 def check_parity(runs: list[BackendRun]) -> list[Parity]:
     """Every GPU backend that ran (or failed) against the CPU backend."""
