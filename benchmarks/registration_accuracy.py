@@ -10,9 +10,11 @@ is registered onto frame 0 (the identity) and compared with the generator's exac
 transform: RMS and max (corner) error over the frame, in pixels. A frame is
 *misregistered* when it fails or its max error exceeds 1 px.
 
-Methods: ``stars`` and ``orb`` (skystack.register), and ``seed-orb``, the method of the
-blog post the project grew from, for comparison: ORB on a min–max 8-bit view, FLANN-LSH,
-ratio test, cv2.estimateAffinePartial2D — no hot-pixel filtering, no refinement.
+Methods: ``stars`` and ``orb`` (skystack.register), and for comparison ``seed-orb``, the
+method of the blog post the project grew from (ORB on a min–max 8-bit view, FLANN-LSH,
+ratio test, cv2.estimateAffinePartial2D — no hot-pixel filtering, no refinement), and
+``astroalign``, the field's library for star-field registration (``pip install
+astroalign``; its defaults).
 Frames are rendered in memory one at a time (nothing is written to disk).
 """
 from __future__ import annotations
@@ -59,10 +61,26 @@ def seed_orb_transform(frame: np.ndarray, ref: np.ndarray) -> Transform | None:
     return None if m is None else Transform(m)
 
 
+def astroalign_transform(frame: np.ndarray, ref: np.ndarray) -> Transform | None:
+    """astroalign (Beroiz et al. 2020: asterism triangles, RANSAC similarity), the
+    field's reference library for the same job, with its defaults (a benchmark
+    dependency only: ``pip install astroalign``)."""
+    import astroalign
+
+    try:
+        t, _ = astroalign.find_transform(frame, ref)
+    except (astroalign.MaxIterError, ValueError, TypeError):
+        return None
+    return Transform(np.asarray(t.params, dtype=np.float64)[:2], "similarity")
+
+
+_EXTERNAL = {"seed-orb": seed_orb_transform, "astroalign": astroalign_transform}
+
+
 def run_set(s, methods: list[str]) -> dict[str, dict]:
     shape = s.shape
     ref_frame = s.frame(0).astype(np.float32)
-    refs = {m: Reference.build(ref_frame, RegisterOptions(method=m)) for m in methods if m != "seed-orb"}
+    refs = {m: Reference.build(ref_frame, RegisterOptions(method=m)) for m in methods if m not in _EXTERNAL}
     res = {m: {"rms": [], "max": [], "t": [], "cpu": [], "fail": 0} for m in methods}
     t_detect = []
     for i in range(len(s)):
@@ -72,8 +90,8 @@ def run_set(s, methods: list[str]) -> dict[str, dict]:
         t_detect.append(time.process_time() - t0)
         for m in methods:
             t0, c0 = time.perf_counter(), time.process_time()
-            if m == "seed-orb":
-                t = seed_orb_transform(f, ref_frame)
+            if m in _EXTERNAL:
+                t = _EXTERNAL[m](f, ref_frame)
             else:
                 reg = register_frame(f, refs[m], RegisterOptions(method=m))
                 t = reg.transform
@@ -117,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-n", type=int, default=6, help="frames timed at --big-size (0: skip; default 6)")
     p.add_argument("--big-size", default="3000x2000")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="stars,orb,seed-orb")
+    p.add_argument("--methods", default="stars,orb,seed-orb,astroalign",
+                   help="stars, orb (skystack), seed-orb (the blog post's), astroalign (the library)")
     p.add_argument("--threads", type=int, default=1, help="OpenCV threads (default 1: single-core figures)")
     a = p.parse_args(argv)
     import cv2
@@ -138,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(a.big_n):
             big.frame(i)
         t_render = (time.perf_counter() - t0) / a.big_n
-        bres = run_set(big, [m for m in methods if m != "seed-orb"])
+        bres = run_set(big, [m for m in methods if m not in _EXTERNAL])
         table(f"{bw}x{bh}, {a.big_n} frames (timing)", bres, a.big_n)
         print(f"star detection alone: {np.median(next(iter(bres.values()))['t_detect']):.3f} CPU s/frame; "
               f"rendering a synthetic frame: {t_render:.2f} s")

@@ -11,20 +11,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shared_data() -> Path:
-    # CI and developer machines keep the real captures in ../shared/data beside the clone;
-    # SKYSTACK_DATA overrides. They are never copied into the repo (their licences differ).
+    # CI and developer machines keep the real captures in ../shared/data beside the clone
+    # (a git worktree one folder deeper finds the same folder two levels up); SKYSTACK_DATA
+    # overrides. They are never copied into the repo (their licences differ).
     env = os.environ.get("SKYSTACK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    if env:
+        return Path(env)
+    candidates = [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 SHARED_DATA = _shared_data()
+_ABSENT = (f"real data folder {SHARED_DATA} is absent (put the captures in ../shared/data beside the "
+           "repository, or point SKYSTACK_DATA at them)")
+
+
+def pytest_report_header(config):
+    """Say which real data the run uses, so that a run without it does not skip silently."""
+    return f"real data: {SHARED_DATA}" if SHARED_DATA.is_dir() else f"real data: none; {_ABSENT}"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real captures; skips the test when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+        pytest.skip(_ABSENT)
     return SHARED_DATA
 
 
@@ -36,7 +47,7 @@ def real_path():
     def get(rel: str) -> Path:
         p = SHARED_DATA / rel
         if not p.exists():
-            pytest.skip(f"real data {p} is absent")
+            pytest.skip(f"real data {p} is absent" + ("" if SHARED_DATA.is_dir() else f"; {_ABSENT}"))
         return p
     return get
 

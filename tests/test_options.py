@@ -17,8 +17,8 @@ from skystack import options
 from skystack.cli import build_parser
 from skystack.cli.args import given
 from skystack.errors import UsageError
-from skystack.options import (CalibrateJob, EnhanceJob, LuckyJob, OutputOptions, RegisterJob, StackJob, build_job,
-                              keywords)
+from skystack.options import (BenchJob, CalibrateJob, EnhanceJob, LuckyJob, OutputOptions, RegisterJob, StackJob,
+                              build_job, keywords)
 
 # command → (job, argv that gives only the required arguments)
 COMMANDS = {
@@ -27,6 +27,7 @@ COMMANDS = {
     "lucky": (LuckyJob, ["lucky", "in.ser", "-o", "out.fits"]),
     "enhance": (EnhanceJob, ["enhance", "in.fits", "-o", "out.fits"]),
     "calibrate": (CalibrateJob, ["calibrate", "in/", "-o", "cal/"]),
+    "bench": (BenchJob, ["bench"]),
 }
 
 
@@ -72,7 +73,7 @@ def test_cli_choices_and_help_defaults_come_from_the_fields(command):
                     assert f"(default: {shown}" in action.help, (dest, action.help)
 
 
-@pytest.mark.parametrize("job", [StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob])
+@pytest.mark.parametrize("job", [StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob, BenchJob])
 def test_every_keyword_belongs_to_one_group(job):
     seen: dict[str, str] = {}
     for group, cls in options.job_groups(job).items():
@@ -122,3 +123,23 @@ def test_keep_rule_is_one_parser_for_both_pipelines():
     for bad in ("x", "150%", "0%", "0", "2.5", "-3", ""):
         with pytest.raises(UsageError):
             rule(bad)
+
+
+def test_every_command_renders_its_help_and_every_option_has_one():
+    # a default with a % (lucky's --keep 10%) once broke `skystack lucky --help`
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "usage:" in text
+        for a in p._actions:
+            if a.help == argparse.SUPPRESS:
+                continue
+            assert a.help and a.help.strip() and not a.help.strip().startswith("(default"), (name, a.option_strings)
+
+
+def test_the_drizzle_options_of_stack():
+    job = build_job(StackJob, {"drizzle": "2", "pixfrac": 0.5})
+    assert job.stack.drizzle == 2.0 and job.stack.pixfrac == 0.5
+    for bad in ({"drizzle": 0.5}, {"drizzle": "x"}, {"pixfrac": 0}, {"pixfrac": 1.5}):
+        with pytest.raises(UsageError):
+            build_job(StackJob, bad)

@@ -21,11 +21,11 @@ __version__ = "0.1.0"
 from . import enhance as _enhance_pkg  # noqa: E402,F401
 from . import register as _register_pkg  # noqa: E402,F401
 from . import stack as _stack_pkg  # noqa: E402,F401
-from .api import calibrate, colour, demo, enhance, lucky, master, register, stack  # noqa: E402
+from .api import bench, calibrate, colour, demo, enhance, lucky, master, register, stack  # noqa: E402
 from .io import open_frames  # noqa: E402
 from .types import Fate, FrameInfo, FrameResult, LuckyResult, StackResult, Transform  # noqa: E402
 
 __all__ = [
     "Fate", "FrameInfo", "FrameResult", "LuckyResult", "StackResult", "Transform", "__version__",
-    "open_frames", "register", "stack", "lucky", "enhance", "master", "calibrate", "colour", "demo",
+    "open_frames", "register", "stack", "lucky", "enhance", "master", "calibrate", "colour", "demo", "bench",
 ]

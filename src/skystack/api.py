@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .options import (CalibrateJob, ColourOptions, EnhanceJob, EnhanceOptions, LuckyJob, MasterOptions,
+from .options import (BenchJob, CalibrateJob, ColourOptions, EnhanceJob, EnhanceOptions, LuckyJob, MasterOptions,
                       OutputOptions, RegisterJob, StackJob, build, build_job)
 from .runtime.memory import parse_size
 from .types import LuckyResult, StackResult
@@ -48,15 +48,19 @@ def stack(inputs: PathLike | Sequence[PathLike], output: PathLike | None = None,
     inputs
         The light frames.
     output
-        ``.fits``, ``.tif`` or ``.png``, with OUT.report.json and a preview beside it.
+        ``.fits``, ``.tif`` or ``.png``, with OUT.report.json and a preview beside it;
+        ``None``: nothing is written, the result holds the stack.
     **options
         Any option of ``skystack stack --help`` by its long name (``method="sigma"``,
-        ``kappa=(3, 3)``, ``memory_limit="512M"``, ``darks=["darks/"]`` ...).
+        ``kappa=(3, 3)``, ``memory_limit="512M"``, ``darks=["darks/"]``, ``drizzle=2`` ...).
 
     Returns
     -------
     StackResult
-        The per-frame results, the reference index, timings, peak RSS and paths written.
+        ``image`` (float32, the pixels the FITS file holds), ``coverage``, ``weight``
+        (drizzle), ``header`` (astropy Header: observation cards, WCS, DATE-OBS,
+        STACKCNT, LIVETIME, ...), ``to_ccddata()``; the per-frame results, the reference
+        index, timings, peak RSS and paths written.
 
     Raises
     ------
@@ -169,3 +173,35 @@ def demo(folder: PathLike | None = None, *, n_frames: int = 16, size: tuple[int,
     from .pipeline.demo import run_demo
 
     return run_demo(Path(folder) if folder else None, n_frames=n_frames, size=size, method=method, quiet=quiet)
+
+
+def bench(inputs: PathLike | Sequence[PathLike] | None = None, **options: Any):
+    """``skystack bench``: each backend's throughput per stage (decode, register, warp,
+    combine, total) on a synthetic set, or on ``inputs``, and every GPU backend's stack
+    checked against the CPU backend's.
+
+    Parameters
+    ----------
+    inputs
+        Frames to measure on; ``None`` generates ``frames`` synthetic frames of ``size``.
+    **options
+        Those of ``skystack bench --help``: ``backend="all"`` (or ``"cpu"``, ``"cupy"``,
+        ``"cv2cuda"``), ``frames=16``, ``size="3840x2160"`` (or ``(3840, 2160)``),
+        ``dtype="uint16"``, ``method="sigma"``, ``interpolation``, ``workers``,
+        ``json="bench.json"``, ``dir``, ``quiet`` ...
+
+    Returns
+    -------
+    skystack.pipeline.bench.BenchResult
+        ``results`` (one per backend and stage), ``parity``, ``device``; ``ok`` is False
+        when a GPU backend failed or its stack differs from the CPU's.
+
+    Raises
+    ------
+    UsageError, BackendUnavailableError (a GPU backend named explicitly is not usable),
+    NoFramesError, RegistrationError
+    """
+    from .pipeline.bench import run_bench
+
+    job = build_job(BenchJob, options)
+    return run_bench(_inputs(inputs) if inputs is not None else None, job)

@@ -74,6 +74,13 @@ class InputChangedError(SkystackError):
     exit_code = 9
 
 
+class ParityError(SkystackError):
+    """``skystack bench``: a GPU backend failed, or its stack differs from the CPU
+    backend's beyond float rounding (see :mod:`skystack.pipeline.bench`)."""
+
+    exit_code = 10
+
+
 # Exit codes, documented in `skystack --help` and the README.
 EXIT_CODES = {
     0: "success",
@@ -86,5 +93,6 @@ EXIT_CODES = {
     7: "the requested GPU backend is not usable",
     8: "the Dask scheduler could not be reached",
     9: "an input changed on disk during the run",
+    10: "skystack bench: a GPU backend failed or its result differs from the CPU backend's",
     130: "interrupted (Ctrl-C); rerun with --resume to continue",
 }

@@ -59,9 +59,20 @@ DebayerMethod = Literal["bilinear", "ea", "vng"]
 Backend = Literal["auto", "cpu", "cupy", "cv2cuda"]
 TiffDtype = Literal["float32", "uint16"]
 StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
+BenchBackend = Literal["all", "cpu", "cupy", "cv2cuda"]
 
 
 # -- stages ---------------------------------------------------------------------------
+def _parse_drizzle(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
+    return v
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReadOptions(Checked):
     """How frames are decoded (demosaicing of colour-filter-array frames)."""
@@ -167,11 +178,23 @@ class StackOptions(Checked):
         "--tile-rows", parse=int, hidden=True, help="force the tile height, rows (tests)"))
     strip_cols: int | None = field(default=None, metadata=flag(
         "--strip-cols", parse=int, hidden=True, help="cut the columns into strips of about this width (tests)"))
+    drizzle: float | None = field(default=None, metadata=flag(
+        "--drizzle", metavar="SCALE", parse=_parse_drizzle,
+        help="drizzle onto a SCALE times finer grid (e.g. 2) instead of warping: for undersampled, dithered "
+             "subs (stars under ~2 px FWHM); colour (CFA) frames are drizzled from their mosaics "
+             "(Bayer drizzle)"))
+    pixfrac: float = field(default=0.7, metadata=flag(
+        "--pixfrac", metavar="F", parse=float,
+        help="drizzle drop size, fraction of an input pixel (smaller: sharper, needs more frames; "
+             "1 for colour frames with few subs)"))
 
     def check(self) -> None:
         for v, what in ((self.kappa_low, "--kappa LOW"), (self.kappa_high, "--kappa HIGH")):
             finite(v, what, lo=0)
         positive_int(self.max_iter, "max_iter", allow_none=False)
+        if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 <= self.drizzle <= 4.0):
+            raise UsageError(f"--drizzle {self.drizzle}: expected a scale in [1, 4], e.g. 1.5, 2 or 3")
+        finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
         if self.memory_limit is not None and (isinstance(self.memory_limit, bool) or self.memory_limit < 1):
             raise UsageError(f"--memory-limit {self.memory_limit!r}: expected a positive size such as 256M")
         positive_int(self.tile_rows, "--tile-rows")
@@ -252,14 +275,14 @@ class ColourOptions(Checked):
     """Colour balance of a stacked colour image (``--neutralize``, ``--white-balance``).
 
     ``white_balance``: "none"; "camera" (the camera's multipliers from RAW metadata);
-    "auto" (the average star made white); or three factors (R, G, B).
+    "auto" (the median star made white); or three factors (R, G, B).
     """
 
     neutralize: bool = field(default=False, metadata=flag(
         "--neutralize", "--neutralise", action="store_true", help="make the sky background grey in a colour stack"))
     white_balance: str | tuple[float, float, float] = field(default="none", metadata=flag(
         "--white-balance", metavar="WB", parse=parse_white_balance,
-        help="none, auto (the average star made white), camera (the RAW file's multipliers) or three "
+        help="none, auto (the median star made white), camera (the RAW file's multipliers) or three "
              "factors R,G,B such as 1.9,1,1.4"))
 
     def check(self) -> None:
@@ -350,16 +373,6 @@ class EnhanceOptions(Checked):
         if not 0 < self.midtone < 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
         finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
-
-
-def _parse_drizzle(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
-    return v
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -459,6 +472,71 @@ class MasterOptions(Checked):
             finite(k, "--kappa", lo=0)
 
 
+def _parse_frame_size(value: Any) -> str:
+    """``"1024x768"`` (CLI) or ``(1024, 768)`` (API): width × height → ``"1024x768"``."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            parts = []
+    try:
+        w, h = (int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise UsageError(f"--size {value!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160") from None
+    return f"{w}x{h}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions(Checked):
+    """``skystack bench``: which backends are measured, on which frames.
+
+    Without INPUT a synthetic set of ``frames`` frames of ``size`` (width × height) in
+    ``dtype`` is generated (:func:`skystack.testing.synthetic.make_deepsky`), in ``dir``
+    when given (and reused from there next time), else in a temporary folder removed
+    afterwards. With INPUT every frame of it is used and ``frames``, ``size``, ``dtype``
+    do not apply.
+    """
+
+    backend: BenchBackend = field(default="all", metadata=flag(
+        "--backend",
+        help="backends to measure: all (every usable one; the unusable are listed with the reason), cpu, "
+             "cupy or cv2cuda; a GPU backend is always measured beside the CPU backend, whose result it "
+             "must match"))
+    frames: int = field(default=16, metadata=flag(
+        "--frames", metavar="N", parse=int, help="synthetic frames to generate (not with INPUT)"))
+    size: str = field(default="3840x2160", metadata=flag(
+        "--size", metavar="WxH", parse=_parse_frame_size, help="synthetic frame size in pixels (not with INPUT)"))
+    dtype: Literal["uint16", "float32"] = field(default="uint16", metadata=flag(
+        "--dtype", help="sample type of the synthetic FITS frames (not with INPUT)"))
+    data_dir: str | None = field(default=None, metadata=flag(
+        "--dir", name="dir", metavar="DIR", parse=os.fspath,
+        help="write the synthetic set into DIR and reuse it on the next run with the same --frames/--size/"
+             "--dtype (default: a temporary folder, removed afterwards)"))
+    workers: int | None = field(default=None, metadata=flag(
+        "--workers", metavar="N", parse=int,
+        help="threads of the register and combine stages, as skystack stack runs them (default: all cores)"))
+    json: str | None = field(default=None, metadata=flag(
+        "--json", metavar="PATH", parse=os.fspath,
+        help="also write the device, the figures and the parity checks as JSON"))
+    seed: int = 0  # of the synthetic set: same seed, same frames
+
+    def check(self) -> None:
+        positive_int(self.frames, "--frames", allow_none=False)
+        object.__setattr__(self, "size", _parse_frame_size(self.size))
+        w, h = self.width_height
+        if w < 96 or h < 96:
+            raise UsageError(f"--size {self.size}: at least 96x96 pixels (a smaller synthetic frame has too few "
+                             "stars to register)")
+        positive_int(self.workers, "--workers")
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        w, h = (int(v) for v in self.size.split("x"))
+        return w, h
+
+
 # -- jobs: the option groups of each command ----------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class StackJob:
@@ -517,6 +595,18 @@ class CalibrateJob:
     calibration: CalibrationOptions = CalibrationOptions()
     memory_limit: int | None = None
     run: RunOptions = RunOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchJob:
+    """``skystack bench``: each backend's throughput per stage, and its parity with the CPU
+    backend. Stacking is a rejection stack by default (sigma), the work a GPU is for."""
+
+    bench: BenchOptions = BenchOptions()
+    read: ReadOptions = ReadOptions()
+    register: RegisterOptions = RegisterOptions()
+    stack: StackOptions = StackOptions(method="sigma")
+    quiet: bool = False
 
 
 def job_groups(job: type) -> dict[str, type]:

@@ -197,11 +197,42 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
+def image_to_ccddata(image: np.ndarray, header: Any = None, unit: str = "adu"):
+    """An :class:`astropy.nddata.CCDData` of a stacked image, laid out as its FITS file:
+    mono ``(H, W)``; colour ``(3, H, W)`` planes R, G, B. ``header`` (an astropy Header)
+    becomes its ``meta`` and, where it holds a WCS, its ``wcs`` (for a colour cube a 3-axis
+    WCS whose ``.celestial`` is the sky)."""
+    import warnings
+
+    from astropy.nddata import CCDData
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    data = np.asarray(image, dtype=np.float32)
+    if data.ndim == 3:
+        data = np.moveaxis(data, 2, 0)
+    wcs = None
+    if header is not None and "CTYPE1" in header:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header)
+    return CCDData(data, unit=unit, meta=header.copy() if header is not None else None, wcs=wcs)
+
+
 @dataclass
 class StackResult:
     """What ``skystack.stack`` and ``skystack.register`` produced: one
     :class:`FrameResult` per input frame, the reference, what was written and the run's
-    figures (``report`` is the report.json content)."""
+    figures (``report`` is the report.json content).
+
+    For a stack (not ``register``): ``image`` is the stacked float32 array, ``(H, W)`` or
+    ``(H, W, 3)`` (NaN where no frame covered; the same values as the FITS file written,
+    whose planes are ``(3, H, W)``); ``coverage`` the int32 ``(H, W)`` count of frame
+    values combined at each pixel (after rejection; for colour the largest over the
+    channels); ``weight`` the float32 drizzle weight map ``(H, W)`` (drizzle only: the
+    summed drop overlaps × frame weights); ``header`` the FITS header of the stack
+    (:class:`astropy.io.fits.Header`: observation cards, WCS, DATE-OBS, STACKCNT, LIVETIME,
+    method, HISTORY). :meth:`to_ccddata` hands it to astropy.
+    """
 
     output: Path | None
     report_path: Path | None
@@ -214,6 +245,18 @@ class StackResult:
     backend: str
     report: dict[str, Any]
     extra_outputs: list[Path] = field(default_factory=list)
+    image: np.ndarray | None = None
+    coverage: np.ndarray | None = None
+    weight: np.ndarray | None = None
+    header: Any = None  # astropy.io.fits.Header (astropy is imported only where one is built)
+
+    def to_ccddata(self, unit: str = "adu"):
+        """The stack as :class:`astropy.nddata.CCDData` (FITS layout, header as ``meta``,
+        the WCS as ``wcs``). Raises ``ValueError`` for a result without an image
+        (``register``)."""
+        if self.image is None:
+            raise ValueError("this result holds no image (skystack.register registers only)")
+        return image_to_ccddata(self.image, self.header, unit)
 
 
 @dataclass
@@ -244,6 +287,11 @@ class LuckyResult:
     messages: list[str]
     rgb_shifts: dict[str, list[float]] | None = None
     alignment_points: int = 0
+    header: Any = None  # astropy.io.fits.Header of the stack (skystack.output.header.fits_header)
+
+    def to_ccddata(self, unit: str = "adu"):
+        """The stack as :class:`astropy.nddata.CCDData` (see :func:`image_to_ccddata`)."""
+        return image_to_ccddata(self.image, self.header, unit)
 
 
 def shape_text(shape: tuple[int, ...] | list[int]) -> str:

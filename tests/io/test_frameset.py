@@ -349,3 +349,13 @@ def test_real_data_folder(real_path):
     assert a.shape == (1920, 1080, 3)
     assert np.array_equal(fs.read_rows(3, 777, 801), a[777:801])
     assert np.array_equal(fs.read_rows(12 + 2, 10, 20), fs.read(14)[10:20])
+
+
+def test_a_folder_of_folders_names_them(tmp_path):
+    from skystack.errors import NoFramesError
+    from skystack.io import open_frames
+
+    (tmp_path / "night1").mkdir()
+    (tmp_path / "night2").mkdir()
+    with pytest.raises(NoFramesError, match="night1.*night2.*not searched recursively"):
+        open_frames([tmp_path])

@@ -2,8 +2,8 @@
 
 Each command module (:mod:`~skystack.cli.deepsky`: stack, register, demo;
 :mod:`~skystack.cli.lucky`: lucky, enhance; :mod:`~skystack.cli.calibrate`: master,
-calibrate, colour) adds its parsers and maps its arguments to one :mod:`skystack.api`
-call; :mod:`~skystack.cli.args` holds what they share.
+calibrate, colour; :mod:`~skystack.cli.bench`: bench) adds its parsers and maps its
+arguments to one :mod:`skystack.api` call; :mod:`~skystack.cli.args` holds what they share.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import SkystackError
 from ..runtime.progress import setup_logging
-from . import calibrate, deepsky, lucky
+from . import bench, calibrate, deepsky, lucky
 from .args import EPILOG, FORMATTER
 
 log = logging.getLogger("skystack")
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     deepsky.add_parsers(sub)
     lucky.add_parsers(sub)
     calibrate.add_parsers(sub)
+    bench.add_parsers(sub)
     return parser
 
 

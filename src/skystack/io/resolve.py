@@ -81,6 +81,22 @@ def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str],
     return out
 
 
+def _subfolder_hint(searched: list[str]) -> str:
+    """For folders that hold only folders (a night per subfolder, say): name them, since
+    folders are not searched recursively."""
+    subs = []
+    for s in searched:
+        if os.path.isdir(s):
+            subs += sorted(os.path.join(s, n) for n in os.listdir(s)
+                           if not n.startswith(".") and os.path.isdir(os.path.join(s, n)))
+    if not subs:
+        return ""
+    shown = ", ".join(subs[:5]) + (f" (and {len(subs) - 5} more)" if len(subs) > 5 else "")
+    example = os.path.join(searched[0], "*") if len(searched) == 1 else "each folder"
+    return (f"; it holds only the folder(s) {shown}: folders are not searched recursively, so name them as "
+            f"inputs (e.g. {example})")
+
+
 def _read_list(path: str) -> list[str]:
     # One path per line; a line starting with '#' is a comment, and so is the rest of a
     # line after ' #' (a '#' inside a file name, 'frame#1.fits', is kept).
@@ -196,7 +212,7 @@ def open_frames(
 
     if not chosen:
         raise NoFramesError(
-            "no image or video files found in " + ", ".join(repr(s) for s in searched)
+            "no image or video files found in " + ", ".join(repr(s) for s in searched) + _subfolder_hint(searched)
         )
 
     hints = {"ser": {"endianness": ser_endianness}}

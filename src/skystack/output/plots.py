@@ -24,31 +24,53 @@ _COLOURS = {Fate.USED: "tab:green", Fate.REJECTED: "tab:orange",
 
 
 def plot_frames(path: str | os.PathLike, results: list[FrameResult], reference: int) -> Path:
-    """Deep-sky: three panels over frame index: shift (dx, dy), FWHM / star count, fate."""
+    """Deep-sky ``OUT.quality.png``: per frame (x: frame index), shift and rotation to the
+    reference, FWHM and star count, background and noise, and each frame's fate (used,
+    rejected, failed registration, unreadable) with the reference marked."""
     idx = np.array([r.index for r in results])
-    dx = np.array([r.transform.shift[0] if r.transform is not None else np.nan for r in results])
-    dy = np.array([r.transform.shift[1] if r.transform is not None else np.nan for r in results])
-    fwhm = np.array([r.metrics.get("fwhm_px", np.nan) for r in results], dtype=float)
-    stars = np.array([r.n_stars if r.n_stars is not None else np.nan for r in results], dtype=float)
-    fig, ax = plt.subplots(3, 1, figsize=(9, 7), sharex=True, constrained_layout=True)
+    nan = np.nan
+    dx = np.array([r.transform.shift[0] if r.transform is not None else nan for r in results])
+    dy = np.array([r.transform.shift[1] if r.transform is not None else nan for r in results])
+    rot = np.array([r.transform.rotation_deg if r.transform is not None else nan for r in results])
+    fwhm = np.array([r.metrics.get("fwhm_px", nan) for r in results], dtype=float)
+    stars = np.array([r.n_stars if r.n_stars is not None else nan for r in results], dtype=float)
+    bg = np.array([r.metrics.get("background", r.metrics.get("location_0", nan)) for r in results], dtype=float)
+    noise = np.array([r.metrics.get("noise", r.metrics.get("scale_0", nan)) for r in results], dtype=float)
+    used = np.array([r.fate is Fate.USED for r in results])
+    fig, ax = plt.subplots(4, 1, figsize=(9, 10), sharex=True, constrained_layout=True)
     ax[0].plot(idx, dx, ".-", label="dx")
     ax[0].plot(idx, dy, ".-", label="dy")
     ax[0].set_ylabel("shift to reference (px)")
-    ax[0].legend(loc="best")
-    ax[1].plot(idx, fwhm, ".-", color="tab:purple", label="FWHM (px)")
-    ax[1].set_ylabel("FWHM (px)")
-    twin = ax[1].twinx()
-    twin.plot(idx, stars, ".", color="tab:gray", label="stars")
-    twin.set_ylabel("stars")
+    tw = ax[0].twinx()
+    tw.plot(idx, rot, "x", color="tab:red", ms=4, label="rotation")
+    tw.set_ylabel("rotation (°)", color="tab:red")
+    h0, l0 = ax[0].get_legend_handles_labels()
+    h1, l1 = tw.get_legend_handles_labels()
+    ax[0].legend(h0 + h1, l0 + l1, loc="best", fontsize=8)
+    ax[1].plot(idx, fwhm, ".-", color="tab:purple", label="FWHM")
+    ax[1].set_ylabel("FWHM (px)", color="tab:purple")
+    tw = ax[1].twinx()
+    tw.plot(idx, stars, ".", color="tab:gray", label="stars")
+    tw.set_ylabel("stars detected", color="tab:gray")
+    ax[2].plot(idx, bg, ".-", color="tab:brown", label="background")
+    ax[2].set_ylabel("background (ADU)", color="tab:brown")
+    tw = ax[2].twinx()
+    tw.plot(idx, noise, ".", color="tab:cyan", label="noise")
+    tw.set_ylabel("noise σ (ADU)", color="tab:cyan")
+    for a in ax[:3]:  # frames not stacked, shaded on every panel
+        for i in idx[~used]:
+            a.axvspan(i - 0.5, i + 0.5, color="tab:orange", alpha=0.12, lw=0)
     for fate, colour in _COLOURS.items():
         sel = np.array([r.fate is fate for r in results])
         if sel.any():
-            ax[2].scatter(idx[sel], np.full(sel.sum(), list(_COLOURS).index(fate)), c=colour, s=12,
-                          label=fate.value)
-    ax[2].set_yticks(range(len(_COLOURS)), [f.value for f in _COLOURS])
-    ax[2].axvline(reference, color="tab:blue", lw=0.8, ls="--")
-    ax[2].set_xlabel("frame index (dashed: reference)")
-    ax[0].set_title(f"{sum(r.fate is Fate.USED for r in results)} of {len(results)} frames stacked")
+            ax[3].scatter(idx[sel], np.full(sel.sum(), list(_COLOURS).index(fate)), c=colour, s=12,
+                          label=f"{fate.value} ({int(sel.sum())})")
+    ax[3].set_yticks(range(len(_COLOURS)), [f.value for f in _COLOURS])
+    ax[3].set_ylim(-0.5, len(_COLOURS) - 0.5)
+    for a in ax:
+        a.axvline(reference, color="tab:blue", lw=0.8, ls="--")
+    ax[3].set_xlabel("frame index (dashed: reference; shaded: not stacked)")
+    ax[0].set_title(f"{int(used.sum())} of {len(results)} frames stacked; reference frame {reference}")
     return _save(fig, path)
 
 

@@ -25,19 +25,30 @@ def quality_plot_path(out: Path) -> Path:
     return out.with_suffix(".quality.png") if out.suffix else Path(str(out) + ".quality.png")
 
 
-def write_stack(out: Path, image: np.ndarray, *, header: dict[str, Any], history: Sequence[str],
-                output: OutputOptions, count: np.ndarray | None = None,
+def weight_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".weight.fits")
+
+
+def write_stack(out: Path, image: np.ndarray, *, header: Any, history: Sequence[str] = (),
+                output: OutputOptions, count: np.ndarray | None = None, weight: np.ndarray | None = None,
                 results: Sequence[FrameResult] | None = None, reference: int | None = None) -> list[Path]:
     """Write the stack ``out`` and its side files; returns every path written.
 
-    ``count`` (per-pixel frames combined) becomes ``OUT.coverage.fits`` with
-    ``output.coverage``; ``results`` (deep-sky) become ``OUT.quality.png`` with previews on.
+    ``header`` is an astropy Header (:func:`~skystack.output.header.fits_header`) or a dict
+    of cards. ``count`` (per-pixel frames combined) becomes ``OUT.coverage.fits`` with
+    ``output.coverage``, and ``weight`` (drizzle's weight map) ``OUT.weight.fits``; both
+    carry the stack's celestial WCS. ``results`` (deep-sky) become ``OUT.quality.png`` with
+    previews on.
     """
     written = [write_image(out, image, header=header, history=history, tiff_dtype=output.tiff_dtype)]
     if output.coverage and count is not None:
         c = np.asarray(count)
         written.append(write_fits(coverage_path(out), (c.max(axis=2) if c.ndim == 3 else c).astype(np.float32),
-                                  header={"BUNIT": ("frames", "values combined per pixel")}))
+                                  header={"BUNIT": ("frames", "values combined per pixel"), **_wcs_cards(header)}))
+    if output.coverage and weight is not None:
+        written.append(write_fits(weight_path(out), np.asarray(weight, dtype=np.float32),
+                                  header={"BUNIT": ("weight", "drizzle drop overlap x frame weight"),
+                                          **_wcs_cards(header)}))
     if output.preview and out.suffix.lower() != ".png":
         written.append(write_preview(preview_path(out), image))
     if output.preview and results is not None:
@@ -45,3 +56,19 @@ def write_stack(out: Path, image: np.ndarray, *, header: dict[str, Any], history
 
         written.append(plot_frames(quality_plot_path(out), list(results), reference or 0))
     return written
+
+
+def _wcs_cards(header: Any) -> dict[str, Any]:
+    """The 2-D celestial WCS cards of a stack's header (for its mono side maps)."""
+    keys = ("CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CDELT1", "CDELT2", "CUNIT1", "CUNIT2", "CTYPE1", "CTYPE2",
+            "PC1_1", "PC1_2", "PC2_1", "PC2_2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "LONPOLE", "LATPOLE",
+            "RADESYS", "EQUINOX")
+    if header is None or "CTYPE1" not in header:
+        return {}
+    out = {"WCSAXES": 2}
+    for k in keys:
+        if k in header:
+            v = header[k]
+            v = v[0] if isinstance(v, tuple) else v
+            out[k] = v.replace("-SIP", "") if k.startswith("CTYPE") else v
+    return out

@@ -66,23 +66,26 @@ def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
             continue
 
 
-def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,
+def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None,
                history: Iterable[str] = ()) -> Path:
     """Write float32 FITS. Colour (H, W, 3) becomes a 3-plane cube (NAXIS3 = 3, RGB order)
-    as Siril writes it; ``header`` cards (keyword → value or (value, comment)) and HISTORY
-    lines carry the provenance."""
+    as Siril writes it. ``header`` is an :class:`astropy.io.fits.Header` (its cards are
+    written as they are, comments and HISTORY included: see
+    :func:`skystack.output.header.fits_header`) or a dict of cards (keyword → value or
+    (value, comment)); HISTORY lines carry the provenance."""
     from astropy.io import fits  # 0.32 s to import: only when a FITS is written (see the module notes)
 
     data = np.asarray(image, dtype=np.float32)
     if data.ndim == 3:
         data = np.moveaxis(data, 2, 0)  # (3, H, W): FITS plane per channel
     hdu = fits.PrimaryHDU(data)
-    for key, val in (header or {}).items():
-        if isinstance(val, tuple):
+    if isinstance(header, fits.Header):
+        for card in header.cards:
+            hdu.header.append(card, end=True)
+    else:
+        for key, val in (header or {}).items():
             hdu.header[key] = val
-        else:
-            hdu.header[key] = val
-    if data.ndim == 3:
+    if data.ndim == 3 and "CTYPE3" not in hdu.header:
         hdu.header["CTYPE3"] = ("RGB", "colour planes R, G, B")
     for line in history:
         for chunk in _chunks(str(line), 70):
@@ -161,15 +164,16 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int =
 _PREVIEW_ROWS = 128
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, *, header: dict[str, Any] | None = None,
+def write_image(path: str | os.PathLike, image: np.ndarray, *, header: Any = None,
                 history: Iterable[str] = (), tiff_dtype: str = "float32") -> Path:
     """Write by extension: .fits/.fit/.fts (float32), .tif/.tiff, .png (stretched 16-bit)."""
     ext = Path(path).suffix.lower()
     if ext in (".fits", ".fit", ".fts"):
         return write_fits(path, image, header=header, history=history)
     if ext in (".tif", ".tiff"):
-        desc = "; ".join(f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in (header or {}).items())
-        return write_tiff(path, image, dtype=tiff_dtype, description=desc or None)
+        from .header import tiff_description  # astropy: only when a stack is written (module notes)
+
+        return write_tiff(path, image, dtype=tiff_dtype, description=tiff_description(header or {}))
     if ext == ".png":
         disp = np.nan_to_num(autostretch(image), nan=0.0)
         return write_png(path, np.clip(np.rint(disp * 65535.0), 0, 65535).astype(np.uint16))

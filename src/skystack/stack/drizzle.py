@@ -103,3 +103,60 @@ class Drizzle:
         drizzle_finish(self._out, self._wout, float(min_weight), res)
         img = res[:, :, 0] if self.channels == 1 else res
         return img, self._wout.astype(np.float32)
+
+
+# -- deep-sky drizzle: geometry of a block task ---------------------------------------------
+# A deep-sky drizzle block task (skystack.pipeline.deepsky.drizzle) fills one block of the
+# output grid: for each kept frame it reads the frame's source region that drops onto the
+# block and drops it with ``_skystack_kernels.cpu.drizzle.drizzle_affine_add``. These
+# helpers are its geometry, for bands of rows and 2-D tiles alike.
+
+# CFA colours to output channels (R, G, B).
+_CHANNEL = {"R": 0, "G": 1, "B": 2}
+
+
+def output_matrix(frame_to_ref: np.ndarray, scale: float) -> np.ndarray:
+    """The 2×3 map from frame pixel centres to drizzled output pixel centres.
+
+    Reference pixel ``p`` spans output edges ``[s·(p − 0.5) + s/2 …]``: the output grid
+    covers the reference grid exactly, output pixel centre ``X = s·(p + 0.5) − 0.5``.
+    """
+    m = np.asarray(frame_to_ref, dtype=np.float64) * float(scale)
+    m[:, 2] += 0.5 * scale - 0.5
+    return m
+
+
+def source_region(matrix: np.ndarray, block: tuple[int, int, int, int], frame_shape: tuple[int, int],
+                  pixfrac: float) -> tuple[int, int, int, int] | None:
+    """The frame pixels ``(y0, y1, x0, x1)`` whose drops can land on output ``block``
+    ``(y0, y1, x0, x1)`` through ``matrix`` (frame → output), or ``None`` when none can.
+
+    The block's corners are mapped back to the frame (an affine map sends the rectangle
+    to a parallelogram whose extremes are at its corners) and widened by the drop's
+    half-size plus a pixel of rounding slack.
+    """
+    by0, by1, bx0, bx1 = block
+    inv = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+    xs = np.array([bx0 - 0.5, bx1 - 0.5, bx0 - 0.5, bx1 - 0.5])
+    ys = np.array([by0 - 0.5, by0 - 0.5, by1 - 0.5, by1 - 0.5])
+    fx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    fy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    pad = 0.5 * pixfrac + 1.0
+    h, w = frame_shape
+    y0 = max(0, math.floor(fy.min() - pad))
+    y1 = min(h, math.ceil(fy.max() + pad) + 1)
+    x0 = max(0, math.floor(fx.min() - pad))
+    x1 = min(w, math.ceil(fx.max() + pad) + 1)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return y0, y1, x0, x1
+
+
+def cfa_channels(pattern: str | None) -> np.ndarray:
+    """``(2, 2)`` int64 output channel of each CFA site by ``(y % 2, x % 2)`` for a FITS
+    ``BAYERPAT`` pattern (``"GRBG"``: top-left 2×2, row-major); all −1 for ``None`` (not
+    a mosaic)."""
+    if pattern is None:
+        return np.full((2, 2), -1, dtype=np.int64)
+    return np.array([[_CHANNEL[pattern[0]], _CHANNEL[pattern[1]]],
+                     [_CHANNEL[pattern[2]], _CHANNEL[pattern[3]]]], dtype=np.int64)

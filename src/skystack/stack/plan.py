@@ -285,6 +285,18 @@ def _fmt(nbytes: float) -> str:
     return str(nbytes)
 
 
+def rotation_extra_rows(width: int, matrices: list[np.ndarray], interpolation: str) -> int:
+    """How many more source rows than output rows a band of full rows can need: the
+    vertical extent of a band's inverse image minus its height, maximised over frames (for
+    the row bands of drizzle and of the benchmark's band loop)."""
+    extra = 0
+    for m in matrices:
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+        # d(src y)/d(dst x) × W is the tilt of a row; the y scale adds proportionally
+        extra = max(extra, math.ceil(abs(inv[1, 0]) * width + abs(inv[1, 1] - 1.0) * 64))
+    return extra + 2 * INTERP_MARGIN.get(interpolation, 5)
+
+
 def source_rows(matrix: np.ndarray, band_y0: int, band_y1: int, width: int, src_height: int,
                 interpolation: str) -> tuple[int, int] | None:
     """The frame rows ``[y0, y1)`` needed to fill output rows ``[band_y0, band_y1)``.

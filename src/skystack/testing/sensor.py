@@ -83,6 +83,14 @@ class DeepSkyParams:
     star_colour_spread: float = 0.4  # star R/G from 1-s to 1+s (B/G the other way)
     galaxy_colour: tuple[float, float, float] = (1.3, 1.0, 0.65)  # a yellowish galaxy
     sky_colour: tuple[float, float, float] = (1.15, 1.0, 0.8)  # light-polluted sky
+    # observation metadata written into the FITS headers (defaults: none of it, as before)
+    wcs_centre: tuple[float, float] | None = None  # (RA, Dec) in degrees of the layout grid's centre:
+    #   each frame then gets the TAN WCS its transform implies (SyntheticSet.wcs_header)
+    pixel_scale_arcsec: float = 2.4  # of that WCS (a Seestar S50: 2.9 µm pixels at 250 mm)
+    sky_pa_deg: float = 0.0  # position angle of the layout grid's +y axis, degrees east of north
+    date_obs: str | None = None  # start of frame 0 (ISO, UTC); frame i starts i·(exptime + frame_gap_s) later
+    frame_gap_s: float = 2.0
+    observation: tuple[tuple[str, object], ...] = ()  # more header cards: (("INSTRUME", "..."), ...)
 
     def __post_init__(self) -> None:
         h, w = self.shape

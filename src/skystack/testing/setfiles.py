@@ -59,8 +59,13 @@ class SetFiles:
         p = self.params
         for i in it:
             path = folder / f"{prefix}{i:04d}.fits"
+            extra: list[tuple[str, object]] = [("OBJECT", "skystack synthetic")]
+            extra += list(p.observation)
+            if p.date_obs is not None:
+                extra.append(("DATE-OBS", self.date_obs(i)))
+            extra += list(self.wcs_header(i).items())
             self._write_frame(path, self.frame(i), exptime=p.exptime, imagetyp="Light Frame", index=i,
-                              extra=[("OBJECT", "skystack synthetic")])
+                              extra=extra)
             paths.append(path)
         truth = self.truth()
         truth["files"] = [q.name for q in paths]

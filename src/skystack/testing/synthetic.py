@@ -58,7 +58,8 @@ from .sensor import (DeepSkyParams, Sensor, StarField, _Blob, _FrameConditions, 
                      moffat_alpha)
 from .setfiles import SetFiles
 
-__all__ = ["DeepSkyParams", "Sensor", "StarField", "SyntheticSet", "make_deepsky", "moffat_alpha", "with_params"]
+__all__ = ["DeepSkyParams", "SEESTAR_CARDS", "Sensor", "StarField", "SyntheticSet", "make_deepsky",
+           "make_seestar_like", "moffat_alpha", "with_params"]
 
 # A star is rendered out to where its profile falls below this many electrons per pixel:
 # far below any read noise, so the truncation is invisible, and it bounds the stamps.
@@ -611,6 +612,77 @@ class SyntheticSet(SetFiles):
             img += p.pedestal
         return img
 
+    # -- observation metadata: the sky coordinates and times of the frames -----------------
+    def _layout_wcs(self):
+        """The TAN WCS of the layout grid (frame 0's grid when ``first_identity``)."""
+        from astropy.wcs import WCS
+
+        p = self.params
+        h, w = self.shape
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.crval = list(p.wcs_centre)
+        wcs.wcs.crpix = [(w - 1) / 2.0 + 1.0, (h - 1) / 2.0 + 1.0]  # 1-based
+        deg = p.pixel_scale_arcsec / 3600.0
+        wcs.wcs.cdelt = [-deg, deg]  # east to the left, north up, before the rotation
+        pa = math.radians(p.sky_pa_deg)
+        wcs.wcs.pc = [[math.cos(pa), -math.sin(pa)], [math.sin(pa), math.cos(pa)]]
+        return wcs
+
+    def wcs_header(self, i: int) -> dict[str, object]:
+        """FITS WCS cards (TAN projection, PC matrix) of frame ``i``, exact for its
+        transform: pixel ``p`` of the frame shows the sky the layout grid shows at
+        ``transforms[i].apply(p)``. Empty without ``params.wcs_centre``."""
+        self._check(i)
+        if self.params.wcs_centre is None:
+            return {}
+        lw = self._layout_wcs()
+        m = self.transforms[i].matrix
+        a, t = m[:, :2], m[:, 2]
+        # layout offsets from CRPIX: p_r - c_r = A p_f + t - c_r = A (p_f - c_f)
+        c_r = np.asarray(lw.wcs.crpix) - 1.0
+        c_f = np.linalg.solve(a, c_r - t)
+        pc = np.asarray(lw.wcs.get_pc()) @ a
+        cards: dict[str, object] = {"WCSAXES": 2, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+                                    "CUNIT1": "deg", "CUNIT2": "deg",
+                                    "CRVAL1": float(lw.wcs.crval[0]), "CRVAL2": float(lw.wcs.crval[1]),
+                                    "CRPIX1": float(c_f[0] + 1.0), "CRPIX2": float(c_f[1] + 1.0),
+                                    "CDELT1": float(lw.wcs.cdelt[0]), "CDELT2": float(lw.wcs.cdelt[1]),
+                                    "PC1_1": float(pc[0, 0]), "PC1_2": float(pc[0, 1]),
+                                    "PC2_1": float(pc[1, 0]), "PC2_2": float(pc[1, 1]),
+                                    "RADESYS": "ICRS", "EQUINOX": 2000.0}
+        return cards
+
+    def sky_of_layout(self, xy: np.ndarray) -> np.ndarray:
+        """(RA, Dec) in degrees of layout-grid pixels ``xy`` (n, 2), 0-based: the truth a
+        stack's WCS is checked against (``stars.xy`` are layout pixels)."""
+        if self.params.wcs_centre is None:
+            raise ValueError("this set has no WCS (params.wcs_centre is None)")
+        return np.asarray(self._layout_wcs().wcs_pix2world(np.asarray(xy, dtype=np.float64), 0))
+
+    def start_mjd(self, i: int) -> float | None:
+        """Start of frame ``i``'s exposure (MJD, UTC), or None without ``params.date_obs``."""
+        self._check(i)
+        p = self.params
+        if p.date_obs is None:
+            return None
+        from datetime import datetime, timezone
+
+        t0 = datetime.fromisoformat(p.date_obs).replace(tzinfo=timezone.utc)
+        mjd0 = (t0 - datetime(1858, 11, 17, tzinfo=timezone.utc)).total_seconds() / 86400.0
+        return mjd0 + i * (p.exptime + p.frame_gap_s) / 86400.0
+
+    def date_obs(self, i: int) -> str | None:
+        """Frame ``i``'s DATE-OBS (ISO, UTC, microseconds), or None without ``params.date_obs``."""
+        self._check(i)
+        p = self.params
+        if p.date_obs is None:
+            return None
+        from datetime import datetime, timedelta
+
+        t = datetime.fromisoformat(p.date_obs) + timedelta(seconds=i * (p.exptime + p.frame_gap_s))
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range 0..{len(self) - 1}")
@@ -641,6 +713,29 @@ def make_deepsky(n_frames: int = 30, shape: tuple[int, int] = (1500, 2000), seed
     """
     return SyntheticSet(DeepSkyParams(n_frames=n_frames, shape=tuple(shape), seed=seed,
                                       max_shift=max_shift, max_rot_deg=max_rot_deg, **kwargs))
+
+
+# Header cards of a ZWO Seestar S50 sub (seestar-m94 in ../shared/data, SOURCES.md), for
+# Seestar-like synthetic sets.
+SEESTAR_CARDS: tuple[tuple[str, object], ...] = (
+    ("OBJECT", "M 94"), ("TELESCOP", "S50_synthetic"), ("INSTRUME", "Seestar S50"), ("FILTER", "IRCUT"),
+    ("FOCALLEN", 250), ("APERTURE", 5.0), ("XPIXSZ", 2.9), ("YPIXSZ", 2.9), ("XBINNING", 1), ("YBINNING", 1),
+    ("GAIN", 80), ("SITELAT", 32.8965), ("SITELONG", -79.7625), ("RA", 193.04166), ("DEC", 40.970556),
+    ("CREATOR", "ZWO Seestar S50"),
+)
+
+
+def make_seestar_like(n_frames: int = 8, shape: tuple[int, int] = (192, 108), seed: int = 0, **kwargs) -> SyntheticSet:
+    """A small Seestar-like set: portrait GRBG mosaics, 10 s subs a few seconds apart,
+    Seestar header cards (:data:`SEESTAR_CARDS`) and, unlike the real Seestar files (which
+    have none), a plate-solved-style TAN/PC WCS per frame consistent with the transforms
+    (2.4″/px centred on M 94). ``kwargs`` override any :class:`DeepSkyParams` field."""
+    params = dict(max_shift=6.0, max_rot_deg=1.5, bayer="GRBG", exptime=10.0, frame_gap_s=1.5,
+                  wcs_centre=(193.0994, 41.1203), pixel_scale_arcsec=2.4, sky_pa_deg=12.0,
+                  date_obs="2025-03-27T01:20:32.955368", observation=SEESTAR_CARDS, extended=False,
+                  star_density=2.5e-3, trail_frame=None)
+    params.update(kwargs)
+    return make_deepsky(n_frames=n_frames, shape=shape, seed=seed, **params)
 
 
 def with_params(s: SyntheticSet, **changes) -> SyntheticSet:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.pipeline.deepsky.phase2 import _reuse_done
+from skystack.pipeline.deepsky.phase2 import reuse_done
 from skystack.pipeline.deepsky.resume import Journal, npy_data_offset, read_rows, write_block, write_rows
 from skystack.stack.plan import TilePlan
 from skystack.types import Fate, FrameResult, Transform
@@ -93,18 +93,18 @@ def test_done_tiles_are_reused_when_the_new_plan_nests_in_them():
             ((16, 32, 15, 30), np.full((3, 2), 100))]
     same = _plan(16).tiles
     skip: set[int] = set()
-    taken = _reuse_done(done, same, skip, 3)
+    taken = reuse_done(done, same, skip, 3)
     assert sorted(skip) == [0, 1, 3] and taken[0, 0] == 111
     finer = _plan(8).tiles  # a smaller budget on resume: each recorded tile is two of these
     skip = set()
-    taken = _reuse_done(done, finer, skip, 3)
+    taken = reuse_done(done, finer, skip, 3)
     assert {finer[t] for t in skip} == {(0, 8, 0, 15), (8, 16, 0, 15), (0, 8, 15, 30), (8, 16, 15, 30),
                                         (16, 24, 15, 30), (24, 32, 15, 30)}
     assert taken[0, 0] == 111
     coarser = _plan(32).tiles  # a recorded tile cut across by the new plan is recomputed, not counted
     skip = set()
-    taken = _reuse_done(done, coarser, skip, 3)
+    taken = reuse_done(done, coarser, skip, 3)
     assert skip == set() and not taken.any()
     skip = set()  # a rectangle recorded twice (two resumed runs) counts once
-    taken = _reuse_done(done + [done[0]], same, skip, 3)
+    taken = reuse_done(done + [done[0]], same, skip, 3)
     assert taken[0, 0] == 111

@@ -23,6 +23,7 @@ from ...detect.stars import Stars
 from ...errors import BadFrameError, NoFramesError, UsageError
 from ...io import luminance
 from ...options import RegisterOptions, RunOptions
+from ...output.header import frame_start_mjd
 from ...quality.select import quality_score
 from ...register.deepsky import Reference, Registration, detect_frame, register_frame
 from ...runtime.executor import run_tasks
@@ -161,6 +162,9 @@ def _read_and_measure(frames, index: int, options: RegisterOptions, shape: tuple
         metrics[f"scale_{c}"] = sc
     if info.exposure_s is not None:
         metrics["exposure_s"] = float(info.exposure_s)
+    start = frame_start_mjd(info.meta)
+    if start is not None:  # the stack's DATE-OBS/EXPSTART/EXPEND (output.header.time_cards)
+        metrics["start_mjd"] = start
     return lum, Measured(index=index, path=path, name=name, stars=detect_frame(lum, options), metrics=metrics)
 
 

@@ -243,7 +243,7 @@ def run_tiles(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptio
     rejected = np.zeros((len(kept), 2), dtype=np.int64)
     skip: set[int] = set()
     if resumed and not (new_image or new_count):
-        rejected += _reuse_done(journal.tiles_done(), tiles, skip, len(kept))
+        rejected += reuse_done(journal.tiles_done(), tiles, skip, len(kept))
     task = TileTask(
         workspace=Workspace(keep_files_open(frames.spec), backend_name, shared=True), height=H, width=W, channels=C,
         frames=tuple(KeptFrame(i, res[i].transform.matrix, kept.mul[k], kept.add[k], p1.fingerprints[i])
@@ -266,7 +266,21 @@ def run_tiles(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptio
     return img_path, cnt_path, rejected, info
 
 
-def _reuse_done(done: list[tuple[tuple[int, int, int, int], np.ndarray]], tiles: list[tuple[int, int, int, int]],
+def coverage_of(count_path: Path, rows: int = 256) -> np.ndarray:
+    """The coverage map of a count accumulator: how many values were combined per pixel,
+    the most of any channel for a colour stack; read ``rows`` rows at a time, so a colour
+    count (H, W, 3) is never in memory whole."""
+    counts = np.load(count_path, mmap_mode="r")
+    if counts.ndim == 2:
+        return np.array(counts)
+    out = np.empty(counts.shape[:2], dtype=counts.dtype)
+    for y0 in range(0, counts.shape[0], rows):
+        np.max(counts[y0:y0 + rows], axis=2, out=out[y0:y0 + rows])
+    del counts
+    return out
+
+
+def reuse_done(done: list[tuple[tuple[int, int, int, int], np.ndarray]], tiles: list[tuple[int, int, int, int]],
                 skip: set[int], n_frames: int) -> np.ndarray:
     """Which tiles an interrupted run finished: a recorded rectangle counts when every tile
     of this plan that meets it lies inside it (the plan, or one nesting in it); those tiles

@@ -9,7 +9,7 @@ this package:
 3. :func:`~.phase1.register_all` — choose the reference, register and measure every frame;
 4. :func:`~.weights.apply_selection` and :func:`~.weights.normalisation` — which frames
    are stacked, with which factors and weights;
-5. :func:`combine` — phase 2: the streaming mean or the tile engine;
+5. :func:`combine` — phase 2: the streaming mean, the tile engine or drizzle;
 6. :func:`finish` — colour balance, report, outputs; the journal is removed.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,12 +36,13 @@ from ...output.report import build_report
 from ...output.products import write_stack
 from ...output.write import check_not_input, write_json
 from ...runtime.executor import ClusterShape, check_scheduler, cluster_shape
-from ...runtime.memory import peak_rss_mb, release_free_memory, tune_allocator
+from ...runtime.memory import current_rss, default_memory_limit, peak_rss_mb, release_free_memory, tune_allocator
 from ...runtime.progress import setup_logging
 from ...types import Fate, StackResult
+from .drizzle import run_drizzle
 from .mean import run_streaming_mean
 from .phase1 import Phase1, register_all
-from .phase2 import plan_phase2, run_tiles
+from .phase2 import coverage_of, plan_phase2, run_tiles
 from .resume import Journal
 from .weights import Kept, apply_selection, normalisation
 
@@ -62,7 +65,19 @@ class Inputs:
     cache_dir: Path
     calibration_info: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    scratch: Path | None = None  # the temporary journal folder of a stack that writes nothing
     cluster: ClusterShape | None = None  # with --scheduler: the workers' threads and memory
+
+
+@dataclass
+class Combined:
+    """What phase 2 produced: the image, the per-pixel count of combined values, the
+    drizzle weight map (``None`` without drizzle) and the engine's figures."""
+
+    image: np.ndarray
+    count: np.ndarray
+    weight: np.ndarray | None
+    info: dict[str, Any]
 
 
 def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackResult:
@@ -77,8 +92,8 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     """
     t_start = time.perf_counter()
     setup_logging(job.run.quiet)
-    if job.output.output is None:
-        raise UsageError("an output path is needed to stack (-o OUT.fits)")
+    if job.output.output is None and job.run.resume:
+        raise UsageError("--resume continues a run that writes an output; give the output path")
     backend = resolve(job.run.backend)
     src = open_inputs(inputs, job)
     journal, resumed = start_journal(src, job, transforms_only=False)
@@ -92,9 +107,10 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
         raise RegistrationError("no frame left to stack after selection")
     job = dataclasses.replace(job, stack=job.stack.for_frames(len(kept)))  # --method auto, by the frames kept
     kept_frames = normalisation(p1, kept, job.stack)
-    image, count, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend, src.timings,
-                                       src.cluster)
-    return finish(src, p1, kept, image, count, stack_info, job, journal, resumed, backend.name, t_start)
+    image, count, weight, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend,
+                                               src.timings, src.cluster)
+    return finish(src, p1, kept, Combined(image, count, weight, stack_info), job, journal, resumed, backend.name,
+                  t_start)
 
 
 def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> StackResult:
@@ -108,7 +124,7 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, None)
     _require_registered(p1)
     kept = [r.index for r in p1.results if r.fate is Fate.USED]
-    return finish(src, p1, kept, None, None, {}, as_stack, journal, resumed, None, t_start)
+    return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
 
 
 def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
@@ -154,8 +170,18 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
 
 def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple[Journal | None, bool]:
     """Open the run's journal (once the inputs are known to be usable: a refused
-    calibration leaves nothing behind). Returns it and whether this run resumes one."""
+    calibration leaves nothing behind). Returns it and whether this run resumes one.
+
+    A stack that writes nothing (the API with ``output=None``) keeps its accumulators in a
+    journal under a temporary folder (the cache folder for a cluster run, whose workers
+    must see it), removed with the journal."""
     anchor = src.out_path if src.out_path is not None else Path(job.output.report) if job.output.report else None
+    if anchor is None and not transforms_only:
+        parent = src.cache_dir if job.run.scheduler else None
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        src.scratch = Path(tempfile.mkdtemp(prefix="skystack-", dir=parent))
+        anchor = src.scratch / "stack"
     if anchor is None:
         return None, False
     journal = Journal(anchor)
@@ -171,49 +197,82 @@ def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple
 
 def combine(frames: FrameSet, p1: Phase1, kept: Kept, job: StackJob, journal: Journal, resumed: bool,
             backend: Any, timings: dict[str, float], cluster: ClusterShape | None = None
-            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Phase 2: the kept frames warped onto the reference and combined. Returns the image,
-    the per-pixel count of combined values, and the engine's figures for the report."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Phase 2: the kept frames warped (or drizzled) onto the reference and combined.
+    Returns the image, the per-pixel count of combined values (the most of any channel),
+    the drizzle weight map (``None`` without drizzle), and the engine's figures for the
+    report."""
     t0 = time.perf_counter()
-    plan = plan_phase2(p1, kept, job.stack, job.run, journal, resumed, cluster)
-    info: dict[str, Any] = {"method": job.stack.method, "memory_limit": plan.limit, "held_after_phase1": plan.held,
-                            "engine": plan.engine}
-    if plan.engine == "streaming-mean":
-        image, count = run_streaming_mean(frames, p1, kept, job.stack, job.run, journal, resumed, backend,
-                                          plan.in_flight)
+    stack = job.stack
+    weight = None
+    if stack.drizzle:
+        # what the run still holds from phase 1 (the frame index, results, allocator slack)
+        # comes out of the budget phase 2 may use
+        held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
+        budget = stack.memory_limit or default_memory_limit()
+        phase2 = dataclasses.replace(stack, memory_limit=max(budget - held, 1))
+        info: dict[str, Any] = {"method": stack.method, "memory_limit": budget, "held_after_phase1": held}
+        img_path, cnt_path, wgt_path, rejected, band_info = run_drizzle(frames, p1, kept, phase2, job.run, journal,
+                                                                        resumed, backend.name)
+        info.update(band_info, engine="drizzle")
+        _record_rejections(p1, kept, rejected, band_info["output_pixels"])
+        image, count, weight = np.load(img_path), coverage_of(cnt_path), np.load(wgt_path)
     else:
-        img_path, cnt_path, rejected, tile_info = run_tiles(frames, p1, kept, job.stack, job.run, journal, resumed,
-                                                            backend.name, plan)
-        info.update(tile_info)
-        res = p1.by_index()
-        n_px = float(np.prod(p1.shape))
-        for k, i in enumerate(kept.indices):
-            res[i].metrics["rejected_low_pct"] = 100.0 * rejected[k, 0] / n_px
-            res[i].metrics["rejected_high_pct"] = 100.0 * rejected[k, 1] / n_px
-        image = np.load(img_path, mmap_mode="r")
-        count = np.load(cnt_path, mmap_mode="r")
+        plan = plan_phase2(p1, kept, stack, job.run, journal, resumed, cluster)
+        info = {"method": stack.method, "memory_limit": plan.limit, "held_after_phase1": plan.held,
+                "engine": plan.engine}
+        if plan.engine == "streaming-mean":
+            image, count = run_streaming_mean(frames, p1, kept, stack, job.run, journal, resumed, backend,
+                                              plan.in_flight)
+        else:
+            img_path, cnt_path, rejected, tile_info = run_tiles(frames, p1, kept, stack, job.run, journal, resumed,
+                                                                backend.name, plan)
+            info.update(tile_info)
+            _record_rejections(p1, kept, rejected, float(np.prod(p1.shape)))
+            # read into memory (not mapped): the result holds the image after the journal goes;
+            # the count only as the coverage it becomes, read in strips
+            image = np.load(img_path)
+            count = coverage_of(cnt_path)
     timings["phase2_s"] = time.perf_counter() - t0
-    return image, count, info
+    return image, count, weight, info
 
 
-def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: dict[str, Any], job: StackJob,
+def _record_rejections(p1: Phase1, kept: Kept, rejected: np.ndarray, n_px: float) -> None:
+    res = p1.by_index()
+    for k, i in enumerate(kept.indices):
+        res[i].metrics["rejected_low_pct"] = 100.0 * rejected[k, 0] / n_px
+        res[i].metrics["rejected_high_pct"] = 100.0 * rejected[k, 1] / n_px
+
+
+def finish(src: Inputs, p1: Phase1, kept: list[int], combined: Combined | None, job: StackJob,
            journal: Journal | None, resumed: bool, backend: str | None, t_start: float) -> StackResult:
-    """Colour balance, the report and the outputs; then the journal goes."""
+    """Colour balance, the header, the report and the outputs; then the journal goes.
+    ``combined`` is ``None`` for ``register`` (transforms only)."""
     timings = dict(src.timings)
     timings.update(p1.timings)
-    transforms_only = image is None
+    transforms_only = combined is None
+    image = count = weight = header = None
+    stack_info: dict[str, Any] = {} if combined is None else combined.info
     colour_info = None
-    if job.colour.active and image is not None:
-        if np.ndim(image) == 3:
-            from ...calibrate.colour import colour_balance  # see _calibrate_modules
+    if combined is not None:
+        image, weight = np.asarray(combined.image), combined.weight
+        count = np.asarray(combined.count)
+        if count.ndim == 3:  # the coverage of a colour stack: the most values any channel combined
+            count = count.max(axis=2)
+        if job.colour.active:
+            if image.ndim == 3:
+                from ...calibrate.colour import colour_balance  # see _calibrate_modules
 
-            t0 = time.perf_counter()
-            image, colour_info = colour_balance(np.asarray(image), neutralize=job.colour.neutralize,
-                                                white_balance=job.colour.white_balance,
-                                                meta=src.frames.meta(p1.reference))
-            timings["colour_s"] = time.perf_counter() - t0
-        else:
-            log.warning("--neutralize/--white-balance apply to colour stacks; this one is mono, left as it is")
+                t0 = time.perf_counter()
+                image, colour_info = colour_balance(image, neutralize=job.colour.neutralize,
+                                                    white_balance=job.colour.white_balance,
+                                                    meta=src.frames.meta(p1.reference))
+                timings["colour_s"] = time.perf_counter() - t0
+            else:
+                log.warning("--neutralize/--white-balance apply to colour stacks; this one is mono, left as it is")
+        image = np.asarray(image, dtype=np.float32)
+        header = deepsky_header(p1.results, p1.reference, kept, src.frames, job.stack, job.register,
+                                colour=image.ndim == 3)
     t0 = time.perf_counter()
     report = build_report(frames=src.frames, p1=p1, kept=kept, inputs=src.inputs, output=job.output,
                           options={"read": asdict(job.read), "register": asdict(job.register),
@@ -222,9 +281,8 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
                           backend=backend, stack_info=stack_info, transforms_only=transforms_only)
     extra: list[Path] = []
     if image is not None and src.out_path is not None:
-        header, history = deepsky_header(p1.results, p1.reference, kept, src.frames, job.stack, job.register)
-        extra = write_stack(src.out_path, np.asarray(image), count=np.asarray(count), header=header,
-                            history=history, output=job.output, results=p1.results, reference=p1.reference)
+        extra = write_stack(src.out_path, image, count=count, weight=weight, header=header,
+                            output=job.output, results=p1.results, reference=p1.reference)
         report["outputs"] = [str(p) for p in extra]
     timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -234,7 +292,7 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
     if colour_info is not None:
         report["colour"] = colour_info
     if resumed:
-        report["resumed"] = {"phase1_frames_reused": p1.reused, "tiles_reused": stack_info.get("tiles_reused", 0)}
+        report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report_path = None
     if job.output.report:
@@ -243,13 +301,15 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], image, count, stack_info: d
         report_path = Path(str(src.out_path) + ".report.json")
     if report_path is not None:
         write_json(report_path, report)
-    del image, count
     if journal is not None:
         journal.remove()
+    if src.scratch is not None:
+        shutil.rmtree(src.scratch, ignore_errors=True)
     return StackResult(output=None if transforms_only else src.out_path, report_path=report_path,
                        results=p1.results, reference=p1.reference, n_used=0 if transforms_only else len(kept),
                        shape=p1.shape, timings=timings, peak_rss_mb=peak_rss_mb(), backend=backend or "none",
-                       report=report, extra_outputs=extra)
+                       report=report, extra_outputs=extra, image=image, coverage=count, weight=weight,
+                       header=header)
 
 
 def _require_registered(p1: Phase1) -> None:
