@@ -202,10 +202,13 @@ class StackOptions(Checked):
 
     def for_frames(self, n_frames: int) -> StackOptions:
         """These options with ``method="auto"`` resolved for ``n_frames`` frames (the
-        other properties need a concrete method)."""
+        other properties need a concrete method). With ``--drizzle``, auto is the classic
+        drizzle (the weighted mean of the drops): rejection compares each frame's own drops,
+        which on undersampled stars differ with the subpixel phase (measured: star
+        half-light radii grew past the plain stack's under winsorized clipping)."""
         if self.method != "auto":
             return self
-        return dataclasses.replace(self, method=auto_method(n_frames))
+        return dataclasses.replace(self, method="mean" if self.drizzle else auto_method(n_frames))
 
     @property
     def reject(self) -> str:
