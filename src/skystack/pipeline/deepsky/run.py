@@ -292,7 +292,7 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], combined: Combined | None, 
     if colour_info is not None:
         report["colour"] = colour_info
     if resumed:
-        report["resumed"] = {"phase1_frames_reused": p1.reused, "bands_reused": stack_info.get("bands_reused", 0)}
+        report["resumed"] = {"phase1_frames_reused": p1.reused, "tiles_reused": stack_info.get("tiles_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report_path = None
     if job.output.report:
