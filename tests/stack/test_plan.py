@@ -28,10 +28,13 @@ def test_tile_height_follows_budget_and_frame_count():
 
 
 def test_small_sets_get_several_tiles_per_worker_and_little_memory():
+    from skystack.stack.plan import MAX_TILE_PIXELS
+
     # 18 colour frames of 1080×1920 with a generous budget: not one tile per worker
     p = plan_tiles(height=1920, width=1080, channels=3, n_frames=18, memory_limit=8 * 2**30, workers=2)
     assert len(p.tiles) >= 4 * 2 and p.in_flight == 2
-    assert p.in_flight * p.tile_bytes < 200 * 2**20  # sized by the work, not by the budget
+    assert p.in_flight * p.tile_bytes < 100 * 2**20  # sized by the work, not by the budget
+    assert all((y1 - y0) * (x1 - x0) <= MAX_TILE_PIXELS for y0, y1, x0, x1 in p.tiles)
 
 
 def test_read_amplification_stays_small_at_any_frame_count():
@@ -54,13 +57,14 @@ def test_budget_below_one_tile_is_a_clear_error():
 def test_refined_plans_nest_and_resume_fits_a_smaller_budget():
     g = Geometry.of(ROT2, "cubic")
     p = plan_tiles(height=2000, width=3000, channels=1, n_frames=100, memory_limit=512 * 2**20, workers=2,
-                   geometry=g)
+                   geometry=g, tile_rows=240)  # as an interrupted run recorded it
     small = fits_in(p, 64 * 2**20, 2, g)
     assert small is not None and p.tile_rows % small.tile_rows == 0 and small.tile_rows < p.tile_rows
     assert small.in_flight * small.tile_bytes <= 64 * 2**20
     for y0, y1, x0, x1 in small.tiles:  # every small tile inside one of the plan's tiles
         assert any(a <= y0 and y1 <= b and c <= x0 and x1 <= d for a, b, c, d in p.tiles)
     assert fits_in(p, 512 * 2**20, 2, g).tile_rows == p.tile_rows  # a budget as large: the same plan
+    assert fits_in(p, 512 * 2**20, 2, g, max_rows=120).tile_rows == 120  # --tile-rows on resume: nesting
     assert fits_in(p, 2**20, 2, g) is None
     assert TilePlan.from_json(p.to_json()).tiles == p.tiles
     with pytest.raises(ValueError):
