@@ -1,20 +1,33 @@
 #!/usr/bin/env python
-"""Register + sigma-clipped (3/3) stack of 100 synthetic 3000×2000 frames: skystack
-against Siril (siril-cli, if installed: `apt-get install siril`) and against the naive
-all-in-memory NumPy stack, measured in one run on this machine. Prints one table.
+"""skystack against Siril 1.0 (siril-cli), measured side by side in one run on this machine.
+Prints tables: per-stage times, peak RSS and quality, and the ratios issue 11 asks for.
 
-Columns: wall time and peak RSS (/usr/bin/time -v) of each whole run; registration error
-against the generator's exact transforms (RMS over the frame, px); the noise of the stack
-in star-free sky, in ADU of the input frames (the stack is fitted linearly to the
-noise-free ideal there, so normalisation and output scaling do not matter); the satellite
-trail's residual in the stack (in noise σ). Then peak RSS for N = 50, 100, 200, 400 frames
-at a fixed --memory-limit, and the phase-1 speed-up from 1 to 2 workers.
+1. Synthetic set (100 frames 3000×2000 uint16, ±40 px, ±2°, hot pixels, cosmic rays, a
+   satellite trail): register + sigma 3/3 with add+scale normalisation. Siril: ``register``
+   then ``stack rej s 3 3 -norm=addscale``. skystack: ``--method sigma --norm addscale
+   --memory-limit 256M``, bicubic (its default) and bilinear. Columns: wall time and peak
+   RSS (``/usr/bin/time -v``), the stages (Siril's own "Execution time" per command;
+   skystack's report timings, start-up = wall - the run's own total), registration error
+   against the generator's exact transforms (RMS over the frame, px; Siril's measured on
+   its registered frames by skystack's star matcher, which reads ~0.003 px on these), the
+   sky noise (input ADU, star-free boxes, the stack fitted linearly to the noise-free
+   ideal), PSNR against the ideal and the trail's residual.
+2. The same at 50, 100, 200 and 400 frames (hard links cycling over the set): wall, peak,
+   tile height and read amplification; 400 frames against 100.
+3. The real Seestar S50 subs of M94 (18 frames 1080×1920 GRBG, both sessions, from
+   ../shared/data): Siril ``convert -debayer``, ``register``, ``stack rej s 3 3
+   -norm=addscale``; skystack ``--method sigma`` at its default limit and at 64M.
 
-Siril 1.0 writes registered frames and keeps no transforms, so its registration error is
-measured by registering its output frames (r_*.fit) onto its reference with skystack's
-star matcher (which itself reads ~0.003 px RMS on these frames).
+Peak RSS is compared with the run's baseline: the same command on 5 tiny frames (every
+import, compiled kernel and thread it uses, no frame worth counting). The load average is
+printed before and after: the machine is shared, and wall times move with it.
 
-    python benchmarks/stack_vs_siril.py [--n 100] [--size 3000x2000] [--limit 256M] [--skip-sweep]
+PSNR: 20·log10(range of the ideal / RMS of (stack - ideal)) over the field 60 px inside the
+borders, after fitting the stack linearly to the ideal (so normalisation and output scaling
+drop out), in dB.
+
+    SKYSTACK_BENCH_DATA=/tmp/bench python benchmarks/stack_vs_siril.py [--n 100] [--size 3000x2000]
+        [--limit 256M] [--skip-sweep] [--skip-synthetic] [--skip-seestar] [--lanczos] [--naive]
 """
 from __future__ import annotations
 
@@ -31,20 +44,14 @@ from pathlib import Path
 import numpy as np
 from _common import DATA, REPO, run_measured, synthetic_set, table
 
-BASELINE_CODE = """
-import resource, numpy as np
-import skystack, skystack.pipeline.deepsky.run, skystack.io, skystack.backends.cpu, skystack.output.write
-import cv2, astropy.io.fits, dask.threaded, tqdm
-from _skystack_kernels.cpu.combine import combine_band
-from skystack.options import RegisterOptions
-from skystack.register.deepsky import Reference, register_frame, measure_frame
-b = np.zeros((3, 8, 8), np.float32)
-combine_band(b, np.ones(3, np.float32), 1, 0, 3.0, 3.0, 3, np.zeros((8, 8), np.float32),
-             np.zeros((8, 8), np.int32), np.zeros((3, 2), np.int64))
-img = np.random.default_rng(0).normal(100, 5, (64, 64)).astype(np.float32)
-o = RegisterOptions(); measure_frame(img, o); register_frame(img, Reference.build(img, o), o)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
+SEESTAR = REPO.parent / "shared" / "data" / "seestar-m94"
+if not SEESTAR.is_dir():
+    SEESTAR = Path(os.environ.get("SKYSTACK_DATA", "/work/shared/data")) / "seestar-m94"
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.2f} {b:.2f} {c:.2f} ({os.cpu_count()} cores)"
 
 
 def robust_sigma(x):
@@ -52,19 +59,27 @@ def robust_sigma(x):
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def stack_quality(img, synth, ref_index, box=32):
-    """(noise in star-free boxes in input ADU, trail residual in σ) of a stack on the grid
-    of frame ``ref_index``.
+class Truth:
+    """The generator's ideal stack on a reference frame's grid, computed once per frame."""
 
-    The stack is first fitted linearly to the noise-free ideal (so output scaling and
-    normalisation drop out); the noise is the median, over ``box``×``box`` boxes free of
-    star and galaxy light, of the robust σ of the residual about each box's own median (so
-    smooth background differences, e.g. a reference frame's gradient, do not count as
-    noise)."""
-    from skystack.pipeline.demo import ideal_on_reference_grid
+    def __init__(self, synth):
+        self.synth = synth
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    ideal = ideal_on_reference_grid(synth, ref_index)
-    light = ideal_on_reference_grid(synth, ref_index, background=False)
+    def ideal(self, ref: int) -> tuple[np.ndarray, np.ndarray]:
+        if ref not in self._cache:
+            from skystack.pipeline.demo import ideal_on_reference_grid
+
+            self._cache[ref] = (ideal_on_reference_grid(self.synth, ref),
+                                ideal_on_reference_grid(self.synth, ref, background=False))
+        return self._cache[ref]
+
+
+def stack_quality(img, truth: Truth, ref_index, box=32):
+    """(sky noise in input ADU, PSNR against the ideal in dB, trail residual in σ) of a
+    stack on the grid of frame ``ref_index`` (module docstring)."""
+    synth = truth.synth
+    ideal, light = truth.ideal(ref_index)
     h, w = ideal.shape
     inner = np.zeros_like(ideal, dtype=bool)
     inner[60:h - 60, 60:w - 60] = True  # away from the drift-limited borders
@@ -76,7 +91,10 @@ def stack_quality(img, synth, ref_index, box=32):
     a = float(np.sum((x - xm) * (y - ym)) / np.sum((x - xm) ** 2))
     b = float(ym - a * xm)
     resid = (img - b) / a - ideal
-    sky = np.isfinite(resid) & (light < 0.5) & inner
+    field = np.isfinite(resid) & inner
+    span = float(np.nanmax(ideal[field]) - np.nanmin(ideal[field]))
+    psnr = 20 * math.log10(span / float(np.sqrt(np.mean(resid[field].astype(np.float64) ** 2))))
+    sky = field & (light < 0.5)
     sigmas = []
     for y0 in range(60, h - 60 - box, box):
         for x0 in range(60, w - 60 - box, box):
@@ -85,16 +103,14 @@ def stack_quality(img, synth, ref_index, box=32):
                 r = resid[y0:y0 + box, x0:x0 + box]
                 sigmas.append(robust_sigma(r - np.median(r)))
     noise = float(np.median(sigmas))
-    # the trail: pixels along its line in the trail frame, mapped to the reference grid
-    trail = synth.trail_frame
     t_score = float("nan")
-    if trail is not None:
+    if synth.trail_frame is not None:
         from skystack.types import Transform
 
         x0, y0, ang = synth._trail  # the generator's trail: a point and an angle (frame pixels)
         ts = np.linspace(-4000, 4000, 40001)
         pts = np.column_stack([x0 + ts * math.cos(ang), y0 + ts * math.sin(ang)])
-        to_ref = synth.transforms[trail].then(synth.transforms[ref_index].inverse())
+        to_ref = synth.transforms[synth.trail_frame].then(synth.transforms[ref_index].inverse())
         p = Transform(to_ref.matrix).apply(pts)
         ok = (p[:, 0] > 60) & (p[:, 0] < w - 60) & (p[:, 1] > 60) & (p[:, 1] < h - 60)
         xi, yi = np.rint(p[ok, 0]).astype(int), np.rint(p[ok, 1]).astype(int)
@@ -102,7 +118,7 @@ def stack_quality(img, synth, ref_index, box=32):
         if on.any():
             local = np.median(resid[np.clip(yi[on] + 6, 0, h - 1), xi[on]])  # the sky just beside it
             t_score = float((np.median(resid[yi[on], xi[on]]) - local) / noise)
-    return noise, t_score
+    return noise, psnr, t_score
 
 
 def register_errors(synth, transforms, ref_index):
@@ -119,27 +135,32 @@ def register_errors(synth, transforms, ref_index):
     return out
 
 
-def run_siril(folder, work, n):
+def siril_stages(log: str) -> dict[str, float]:
+    """Siril's own time per command: ``Running command: X`` ... ``Execution time: T``."""
+    stages: dict[str, float] = {}
+    current = None
+    for line in log.splitlines():
+        m = re.search(r"Running command: (\w+)", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.search(r"Execution time: ([\d.]+) (ms|s)", line)
+        if m and current:
+            stages[current] = stages.get(current, 0.0) + float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+            current = None
+    return stages
+
+
+def run_siril(lines: list[str], work: Path):
     script = work / "siril.ssf"
-    proc = work / "process"
-    script.write_text(
-        "requires 1.0.0\n"
-        f"cd {folder}\n"
-        f"link synth -out={proc}\n"
-        f"cd {proc}\n"
-        "register synth\n"
-        f"stack r_synth rej s 3 3 -norm=addscale -out={work / 'siril_result'}\n"
-        "close\n")
+    script.write_text("requires 1.0.0\n" + "\n".join(lines) + "\nclose\n")
     m = run_measured(["siril-cli", "-s", str(script)])
     log = m.stdout + m.stderr
     stacked = re.search(r"(\d+) images have been stacked", log)
-    seq = (proc / "synth_.seq").read_text().splitlines()
-    s_line = next(x for x in seq if x.startswith("S "))
-    ref = int(s_line.split()[6])  # S 'name' start nb_images nb_selected fixed_len reference_image ...
-    return m, int(stacked.group(1)) if stacked else 0, ref, proc
+    return m, int(stacked.group(1)) if stacked else 0, siril_stages(log)
 
 
-def siril_registration_errors(proc, ref, n):
+def siril_registration_errors(proc: Path, ref: int):
     """Residual misalignment of Siril's registered frames: skystack's star matcher between
     each r_synth_ frame and Siril's registered reference (identity if Siril were exact)."""
     from astropy.io import fits
@@ -162,124 +183,200 @@ def siril_registration_errors(proc, ref, n):
     return errs
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--size", default="3000x2000")
-    ap.add_argument("--limit", default="256M")
-    ap.add_argument("--skip-sweep", action="store_true")
-    ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--only-sweep", action="store_true")
-    a = ap.parse_args()
+def skystack_cmd(inputs: list[str], out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "skystack.cli", "stack", *inputs, "-o", str(out), "-q", *flags]
+
+
+def baseline_mb(work: Path, *flags: str) -> float:
+    """Peak RSS of ``skystack stack`` with these flags on 5 tiny frames."""
+    from skystack.testing.synthetic import make_deepsky
+
+    tiny = work / "tiny"
+    if not tiny.is_dir():
+        make_deepsky(n_frames=5, shape=(128, 160), seed=2, max_shift=3.0, max_rot_deg=0.5,
+                     star_density=4e-3).write_fits(tiny)
+    return run_measured(skystack_cmd([str(tiny)], work / "tiny.fits", *flags)).peak_rss_mb
+
+
+def stages_of(m, rep) -> dict[str, float]:
+    t = rep["timings"]
+    return {"start-up": m.wall_s - t["total_s"], "reference": t.get("reference_s", 0.0),
+            "phase 1": t.get("phase1_s", 0.0) - t.get("reference_s", 0.0), "phase 2": t.get("phase2_s", 0.0),
+            "write": t.get("write_s", 0.0)}
+
+
+def fmt_stages(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in d.items())
+
+
+def synthetic(a, work: Path) -> None:
+    from astropy.io import fits
+
     w, h = (int(v) for v in a.size.split("x"))
     folder, synth = synthetic_set(f"siril-{a.n}-{w}x{h}", n_frames=a.n, shape=(h, w), seed=0, max_shift=40.0,
                                   max_rot_deg=2.0)
-    if a.only_sweep:
-        sweep(folder, a)
-        return
-    from astropy.io import fits
-
-    baseline = float(run_measured([sys.executable, "-c", BASELINE_CODE]).stdout.split()[-1])
+    truth = Truth(synth)
     limit_mb = float(a.limit.rstrip("Mm"))
     rows, figures = [], {}
-    work = DATA / f"siril-bench-out-{a.n}-{w}x{h}"  # kept, to look at the stacks afterwards
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    if True:
-        # ---- Siril
-        if shutil.which("siril-cli"):
-            sm, s_stacked, s_ref, proc = run_siril(folder, work, a.n)
-            s_img = fits.getdata(work / "siril_result.fit").astype(np.float32)
-            s_noise, s_trail = stack_quality(s_img, synth, s_ref)
-            s_err = siril_registration_errors(proc, s_ref, a.n)
-            figures["siril"] = dict(wall=sm.wall_s, rss=sm.peak_rss_mb, noise=s_noise)
-            rows.append(["Siril 1.0 (register + stack rej s 3 3 -norm=addscale)", f"{sm.wall_s:.1f}",
-                         f"{sm.peak_rss_mb:.0f}", f"{np.sqrt(np.mean(np.square(s_err))):.4f}",
-                         f"{s_stacked}/{a.n}", f"{s_noise:.3f}", f"{s_trail:+.1f}"])
-            shutil.rmtree(proc)
-        else:
-            print("siril-cli not found: Siril rows skipped (apt-get install siril)", file=sys.stderr)
-        # ---- skystack (default Lanczos-4 warp, and bicubic as Siril's register uses)
-        for interp in ("lanczos", "cubic"):
-            out = work / f"sky_{interp}.fits"
-            m = run_measured([sys.executable, "-m", "skystack.cli", "stack", str(folder), "-o", str(out),
-                              "--method", "sigma", "--kappa", "3", "3", "--norm", "addscale", "--memory-limit",
-                              a.limit, "--interpolation", interp, "-q", "--no-preview"])
-            if m.returncode:
-                sys.exit(m.stderr[-3000:])
-            rep = json.loads((work / f"sky_{interp}.fits.report.json").read_text())
-            ref = rep["reference"]["index"]
-            errs = register_errors(synth, [f["transform"] for f in rep["frames"]], ref)
-            img = fits.getdata(out).astype(np.float32)
-            noise, trail = stack_quality(img, synth, ref)
-            kept = rep["frames"][synth.trail_frame]["fate"] if synth.trail_frame is not None else "-"
-            figures[interp] = dict(wall=m.wall_s, rss=m.peak_rss_mb, noise=noise, timings=rep["timings"])
-            rows.append([f"skystack --interpolation {interp} --memory-limit {a.limit}", f"{m.wall_s:.1f}",
-                         f"{m.peak_rss_mb:.0f}", f"{np.sqrt(np.mean(np.square([e for e in errs if e > 0]))):.4f}",
-                         f"{rep['summary']['stacked']}/{a.n} (trail frame {kept})", f"{noise:.3f}", f"{trail:+.1f}"])
-            if interp == "lanczos":
-                transforms_json = work / "transforms.json"
-                transforms_json.write_text(json.dumps([f["transform"] for f in rep["frames"]]))
-        # ---- naive all-in-memory NumPy stack (skystack's transforms, cv2 warps, numpy clipping)
-        if not a.skip_naive:
-            out = work / "naive.fits"
-            m = run_measured([sys.executable, str(REPO / "benchmarks" / "naive_numpy_stack.py"), str(folder),
-                              str(transforms_json), str(out)])
-            if m.returncode == 0:
-                noise, trail = stack_quality(fits.getdata(out).astype(np.float32), synth, 0)
-                rows.append(["naive NumPy (all frames in RAM, np sigma clip)", f"{m.wall_s:.1f}",
-                             f"{m.peak_rss_mb:.0f}", "(skystack's)", f"{a.n}/{a.n}", f"{noise:.3f}", f"{trail:+.1f}"])
-                figures["naive"] = dict(wall=m.wall_s, rss=m.peak_rss_mb)
-            else:
-                rows.append(["naive NumPy (all frames in RAM)", "failed", f"{m.peak_rss_mb:.0f}", "", "", "",
-                             m.stderr.strip().splitlines()[-1][:60] if m.stderr.strip() else ""])
+    print(f"\n[synthetic] start: {load()}", flush=True)
+    if shutil.which("siril-cli"):
+        proc = work / "process"
+        sm, s_stacked, stages = run_siril([f"cd {folder}", f"link synth -out={proc}", f"cd {proc}", "register synth",
+                                           f"stack r_synth rej s 3 3 -norm=addscale -out={work / 'siril_result'}"],
+                                          work)
+        seq = (proc / "synth_.seq").read_text().splitlines()
+        s_ref = int(next(x for x in seq if x.startswith("S ")).split()[6])
+        s_img = fits.getdata(work / "siril_result.fit").astype(np.float32)
+        s_noise, s_psnr, s_trail = stack_quality(s_img, truth, s_ref)
+        s_err = siril_registration_errors(proc, s_ref)
+        figures["siril"] = dict(wall=sm.wall_s, rss=sm.peak_rss_mb, noise=s_noise, psnr=s_psnr)
+        rows.append(["Siril 1.0.6 register + stack rej s 3 3 -norm=addscale", f"{sm.wall_s:.1f}",
+                     f"{sm.peak_rss_mb:.0f}", f"{np.sqrt(np.mean(np.square(s_err))):.4f}", f"{s_stacked}/{a.n}",
+                     f"{s_noise:.3f}", f"{s_psnr:.1f}", f"{s_trail:+.1f}", fmt_stages(stages)])
+        shutil.rmtree(proc)
+    else:
+        print("siril-cli not found: Siril rows skipped (apt-get install siril)", file=sys.stderr)
+    interps = ["cubic", "bilinear"] + (["lanczos"] if a.lanczos else [])
+    for interp in interps:
+        out = work / f"sky_{interp}.fits"
+        m = run_measured(skystack_cmd([str(folder)], out, "--method", "sigma", "--kappa", "3", "3", "--norm",
+                                      "addscale", "--memory-limit", a.limit, "--interpolation", interp,
+                                      "--no-preview"))
+        if m.returncode:
+            sys.exit(m.stderr[-3000:])
+        rep = json.loads((work / f"sky_{interp}.fits.report.json").read_text())
+        ref = rep["reference"]["index"]
+        errs = register_errors(synth, [f["transform"] for f in rep["frames"]], ref)
+        noise, psnr, trail = stack_quality(fits.getdata(out).astype(np.float32), truth, ref)
+        figures[interp] = dict(wall=m.wall_s, rss=m.peak_rss_mb, noise=noise, psnr=psnr, stages=stages_of(m, rep),
+                               rms=float(np.sqrt(np.mean(np.square([e for e in errs if e > 0])))), stack=rep["stack"])
+        rows.append([f"skystack --interpolation {interp} --memory-limit {a.limit}", f"{m.wall_s:.1f}",
+                     f"{m.peak_rss_mb:.0f}", f"{figures[interp]['rms']:.4f}", f"{rep['summary']['stacked']}/{a.n}",
+                     f"{noise:.3f}", f"{psnr:.1f}", f"{trail:+.1f}", fmt_stages(figures[interp]["stages"])])
+        if interp == "cubic":
+            (work / "transforms.json").write_text(json.dumps([f["transform"] for f in rep["frames"]]))
+    if a.naive:
+        out = work / "naive.fits"
+        m = run_measured([sys.executable, str(REPO / "benchmarks" / "naive_numpy_stack.py"), str(folder),
+                          str(work / "transforms.json"), str(out)])
+        if m.returncode == 0:
+            noise, psnr, trail = stack_quality(fits.getdata(out).astype(np.float32), truth, 0)
+            rows.append(["naive NumPy (all frames in RAM, np sigma clip)", f"{m.wall_s:.1f}", f"{m.peak_rss_mb:.0f}",
+                         "(skystack's)", f"{a.n}/{a.n}", f"{noise:.3f}", f"{psnr:.1f}", f"{trail:+.1f}", ""])
+    base = baseline_mb(work, "--no-preview")
     print(f"\n{a.n} frames {w}x{h} uint16 FITS, ±40 px, ±2°, hot pixels, cosmic rays, trail in frame "
-          f"{synth.trail_frame}; one run on this machine ({os.cpu_count()} cores)\n")
-    print(table(rows, ["pipeline", "wall s", "peak RSS MB", "reg RMS px", "stacked", "sky noise ADU",
-                       "trail resid σ"]))
-    print(f"\ninterpreter baseline (Python + skystack imports + kernels): {baseline:.0f} MB; "
-          f"allowed peak at --memory-limit {a.limit}: {baseline + 1.1 * limit_mb:.0f} MB")
+          f"{synth.trail_frame}; one run on this machine; end: {load()}\n")
+    print(table(rows, ["pipeline", "wall s", "peak RSS MB", "reg RMS px", "stacked", "sky noise ADU", "PSNR dB",
+                       "trail σ", "stages s"]))
+    print(f"\nskystack baseline (the same command on 5 tiny frames): {base:.0f} MB; allowed peak at --memory-limit "
+          f"{a.limit}: {base + 1.1 * limit_mb:.0f} MB")
+    c = figures["cubic"]
+    print(f"skystack tiles: {c['stack']['tiles']} of {c['stack']['tile_rows']}×{c['stack']['strip_cols']}, "
+          f"{c['stack']['in_flight']} in flight, read amplification {c['stack']['read_amplification']}")
     if "siril" in figures:
         s = figures["siril"]
-        for k in ("lanczos", "cubic"):
-            f = figures[k]
-            print(f"skystack ({k}) / Siril: wall {f['wall'] / s['wall']:.2f}, peak RSS {f['rss'] / s['rss']:.2f}, "
-                  f"sky noise {f['noise'] / s['noise']:.3f}; phases {f['timings']}")
-    if "naive" in figures:
-        f, n = figures["lanczos"], figures["naive"]
-        print(f"skystack (lanczos) / naive NumPy: wall {f['wall'] / n['wall']:.2f}, peak RSS {f['rss'] / n['rss']:.2f}")
-
+        print(f"wall: skystack (bicubic) / Siril = {c['wall'] / s['wall']:.2f} (target ≤ 0.5); peak "
+              f"{c['rss']:.0f} MB vs allowed {base + 1.1 * limit_mb:.0f} MB; reg RMS {c['rms']:.4f} px (target ≤ 0.01); "
+              f"PSNR {c['psnr']:.1f} vs Siril {s['psnr']:.1f} dB; sky noise bilinear / Siril = "
+              f"{figures['bilinear']['noise'] / s['noise']:.4f} (target ≤ 1), bicubic / Siril = "
+              f"{c['noise'] / s['noise']:.4f}")
     if not a.skip_sweep:
-        sweep(folder, a)
+        sweep(folder, a, work, base)
 
 
-def sweep(folder: Path, a) -> None:
-    """Peak RSS at a fixed budget for N = 50..400 frames (hard links cycling over the set:
-    distinct paths, so none is taken for a duplicate input), and phase-1 speed-up from 1 to
-    2 workers."""
+def sweep(folder: Path, a, work: Path, base: float) -> None:
+    """Wall and peak RSS at a fixed budget for N = 50..400 frames (hard links cycling over
+    the set: distinct paths, so none is taken for a duplicate input)."""
     files = sorted(folder.glob("*.fits"))
-    rows = []
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+    rows, walls, peaks = [], {}, {}
+    print(f"\n[sweep] start: {load()}", flush=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
         tmp = Path(tmp)
         for n in (50, 100, 200, 400):
             d = tmp / f"n{n}"
             d.mkdir()
             for k in range(n):
                 os.link(files[k % len(files)], d / f"f{k:04d}.fits")
-            m = run_measured([sys.executable, "-m", "skystack.cli", "stack", str(d), "-o", str(tmp / f"o{n}.fits"),
-                              "--method", "sigma", "--memory-limit", a.limit, "-q", "--no-preview"])
+            m = run_measured(skystack_cmd([str(d)], tmp / f"o{n}.fits", "--method", "sigma", "--norm", "addscale",
+                                          "--memory-limit", a.limit, "--no-preview"))
             rep = json.loads((tmp / f"o{n}.fits.report.json").read_text()) if m.returncode == 0 else {}
-            rows.append([n, rep.get("summary", {}).get("stacked", "failed"), f"{m.wall_s:.1f}",
-                         f"{m.peak_rss_mb:.0f}", rep.get("stack", {}).get("band_rows", "failed")])
-        print(f"\npeak RSS against the number of frames, --memory-limit {a.limit}, sigma 3/3\n")
-        print(table(rows, ["frames", "stacked", "wall s", "peak RSS MB", "band rows"]))
-        times = {}
-        for wk in (1, 2):
-            m = run_measured([sys.executable, "-m", "skystack.cli", "register", str(folder), "--report",
-                              str(tmp / f"r{wk}.json"), "--workers", str(wk), "-q"])
-            times[wk] = json.loads((tmp / f"r{wk}.json").read_text())["timings"]["phase1_s"]
-        print(f"\nphase 1 (register {len(files)} frames): 1 worker {times[1]:.1f} s, 2 workers {times[2]:.1f} s, "
-              f"speed-up {times[1] / times[2]:.2f}x")
+            st = rep.get("stack", {})
+            walls[n], peaks[n] = m.wall_s, m.peak_rss_mb
+            rows.append([n, rep.get("summary", {}).get("stacked", "failed"), f"{m.wall_s:.1f}", f"{m.peak_rss_mb:.0f}",
+                         st.get("tile_rows", "-"), st.get("tiles", "-"), st.get("read_amplification", "-"),
+                         fmt_stages(stages_of(m, rep)) if rep else m.stderr[-200:]])
+            shutil.rmtree(d)
+    print(f"\nframe count sweep, --memory-limit {a.limit}, sigma 3/3 addscale; end: {load()}\n")
+    print(table(rows, ["frames", "stacked", "wall s", "peak RSS MB", "tile rows", "tiles", "read ampl.", "stages s"]))
+    if 100 in walls and 400 in walls:
+        print(f"\n400 frames / 100 frames: wall {walls[400] / walls[100]:.2f}× (target ≤ 4.4), peak "
+              f"{peaks[400] / peaks[100]:.2f}× (target ≤ 1.1); above the baseline: "
+              f"{peaks[100] - base:.0f} MB and {peaks[400] - base:.0f} MB")
+
+
+def seestar(a, work: Path) -> None:
+    sessions = [SEESTAR / "session1", SEESTAR / "session2"]
+    if not all(s.is_dir() for s in sessions):
+        print(f"\n{SEESTAR} not found: Seestar rows skipped")
+        return
+    print(f"\n[seestar] start: {load()}", flush=True)
+    rows, figures = [], {}
+    if shutil.which("siril-cli"):
+        # Siril converts one folder: links to both sessions' subs in one (names without spaces)
+        src = work / "seestar-links"
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir()
+        for s in sessions:
+            for f in sorted(s.glob("*.fit*")):
+                (src / f.name.replace(" ", "_")).symlink_to(f)
+        proc = work / "seestar-proc"
+        shutil.rmtree(proc, ignore_errors=True)
+        sm, n, stages = run_siril([f"cd {src}", f"convert light -debayer -out={proc}", f"cd {proc}", "register light",
+                                   f"stack r_light rej s 3 3 -norm=addscale -out={work / 'siril_m94'}"], work)
+        figures["siril"] = dict(wall=sm.wall_s, rss=sm.peak_rss_mb)
+        rows.append(["Siril 1.0.6 convert -debayer + register + stack rej s 3 3", f"{sm.wall_s:.1f}",
+                     f"{sm.peak_rss_mb:.0f}", f"{n}/18", fmt_stages(stages)])
+        shutil.rmtree(proc, ignore_errors=True)
+    for label, flags in (("default limit", []), ("--memory-limit 64M", ["--memory-limit", "64M"])):
+        out = work / f"m94_{len(flags)}.fits"
+        m = run_measured(skystack_cmd([str(s) for s in sessions], out, "--method", "sigma", *flags))
+        if m.returncode:
+            sys.exit(m.stderr[-3000:])
+        rep = json.loads(Path(str(out) + ".report.json").read_text())
+        figures[label] = dict(wall=m.wall_s, rss=m.peak_rss_mb)
+        rows.append([f"skystack --method sigma, {label}", f"{m.wall_s:.1f}", f"{m.peak_rss_mb:.0f}",
+                     f"{rep['summary']['stacked']}/18", fmt_stages(stages_of(m, rep))])
+    base = baseline_mb(work, "--method", "sigma")
+    print(f"\nSeestar S50 M94, 18 subs 1080×1920 GRBG (two sessions); end: {load()}\n")
+    print(table(rows, ["pipeline", "wall s", "peak RSS MB", "stacked", "stages s"]))
+    print(f"\nskystack baseline (the same command on 5 tiny frames, preview and plot included): {base:.0f} MB; "
+          f"allowed at 64M: {base + 1.1 * 64:.0f} MB")
+    if "siril" in figures:
+        s = figures["siril"]
+        for label in ("default limit", "--memory-limit 64M"):
+            f = figures[label]
+            print(f"{label}: wall / Siril {f['wall'] / s['wall']:.2f} (target ≤ 1), peak / Siril "
+                  f"{f['rss'] / s['rss']:.2f} (target ≤ 1.5)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--size", default="3000x2000")
+    ap.add_argument("--limit", default="256M")
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--skip-seestar", action="store_true")
+    ap.add_argument("--lanczos", action="store_true", help="also skystack with Lanczos-4")
+    ap.add_argument("--naive", action="store_true", help="also the naive all-in-memory NumPy stack")
+    a = ap.parse_args()
+    work = DATA / "siril-bench-out"  # kept, to look at the stacks afterwards
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if not a.skip_seestar:
+        seestar(a, work)
+    if not a.skip_synthetic:
+        synthetic(a, work)
 
 
 if __name__ == "__main__":
