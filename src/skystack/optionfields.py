@@ -133,13 +133,13 @@ def parse_memory(value: Any) -> int | None:
 
 def parse_floats(value: Any) -> tuple[float, ...]:
     """``"1.8,1.4,1.0"`` (CLI) or a sequence (API) → a tuple of floats."""
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, str):
             vals = tuple(float(v) for v in value.replace(" ", "").split(",") if v != "")
-        except ValueError:
-            raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
-    else:
-        vals = tuple(float(v) for v in value)
+        else:
+            vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
     if not vals:
         raise UsageError(f"expected comma-separated numbers, got {value!r}")
     return vals

@@ -348,7 +348,8 @@ class EnhanceOptions(Checked):
             raise UsageError(f"--wavelets {self.gains}: gains must be finite and >= 0")
         if any(not math.isfinite(t) or t < 0 for t in self.thresholds):
             raise UsageError(f"--wavelet-noise {self.thresholds}: thresholds must be finite and >= 0")
-        if not 0 < self.midtone < 1:
+        finite(self.midtone, "--midtone", lo=0, hi=1, lo_open=True)
+        if self.midtone == 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
         finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
 
@@ -563,26 +564,31 @@ def build(cls: type, values: dict[str, Any], *, base: Any = None) -> Any:
             try:
                 lo, hi = value
             except (TypeError, ValueError):
-                raise UsageError(f"{fl.flags[0] if fl else key} {value!r}: expected two values") from None
+                raise UsageError(f"{_label(fl, key)} {value!r}: expected two values") from None
             pair = (lo, hi)
             if fl is not None and fl.parse is not None:
-                pair = tuple(_apply(fl, v) for v in pair)
+                pair = tuple(_apply(fl, v, key) for v in pair)
             kw[names[0]], kw[names[1]] = pair
         else:
-            kw[names[0]] = _apply(fl, value) if fl is not None and fl.parse is not None and value is not None \
+            kw[names[0]] = _apply(fl, value, key) if fl is not None and fl.parse is not None and value is not None \
                 else value
     if base is not None:
         return dataclasses.replace(base, **kw)
     return cls(**kw)
 
 
-def _apply(fl: Flag, value: Any) -> Any:
+def _label(fl: Flag | None, key: str) -> str:
+    """How the user names an option: its flag, or the API keyword of an API-only one."""
+    return fl.flags[0] if fl is not None and fl.flags else key
+
+
+def _apply(fl: Flag, value: Any, key: str) -> Any:
     try:
         return fl.parse(value)  # type: ignore[misc]
     except UsageError:
         raise
-    except (TypeError, ValueError):
-        raise UsageError(f"{fl.flags[0]} {value!r}: not a valid value") from None
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
+        raise UsageError(f"{_label(fl, key)} {value!r}: not a valid value") from None
 
 
 def build_job(job: type, values: dict[str, Any], **fixed: Any) -> Any:
