@@ -78,13 +78,13 @@ class InputChangedError(SkystackError):
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug: please report it with the traceback from -v)",
-    2: "bad arguments or options",
+    2: "bad arguments or option values (refused before any frame is read)",
     3: "no readable input frame",
     4: "a bad input file stopped the run (only when it cannot go on without it)",
-    5: "too few frames registered to stack",
-    6: "the output could not be written",
+    5: "too few frames registered to stack (see --min-registered)",
+    6: "an output could not be written or would replace an input (nothing written)",
     7: "the requested GPU backend is not usable",
-    8: "the Dask scheduler could not be reached",
+    8: "the Dask scheduler could not be reached or is not a Dask scheduler",
     9: "an input changed on disk during the run",
     130: "interrupted (Ctrl-C); rerun with --resume to continue",
 }
