@@ -27,8 +27,8 @@ from .video import VideoSource
 
 __all__ = [
     "FrameSource", "FrameSet", "FrameSetSpec", "SourceEntry", "RawStep", "FORMATS",
-    "open_frames", "discover", "input_files", "open_source", "ensure_sliceable", "remove_cache", "kind_from_extension", "sniff_kind",
-    "natural_key", "luminance",
+    "open_frames", "discover", "input_files", "open_source", "ensure_sliceable", "remove_cache",
+    "kind_from_extension", "sniff_kind", "natural_key", "luminance",
     "FitsSource", "TiffSource", "ImageSource", "RawSource", "SerSource", "VideoSource",
     "write_ser",
 ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadFrameError, InputChangedError
+from ..errors import BadFrameError, InputChangedError, OutputError
 from ..output.write import atomic_path
 from .frameset import FrameSet, SourceEntry, fingerprint
 from .npycache import cache_file, cache_key, runs
@@ -85,6 +85,8 @@ def ensure_sliceable(
     ------
     InputChangedError
         A file to be cached changed on disk since ``frames`` was opened.
+    OutputError
+        The cache folder cannot be created.
     """
     cache_dir = os.fspath(cache_dir)
     wanted: set[int] | None = None if indices is None else {int(i) for i in indices}
@@ -101,7 +103,10 @@ def ensure_sliceable(
         if not local:
             new_entries.append(e)
             continue
-        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{cache_dir}: cannot create the cache folder ({err.strerror or err})") from err
         frames.check_unchanged(start)
         key = cache_key(e.path, e.fingerprint)
         dtype = np.dtype(e.dtype)

@@ -55,8 +55,8 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
         Every file the run reads: frames, calibration frames, list files. Paths that do
         not exist are ignored.
     folders
-        ``(role, path)`` of folders the run creates, fills and may delete (its journal,
-        its cache): none may hold an input.
+        ``(role, path)`` of folders the run may create, fill and delete (its journal, its
+        cache): none may hold an input, nor be a file.
 
     Raises
     ------
@@ -109,7 +109,8 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
         if inside is not None:
             raise OutputError(f"{folder} ({role}): holds the input {inside}; skystack fills and removes "
                               "this folder, so it refuses to run")
-        _check_writable(folder, folder, role)
+        # not checked for write permission: such a folder is made only when needed (a cache
+        # for FITS frames never is), beside files whose folders are checked above
 
 
 def _within(path: str, folder: str) -> bool:

@@ -89,6 +89,9 @@ def test_too_few_registered_frames_is_exit_5_unless_min_registered_allows_it(lig
         assert rep["summary"]["registered"] == 2 and rep["reference"]["index"] in (0, 1)
     with pytest.raises(RegistrationError, match="only 2 of 5"):
         skystack.stack(folder, out, min_registered=3, quiet=True)
+    # the stopped run's phase 1 is kept: accepting fewer frames resumes it instead of redoing it
+    r = skystack.stack(folder, out, min_registered=2, resume=True, quiet=True)
+    assert r.report["resumed"]["phase1_frames_reused"] == 5 and r.report["summary"]["registered"] == 2
 
 
 def test_no_candidate_that_another_registers_onto_is_a_loud_failure(lights, tmp_path, capsys):

@@ -161,7 +161,10 @@ def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple
     if anchor is None:
         return None, False
     journal = Journal(anchor)
-    opts = {"read": asdict(job.read), "register": asdict(job.register), "select": asdict(job.select),
+    # --min-registered only decides whether a finished phase 1 may go on: a run stopped by it
+    # resumes with another value
+    register = {k: v for k, v in asdict(job.register).items() if k != "min_registered"}
+    opts = {"read": asdict(job.read), "register": register, "select": asdict(job.select),
             "calibration": asdict(job.calibration) if job.calibration.active else None,
             "stack": {k: v for k, v in asdict(job.stack).items() if k != "memory_limit"}
             if not transforms_only else None, "transforms_only": transforms_only}
