@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import BadFrameError, NoFramesError, UsageError
+from ...errors import BadFrameError, NoFramesError, RegistrationError, UsageError
 from ...io import luminance
 from ...options import RegisterOptions, RunOptions
 from ...output.header import frame_start_mjd
@@ -28,6 +28,10 @@ from .resume import Journal
 from .workspace import Workspace
 
 log = logging.getLogger("skystack")
+
+# Below this many pixels on a side there is no room for the stars or keypoints a transform
+# is estimated from (ORB's patch alone is 31 px; detection's background box 16).
+MIN_REGISTER_SIDE = 16
 
 # Phase 1 holds, per frame in flight, the decoded frame and about 4.3 frame-sized float32
 # temporaries of star detection and ORB (measured: +99 MB for a 3000×2000 frame).
@@ -113,9 +117,25 @@ def register_task(task: RegisterTask, index: int) -> FrameResult:
 
 def choose_reference(frames, options: RegisterOptions) -> tuple[int, str, np.ndarray]:
     """The reference frame: ``options.reference`` if given, else the best-scored readable
-    frame of the set's geometry among the first ``reference_candidates``.
+    frame of the set's geometry among the first ``reference_candidates`` that passes the
+    acceptance any frame must pass: another candidate registers onto it.
+
+    A quality score alone is not enough: a star-less frame (clouds, a closed shutter, pure
+    noise) can score well on a single noise peak, and every real frame then fails to
+    register onto it. So candidates are tried best first, and one is taken only when
+    :func:`~skystack.register.deepsky.register_frame` accepts another candidate against it
+    (a lone candidate is taken as it is).
 
     Returns (index, why, processed image of the reference).
+
+    Raises
+    ------
+    UsageError
+        ``--reference`` outside the set.
+    NoFramesError
+        No readable frame of the set's size.
+    RegistrationError
+        Frames too small to register, or no candidate that another registers onto.
     """
     n = len(frames)
     if options.reference is not None:
@@ -125,27 +145,61 @@ def choose_reference(frames, options: RegisterOptions) -> tuple[int, str, np.nda
             image = frames.read(options.reference)
         except BadFrameError as e:
             raise UsageError(f"--reference {options.reference}: {e}") from e
+        _check_size(image.shape, frames.name(options.reference))
         return options.reference, "chosen with --reference", image
-    best: tuple[float, int, np.ndarray] | None = None
-    tried = 0
+    scored: list[tuple[float, int]] = []
     for i in range(n):
-        if tried >= options.reference_candidates:
+        if len(scored) >= options.reference_candidates:
             break
-        try:
-            image = frames.read(i)
-        except (BadFrameError, OSError, ValueError):
+        image = _candidate(frames, i)
+        if image is None:
             continue
-        if tuple(image.shape) != tuple(frames.shape) or not np.isfinite(image).any():
-            continue
-        tried += 1
-        score = quality_score(measure_frame(luminance(image), options))
-        if best is None or score > best[0]:
-            best = (score, i, image)
-    if best is None:
+        if not scored:
+            _check_size(image.shape, frames.name(i))
+        scored.append((quality_score(measure_frame(luminance(image), options)), i))
+    if not scored:
         raise NoFramesError("no readable frame of the set's size to use as the reference")
-    why = (f"best quality score of the first {tried} readable frames" if tried > 1
-           else "first readable frame")
-    return best[1], why, best[2]
+    order = [i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))]
+    what = f"the first {len(order)} readable frames" if len(order) > 1 else "the first readable frame"
+    if len(order) == 1:
+        return order[0], "first readable frame", frames.read(order[0])
+    passed_over: list[int] = []
+    for i in order:
+        image = frames.read(i)
+        reference = Reference.build(luminance(image), options)
+        for j in order:
+            if j != i and register_frame(luminance(frames.read(j)), reference, options).ok:
+                why = f"best quality score of {what}"
+                if passed_over:
+                    why += (f" that another registers onto (passed over: frame(s) "
+                            f"{', '.join(map(str, passed_over))}, onto which none registers)")
+                return i, why, image
+        log.warning("%s: not used as the reference: none of the other candidates registers onto it "
+                    "(%d stars detected)", frames.name(i), reference.metrics.get("n_stars", 0))
+        passed_over.append(i)
+        del image, reference
+    raise RegistrationError(
+        f"no reference: none of {what} registers onto another (no stars or features in common); "
+        "choose one with --reference N")
+
+
+def _candidate(frames, i: int) -> np.ndarray | None:
+    """Frame ``i`` if it can compete to be the reference: readable, of the set's size, with
+    finite pixels."""
+    try:
+        image = frames.read(i)
+    except (BadFrameError, OSError, ValueError):
+        return None
+    if tuple(image.shape) != tuple(frames.shape) or not np.isfinite(image).any():
+        return None
+    return image
+
+
+def _check_size(shape: tuple[int, ...], name: str) -> None:
+    if min(shape[:2]) < MIN_REGISTER_SIDE:
+        raise RegistrationError(
+            f"{name}: frames of {shape_text(shape)} cannot be registered (at least {MIN_REGISTER_SIDE}×"
+            f"{MIN_REGISTER_SIDE} pixels are needed)")
 
 
 def phase1_workers(shape: tuple[int, ...], workers: int, memory_limit: int | None) -> int:
