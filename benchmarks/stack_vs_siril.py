@@ -136,18 +136,29 @@ def register_errors(synth, transforms, ref_index):
 
 
 def siril_stages(log: str) -> dict[str, float]:
-    """Siril's own time per command: ``Running command: X`` ... ``Execution time: T``."""
+    """Siril's own time per command (``Running command: X`` ... ``Execution time: T``);
+    what the total has beyond them (``convert``, which prints no time of its own, and the
+    script's start-up) as ``convert/other``."""
+    def seconds(m):
+        return float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+
     stages: dict[str, float] = {}
     current = None
+    total = None
     for line in log.splitlines():
+        m = re.search(r"Total execution time: ([\d.]+) (ms|s)", line)
+        if m:
+            total = seconds(m)
+            continue
         m = re.search(r"Running command: (\w+)", line)
         if m:
             current = m.group(1)
             continue
         m = re.search(r"Execution time: ([\d.]+) (ms|s)", line)
         if m and current:
-            stages[current] = stages.get(current, 0.0) + float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
-            current = None
+            stages[current] = stages.get(current, 0.0) + seconds(m)
+    if total is not None:
+        stages["convert/other"] = max(0.0, total - sum(stages.values()))
     return stages
 
 

@@ -143,3 +143,99 @@ def test_the_drizzle_options_of_stack():
     for bad in ({"drizzle": 0.5}, {"drizzle": "x"}, {"pixfrac": 0}, {"pixfrac": 1.5}):
         with pytest.raises(UsageError):
             build_job(StackJob, bad)
+
+
+# -- property tests: any value either builds or is a UsageError ---------------------------
+from hypothesis import given as for_all  # noqa: E402  (``given`` is the CLI helper above)
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from skystack.optionfields import parse_min_registered  # noqa: E402
+
+# What a caller might pass for any keyword: numbers of every kind (NaN, inf, huge, negative),
+# text (empty, blank, numbers as text, units), booleans, None, sequences and mappings.
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-10, max_value=10),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.sampled_from(["", " ", "nan", "inf", "-1", "0", "1e400", "50%", "0.5", "3", "2G", "best:80%",
+                     "tcp://", "auto", "1,2,3", "1,,2", "%", "-0"]),
+    st.binary(max_size=4),
+)
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=3), st.tuples(_scalars, _scalars),
+                    st.dictionaries(st.text(max_size=3), _scalars, max_size=2))
+
+_JOB_KEYWORDS = sorted({(job.__name__, key) for job in (StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob)
+                        for cls in options.job_groups(job).values() for key in keywords(cls)})
+_JOBS = {j.__name__: j for j in (StackJob, RegisterJob, LuckyJob, EnhanceJob, CalibrateJob)}
+
+
+@pytest.mark.parametrize("job_name,key", _JOB_KEYWORDS)
+@settings(max_examples=12, deadline=None)
+@for_all(value=_values)
+def test_any_keyword_value_builds_or_is_a_usage_error(job_name, key, value):
+    # the API contract: a bad value is a UsageError before any frame is read, never a
+    # TypeError, OverflowError or a crash later in the run
+    try:
+        build_job(_JOBS[job_name], {key: value})
+    except UsageError:
+        pass
+
+
+_FLAG_ARGS = sorted({(name, fl.flags[0], fl.nargs if isinstance(fl.nargs, int) else 1)
+                     for name, (job, _) in COMMANDS.items()
+                     for cls in options.job_groups(job).values() for f in dataclasses.fields(cls)
+                     if (fl := options.cli_flag(f)) is not None and fl.flags and fl.action is None})
+
+
+_PARSER = build_parser()  # parse_args leaves a parser as it was: one for every example
+
+
+@settings(max_examples=300, deadline=None)
+@for_all(which=st.sampled_from(_FLAG_ARGS),
+         texts=st.lists(st.one_of(st.text(max_size=10).filter(lambda t: not t.startswith("-")),
+                                  st.sampled_from(["nan", "inf", "-1", "0", "", "1e999", "%", " ", "-0"])),
+                        min_size=3, max_size=3))
+def test_any_command_line_value_parses_builds_or_is_a_usage_error(which, texts):
+    command, flag, nargs = which
+    job, argv = COMMANDS[command]
+    try:
+        args = _PARSER.parse_args(argv + [flag, *texts[:nargs]])
+    except SystemExit as e:  # argparse refused it (a choice list): exit 2, its own message
+        assert e.code == 2
+        return
+    kw = given(args, drop=("quiet", "report") if command in ("enhance", "register") else ())
+    try:
+        build_job(job, kw)
+    except UsageError:
+        pass
+
+
+def test_hostile_values_named_in_the_issue_are_refused():
+    for kw in ({"kappa": (-1, float("nan"))}, {"workers": 0}, {"workers": -3}, {"scheduler": ""},
+               {"scheduler": "   "}, {"min_registered": "2.5"}, {"min_registered": -1}, {"min_registered": "x"},
+               {"min_registered": float("nan")}, {"tile_rows": float("inf")}, {"report": ""}):
+        with pytest.raises(UsageError):
+            build_job(StackJob, kw)
+    with pytest.raises(UsageError, match="unknown output format"):
+        OutputOptions(output="x.jpg")
+
+
+def test_min_registered_is_a_fraction_or_a_count():
+    assert parse_min_registered("50%").required(5) == 3 and parse_min_registered("50%").required(6) == 3
+    assert parse_min_registered(0.5).required(7) == 4 and parse_min_registered("0.25").required(8) == 2
+    assert parse_min_registered("3").required(10) == 3 and parse_min_registered(3).required(2) == 2
+    assert parse_min_registered(0).required(10) == 0 and parse_min_registered("1.0").required(9) == 9
+    assert parse_min_registered(1).required(9) == 1  # a whole number is a count
+    assert options.RegisterOptions(min_registered=1 / 3).min_registered_rule.required(9) == 3
+    assert options.RegisterOptions().min_registered == "50%"
+    for bad in ("150%", "1.5", "-1", "x", "", True, None, [1], float("inf")):
+        with pytest.raises(UsageError):
+            parse_min_registered(bad)
+
+
+@pytest.mark.parametrize("command", ["stack", "register", "lucky", "enhance", "master", "calibrate", "colour", "demo"])
+def test_every_help_renders(command, capsys):
+    # a default holding '%' (--min-registered 50%) once broke argparse's %-formatting of --help
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -125,9 +125,10 @@ def enhance_file(input: PathLike, output: PathLike, **options: Any) -> list[Path
 def master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLike, *,
            bias: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
            memory_limit: str | int | None = None, workers: int | None = None, quiet: bool = False,
-           **options: Any):
+           keep_cache: bool = False, **options: Any):
     """``skystack master``: combine calibration frames (``kind``: bias, dark, flat,
-    dark-flat) into a master FITS. Options: ``method``, ``kappa``."""
+    dark-flat) into a master FITS. Options: ``method``, ``kappa``; ``keep_cache`` keeps
+    ``.skystack-cache`` beside the master (decoded frames, the flats' offset master)."""
     from .pipeline.calibration import make_master
 
     opts = build(MasterOptions, options)
@@ -135,7 +136,8 @@ def master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLike, *
         raise UsageError(f"unknown option(s) {', '.join(sorted(options))} for master; known: method, kappa")
     return make_master(kind, _inputs(inputs), output, method=opts.method, kappa=opts.kappa,
                        bias=_inputs(bias) if bias else (), dark_flats=_inputs(dark_flats) if dark_flats else (),
-                       memory_limit=parse_size(memory_limit), workers=workers, quiet=quiet)
+                       memory_limit=parse_size(memory_limit), workers=workers, quiet=quiet,
+                       keep_cache=bool(keep_cache))
 
 
 def calibrate(inputs: PathLike | Sequence[PathLike], output: PathLike, *, debayer: bool = False,

@@ -133,13 +133,13 @@ def parse_memory(value: Any) -> int | None:
 
 def parse_floats(value: Any) -> tuple[float, ...]:
     """``"1.8,1.4,1.0"`` (CLI) or a sequence (API) → a tuple of floats."""
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, str):
             vals = tuple(float(v) for v in value.replace(" ", "").split(",") if v != "")
-        except ValueError:
-            raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
-    else:
-        vals = tuple(float(v) for v in value)
+        else:
+            vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"expected comma-separated numbers, got {value!r}") from None
     if not vals:
         raise UsageError(f"expected comma-separated numbers, got {value!r}")
     return vals
@@ -165,6 +165,76 @@ def paths(value: Any) -> tuple[str, ...]:
     if isinstance(value, (str, os.PathLike)):
         return (os.fspath(value),)
     return tuple(os.fspath(v) for v in value)
+
+
+# -- how many frames must register -----------------------------------------------------
+@dataclass(frozen=True)
+class MinRegistered:
+    """A parsed ``--min-registered``: a fraction of the run's frames or a count of them."""
+
+    value: float
+    fraction: bool
+
+    def required(self, n: int) -> int:
+        """How many of ``n`` frames must register (never more than ``n``)."""
+        if self.fraction:
+            # the epsilon keeps half of 10 at 5 where 10 * 0.5 might round above it
+            return min(n, math.ceil(n * self.value - 1e-9))
+        return min(n, int(self.value))
+
+    @property
+    def text(self) -> str:
+        if not self.fraction:
+            return str(int(self.value))
+        pct = f"{self.value * 100:g}%"
+        return pct if float(pct[:-1]) / 100 == self.value else repr(self.value)
+
+
+def parse_min_registered(value: Any) -> MinRegistered:
+    """``"50%"`` or ``0.5`` (a fraction of the frames), ``"3"`` or ``3`` (a count);
+    ``0`` asks for no minimum. A whole number is a count, a number with a point or a
+    percentage a fraction.
+
+    Raises
+    ------
+    UsageError
+        Anything else, a fraction outside [0, 1], a negative or fractional count.
+    """
+    bad = UsageError(f"--min-registered {value!r}: expected a fraction of the frames (0.5 or 50%) "
+                     "or a count (3)")
+    if isinstance(value, MinRegistered):
+        return value
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        if value < 0:
+            raise bad
+        return MinRegistered(float(value), False)
+    if isinstance(value, float):
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise bad
+        return MinRegistered(value, True)
+    if not isinstance(value, str):
+        raise bad
+    text = value.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(%?)", text)
+    if not m:
+        raise bad
+    number, percent = m.group(1), bool(m.group(2))
+    if percent:
+        v = float(number) / 100.0
+    elif "." in number:
+        v = float(number)
+    else:
+        return MinRegistered(float(int(number)), False)
+    if not 0 <= v <= 1:
+        raise bad
+    return MinRegistered(v, True)
+
+
+def min_registered_text(value: Any) -> str:
+    """The canonical text of a ``--min-registered`` value (what the option field holds)."""
+    return parse_min_registered(value).text
 
 
 # -- the keep rule (both pipelines) ---------------------------------------------------

@@ -25,9 +25,9 @@ from typing import Any, Literal
 from _skystack_kernels import codes
 
 from .errors import UsageError
-from .optionfields import (Checked, Flag, KeepRule, api_only, choices, cli_flag, default_of, finite,  # noqa: F401
-                           flag, parse_floats, parse_keep, parse_memory, parse_white_balance, paths, positive_int,
-                           public_name)
+from .optionfields import (Checked, Flag, KeepRule, MinRegistered, api_only, choices, cli_flag,  # noqa: F401
+                           default_of, finite, flag, min_registered_text, parse_floats, parse_keep, parse_memory,
+                           parse_min_registered, parse_white_balance, paths, positive_int, public_name)
 from .types import Model
 
 # -- choice lists ---------------------------------------------------------------------
@@ -51,6 +51,8 @@ def auto_method(n_frames: int) -> str:
 MASTER_METHODS: tuple[str, ...] = ("median", "sigma", "winsorized")
 MASTER_KINDS: tuple[str, ...] = ("bias", "dark", "flat", "dark-flat")
 INTERPOLATIONS: tuple[str, ...] = ("cubic", "lanczos", "bilinear")
+# What an output image may be (the writers choose by extension).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".fits", ".fit", ".fts", ".tif", ".tiff", ".png")
 
 RegisterMethod = Literal["auto", "stars", "orb"]
 Normalization = Literal["auto", "none", "add", "mul", "addscale", "mulscale"]
@@ -110,14 +112,24 @@ class RegisterOptions(Checked):
     faint: bool = field(default=False, metadata=flag(
         "--faint", action="store_true", help="ORB: adaptive-threshold + erosion pre-treatment for faint frames"))
     orb_features: int = 3000
+    min_registered: str = field(default="50%", metadata=flag(
+        "--min-registered", metavar="N|FRACTION", parse=min_registered_text,
+        help="fail (exit 5) when fewer frames than this register: a fraction of all frames (0.5, 50%%) or a "
+             "count (3); 0 for no minimum"))
 
     def check(self) -> None:
-        if self.reference is not None and (isinstance(self.reference, bool) or self.reference < 0):
+        if self.reference is not None and (isinstance(self.reference, bool) or not isinstance(self.reference, int)
+                                           or self.reference < 0):
             raise UsageError(f"--reference {self.reference!r}: expected a frame index of at least 0")
+        object.__setattr__(self, "min_registered", min_registered_text(self.min_registered))
         positive_int(self.reference_candidates, "reference_candidates", allow_none=False)
         positive_int(self.max_stars, "max_stars", allow_none=False)
         finite(self.detect_sigma, "detect_sigma", lo=0, lo_open=True)
         finite(self.ransac_px, "ransac_px", lo=0, lo_open=True)
+
+    @property
+    def min_registered_rule(self) -> MinRegistered:
+        return parse_min_registered(self.min_registered)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +322,14 @@ class OutputOptions(Checked):
     coverage: bool = field(default=False, metadata=flag(
         "--coverage", action="store_true", help="also write OUT.coverage.fits (frames per pixel)"))
 
+    def check(self) -> None:
+        for value, what in ((self.output, "-o"), (self.report, "--report")):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UsageError(f"{what} {value!r}: expected a file name")
+        if self.output is not None and os.path.splitext(self.output)[1].lower() not in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(self.output)[1] or "(none)"
+            raise UsageError(f"-o {self.output}: unknown output format {ext} (use .fits, .tif or .png)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions(Checked):
@@ -330,11 +350,20 @@ class RunOptions(Checked):
     quiet: bool = field(default=False, metadata=api_only(
         "no progress bars or information; warnings only (the CLI's -q)"))
     cache_dir: str | None = field(default=None, metadata=api_only(
-        "where decoded frames and masters are cached (default: .skystack-cache next to the output)",
-        parse=os.fspath))
+        "where decoded frames and masters are cached (default: .skystack-cache next to the output, removed "
+        "after a successful run unless keep_cache; a folder given here is kept)", parse=os.fspath))
+    keep_cache: bool = field(default=False, metadata=flag(
+        "--keep-cache", action="store_true",
+        help="keep .skystack-cache (frames decoded from video/RAW/compressed files, calibration masters) after "
+             "a successful run, for the next run on the same inputs"))
 
     def check(self) -> None:
         positive_int(self.workers, "--workers")
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
+            raise UsageError(f"--scheduler {self.scheduler!r}: expected an address such as tcp://host:8786 "
+                             "(leave the option out to run locally)")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
+            raise UsageError(f"cache_dir {self.cache_dir!r}: expected a folder")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -373,7 +402,8 @@ class EnhanceOptions(Checked):
             raise UsageError(f"--wavelets {self.gains}: gains must be finite and >= 0")
         if any(not math.isfinite(t) or t < 0 for t in self.thresholds):
             raise UsageError(f"--wavelet-noise {self.thresholds}: thresholds must be finite and >= 0")
-        if not 0 < self.midtone < 1:
+        finite(self.midtone, "--midtone", lo=0, hi=1, lo_open=True)
+        if self.midtone == 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
         finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
 
@@ -655,26 +685,31 @@ def build(cls: type, values: dict[str, Any], *, base: Any = None) -> Any:
             try:
                 lo, hi = value
             except (TypeError, ValueError):
-                raise UsageError(f"{fl.flags[0] if fl else key} {value!r}: expected two values") from None
+                raise UsageError(f"{_label(fl, key)} {value!r}: expected two values") from None
             pair = (lo, hi)
             if fl is not None and fl.parse is not None:
-                pair = tuple(_apply(fl, v) for v in pair)
+                pair = tuple(_apply(fl, v, key) for v in pair)
             kw[names[0]], kw[names[1]] = pair
         else:
-            kw[names[0]] = _apply(fl, value) if fl is not None and fl.parse is not None and value is not None \
+            kw[names[0]] = _apply(fl, value, key) if fl is not None and fl.parse is not None and value is not None \
                 else value
     if base is not None:
         return dataclasses.replace(base, **kw)
     return cls(**kw)
 
 
-def _apply(fl: Flag, value: Any) -> Any:
+def _label(fl: Flag | None, key: str) -> str:
+    """How the user names an option: its flag, or the API keyword of an API-only one."""
+    return fl.flags[0] if fl is not None and fl.flags else key
+
+
+def _apply(fl: Flag, value: Any, key: str) -> Any:
     try:
         return fl.parse(value)  # type: ignore[misc]
     except UsageError:
         raise
-    except (TypeError, ValueError):
-        raise UsageError(f"{fl.flags[0]} {value!r}: not a valid value") from None
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
+        raise UsageError(f"{_label(fl, key)} {value!r}: not a valid value") from None
 
 
 def build_job(job: type, values: dict[str, Any], **fixed: Any) -> Any:

@@ -48,8 +48,9 @@ def test_calibrate_command_writes_calibrated_frames(data, tmp_path, capsys):
     root, s = data
     args = ["calibrate", str(root / "lights"), "-o", str(tmp_path / "cal"), "--bias", str(root / "bias"),
             "--darks", str(root / "darks"), "--flats", str(root / "flats"), "-q"]
-    assert main(args + ["--debayer"]) == 0
-    assert "calibrated 2 frame(s)" in capsys.readouterr().out
+    assert main(args + ["--debayer", "--keep-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated 2 frame(s)" in out and "kept in" in out
     files = sorted((tmp_path / "cal").glob("*_cal.fits"))
     assert [p.name for p in files] == ["synth_0000_cal.fits", "synth_0001_cal.fits"]
     img = fits.getdata(files[0])
@@ -61,10 +62,13 @@ def test_calibrate_command_writes_calibrated_frames(data, tmp_path, capsys):
     assert 0 < min(q) and np.ptp(q) < 0.15 * np.mean(q)
     info = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert info["written"] == 2 and info["masters"]["bias"]["origin"] == "built"
-    # CFA output keeps the mosaic and its pattern; the masters now come from the cache
+    assert info["cache"]["bytes"] > 0 and not info["cache"]["removed"]
+    # CFA output keeps the mosaic and its pattern; the masters now come from the kept cache,
+    # which goes at the end of this run (no --keep-cache)
     assert main(args + ["-o", str(tmp_path / "cal")]) == 0
     info = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert {m["origin"] for m in info["masters"].values()} == {"cache"}
+    assert info["cache"]["removed"] and not (tmp_path / "cal" / ".skystack-cache").exists()
     h = fits.getheader(files[0])
     assert fits.getdata(files[0]).shape == SHAPE and h["BAYERPAT"] == "GRBG"
 

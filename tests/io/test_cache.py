@@ -127,3 +127,28 @@ def test_a_frame_that_fails_to_decode_is_marked_unreadable(tmp_path, rng):
     (idx, path, reason), = cached.problems
     assert idx == 1 and path.endswith("b.png") and "cannot decode picture" in reason
     assert np.array_equal(cached.read_raw(0), good[..., ::-1])
+
+
+def test_remove_cache_measures_and_removes_only_skystacks_own_folder(tmp_path, rng):
+    from skystack.io.cache import cache_summary, remove_cache
+
+    make_inputs(tmp_path / "in", rng)
+    frames = open_frames([tmp_path / "in"])
+    cache = tmp_path / ".skystack-cache"
+    ensure_sliceable(frames, cache)
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    assert size > 0
+    kept = remove_cache(cache, keep=True)
+    assert kept == {"path": str(cache), "bytes": size, "removed": False} and cache.is_dir()
+    assert cache_summary(kept) == f"cache {size / 1e6:.1f} MB kept in {cache}"
+    gone = remove_cache(cache)
+    assert gone["removed"] and gone["bytes"] == size and not cache.exists()
+    assert cache_summary(gone) == f"cache {size / 1e6:.1f} MB removed"
+    assert remove_cache(cache) == {"path": str(cache), "bytes": 0, "removed": False}
+    assert cache_summary(remove_cache(cache)) == "no cache"
+    # a folder the caller chose, and a link named like the cache, are not skystack's to remove
+    mine = tmp_path / "my-cache"
+    ensure_sliceable(frames, mine)
+    assert not remove_cache(mine)["removed"] and any(mine.iterdir())
+    os.symlink(mine, cache)
+    assert not remove_cache(cache)["removed"] and any(mine.iterdir())

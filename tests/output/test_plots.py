@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
 from skystack.output.plots import plot_frames
 from skystack.types import Fate, FrameResult, Transform

@@ -62,7 +62,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 def test_refuses_to_overwrite_an_input(tmp_path):
     src = tmp_path / "frame.fits"
     src.write_bytes(b"x")
-    with pytest.raises(OutputError, match="is one of the input frames"):
+    with pytest.raises(OutputError, match="is one of the inputs"):
         w.check_not_input(src, [str(src)])
     link = tmp_path / "alias.fits"
     os.symlink(src, link)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import api, options
+from ..io.cache import cache_summary
 from .args import add_options, add_run_args, add_verbosity, command, given
 
 _MASTER_DESC = """\
@@ -17,8 +18,9 @@ colour to a mean of 1."""
 _CALIBRATE_DESC = """\
 Calibrate light frames with bias, darks and flats (frames to build masters from, or
 masters) and write each as OUTFOLDER/<name>_cal.fits (float32; a CFA mosaic with BAYERPAT,
-or RGB with --debayer), plus OUTFOLDER/calibration.json. Masters are cached in
-OUTFOLDER/.skystack-cache and reused by the next run with the same calibration files.
+or RGB with --debayer), plus OUTFOLDER/calibration.json. Masters are built in OUTFOLDER/.skystack-cache, which is
+removed at the end; with --keep-cache it stays and the next run with the same calibration
+files reuses the masters.
 
 Calibration frames that do not fit the lights (another size, binning or CFA pattern; a dark
 of unknown exposure, or of another exposure with no bias to scale it) stop the run with a
@@ -69,7 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _add_memory(p: argparse.ArgumentParser) -> None:
     add_options(p.add_argument_group("memory"), options.StackOptions, only=("memory_limit",))
-    add_run_args(p, run_fields=("workers",))
+    add_run_args(p, run_fields=("workers", "keep_cache"))
 
 
 def _cmd_master(a: argparse.Namespace) -> int:
@@ -85,7 +87,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     paths, info = api.calibrate(a.inputs, a.output, **given(a))
     masters = ", ".join(f"{k} ({m['origin']}, {m['n_frames']} frames)" for k, m in info["masters"].items())
     print(f"calibrated {len(paths)} frame(s) with {masters}; "
-          f"{info['cosmetic'].get('total', 0)} defective pixel(s) repaired per frame -> {a.output}")
+          f"{info['cosmetic'].get('total', 0)} defective pixel(s) repaired per frame -> {a.output}; "
+          f"{cache_summary(info.get('cache'))}")
     return 0
 
 

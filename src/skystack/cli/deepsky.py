@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import api, options
+from ..io.cache import cache_summary
 from .args import INPUT_HELP, add_options, add_run_args, command, given
 
 _STACK_DESC = """\
@@ -35,14 +36,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_options(g, options.ColourOptions)
     g = p.add_argument_group("output")
     add_options(g, options.OutputOptions)
-    add_run_args(p, run_fields=("workers", "scheduler", "backend", "resume"))
+    add_run_args(p, run_fields=("workers", "scheduler", "backend", "resume", "keep_cache"))
     p.set_defaults(func=_cmd_stack)
 
     p = command(sub, "register", "register frames only; write the transforms to a report")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=INPUT_HELP)
     p.add_argument("--report", required=True, metavar="R.json", help="where the transforms are written (JSON)")
     _add_read_register(p)
-    add_run_args(p)
+    add_run_args(p, run_fields=("workers", "scheduler", "keep_cache"))
     p.set_defaults(func=_cmd_register)
 
     p = command(sub, "demo", "generate a synthetic set with known truth, stack it, check the result")
@@ -60,7 +61,8 @@ def _cmd_stack(a: argparse.Namespace) -> int:
     s = r.report["summary"]
     print(f"stacked {s['stacked']} of {s['frames']} frames ({s['registered']} registered, "
           f"{s['failed_registration']} failed, {s['unreadable']} unreadable, {s['rejected']} rejected) "
-          f"in {r.timings['total_s']:.1f} s, peak memory {r.peak_rss_mb:.0f} MiB")
+          f"in {r.timings['total_s']:.1f} s, peak memory {r.peak_rss_mb:.0f} MiB, "
+          f"{cache_summary(r.report.get('cache'))}")
     for path in r.report.get("outputs", []):
         print(f"  wrote {path}")
     print(f"  report {r.report_path}")
@@ -70,7 +72,8 @@ def _cmd_stack(a: argparse.Namespace) -> int:
 def _cmd_register(a: argparse.Namespace) -> int:
     r = api.register(a.inputs, **given(a))
     s = r.report["summary"]
-    print(f"registered {s['registered']} of {s['frames']} frames to frame {r.reference}; report {r.report_path}")
+    print(f"registered {s['registered']} of {s['frames']} frames to frame {r.reference}; report {r.report_path}; "
+          f"{cache_summary(r.report.get('cache'))}")
     return 0
 
 

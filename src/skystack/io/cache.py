@@ -13,20 +13,29 @@ Cache files are named from the source's absolute path, size and mtime and the fr
 index, so a rerun on unchanged inputs reuses them and a changed file never matches. Each
 file is written under a temporary name and renamed, so an interrupted run leaves no
 half-written frame behind. Memory stays at one frame.
+
+After a successful run :func:`remove_cache` measures the cache and removes it, unless the
+user asked to keep it (``--keep-cache``); a failed or interrupted run keeps it, so that
+``--resume`` does not decode again.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BadFrameError, InputChangedError
+from ..errors import BadFrameError, InputChangedError, OutputError
 from ..output.write import atomic_path
 from .frameset import FrameSet, SourceEntry, fingerprint
 from .npycache import cache_file, cache_key, runs
+
+
+CACHE_DIR_NAME = ".skystack-cache"
 
 
 def _write_atomic(path: str, frame: np.ndarray) -> None:
@@ -76,6 +85,8 @@ def ensure_sliceable(
     ------
     InputChangedError
         A file to be cached changed on disk since ``frames`` was opened.
+    OutputError
+        The cache folder cannot be created.
     """
     cache_dir = os.fspath(cache_dir)
     wanted: set[int] | None = None if indices is None else {int(i) for i in indices}
@@ -92,7 +103,10 @@ def ensure_sliceable(
         if not local:
             new_entries.append(e)
             continue
-        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{cache_dir}: cannot create the cache folder ({err.strerror or err})") from err
         frames.check_unchanged(start)
         key = cache_key(e.path, e.fingerprint)
         dtype = np.dtype(e.dtype)
@@ -131,3 +145,46 @@ def ensure_sliceable(
     spec = frames.spec
     return FrameSet(new_entries, spec.options, inputs=spec.inputs, raw_steps=spec.raw_steps,
                     max_open=spec.max_open)
+
+
+def cache_size(cache_dir: str | os.PathLike[str]) -> int:
+    """Bytes held by the files under ``cache_dir`` (0 when it does not exist)."""
+    total = 0
+    for root, _dirs, files in os.walk(cache_dir):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # removed meanwhile
+    return total
+
+
+def remove_cache(cache_dir: str | os.PathLike[str], *, keep: bool = False) -> dict[str, Any]:
+    """The end of a successful run: measure the cache and remove it unless ``keep``.
+
+    Only a folder named ``.skystack-cache`` (the default, beside the output) is removed:
+    skystack made all of it. A cache folder the caller chose is theirs and is kept. A
+    failure to remove it is not a failed run; it is reported as not removed.
+
+    Returns
+    -------
+    dict
+        ``path``, ``bytes`` (its size before removal) and ``removed``: what the report and
+        the summary line say.
+    """
+    path = Path(cache_dir)
+    size = cache_size(path)
+    removed = False
+    if not keep and path.name == CACHE_DIR_NAME and path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        removed = not path.exists()
+    return {"path": str(path), "bytes": size, "removed": removed}
+
+
+def cache_summary(info: dict[str, Any] | None) -> str:
+    """``"cache 122.0 MB removed"`` / ``"cache 4.1 MB kept in lights/.skystack-cache"`` /
+    ``"no cache"``: the summary line's words for :func:`remove_cache`'s result."""
+    if not info or not info.get("bytes"):
+        return "no cache"
+    mb = info["bytes"] / 1e6
+    return f"cache {mb:.1f} MB removed" if info["removed"] else f"cache {mb:.1f} MB kept in {info['path']}"

@@ -4,10 +4,17 @@
 path per line) into candidate files in natural order (``frame_2`` before ``frame_10``),
 picks each file's reader from :mod:`.registry`, reads each header once, and hands the
 entries to a :class:`~skystack.io.frameset.FrameSet`.
+
+What skystack wrote itself is not a frame: files carrying the product mark (stacks,
+coverage maps, previews, plots: :func:`skystack.output.guard.is_product`) found in a
+folder or by a glob are left out, and so are the journal (``*.skystack-journal``) and
+cache (``.skystack-cache``) folders, so a second run into the lights folder stacks the same
+frames as the first. A product named explicitly is used, with a warning.
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -20,10 +27,15 @@ import numpy as np
 
 from ..errors import BadFrameError, NoFramesError
 from ..options import ReadOptions
+from ..output.guard import is_product
 from .frameset import DEFAULT_MAX_OPEN, FrameSet, SourceEntry, fingerprint
 from .registry import kind_from_extension, open_source, sniff_kind
 
 LIST_EXTENSIONS = (".txt", ".lst")
+# Folders skystack makes beside its outputs; never searched for frames.
+OWN_FOLDERS = (".skystack-journal", ".skystack-cache")
+
+log = logging.getLogger("skystack")
 
 
 _NATURAL = re.compile(r"(\d+)")
@@ -51,7 +63,7 @@ class _Candidate:
     error: str | None = None
 
 
-def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str],
+def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str], lists: list[str],
              depth: int = 0, base: str | None = None) -> list[_Candidate]:
     out: list[_Candidate] = []
     for raw in inputs:
@@ -64,16 +76,18 @@ def _resolve(inputs: Sequence[str | os.PathLike[str]], searched: list[str],
             out += [_Candidate(p, False) for p in _natural_sorted(names) if os.path.isfile(p)]
         elif os.path.isfile(s):
             if s.lower().endswith(LIST_EXTENSIONS):
+                lists.append(s)
                 if depth >= 4:
                     out.append(_Candidate(s, True, error="list files nested too deeply"))
                     continue
-                out += _resolve(_read_list(s), searched, depth + 1, os.path.dirname(os.path.abspath(s)))
+                out += _resolve(_read_list(s), searched, lists, depth + 1, os.path.dirname(os.path.abspath(s)))
             else:
                 out.append(_Candidate(s, True))
         elif _has_glob(s):
             for m in _natural_sorted(glob.glob(s)):
                 if os.path.isdir(m):
-                    out += _resolve([m], [], depth + 1)
+                    if not m.rstrip(os.sep).endswith(OWN_FOLDERS):
+                        out += _resolve([m], [], lists, depth + 1)
                 elif os.path.isfile(m):
                     out.append(_Candidate(m, False))
         else:
@@ -95,6 +109,62 @@ def _subfolder_hint(searched: list[str]) -> str:
     example = os.path.join(searched[0], "*") if len(searched) == 1 else "each folder"
     return (f"; it holds only the folder(s) {shown}: folders are not searched recursively, so name them as "
             f"inputs (e.g. {example})")
+
+
+@dataclass
+class Discovery:
+    """What the inputs name, before any file is opened."""
+
+    candidates: list[_Candidate]  # one per file, in order; kinds set; products found in folders left out
+    searched: list[str]  # what was looked in (for the "nothing found" message)
+    list_files: list[str]  # .txt/.lst files read
+    products: list[str]  # skystack products found in folders or globs, left out
+    named_products: list[str]  # skystack products named explicitly (used)
+
+    @property
+    def files(self) -> list[str]:
+        """Every file the run reads: the candidates and the list files."""
+        return [c.path for c in self.candidates] + self.list_files
+
+
+def discover(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Discovery:
+    """Resolve ``inputs`` (files, folders, globs, list files) into the files a run reads,
+    without opening any: each file once, in order; files of unknown kind in folders and
+    skystack's own products found in folders or globs left out (see the module notes)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    searched: list[str] = []
+    lists: list[str] = []
+    candidates = _resolve(list(inputs), searched, lists)
+    seen: set[str] = set()
+    chosen: list[_Candidate] = []
+    products: list[str] = []
+    named: list[str] = []
+    for c in candidates:
+        key = os.path.normcase(os.path.realpath(c.path))
+        if key in seen:
+            continue
+        if c.error is None:
+            c.kind = kind_from_extension(c.path) or sniff_kind(c.path)
+            if c.kind is None:
+                if not c.explicit:
+                    continue  # an unrelated file in a folder: ignored silently
+                ext = Path(c.path).suffix or "(none)"
+                c.error = f"not an image or video file skystack can read (extension {ext})"
+            elif is_product(c.path):
+                if not c.explicit:
+                    products.append(c.path)
+                    continue
+                named.append(c.path)
+        seen.add(key)
+        chosen.append(c)
+    return Discovery(chosen, searched, lists, products, named)
+
+
+def input_files(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Every file a run given ``inputs`` reads (frames, list files), opening none of them:
+    what :func:`skystack.output.guard.guard_outputs` protects."""
+    return discover(inputs).files if inputs else []
 
 
 def _read_list(path: str) -> list[str]:
@@ -191,28 +261,19 @@ def open_frames(
     inputs = list(inputs)
     if not inputs:
         raise NoFramesError("no input given")
-    searched: list[str] = []
-    candidates = _resolve(inputs, searched)
-
-    seen: set[str] = set()
-    chosen: list[_Candidate] = []
-    for c in candidates:
-        key = os.path.normcase(os.path.realpath(c.path))
-        if key in seen:
-            continue
-        if c.error is None:
-            c.kind = kind_from_extension(c.path) or sniff_kind(c.path)
-            if c.kind is None:
-                if not c.explicit:
-                    continue  # an unrelated file in a folder: ignored silently
-                ext = Path(c.path).suffix or "(none)"
-                c.error = f"not an image or video file skystack can read (extension {ext})"
-        seen.add(key)
-        chosen.append(c)
+    found = discover(inputs)
+    chosen = found.candidates
+    for p in found.products:
+        log.info("%s: written by skystack (a stack, preview or plot), not a frame; left out", p)
+    for p in found.named_products:
+        log.warning("%s: written by skystack (a stack, preview or plot); used as a frame because it was "
+                    "named", p)
 
     if not chosen:
+        left = f" (left out {len(found.products)} file(s) skystack wrote)" if found.products else ""
         raise NoFramesError(
-            "no image or video files found in " + ", ".join(repr(s) for s in searched) + _subfolder_hint(searched)
+            "no image or video files found in " + ", ".join(repr(s) for s in found.searched) + left
+            + _subfolder_hint(found.searched)
         )
 
     hints = {"ser": {"endianness": ser_endianness}}

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..types import Fate, FrameResult  # noqa: E402
+from .guard import SOFTWARE  # noqa: E402
 from .write import atomic_path  # noqa: E402
 
 _COLOURS = {Fate.USED: "tab:green", Fate.REJECTED: "tab:orange",
@@ -109,7 +110,8 @@ def plot_lucky(path: str | os.PathLike, quality: np.ndarray, used: np.ndarray, f
 def _save(fig, path: str | os.PathLike) -> Path:
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
+            # the Software text chunk marks it as a product (never read back as a frame)
+            fig.savefig(tmp, dpi=90, format="png", metadata={"Software": SOFTWARE})
     finally:
         plt.close(fig)
     return Path(path)

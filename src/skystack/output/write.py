@@ -3,7 +3,9 @@
 Every file is written to a temporary name in the destination folder and renamed over the
 final name only once complete, so a crash or a full disk never leaves a half-written file
 under the output name, and an existing output is only replaced by a complete new one.
-Inputs are never written: :func:`check_not_input` refuses an output path that is one.
+Inputs are never written: a run hands every path it will write to
+:func:`skystack.output.guard.guard_outputs` before it reads a frame; :func:`check_not_input`
+checks one path.
 
 astropy (0.32 s to import) and tifffile are imported by the writer that needs them: the
 frame readers use :func:`atomic_path` from here, and reading never needs either.
@@ -14,7 +16,7 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -23,21 +25,28 @@ import numpy as np
 
 from ..enhance.stretch import autostretch, autostretch_params, levels, to_uint8
 from ..errors import OutputError
+from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, png_with_mark
+
+# Outputs are created with mode 0666 less the process umask (0644 under umask 022), as any
+# tool's are; tempfile.mkstemp would make them 0600, readable by their owner only.
+_FILE_MODE = 0o666
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success,
-    delete it on any failure. Failures become :class:`OutputError` naming the file."""
+    delete it on any failure. Failures become :class:`OutputError` naming the file.
+
+    The temporary file is created with mode 0666 less the umask, so the output gets the
+    permissions the user's umask asks for (0644 under umask 022)."""
     final = Path(path)
     folder = final.parent if str(final.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        tmp_path = _create_temp(folder, final)
     except OSError as e:
-        raise OutputError(f"{final}: cannot create folder {folder}: {e.strerror}") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=folder)
-    os.close(fd)
-    tmp_path = Path(tmp)
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise OutputError(f"{final}: cannot write in {folder} ({why})") from e
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -53,32 +62,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse to write over an input file (same file, also through links)."""
-    out = Path(output)
-    if not out.exists():
-        return
-    for p in inputs:
+def _create_temp(folder: Path, final: Path) -> Path:
+    # A hidden name (never taken for a frame by input discovery) that no one else holds:
+    # O_EXCL fails rather than share a file with another writer.
+    for _ in range(100):
+        tmp = folder / f".{final.name}.{secrets.token_hex(4)}.part{final.suffix}"
         try:
-            if os.path.samefile(out, p):
-                raise OutputError(f"{out}: is one of the input frames; refusing to overwrite an input")
-        except FileNotFoundError:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except FileExistsError:
             continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse to write over an input file (same file, also through links), or where the
+    output cannot be written. One output; a run checks all of its outputs at once with
+    :func:`skystack.output.guard.guard_outputs`."""
+    guard_outputs([("output", output)], inputs)
 
 
 def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None,
-               history: Iterable[str] = ()) -> Path:
+               history: Iterable[str] = (), product: bool = True) -> Path:
     """Write float32 FITS. Colour (H, W, 3) becomes a 3-plane cube (NAXIS3 = 3, RGB order)
     as Siril writes it. ``header`` is an :class:`astropy.io.fits.Header` (its cards are
     written as they are, comments and HISTORY included: see
     :func:`skystack.output.header.fits_header`) or a dict of cards (keyword → value or
-    (value, comment)); HISTORY lines carry the provenance."""
+    (value, comment)); HISTORY lines carry the provenance. ``product`` (a stack, not a
+    frame: calibrated lights and masters pass False) adds the mark that keeps it out of
+    input discovery (:func:`skystack.output.guard.is_product`)."""
     from astropy.io import fits  # 0.32 s to import: only when a FITS is written (see the module notes)
 
     data = np.asarray(image, dtype=np.float32)
     if data.ndim == 3:
         data = np.moveaxis(data, 2, 0)  # (3, H, W): FITS plane per channel
     hdu = fits.PrimaryHDU(data)
+    if product:
+        hdu.header[PRODUCT_CARD] = (True, PRODUCT_COMMENT)
     if isinstance(header, fits.Header):
         for card in header.cards:
             hdu.header.append(card, end=True)
@@ -101,9 +122,11 @@ def _chunks(s: str, n: int) -> Iterator[str]:
 
 
 def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "float32",
-               scale: tuple[float, float] | None = None, description: str | None = None) -> Path:
+               scale: tuple[float, float] | None = None, description: str | None = None,
+               product: bool = True) -> Path:
     """Write TIFF: float32 as is, or uint16 scaled from ``scale=(black, white)`` (default:
-    the finite min/max of the image) to 0–65535. NaN becomes 0."""
+    the finite min/max of the image) to 0–65535. NaN becomes 0. A ``product`` carries
+    ``Software = skystack`` (see :func:`write_fits`)."""
     import tifffile  # only when a TIFF is written (see the module notes)
 
     data = np.asarray(image, dtype=np.float32)
@@ -115,20 +138,23 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "floa
         raise ValueError(f"tiff dtype must be uint16 or float32, not {dtype!r}")
     photometric = "rgb" if data.ndim == 3 else "minisblack"
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, data, photometric=photometric, description=description)
+        tifffile.imwrite(tmp, data, photometric=photometric, description=description,
+                         software=SOFTWARE if product else False)
     return Path(path)
 
 
-def write_png(path: str | os.PathLike, image8: np.ndarray) -> Path:
-    """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR)."""
+def write_png(path: str | os.PathLike, image8: np.ndarray, *, product: bool = True) -> Path:
+    """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR); a ``product``
+    carries the text chunk ``Software: skystack`` (see :func:`write_fits`)."""
     data = image8
     if data.ndim == 3:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", data)
     if not ok:
         raise OutputError(f"{path}: PNG encoding failed")
+    png = buf.tobytes()
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+        tmp.write_bytes(png_with_mark(png) if product else png)
     return Path(path)
 
 
@@ -165,18 +191,19 @@ _PREVIEW_ROWS = 128
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, header: Any = None,
-                history: Iterable[str] = (), tiff_dtype: str = "float32") -> Path:
+                history: Iterable[str] = (), tiff_dtype: str = "float32", product: bool = True) -> Path:
     """Write by extension: .fits/.fit/.fts (float32), .tif/.tiff, .png (stretched 16-bit)."""
     ext = Path(path).suffix.lower()
     if ext in (".fits", ".fit", ".fts"):
-        return write_fits(path, image, header=header, history=history)
+        return write_fits(path, image, header=header, history=history, product=product)
     if ext in (".tif", ".tiff"):
         from .header import tiff_description  # astropy: only when a stack is written (module notes)
 
-        return write_tiff(path, image, dtype=tiff_dtype, description=tiff_description(header or {}))
+        return write_tiff(path, image, dtype=tiff_dtype, description=tiff_description(header or {}),
+                          product=product)
     if ext == ".png":
         disp = np.nan_to_num(autostretch(image), nan=0.0)
-        return write_png(path, np.clip(np.rint(disp * 65535.0), 0, 65535).astype(np.uint16))
+        return write_png(path, np.clip(np.rint(disp * 65535.0), 0, 65535).astype(np.uint16), product=product)
     raise OutputError(f"{path}: unknown output format {ext!r} (use .fits, .tif or .png)")
 
 

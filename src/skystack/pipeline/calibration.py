@@ -14,10 +14,12 @@ from ..calibrate.apply import CalibrationStep, prepare_calibration
 from ..calibrate.colour import colour_balance
 from ..calibrate.masters import KINDS, Master, build_master, get_master, master_key
 from ..errors import BadFrameError, OutputError, UsageError
-from ..io import ensure_sliceable, open_frames
-from ..options import CalibrateJob, ReadOptions
+from ..io import ensure_sliceable, input_files, open_frames, remove_cache
+from ..io.cache import cache_summary
+from ..options import IMAGE_EXTENSIONS, CalibrateJob, ReadOptions
+from ..output.guard import guard_outputs
 from ..output.products import preview_path
-from ..output.write import check_not_input, write_fits, write_image, write_json, write_preview
+from ..output.write import write_fits, write_image, write_json, write_preview
 from ..runtime.executor import run_tasks
 from ..runtime.progress import Progress
 
@@ -38,7 +40,7 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
                 method: str = "winsorized", kappa: tuple[float, float] = (3.0, 3.0),
                 bias: PathLike | Sequence[PathLike] = (), dark_flats: PathLike | Sequence[PathLike] = (),
                 memory_limit: int | None = None, workers: int | None = None, cache_dir: PathLike | None = None,
-                quiet: bool = True) -> Master:
+                quiet: bool = True, keep_cache: bool = False) -> Master:
     """Combine calibration frames into one master FITS at ``output``.
 
     Parameters
@@ -49,7 +51,8 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
     method, kappa : the combination (see :func:`~skystack.calibrate.masters.build_master`)
     bias, dark_flats : flats only: frames or a master to take the flats' offset from
         (the dark-flats if given, else the bias)
-    cache_dir : where the offset's master is built or cached (default: beside the output)
+    cache_dir : where the offset's master is built or cached (default: ``.skystack-cache``
+        beside the output, removed after a successful run unless ``keep_cache``)
 
     Raises
     ------
@@ -61,8 +64,9 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
     if out.suffix.lower() not in (".fits", ".fit", ".fts"):
         raise UsageError(f"{out}: a master is written as FITS (.fits, .fit or .fts)")
     cache = Path(cache_dir) if cache_dir else (out.parent / ".skystack-cache")
+    guard_outputs([("master", out)], input_files(list(_paths(inputs)) + list(_paths(bias)) + list(_paths(dark_flats))),
+                  folders=[("cache", cache)])
     frames = open_frames(list(_paths(inputs)), options=ReadOptions(debayer="none"))
-    check_not_input(out, [frames.path(i) for i in range(len(frames))])
     offset = None
     if kind == "flat":
         off_inputs, off_kind = (_paths(dark_flats), "dark-flat") if dark_flats else (_paths(bias), "bias")
@@ -76,8 +80,10 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
     frames = ensure_sliceable(frames, cache / "masters" / "decoded")
     pattern = next((frames.pattern(i) for i in range(len(frames)) if frames.is_readable(i)), None)
     key = master_key(kind, frames, method=method, kappa=kappa, offset=offset, pattern=pattern)
-    return build_master(kind, frames, out, method=method, kappa=kappa, offset=offset, pattern=pattern,
-                        memory_limit=memory_limit, workers=workers, key=key, quiet=quiet)
+    master = build_master(kind, frames, out, method=method, kappa=kappa, offset=offset, pattern=pattern,
+                          memory_limit=memory_limit, workers=workers, key=key, quiet=quiet)
+    log.info("master %s: %s", kind, cache_summary(remove_cache(cache, keep=keep_cache or cache_dir is not None)))
+    return master
 
 
 def _out_name(frames, i: int) -> str:
@@ -98,7 +104,10 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
 
     Each output is ``<name>_cal.fits`` (a CFA mosaic keeping BAYERPAT, or with
     ``job.read.debayer == "auto"`` a 3-plane RGB image); the inputs are never written. A
-    ``calibration.json`` beside them records the masters and factors used.
+    ``calibration.json`` beside them records the masters and factors used, and the cache
+    (``OUTFOLDER/.skystack-cache``, removed at the end unless ``job.run.keep_cache``).
+    The calibrated lights are frames, not products: a later ``skystack stack OUTFOLDER``
+    reads them.
 
     Returns
     -------
@@ -114,23 +123,24 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
     if not calibration.active:
         raise UsageError("nothing to calibrate with: give --bias, --darks, --flats and/or --dark-flats")
     folder = Path(out_folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    cache = Path(job.run.cache_dir) if job.run.cache_dir else folder / ".skystack-cache"
+    inputs = input_files(list(_paths(lights))) + input_files(
+        [*calibration.bias, *calibration.darks, *calibration.flats, *calibration.dark_flats])
+    # the folder itself first (a file in its place, no permission), then, once the frames'
+    # headers tell their output names, every file written into it
+    guard_outputs([("report", folder / "calibration.json")], inputs, folders=[("cache", cache)])
     frames = open_frames(list(_paths(lights)), options=job.read)
     for idx, path, reason in frames.problems:
         log.warning("%s: %s", path, reason)
-    cache = folder / ".skystack-cache"
-    frames = ensure_sliceable(frames, cache)
-    run = job.run
-    frames, info = prepare_calibration(frames, calibration, cache_dir=cache, run=run)
-    inputs = [frames.path(i) for i in range(len(frames))]
     names = [_out_name(frames, i) for i in range(len(frames))]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise OutputError(f"{folder / dup}: two inputs would be written under this name; calibrate them separately")
-    for n in names:
-        check_not_input(folder / n, inputs)
+    guard_outputs([("calibrated frame", folder / n) for n in names], inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = ensure_sliceable(frames, cache)
+    run = job.run
+    frames, info = prepare_calibration(frames, calibration, cache_dir=cache, run=run)
     masters = info["masters"]
     written: dict[int, Path] = {}
     skipped: list[dict[str, str]] = []
@@ -159,7 +169,7 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
         history = [f"skystack calibrate: {frames.name(i)}"]
         history += [f"{kind}: {m['path']}" for kind, m in masters.items()]
         out = folder / names[i]
-        write_fits(out, img, header=header, history=history)
+        write_fits(out, img, header=header, history=history, product=False)  # a frame, for the next stack
         return out, None
 
     bar = Progress(len(frames), "calibrate", run.quiet)
@@ -180,6 +190,7 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
         bar.close()
     info["written"] = len(written)
     info["skipped"] = skipped
+    info["cache"] = remove_cache(cache, keep=run.keep_cache or run.cache_dir is not None)
     write_json(folder / "calibration.json", info)
     return [written[i] for i in sorted(written)], info
 
@@ -203,6 +214,11 @@ def colour_balance_file(image: PathLike, output: PathLike, *, neutralize: bool =
     -------
     (paths written, info)
     """
+    out = Path(output)
+    if out.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UsageError(f"-o {out}: unknown output format {out.suffix or '(none)'} (use .fits, .tif or .png)")
+    files = [("image", out)] + ([("preview", preview_path(out))] if preview and out.suffix.lower() != ".png" else [])
+    guard_outputs(files, [os.fspath(image)] + ([os.fspath(camera_from)] if camera_from else []))
     src = open_frames([os.fspath(image)], options=ReadOptions(debayer="auto"))
     if len(src) != 1 or not src.is_readable(0):
         raise UsageError(f"{image}: expected one readable image")
@@ -215,8 +231,6 @@ def colour_balance_file(image: PathLike, output: PathLike, *, neutralize: bool =
         meta = cam.meta(0)
     elif isinstance(white_balance, str) and white_balance == "camera":
         meta = src.meta(0)
-    out = Path(output)
-    check_not_input(out, [os.fspath(image)] + ([os.fspath(camera_from)] if camera_from else []))
     balanced, info = colour_balance(img, neutralize=neutralize, white_balance=white_balance, meta=meta)
     header = {"COLORBAL": ("neutralized" if neutralize else "none", "background neutralisation"),
               "WBMODE": (info["white_balance"], "white balance")}

@@ -7,7 +7,9 @@ from ..enhance.wavelets import before_after, enhance
 from ..errors import UsageError
 from ..io import open_frames
 from ..options import EnhanceJob
-from ..output.write import check_not_input, write_image, write_png
+from ..output.guard import guard_outputs
+from ..output.products import before_after_path
+from ..output.write import write_image, write_png
 
 
 def run_enhance(input: str, job: EnhanceJob) -> list[Path]:
@@ -28,15 +30,15 @@ def run_enhance(input: str, job: EnhanceJob) -> list[Path]:
     output = job.output.output
     if output is None:
         raise UsageError("enhance needs an output path (-o OUT)")
+    dst = Path(output)
+    guard_outputs([("image", dst), ("before/after preview", before_after_path(dst))], [input])
     frames = open_frames([input])
     if len(frames) != 1:
         raise UsageError(f"{input}: holds {len(frames)} frames; enhance takes one stacked image")
-    check_not_input(output, [input])
     image = frames.read(0)
     out = enhance(image, opts)
-    dst = Path(output)
     gains = ",".join(f"{g:g}" for g in opts.gains)
     written = [write_image(dst, out, tiff_dtype=job.output.tiff_dtype,
                            history=[f"skystack enhance {Path(input).name}: wavelets {gains}, stretch {opts.stretch}"])]
-    written.append(write_png(dst.with_suffix(".before-after.png"), before_after(image, out)))
+    written.append(write_png(before_after_path(dst), before_after(image, out)))
     return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
@@ -55,19 +56,97 @@ def _run_threaded(fn, args, workers, on_result) -> None:
         dask.threaded.get(dsk, keys, num_workers=max(1, workers))
 
 
-def check_scheduler(scheduler: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any work, when nothing listens at ``scheduler`` (tcp://host:port):
-    a plain TCP connect answers in milliseconds where the Dask client retries for its whole
-    timeout."""
-    u = urlparse(scheduler if "://" in scheduler else f"tcp://{scheduler}")
-    if u.scheme not in ("tcp", "tls") or not u.hostname or not u.port:
+# How long the scheduler check waits to connect, then for the scheduler's handshake.
+HANDSHAKE_TIMEOUT_S = 10.0
+# A Dask handshake is a few dozen bytes (compression, Python and pickle versions); a
+# length prefix above this is some other protocol's bytes read as a number.
+_MAX_HANDSHAKE_BYTES = 64 * 1024
+
+
+def check_scheduler(scheduler: str, timeout: float | None = None) -> None:
+    """Fail fast, before any work, unless a Dask scheduler answers at ``scheduler``.
+
+    A plain TCP connect answers in milliseconds where the Dask client retries for its whole
+    timeout. Then the scheduler must speak: on a new connection a Dask server sends its
+    handshake (a length-prefixed msgpack message) at once. A server that says nothing (an
+    HTTP server waits for a request) or something else (an SSH banner) is refused here:
+    handed to the Dask client it would wait for ever, or take the first bytes of an HTTP
+    answer for a frame length and try to allocate exabytes.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``tcp://host:port`` (or ``host:port``); ``tls://`` is connected only.
+    timeout : float, optional
+        Seconds for the connect and again for the handshake (default
+        :data:`HANDSHAKE_TIMEOUT_S`).
+
+    Raises
+    ------
+    ClusterError
+        One line saying what answered, or why nothing did.
+    """
+    timeout = HANDSHAKE_TIMEOUT_S if timeout is None else float(timeout)
+    text = scheduler.strip()
+    try:
+        u = urlparse(text if "://" in text else f"tcp://{text}")
+        port, host = u.port, u.hostname
+    except ValueError:  # tcp://host:notaport, tcp://[::1:8786
+        u, port, host = None, None, None
+    if u is None or u.scheme not in ("tcp", "tls") or not host or not port:
         raise ClusterError(f"--scheduler {scheduler}: expected an address such as tcp://host:8786")
     try:
-        socket.create_connection((u.hostname, u.port), timeout=timeout).close()
-    except OSError as e:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, UnicodeError) as e:  # refused, unreachable, timed out, unknown host
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise ClusterError(
-            f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e.strerror or e}); "
-            "check the address and that `dask scheduler` is running") from e
+            f"--scheduler {scheduler}: cannot reach the Dask scheduler ({why}); "
+            "check the address and that `dask scheduler` is running") from None
+    with sock:
+        if u.scheme == "tls":
+            return  # the TLS handshake comes first; the Dask client checks the rest
+        _expect_handshake(sock, scheduler, timeout)
+
+
+def _expect_handshake(sock: socket.socket, scheduler: str, timeout: float) -> None:
+    not_dask = f"--scheduler {scheduler}: this is not a Dask scheduler"
+    deadline = time.monotonic() + timeout
+    try:
+        head = _recv_exactly(sock, 8, deadline)
+        size = int.from_bytes(head, "little")
+        if not 16 <= size <= _MAX_HANDSHAKE_BYTES:
+            raise ClusterError(f"{not_dask} (it answered {head!r})")
+        body = _recv_exactly(sock, size, deadline)
+    except TimeoutError:
+        raise ClusterError(f"{not_dask} (no Dask handshake within {timeout:g} s: another kind of server "
+                           "listens there)") from None
+    except ConnectionError as e:
+        raise ClusterError(f"{not_dask} (it closed the connection: {e})") from None
+    except OSError as e:
+        raise ClusterError(f"--scheduler {scheduler}: the connection failed ({e.strerror or e})") from None
+    try:
+        from distributed.protocol.core import loads
+        from distributed.protocol.utils import unpack_frames
+
+        info = loads(unpack_frames(body), deserialize=False)
+    except Exception:  # any decoding failure means the bytes are not Dask's
+        info = None
+    if not isinstance(info, dict) or "pickle-protocol" not in info:
+        raise ClusterError(f"{not_dask} (its first message is not a Dask handshake)")
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionResetError("end of stream")
+        buf += chunk
+    return bytes(buf)
 
 
 def connect(scheduler: str, timeout: float = 10.0):

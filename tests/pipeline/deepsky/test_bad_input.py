@@ -106,7 +106,7 @@ def test_output_may_not_overwrite_an_input(good, tmp_path):
     shutil.copytree(src, lights)
     target = sorted(lights.glob("*.fits"))[0]
     before = target.read_bytes()
-    with pytest.raises(OutputError, match="is one of the input frames"):
+    with pytest.raises(OutputError, match="is one of the inputs"):
         skystack.stack(lights, target)
     assert target.read_bytes() == before
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ...detect.stars import Stars
-from ...errors import BadFrameError, NoFramesError, UsageError
+from ...errors import BadFrameError, NoFramesError, RegistrationError, UsageError
 from ...io import luminance
 from ...options import RegisterOptions, RunOptions
 from ...output.header import frame_start_mjd
@@ -35,6 +35,10 @@ from .resume import Journal
 from .workspace import Workspace
 
 log = logging.getLogger("skystack")
+
+# Below this many pixels on a side there is no room for the stars or keypoints a transform
+# is estimated from (ORB's patch alone is 31 px; detection's background box 16).
+MIN_REGISTER_SIDE = 16
 
 # Star detection and registration's working memory, in float32 planes of the frame's
 # luminance (measured, RSS growth during register_frame: 4.28× on the Seestar 1080×1920
@@ -203,12 +207,30 @@ def frame_result(m: Measured, reg: Registration, is_reference: bool, options: Re
 
 
 def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers: int
-                     ) -> tuple[int, str, dict[int, Measured | FrameResult]]:
+                     ) -> tuple[int, str, dict[int, Measured | FrameResult], Reference]:
     """The reference frame: ``options.reference`` if given, else the best-scored readable
-    frame of the set's geometry among the first ``reference_candidates``.
+    frame of the set's geometry among the first ``reference_candidates`` that passes the
+    acceptance any frame must pass: another candidate registers onto it.
 
-    Returns (index, why, every frame looked at: measured, or why it cannot be used); the
-    candidates are measured in parallel (``workers``) and only once.
+    A quality score alone is not enough: a star-less frame (clouds, a closed shutter, pure
+    noise) can score well on a single noise peak, and every real frame then fails to
+    register onto it. So candidates are tried best first, and one is taken only when
+    :func:`~skystack.register.deepsky.register_frame` accepts another candidate against it
+    (a lone candidate is taken as it is). The candidates are read and measured once, in
+    parallel (``workers``); the check matches their stars, and reads pixels again only
+    where the stars do not match and the method may fall back to ORB.
+
+    Returns (index, why, every frame looked at: measured, or why it cannot be used, and the
+    :class:`~skystack.register.deepsky.Reference` built from the chosen frame).
+
+    Raises
+    ------
+    UsageError
+        ``--reference`` outside the set, or unreadable.
+    NoFramesError
+        No readable frame of the set's size.
+    RegistrationError
+        Frames too small to register, or no candidate that another registers onto.
     """
     n = len(frames)
     seen: dict[int, Measured | FrameResult] = {}
@@ -218,8 +240,9 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
         got = measure_task(MeasureTask(Workspace(frames.spec), options, None), options.reference)
         if isinstance(got, FrameResult):
             raise UsageError(f"--reference {options.reference}: {got.name}: {got.reason}")
+        _check_size(frames.processed_shape(options.reference), got.name)
         seen[options.reference] = got
-        return options.reference, "chosen with --reference", seen
+        return options.reference, "chosen with --reference", seen, _reference(frames, got, options)
     task = MeasureTask(Workspace(frames.spec), options, tuple(frames.shape))
     want = options.reference_candidates
     nxt = 0
@@ -228,13 +251,47 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
         nxt = batch[-1] + 1
         run_tasks(measure_task, [(task, i) for i in batch], workers=workers, scheduler=run.scheduler,
                   on_result=lambda k, r, b=batch: seen.__setitem__(b[k], r))
-    cands = [(quality_score(m.stars.metrics()), i) for i, m in seen.items() if isinstance(m, Measured)]
-    if not cands:
+    scored = [(quality_score(m.stars.metrics()), i) for i, m in seen.items() if isinstance(m, Measured)]
+    if not scored:
         raise NoFramesError("no readable frame of the set's size to use as the reference")
-    best = max(cands, key=lambda si: (si[0], -si[1]))[1]  # the first of equal scores
-    why = (f"best quality score of the first {len(cands)} readable frames" if len(cands) > 1
-           else "first readable frame")
-    return best, why, seen
+    _check_size(tuple(frames.shape), frames.name(min(i for _, i in scored)))
+    order = [i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))]  # best first; the first of equals
+    cands = {i: seen[i] for i in order}
+    if len(order) == 1:
+        return order[0], "first readable frame", seen, _reference(frames, cands[order[0]], options)
+    what = f"the first {len(order)} readable frames"
+    passed_over: list[int] = []
+    by_stars = replace(options, method="stars")
+    for i in order:
+        reference = _reference(frames, cands[i], options)
+        others = [j for j in order if j != i]
+        if any(register_frame(None, reference, by_stars, stars=cands[j].stars).ok for j in others) or (
+                options.method != "stars"
+                and any(register_frame(read_luminance(frames, j)[0], reference, options).ok for j in others)):
+            why = f"best quality score of {what}"
+            if passed_over:
+                why += (f" that another registers onto (passed over: frame(s) "
+                        f"{', '.join(map(str, passed_over))}, onto which none registers)")
+            return i, why, seen, reference
+        log.warning("%s: not used as the reference: none of the other candidates registers onto it "
+                    "(%d stars detected)", frames.name(i), reference.metrics.get("n_stars", 0))
+        passed_over.append(i)
+    raise RegistrationError(
+        f"no reference: none of {what} registers onto another (no stars or features in common); "
+        "choose one with --reference N")
+
+
+def _reference(frames, m: Measured, options: RegisterOptions) -> Reference:
+    """The :class:`Reference` of a measured frame: its stars as detected, its pixels read
+    once more for the ORB features (``orb``/``auto``)."""
+    return Reference.build(read_luminance(frames, m.index)[0], options, stars=m.stars)
+
+
+def _check_size(shape: tuple[int, ...], name: str) -> None:
+    if min(shape[:2]) < MIN_REGISTER_SIDE:
+        raise RegistrationError(
+            f"{name}: frames of {shape_text(shape)} cannot be registered (at least {MIN_REGISTER_SIDE}×"
+            f"{MIN_REGISTER_SIDE} pixels are needed)")
 
 
 def phase1_frame_bytes(shape: tuple[int, ...]) -> int:
@@ -272,13 +329,8 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
     workers = phase1_workers(tuple(frames.shape), workers_of(run), memory_limit)
     if workers < workers_of(run) and not run.scheduler:
         log.info("phase 1: %d worker(s) to stay within the memory limit", workers)
-    ref_index, ref_reason, seen = choose_reference(frames, options, run, workers)
-    chosen = seen[ref_index]
-    assert isinstance(chosen, Measured)
-    ref_lum = read_luminance(frames, ref_index)[0]  # once more, for ORB features and the shape
-    reference = Reference.build(ref_lum, options, stars=chosen.stars)
+    ref_index, ref_reason, seen, reference = choose_reference(frames, options, run, workers)
     ref_shape = tuple(frames.processed_shape(ref_index))
-    del ref_lum
     release_free_memory()
     rss_warm = current_rss()
     log.info("reference: frame %d (%s), %s", ref_index, frames.name(ref_index), ref_reason)

@@ -3,14 +3,16 @@
 Read :func:`stack_frames` top to bottom for what a run does; each step is a function of
 this package:
 
-1. :func:`open_inputs` — check the options against the machine, find and open the frames,
-   decode what cannot be sliced into the cache, insert the calibration;
+1. :func:`open_inputs` — check the options against the machine and every output path
+   against the inputs (:func:`planned_outputs`), find and open the frames, decode what
+   cannot be sliced into the cache, insert the calibration;
 2. :func:`start_journal` — the journal that makes ``--resume`` possible;
 3. :func:`~.phase1.register_all` — choose the reference, register and measure every frame;
 4. :func:`~.weights.apply_selection` and :func:`~.weights.normalisation` — which frames
    are stacked, with which factors and weights;
 5. :func:`combine` — phase 2: the streaming mean, the tile engine or drizzle;
-6. :func:`finish` — colour balance, report, outputs; the journal is removed.
+6. :func:`finish` — colour balance, report, outputs; the cache (unless ``--keep-cache``)
+   and the journal are removed.
 """
 from __future__ import annotations
 
@@ -29,12 +31,14 @@ import numpy as np
 from ... import __version__
 from ...backends.registry import resolve
 from ...errors import RegistrationError, UsageError
-from ...io import FrameSet, ensure_sliceable, open_frames
-from ...options import RegisterJob, StackJob
+from ...io import FrameSet, ensure_sliceable, input_files, open_frames, remove_cache
+from ...options import RegisterJob, RegisterOptions, StackJob
+from ...output.guard import guard_outputs
 from ...output.header import deepsky_header
 from ...output.report import build_report
-from ...output.products import write_stack
-from ...output.write import check_not_input, write_json
+from ...output.products import report_path as report_path_of
+from ...output.products import stack_outputs, write_stack
+from ...output.write import write_json
 from ...runtime.executor import ClusterShape, check_scheduler, cluster_shape
 from ...runtime.memory import current_rss, default_memory_limit, peak_rss_mb, release_free_memory, tune_allocator
 from ...runtime.progress import setup_logging
@@ -98,7 +102,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     src = open_inputs(inputs, job)
     journal, resumed = start_journal(src, job, transforms_only=False)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit)
-    _require_registered(p1)
+    _require_registered(p1, job.register)
     release_free_memory()
     t0 = time.perf_counter()
     kept = apply_selection(p1, job.select)
@@ -122,7 +126,7 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     src = open_inputs(inputs, as_stack)
     journal, resumed = start_journal(src, as_stack, transforms_only=True)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, None)
-    _require_registered(p1)
+    _require_registered(p1, job.register)
     kept = [r.index for r in p1.results if r.fate is Fate.USED]
     return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
 
@@ -135,6 +139,13 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
     if job.run.scheduler:
         check_scheduler(job.run.scheduler)
         cluster = cluster_shape(job.run.scheduler, __version__)  # every worker runs this version
+    out_path = Path(job.output.output) if job.output.output is not None else None
+    anchor = out_path or (Path(job.output.report) if job.output.report else Path.cwd() / "skystack")
+    cache_dir = Path(job.run.cache_dir) if job.run.cache_dir else anchor.parent / ".skystack-cache"
+    files, folders = planned_outputs(job, cache_dir)
+    cal = job.calibration
+    guard_outputs(files, input_files(list(inputs)) + input_files([*cal.bias, *cal.darks, *cal.flats, *cal.dark_flats]),
+                  folders=folders)
     frames = open_frames(list(inputs), options=job.read)
     for idx, path, reason in frames.problems:
         if idx < 0:  # a file-level warning; per-frame problems are reported once, in phase 1
@@ -143,11 +154,6 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
         from ...calibrate.colour import camera_white_balance  # see _calibrate_modules
 
         camera_white_balance(frames.meta(0), source=frames.name(0))  # fails now, not after stacking
-    out_path = Path(job.output.output) if job.output.output is not None else None
-    if out_path is not None:
-        check_not_input(out_path, [frames.path(i) for i in range(len(frames))])
-    anchor = out_path or (Path(job.output.report) if job.output.report else Path.cwd() / "skystack")
-    cache_dir = Path(job.run.cache_dir) if job.run.cache_dir else anchor.parent / ".skystack-cache"
     src = Inputs(inputs=[os.fspath(p) for p in inputs], frames=frames, out_path=out_path, cache_dir=cache_dir,
                  cluster=cluster)
     t0 = time.perf_counter()
@@ -168,6 +174,16 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
     return src
 
 
+def planned_outputs(job: StackJob, cache_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """Every file (the image, its side files, the report) and folder (journal, cache) a run
+    of ``job`` may write, as ``(role, path)``: checked against the inputs before any frame
+    is read."""
+    files = stack_outputs(job.output, plot=True)
+    anchor = job.output.output if job.output.output is not None else job.output.report
+    folders = [("journal", Journal(anchor).dir)] if anchor is not None else []
+    return files, folders + [("cache", cache_dir)]
+
+
 def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple[Journal | None, bool]:
     """Open the run's journal (once the inputs are known to be usable: a refused
     calibration leaves nothing behind). Returns it and whether this run resumes one.
@@ -185,7 +201,10 @@ def start_journal(src: Inputs, job: StackJob, *, transforms_only: bool) -> tuple
     if anchor is None:
         return None, False
     journal = Journal(anchor)
-    opts = {"read": asdict(job.read), "register": asdict(job.register), "select": asdict(job.select),
+    # --min-registered only decides whether a finished phase 1 may go on: a run stopped by it
+    # resumes with another value
+    register = {k: v for k, v in asdict(job.register).items() if k != "min_registered"}
+    opts = {"read": asdict(job.read), "register": register, "select": asdict(job.select),
             "calibration": asdict(job.calibration) if job.calibration.active else None,
             "stack": {k: v for k, v in asdict(job.stack).items() if k not in _PARTITION_ONLY}
             if not transforms_only else None, "transforms_only": transforms_only}
@@ -294,11 +313,9 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], combined: Combined | None, 
     if resumed:
         report["resumed"] = {"phase1_frames_reused": p1.reused, "tiles_reused": stack_info.get("tiles_reused", 0)}
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    report_path = None
-    if job.output.report:
-        report_path = Path(job.output.report)
-    elif src.out_path is not None:
-        report_path = Path(str(src.out_path) + ".report.json")
+    # the outputs are written: what was decoded for this run is no longer needed
+    report["cache"] = remove_cache(src.cache_dir, keep=job.run.keep_cache or job.run.cache_dir is not None)
+    report_path = report_path_of(job.output)
     if report_path is not None:
         write_json(report_path, report)
     if journal is not None:
@@ -312,9 +329,19 @@ def finish(src: Inputs, p1: Phase1, kept: list[int], combined: Combined | None, 
                        header=header)
 
 
-def _require_registered(p1: Phase1) -> None:
+def _require_registered(p1: Phase1, register: RegisterOptions) -> None:
+    """Stop (exit 5) when too few frames registered: a stack of a handful out of many is
+    garbage, not a result (``--min-registered``, half the frames by default)."""
+    n = len(p1.results)
+    registered = sum(r.transform is not None for r in p1.results)
     if not any(r.fate is Fate.USED for r in p1.results):
         raise RegistrationError("no frame could be registered; see the reasons above")
+    rule = register.min_registered_rule
+    need = rule.required(n)
+    if registered < need:
+        raise RegistrationError(
+            f"only {registered} of {n} frames registered (at least {need} needed: --min-registered "
+            f"{rule.text}); see the reasons above")
 
 
 # Stack options that only change how the output is cut into tiles, never a pixel of it:

@@ -1,0 +1,223 @@
+"""The one guard every run passes before it reads a frame, and the mark on what skystack writes.
+
+A run lists every path it may write — the image and its side files, the report, the
+journal and cache folders — and hands them, with every file it reads, to
+:func:`guard_outputs` before it reads a frame. The guard refuses (``OutputError``, exit 6,
+one line naming the file) a path that *is* an input (the same file, also through a
+symbolic or hard link), two outputs landing on one path, a folder the run would fill and
+remove that holds an input, and a destination that cannot be written (a parent that is a
+file, a folder without write permission). So nothing is read, nothing is written and no
+journal is left when a run is refused.
+
+Products (stacks, coverage maps, previews, plots, sharpened and balanced images) carry a
+mark: the FITS card ``SKYPROD = T``, the PNG text chunk ``Software: skystack ...``, the
+TIFF tag ``Software = skystack ...``. :func:`is_product` reads it (a few hundred bytes
+per file), so input discovery can leave out what an earlier run wrote into the lights
+folder while keeping every real frame, whatever it is called. Calibrated lights and
+masters are frames, not products, and carry no mark.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .. import __version__
+from ..errors import OutputError
+
+PathLike = str | os.PathLike
+
+PRODUCT_CARD = "SKYPROD"  # FITS keyword of the mark; value T
+PRODUCT_COMMENT = "skystack product, not a light frame"
+SOFTWARE = f"skystack {__version__}"  # PNG tEXt "Software" / TIFF tag 305; the mark is the prefix
+_SOFTWARE_PREFIX = b"skystack"
+
+# A FITS primary header longer than this many 2880-byte blocks (360 cards) was not written
+# by skystack, whose headers hold a few dozen cards and put the mark first.
+_MAX_FITS_BLOCKS = 10
+# PNG chunks before the first IDAT are few and small; this bounds the bytes read.
+_MAX_PNG_CHUNKS = 32
+
+
+# -- the guard --------------------------------------------------------------------------
+def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLike], *,
+                  folders: Iterable[tuple[str, PathLike]] = ()) -> None:
+    """Refuse a run whose outputs would replace an input or cannot be written.
+
+    Call it once, before any frame is read, with every path the run may write.
+
+    Parameters
+    ----------
+    files
+        ``(role, path)`` of every file the run may create or replace (``("report",
+        "out.fits.report.json")``); the role names it in the message.
+    inputs
+        Every file the run reads: frames, calibration frames, list files. Paths that do
+        not exist are ignored.
+    folders
+        ``(role, path)`` of folders the run may create, fill and delete (its journal, its
+        cache): none may hold an input, nor be a file.
+
+    Raises
+    ------
+    OutputError
+        One line naming the path and what is wrong; nothing has been written.
+    """
+    files = [(role, Path(p)) for role, p in files]
+    folders = [(role, Path(p)) for role, p in folders]
+    ids = {}
+    real_inputs = []
+    for p in inputs:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue  # an input that does not exist cannot be overwritten
+        ids[(st.st_dev, st.st_ino)] = os.fspath(p)
+        real_inputs.append(os.path.realpath(p))
+
+    seen: dict[str, str] = {}
+    for role, path in files:
+        key = os.path.normcase(os.path.abspath(path))
+        if key in seen and seen[key] != role:
+            raise OutputError(f"{path}: the {seen[key]} and the {role} would both be written here; "
+                              "choose another name for one of them")
+        seen[key] = role
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:  # a parent that is a file: ENOTDIR; no permission to look: EACCES
+            st = None
+            if not isinstance(e, NotADirectoryError):
+                raise OutputError(f"{path} ({role}): cannot be written ({e.strerror})") from None
+        if st is not None:
+            same = ids.get((st.st_dev, st.st_ino))
+            if same is not None:
+                also = "" if os.path.abspath(same) == os.path.abspath(path) else f" (the same file as {same})"
+                raise OutputError(f"{path} ({role}): is one of the inputs{also}; refusing to overwrite an "
+                                  "input, nothing was written")
+            if os.path.isdir(path):
+                raise OutputError(f"{path} ({role}): is a folder; give a file name")
+        _check_writable(path.parent, path, role)
+
+    for role, folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder} ({role}): exists and is not a folder; move it away or choose "
+                              "another output name")
+        real = os.path.realpath(folder)
+        inside = next((p for p in real_inputs if _within(p, real)), None)
+        if inside is not None:
+            raise OutputError(f"{folder} ({role}): holds the input {inside}; skystack fills and removes "
+                              "this folder, so it refuses to run")
+        # not checked for write permission: such a folder is made only when needed (a cache
+        # for FITS frames never is), beside files whose folders are checked above
+
+
+def _within(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _check_writable(folder: Path, path: Path, role: str) -> None:
+    """The nearest existing ancestor of ``folder`` must be a folder we may create files in."""
+    anc = folder if str(folder) else Path(".")
+    while not anc.exists():
+        if anc.is_symlink():
+            raise OutputError(f"{path} ({role}): {anc} is a broken link")
+        parent = anc.parent
+        if parent == anc:
+            break
+        anc = parent
+    if not anc.is_dir():
+        raise OutputError(f"{path} ({role}): cannot be created, {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(f"{path} ({role}): the folder {anc} is not writable")
+
+
+def frame_files(frames) -> list[str]:
+    """Every file a frame set reads (its frame files, readable or not)."""
+    return sorted({frames.path(i) for i in range(len(frames))})
+
+
+# -- the product mark -------------------------------------------------------------------
+def is_product(path: PathLike) -> bool:
+    """Whether skystack wrote ``path`` as a product (a stack, coverage map, preview, plot,
+    sharpened or balanced image), as opposed to a frame. Reads at most a few kB; a file
+    that cannot be read is not a product."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    try:
+        if ext in (".fits", ".fit", ".fts"):
+            return _fits_marked(path)
+        if ext == ".png":
+            return _png_marked(path)
+        if ext in (".tif", ".tiff"):
+            return _tiff_marked(path)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _fits_marked(path: PathLike) -> bool:
+    with open(path, "rb") as f:
+        for _ in range(_MAX_FITS_BLOCKS):
+            block = f.read(2880)
+            if len(block) < 2880:
+                return False
+            for k in range(0, 2880, 80):
+                card = block[k:k + 80]
+                key = card[:8].rstrip()
+                if key == b"END":
+                    return False
+                if key == PRODUCT_CARD.encode() and card[8:10] == b"= ":
+                    return card[10:].split(b"/", 1)[0].strip() == b"T"
+    return False
+
+
+def _png_marked(path: PathLike) -> bool:
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+        for _ in range(_MAX_PNG_CHUNKS):
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            if kind == b"tEXt" and length < 4096:
+                key, _, value = f.read(length).partition(b"\0")
+                if key == b"Software" and value.startswith(_SOFTWARE_PREFIX):
+                    return True
+                f.seek(4, os.SEEK_CUR)  # CRC
+            else:
+                f.seek(length + 4, os.SEEK_CUR)
+    return False
+
+
+def _tiff_marked(path: PathLike) -> bool:
+    import tifffile  # only when a TIFF is among the candidates
+
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags.get(305)
+        value = tag.value if tag is not None else ""
+    if isinstance(value, bytes):
+        return value.startswith(_SOFTWARE_PREFIX)
+    return str(value).encode("utf-8", "replace").startswith(_SOFTWARE_PREFIX)
+
+
+def png_with_mark(png: bytes) -> bytes:
+    """``png`` (a complete PNG file) with the ``Software: skystack`` text chunk after IHDR."""
+    import zlib
+
+    if png[12:16] != b"IHDR":
+        raise ValueError("not a PNG stream starting with IHDR")
+    data = b"Software\0" + SOFTWARE.encode("ascii")
+    chunk = len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
+    end = 8 + 8 + int.from_bytes(png[8:12], "big") + 4  # signature, IHDR length/type, data, CRC
+    return png[:end] + chunk + png[end:]
+
+
+__all__: Sequence[str] = ["guard_outputs", "frame_files", "is_product", "png_with_mark", "PRODUCT_CARD",
+                          "PRODUCT_COMMENT", "SOFTWARE"]
