@@ -31,7 +31,8 @@ def test_small_sets_get_several_tiles_per_worker_and_little_memory():
     from skystack.stack.plan import MAX_TILE_PIXELS
 
     # 18 colour frames of 1080×1920 with a generous budget: not one tile per worker
-    p = plan_tiles(height=1920, width=1080, channels=3, n_frames=18, memory_limit=8 * 2**30, workers=2)
+    p = plan_tiles(height=1920, width=1080, channels=3, n_frames=18, memory_limit=8 * 2**30, workers=2,
+                   max_tile_pixels=MAX_TILE_PIXELS)  # the default budget: half the RAM
     assert len(p.tiles) >= 4 * 2 and p.in_flight == 2
     assert p.in_flight * p.tile_bytes < 100 * 2**20  # sized by the work, not by the budget
     assert all((y1 - y0) * (x1 - x0) <= MAX_TILE_PIXELS for y0, y1, x0, x1 in p.tiles)

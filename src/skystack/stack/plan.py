@@ -56,8 +56,8 @@ WARP_TILE_ROWS = 8
 # pixel, of 512 columns 13–15, of 256 columns 20–24 (the per-call overhead).
 STRIP_COLS = 512
 
-# A tile never holds more output pixels than this, whatever the budget: memory is sized to
-# the work, not to the limit. At 2^17 pixels (256 rows of a 512-column strip) a ±2° rotation
+# Without an explicit --memory-limit, a tile holds no more output pixels than this: memory
+# is sized to the work, not to half the machine's RAM. At 2^17 pixels (256 rows of a 512-column strip) a ±2° rotation
 # reads 1.13× the tile (1 + (512·tan 2° + 2·3 + 8) / 256 rows); doubling the tile would save
 # under 7 % of the reads for twice the memory, and the combine kernel runs at the same
 # ns/value for 16 to 480 rows (measured: 23-27 ns at 18 frames, 11-15 at 100).
@@ -171,12 +171,14 @@ def tile_bytes(*, n_frames: int, tile_rows: int, strip_cols: int, channels: int,
 
 def plan_tiles(*, height: int, width: int, channels: int, n_frames: int, memory_limit: int, workers: int = 1,
                parallel: int | None = None, geometry: Geometry = Geometry(), tile_rows: int | None = None,
-               strip_cols: int | None = None, min_tiles_per_worker: int = 4) -> TilePlan:
+               strip_cols: int | None = None, min_tiles_per_worker: int = 4,
+               max_tile_pixels: int | None = None) -> TilePlan:
     """Cut the output into tiles so that ``workers`` of them in flight fit ``memory_limit``
     (fewer in flight when even the smallest tile does not fit that many times), with at
     least ``min_tiles_per_worker`` tiles for each of the ``parallel`` workers (default
     ``workers``) where the image allows: load balance, so that the last tiles of a run leave
-    no core idle for long; and no tile larger than :data:`MAX_TILE_PIXELS`. On a cluster
+    no core idle for long; and no tile of more than ``max_tile_pixels`` (the pipeline passes
+    :data:`MAX_TILE_PIXELS` when the budget is its default, not the user's). On a cluster
     ``memory_limit`` is one worker thread's share and ``workers`` 1, ``parallel`` the
     cluster's threads.
 
@@ -205,7 +207,8 @@ def plan_tiles(*, height: int, width: int, channels: int, n_frames: int, memory_
     n_strips = len(strips) - 1
     want = -(-min_tiles_per_worker * max(1, parallel or workers) // n_strips)
     balanced = max(WARP_TILE_ROWS, (-(-height // want)) // WARP_TILE_ROWS * WARP_TILE_ROWS)
-    balanced = min(balanced, max(WARP_TILE_ROWS, MAX_TILE_PIXELS // cols // WARP_TILE_ROWS * WARP_TILE_ROWS))
+    if max_tile_pixels:
+        balanced = min(balanced, max(WARP_TILE_ROWS, max_tile_pixels // cols // WARP_TILE_ROWS * WARP_TILE_ROWS))
     per_cell = cost(2 * WARP_TILE_ROWS) - cost(WARP_TILE_ROWS)  # the cost is about affine in the height
     fixed = cost(WARP_TILE_ROWS) - per_cell
     for in_flight in range(workers, 0, -1):

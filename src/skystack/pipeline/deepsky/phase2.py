@@ -25,7 +25,7 @@ from ...options import RunOptions, StackOptions
 from ...runtime.executor import ClusterShape
 from ...runtime.memory import current_rss, default_memory_limit
 from ...stack.blocks import run_blocks
-from ...stack.plan import (INTERP_MARGIN, Geometry, TilePlan, band_matrix, cells_end, fits_in, plan_tiles, source_block,
+from ...stack.plan import (INTERP_MARGIN, MAX_TILE_PIXELS, Geometry, TilePlan, band_matrix, cells_end, fits_in, plan_tiles, source_block,
                            strip_matrix)
 from .mean import streaming_mean_fits
 from .phase1 import Phase1, workers_of
@@ -184,11 +184,12 @@ def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, jo
         share = cluster.thread_memory if cluster.thread_memory is not None else limit
         if stack.memory_limit:
             share = min(share, stack.memory_limit)
-        plan = plan_tile_engine(p1, kept, stack, max(share, 1), 1, recorded, parallel=cluster.threads)
+        plan = plan_tile_engine(p1, kept, stack, max(share, 1), 1, recorded, parallel=cluster.threads,
+                                sized_to_work=cluster.thread_memory is None and not stack.memory_limit)
         plan = replace(plan, in_flight=cluster.threads, budget=max(share, 1))
         limit, held = share, 0
     else:
-        plan = plan_tile_engine(p1, kept, stack, budget, workers, recorded)
+        plan = plan_tile_engine(p1, kept, stack, budget, workers, recorded, sized_to_work=not stack.memory_limit)
     plan = replace(plan, limit=limit, held=held)
     if not plan.resumed_plan:
         journal.save_plan(plan.to_json())
@@ -196,10 +197,13 @@ def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, jo
 
 
 def plan_tile_engine(p1: Phase1, kept: Kept, stack: StackOptions, budget: int, workers: int,
-                     recorded: dict[str, Any] | None, parallel: int | None = None) -> Phase2Plan:
+                     recorded: dict[str, Any] | None, parallel: int | None = None,
+                     sized_to_work: bool = False) -> Phase2Plan:
     """The tile plan for this run: the recorded one of an interrupted run (or a refinement
     nesting in it when the budget is now smaller), else a new one for ``budget`` with
     ``workers`` tiles in flight and ``parallel`` workers to balance (default ``workers``).
+    ``sized_to_work`` (the budget is the default, not the user's) caps the tiles at
+    :data:`~skystack.stack.plan.MAX_TILE_PIXELS`.
 
     Raises
     ------
@@ -223,7 +227,7 @@ def plan_tile_engine(p1: Phase1, kept: Kept, stack: StackOptions, budget: int, w
         return Phase2Plan(engine="tiles", tiles=plan, in_flight=plan.in_flight, budget=budget, resumed_plan=True)
     plan = plan_tiles(height=H, width=W, channels=p1.channels, n_frames=len(kept), memory_limit=budget,
                       workers=workers, parallel=parallel, geometry=geometry, tile_rows=stack.tile_rows,
-                      strip_cols=stack.strip_cols)
+                      strip_cols=stack.strip_cols, max_tile_pixels=MAX_TILE_PIXELS if sized_to_work else None)
     return Phase2Plan(engine="tiles", tiles=plan, in_flight=plan.in_flight, budget=budget)
 
 
