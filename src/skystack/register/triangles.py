@@ -31,6 +31,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
+from _skystack_kernels.cpu.stars import score_similarities
+
 from ..types import Model, Transform
 from . import estimate
 from .estimate import Fit
@@ -116,7 +118,7 @@ def _similarity_3pt(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     a = np.sum(s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1], axis=1) / den
     b = np.sum(s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0], axis=1) / den
     lin = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], 1)
-    t = md[:, 0] - np.einsum("mij,mj->mi", lin, ms[:, 0])
+    t = md[:, 0] - estimate.apply_each(lin, ms[:, 0])
     return np.concatenate([lin, t[:, :, None]], axis=2)
 
 
@@ -185,11 +187,11 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
         return Fit(None, reason="no consistent triangle match (no plausible scale)")
     hyp = hyp[ok]
     rtree = cKDTree(ref.xy)
-    pred = np.einsum("mij,nj->mni", hyp[:, :, :2], frame_xy) + hyp[:, None, :, 2]
-    d, _ = rtree.query(pred.reshape(-1, 2), distance_upper_bound=tol)
-    d = d.reshape(pred.shape[:2])
-    count = np.sum(np.isfinite(d), axis=1)
-    cost = np.sum(np.where(np.isfinite(d), d * d, tol * tol), axis=1)  # MSAC tie-break
+    count = np.empty(hyp.shape[0], np.int64)
+    cost = np.empty(hyp.shape[0])  # MSAC tie-break
+    by_x = np.argsort(ref.xy[:, 0], kind="stable")
+    score_similarities(np.ascontiguousarray(hyp), frame_xy, ref.xy[by_x, 0].copy(), ref.xy[by_x, 1].copy(),
+                       float(tol), count, cost)
     best = int(np.lexsort((cost, -count))[0])
     if count[best] < need:
         return Fit(None, n_matches=int(count[best]),
