@@ -471,6 +471,14 @@ def _repaired(img, y, x, bg, sig, hot_sigma, sharp_frac, nb):
 
 
 @numba.njit(nogil=True, cache=True)
+def mesh_at_columns(m, k, f, out):
+    """``out[j, x]``: row ``j`` of mesh ``m`` interpolated to column weight (k[x], f[x])."""
+    for j in range(m.shape[0]):
+        for x in range(k.shape[0]):
+            out[j, x] = m[j, k[x]] + (m[j, k[x] + 1] - m[j, k[x]]) * f[x]
+
+
+@numba.njit(nogil=True, cache=True)
 def _at_bin(cm, k0, f0, bx):
     """A mesh at the centre of bin (row weight k0/f0, column ``bx``), from ``cm``: the mesh
     already interpolated to every bin column, one row per mesh row."""

@@ -5,27 +5,38 @@ The steps, and why each is there:
 1. **Background and noise on a coarse mesh** (cells of ~64 px, iterative κ-σ clipped median
    and a percentile σ per cell, a 3×3 median over cells, bilinear interpolation between cell
    centres). A sky gradient or a galaxy halo then raises the local background instead of
-   producing false detections, and the threshold follows the local noise.
-2. **Local maxima of a lightly smoothed copy** (Gaussian σ = 1 px, close to matched for the
-   2–4 px FWHM stars of deep-sky subs) that exceed ``k·σ`` of the *smoothed* noise. When
-   the stars turn out broader than 3.5 px FWHM, detection runs again with a Gaussian
-   matched to their measured FWHM, until that FWHM settles (the real M13 frames: ~10 px
-   stars at a few σ per pixel, where the 1 px filter mostly finds noise).
+   producing false detections, and the threshold follows the local noise. The mesh is
+   interpolated where a value is needed, never into a frame-sized map.
+2. **Local maxima of a lightly smoothed, 2×2-binned view** (a Gaussian of ~1.3 px overall,
+   close to matched for the 2–4 px FWHM stars of deep-sky subs) that exceed ``k·σ`` of the
+   *smoothed* noise. The binned view is a quarter of the pixels and is built a strip of
+   rows at a time. Binning costs a star that straddles bins some of its peak, so the binned
+   search runs at 0.8 × the threshold and each candidate is confirmed at full resolution
+   with a σ = 1 px Gaussian in its window. When the stars turn out broader than 3.5 px
+   FWHM, detection runs again with a Gaussian matched to their measured FWHM, until that
+   FWHM settles (the real M13 frames: ~10 px stars at a few σ per pixel, where the 1 px
+   filter mostly finds noise).
 3. **Sharp pixels repaired, then rejections** on the unsmoothed pixels. A pixel far above
    the median of its 3×3 neighbourhood — by 5σ and by most of its height above the sky —
    is a hot pixel or a cosmic-ray hit (a star lights its neighbours: even a 1.5 px FWHM
    star keeps that median above ~0.2 of its peak; a streak of up to 4 pixels still has a
-   dark median): it is replaced by that median in a working copy, so that it neither
-   becomes a candidate nor pulls the centroid of a star whose window it falls in. Peaks
-   that are still single-pixel, flat-topped (saturated), touching the edge or a NaN,
-   elongated (trails) or much broader than the frame's stars (galaxies) are rejected.
+   dark median): it is replaced by that median, in the binned view and in each star's
+   window, so that it neither becomes a candidate nor pulls the centroid of a star whose
+   window it falls in. Peaks that are still single-pixel, flat-topped (saturated), touching
+   the edge or a NaN, elongated (trails) or much broader than the frame's stars (galaxies)
+   are rejected.
 4. **Centroid**: the iterative Gaussian-windowed first moment (SExtractor's XWIN/YWIN), with
-   the window matched to the frame's median FWHM. It reaches ~0.01–0.02 px on bright stars —
-   close to a PSF fit — needs no PSF model (real PSFs are neither Gaussian nor Moffat), never
-   fails to converge on a saturated core or a blend the way a nonlinear fit can, and costs a
-   few hundred multiply-adds per star (the synthetic tests measure the precision).
+   the window matched to the frame's median FWHM, on a full-resolution copy of a small
+   window around each candidate. It reaches ~0.01–0.02 px on bright stars — close to a PSF
+   fit — needs no PSF model (real PSFs are neither Gaussian nor Moffat), never fails to
+   converge on a saturated core or a blend the way a nonlinear fit can, and costs a few
+   hundred multiply-adds per star (the synthetic tests measure the precision).
 5. **Shape**: FWHM and roundness (1 − minor/major) from the windowed second moments with the
    window deconvolved — Gaussian-equivalent values, used to weight and select frames.
+
+The frame is read in place in its own dtype (uint16 subs are not converted): detection's
+working memory is a few strip and mesh buffers and the candidates, not copies of the
+frame (:func:`detection_working_bytes`).
 """
 from __future__ import annotations
 
@@ -39,7 +50,7 @@ from scipy.spatial import cKDTree
 
 from _skystack_kernels.cpu import stars as kern
 
-__all__ = ["Stars", "Background", "detect_stars", "background_mesh", "native_frame"]
+__all__ = ["Stars", "Background", "detect_stars", "background_mesh", "native_frame", "detection_working_bytes"]
 
 _MESH_CELL = 64  # px; several star FWHMs, small enough to follow a sky gradient
 _SMOOTH_SIGMA = 1.0  # px, detection filter
@@ -58,9 +69,13 @@ _MAX_WINDOW_FWHM = 24.0  # px, the widest centroid window
 # window wider than the stars only costs crowded stars (their neighbours fall into it)
 _REDETECT_GROWTH = 1.25
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548: a Gaussian's FWHM / σ
-# candidates kept (the strongest): far more than any real frame has stars (a 6 Mpx frame
-# of the synthetic sets has ~2 500), and it bounds detection's memory on a frame of noise
-_MAX_CANDIDATES = 50_000
+# candidates kept (the strongest): one per 20×20 px, at least 1000. Far more than any
+# frame has stars that could be told apart (a 6 Mpx frame of the synthetic sets has
+# ~2 200 candidates for ~1 800 stars), and it bounds detection's memory on a frame of noise
+_PX_PER_CANDIDATE = 400
+_MIN_CANDIDATES = 1000
+_MEASURE_CHUNK = 4096  # candidates measured at a time
+_KEPT_COLUMNS = [0, 1, 2, 3, 4, 8, 9, 10, 11]  # of measure_stars' table, for good stars
 # The binned search runs at this fraction of the threshold when its candidates are
 # confirmed at full resolution (filters narrower than _CONFIRM_BELOW_SIGMA px: there a star
 # that straddles bins loses up to ~15 % of its smoothed peak; wider filters barely notice
@@ -309,6 +324,10 @@ def _robust_plane(m: np.ndarray, good: np.ndarray) -> np.ndarray:
     return (a @ coef).reshape(m.shape)
 
 
+def _reads_natively(dtype: np.dtype) -> bool:
+    return dtype.kind in "uif" and dtype.isnative and dtype.itemsize <= 8 and dtype != np.float16
+
+
 def native_frame(lum: np.ndarray) -> np.ndarray:
     """``lum`` as detection reads it: the same array when it is a C-contiguous 2-D array of
     a real dtype in native byte order (uint8/16, int16/32, float32/64 ...), else a float32
@@ -319,8 +338,7 @@ def native_frame(lum: np.ndarray) -> np.ndarray:
     a = np.asarray(lum)
     if a.ndim != 2:
         raise ValueError(f"star detection needs a 2-D luminance frame, got shape {a.shape}")
-    if a.dtype.kind in "uif" and a.dtype.isnative and a.dtype.itemsize <= 8 and a.flags.c_contiguous \
-            and a.dtype != np.float16:
+    if _reads_natively(a.dtype) and a.flags.c_contiguous:
         return a
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -347,7 +365,7 @@ class _Detector:
     def candidates(self, smooth_sigma: float, k_sigma: float) -> _Candidates:
         """Candidates, strongest first: local maxima of the 2×2-binned view smoothed to
         ~``smooth_sigma`` px that rise ``k_sigma`` × the smoothed noise above the background
-        (at most ``_MAX_CANDIDATES``, the strongest).
+        (at most :func:`_max_candidates`, the strongest).
 
         With a narrow filter a star that straddles bins loses signal in the binned view, so
         there the search runs at ``_BINNED_SLACK`` × the threshold and each candidate is
@@ -381,6 +399,7 @@ class _Detector:
         g32 = gk.astype(np.float32)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         n_found = 0
+        cap = _max_candidates(img.shape)
         self.n_repaired = 0
         for s0 in range(0, hb, _STRIP_BINS):
             s1 = min(s0 + _STRIP_BINS, hb)
@@ -394,18 +413,18 @@ class _Detector:
                                     *self.rows_b, factor, floor, hb)
             found.append(part)
             n_found += part[0].size
-            if n_found > 2 * _MAX_CANDIDATES:
-                found = [_strongest(found, _MAX_CANDIDATES)]
+            if n_found > 2 * cap:
+                found = [_strongest(found, cap)]
                 n_found = found[0][0].size
-        ys, xs, vals = _strongest(found, _MAX_CANDIDATES)
+        ys, xs, vals = _strongest(found, cap)
         order = np.argsort(-vals, kind="stable")
         return _Candidates(ys[order], xs[order], confirm, confirm_factor, floor)
 
-    def measure(self, cand: _Candidates, window_fwhm: float, saturation: float, first: int | None = None
-                ) -> np.ndarray:
-        """:func:`_skystack_kernels.cpu.stars.measure_stars` on the candidates (the
-        ``first`` ones only, if given); (n, 12)."""
-        ys, xs = (cand.ys, cand.xs) if first is None else (cand.ys[:first], cand.xs[:first])
+    def measure(self, cand: _Candidates, window_fwhm: float, saturation: float, start: int = 0,
+                stop: int | None = None) -> np.ndarray:
+        """:func:`_skystack_kernels.cpu.stars.measure_stars` on candidates ``start:stop``;
+        (n, 12)."""
+        ys, xs = cand.ys[start:stop], cand.xs[start:stop]
         out = np.empty((ys.size, 12))
         kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, self.cbg, self.csg,
                            *self.rows_b, ys, xs, window_fwhm / _FWHM_PER_SIGMA, _HOT_SIGMA, _SHARP_FRAC, _FLAT_FRAC,
@@ -427,9 +446,15 @@ class _Candidates(NamedTuple):
         return int(self.ys.size)
 
 
+def _max_candidates(shape: tuple[int, ...]) -> int:
+    return max(_MIN_CANDIDATES, int(shape[0]) * int(shape[1]) // _PX_PER_CANDIDATE)
+
+
 def _at_columns(m: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Mesh ``m`` interpolated along its columns to the column weights (k, f)."""
-    return np.ascontiguousarray(m[:, k] + (m[:, k + 1] - m[:, k]) * f)
+    out = np.empty((m.shape[0], k.size))
+    kern.mesh_at_columns(m, k, f, out)
+    return out
 
 
 def _strongest(parts, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -524,16 +549,24 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
         cand = det.candidates(min(fw, _MAX_WINDOW_FWHM) / _FWHM_PER_SIGMA, sigma)
         if cand.size == 0:
             return empty
-    out = det.measure(cand, float(np.clip(fw, 1.2, _MAX_WINDOW_FWHM)), sat)
-    status = out[:, 6]
-    n_sharp = det.n_repaired + int(np.sum(status == kern.SHARP))
-    # a NaN shape means the object is wider than the matched window in some direction:
-    # a trail, a galaxy, a blend — not a star
-    good = ((status == kern.OK) & (out[:, 2] > 0) & np.isfinite(out[:, 8]) & np.isfinite(out[:, 3])
-            & (out[:, 4] < _MAX_ROUNDNESS))
-    if good.sum() >= 5:
-        good &= out[:, 3] <= _MAX_FWHM_RATIO * np.median(out[good, 3])
-    res = out[good]
+    # measured in chunks, keeping only the good stars' columns (x, y, flux, fwhm,
+    # roundness, err, moments): a frame of tens of thousands of candidates never holds a
+    # (candidates × 12) table
+    window = float(np.clip(fw, 1.2, _MAX_WINDOW_FWHM))
+    kept = []
+    n_sharp = det.n_repaired
+    for start in range(0, cand.size, _MEASURE_CHUNK):
+        out = det.measure(cand, window, sat, start, start + _MEASURE_CHUNK)
+        status = out[:, 6]
+        n_sharp += int(np.sum(status == kern.SHARP))
+        # a NaN shape means the object is wider than the matched window in some direction:
+        # a trail, a galaxy, a blend — not a star
+        ok = ((status == kern.OK) & (out[:, 2] > 0) & np.isfinite(out[:, 8]) & np.isfinite(out[:, 3])
+              & (out[:, 4] < _MAX_ROUNDNESS))
+        kept.append(out[ok][:, _KEPT_COLUMNS])
+    res = np.concatenate(kept)  # x, y, flux, fwhm, roundness, err, c11, c22, c12
+    if res.shape[0] >= 5:
+        res = res[res[:, 3] <= _MAX_FWHM_RATIO * np.median(res[:, 3])]
     # two peaks of one star converge to one centroid: keep the brighter
     res = res[np.argsort(-res[:, 2], kind="stable")]
     res = _dedupe(res, 0.5 * max(fw, 1.0))
@@ -541,7 +574,7 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     res = res[:max_stars]
     return Stars(
         x=res[:, 0].copy(), y=res[:, 1].copy(), flux=res[:, 2].copy(), fwhm=res[:, 3].copy(),
-        roundness=res[:, 4].copy(), err=res[:, 8].copy(), moments=res[:, 9:12].copy(), background=bg.median_level,
+        roundness=res[:, 4].copy(), err=res[:, 5].copy(), moments=res[:, 6:9].copy(), background=bg.median_level,
         noise=bg.median_noise, n_detected=n_good,
         n_sharp=n_sharp,
     )
@@ -551,7 +584,7 @@ def _fwhm_of_peaks(det: _Detector, cand: _Candidates, window_fwhm: float, sat: f
     """Median FWHM of the strongest 200 peaks measured with a window of ``window_fwhm``,
     or None when under half of the centroided ones give a finite, round shape (the window
     is too narrow for them)."""
-    out1 = det.measure(cand, window_fwhm, sat, first=200)
+    out1 = det.measure(cand, window_fwhm, sat, 0, 200)
     cent = out1[:, 6] == kern.OK
     ok1 = cent & np.isfinite(out1[:, 3]) & (out1[:, 4] < _MAX_ROUNDNESS)
     if ok1.sum() >= 3 and ok1.sum() >= 0.5 * cent.sum():
@@ -571,3 +604,48 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
     drop = np.zeros(res.shape[0], dtype=bool)
     drop[np.max(pairs, axis=1)] = True  # the later (fainter) row of each pair
     return res[~drop]
+
+
+# What detect_stars holds besides the frame, term by term (bytes), for
+# detection_working_bytes. Measured as the peak RSS growth of one call (after a warm-up
+# call, /proc/self/clear_refs reset): 1.6–3.6 MiB at 1200×1600 (run to run: glibc's heap),
+# 3.9 MiB at 2000×3000 and 12.2 MiB at 4000×6000 (synthetic frames, float32 or uint16, with
+# or without NaN regions), where the bound below gives 4.2, 9.7 and 32 MiB: its candidate
+# term assumes that a frame has as many good stars as it may have candidates, ~8× what the
+# synthetic frames have.
+_WORK_FIXED = 1 << 20  # Python objects, small kernel buffers, the measuring table of one chunk
+_WORK_PER_AXIS_PX = 40  # interpolation weights per row and column, pixels and bins (int64 + float64)
+_WORK_PER_TABLE_VALUE = 24  # background + noise per mesh row × (pixel + bin) column, float64
+_WORK_PER_CANDIDATE = 320  # its bin and value (16), a good star's 9 columns and their sorted copies
+# and k-d tree for deduplication (~300)
+
+
+def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
+    """An upper bound of the memory :func:`detect_stars` needs besides the frame (bytes).
+
+    Use it to size how many frames may be detected at once within a memory limit. It grows
+    with the frame's width and (through the background tables and the candidate cap) about
+    0.6 bytes per pixel — not with copies of the frame, which detection never makes, except
+    a float32 copy (4 bytes per pixel) for a dtype it does not read natively (big-endian
+    data, float16, ...; see :func:`native_frame`) or a non-contiguous array.
+
+    Parameters
+    ----------
+    shape : (H, W) or (H, W, C)
+        The luminance frame's shape (a colour frame's luminance is H × W).
+    dtype : numpy dtype
+        The luminance's dtype.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    conversion = 0 if _reads_natively(np.dtype(dtype)) else 4 * h * w
+    ny = max(2, int(round(h / _MESH_CELL)))
+    tables = _WORK_PER_TABLE_VALUE * ny * w  # w pixel columns + w/2 bin columns, two meshes
+    halo = (_binned_kernel(_MAX_WINDOW_FWHM / _FWHM_PER_SIGMA).size - 1) // 2 + 1
+    strips = 2 * min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # binned + smoothed, float32
+    candidates = _WORK_PER_CANDIDATE * _max_candidates((h, w))
+    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + strips + candidates)
