@@ -86,7 +86,7 @@ _KEPT_COLUMNS = [0, 1, 2, 3, 4, 8, 9, 10, 11]  # of measure_stars' table, for go
 _BINNED_SLACK = 0.8
 _BINNED_MIN_SIGMA = 1.3
 _CONFIRM_BELOW_SIGMA = 2.0
-_STRIP_BINS = 128  # bin rows per strip of the binned view (2 buffers of ~0.8 MB at W = 3000)
+_STRIP_BINS = 128  # bin rows per smoothed strip of the binned view (~0.8 MB at W = 3000)
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,7 @@ class _Detector:
         self.psg = _at_columns(bg.noise, ck, cf)
         self.cbg = _at_columns(bg.level, ckb, cfb)
         self.csg = _at_columns(bg.noise, ckb, cfb)
+        self.binned: np.ndarray | None = None
         self.n_repaired = 0
 
     def candidates(self, smooth_sigma: float, k_sigma: float) -> _Candidates:
@@ -370,9 +371,9 @@ class _Detector:
         With a narrow filter a star that straddles bins loses signal in the binned view, so
         there the search runs at ``_BINNED_SLACK`` × the threshold and each candidate is
         confirmed at full resolution (the old full-frame criterion, applied in its window:
-        :func:`_skystack_kernels.cpu.stars.measure_stars`). The binned view is built and
-        smoothed in strips of ``_STRIP_BINS`` bin rows plus a halo, so only two strip-sized
-        buffers exist at any time.
+        :func:`_skystack_kernels.cpu.stars.measure_stars`). The binned view (a quarter of
+        the pixels) is built on the first call and smoothed in strips of ``_STRIP_BINS`` bin
+        rows plus a halo, into one strip-sized buffer.
         """
         img, bg = self.img, self.bg
         gk = _binned_kernel(max(smooth_sigma, _BINNED_MIN_SIGMA))
@@ -392,23 +393,24 @@ class _Detector:
         # sqrt(4 · Σ (g_i g_j / 4)²) = (Σ g²) / 2
         factor = float(k_binned * np.sum(gk ** 2) / 2.0)
         hb, wb = img.shape[0] // 2, img.shape[1] // 2
+        if self.binned is None:
+            # the binned view is the same for every filter: built once (a quarter of the
+            # pixels, float32), then smoothed in strips for each detection pass
+            self.binned = np.empty((hb, wb), np.float32)
+            self.n_repaired = int(kern.bin_rows(img, 0, hb, self.cbg, self.csg, bg.noise_floor, *self.rows_b,
+                                                _HOT_SIGMA, _SHARP_FRAC, 0, hb, self.binned))
         halo = (gk.size - 1) // 2 + 1  # the filter's reach, plus the local-maximum test's row
-        rows = min(_STRIP_BINS + 2 * halo, hb)
-        binned = np.empty((rows, wb), np.float32)
-        smooth = np.empty((rows, wb), np.float32)
+        smooth = np.empty((min(_STRIP_BINS + 2 * halo, hb), wb), np.float32)
         g32 = gk.astype(np.float32)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         n_found = 0
         cap = _max_candidates(img.shape)
-        self.n_repaired = 0
         for s0 in range(0, hb, _STRIP_BINS):
             s1 = min(s0 + _STRIP_BINS, hb)
             a, b = max(0, s0 - halo), min(hb, s1 + halo)
-            self.n_repaired += int(kern.bin_rows(img, a, b, self.cbg, self.csg, bg.noise_floor, *self.rows_b,
-                                                 _HOT_SIGMA, _SHARP_FRAC, s0, s1, binned[:b - a]))
             # OpenCV reflects at the strip's ends: right where they are the frame's, and
             # inside the halo elsewhere
-            cv2.sepFilter2D(binned[:b - a], cv2.CV_32F, g32, g32, dst=smooth[:b - a], borderType=cv2.BORDER_REFLECT)
+            cv2.sepFilter2D(self.binned[a:b], cv2.CV_32F, g32, g32, dst=smooth[:b - a], borderType=cv2.BORDER_REFLECT)
             part = kern.strip_peaks(smooth[:b - a], a, s0 - a, s1 - a, self.cbg, self.csg, bg.noise_floor,
                                     *self.rows_b, factor, floor, hb)
             found.append(part)
@@ -425,11 +427,16 @@ class _Detector:
         """:func:`_skystack_kernels.cpu.stars.measure_stars` on candidates ``start:stop``;
         (n, 12)."""
         ys, xs = cand.ys[start:stop], cand.xs[start:stop]
+        # in raster order: consecutive windows then share cache lines and pages of the frame
+        # (in brightness order nearly every window row is a cache miss: 2× slower)
+        raster = np.lexsort((xs, ys))
         out = np.empty((ys.size, 12))
         kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, self.cbg, self.csg,
-                           *self.rows_b, ys, xs, window_fwhm / _FWHM_PER_SIGMA, _HOT_SIGMA, _SHARP_FRAC, _FLAT_FRAC,
-                           saturation, cand.confirm, cand.factor, cand.floor, out)
-        return out
+                           *self.rows_b, ys[raster], xs[raster], window_fwhm / _FWHM_PER_SIGMA, _HOT_SIGMA, _SHARP_FRAC,
+                           _FLAT_FRAC, saturation, cand.confirm, cand.factor, cand.floor, out)
+        back = np.empty_like(raster)
+        back[raster] = np.arange(raster.size)
+        return out[back]
 
 
 class _Candidates(NamedTuple):
@@ -608,10 +615,11 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
 
 # What detect_stars holds besides the frame, term by term (bytes), for
 # detection_working_bytes. Measured as the peak RSS growth of one call (after a warm-up
-# call, /proc/self/clear_refs reset): 1.6–3.6 MiB at 1200×1600 (run to run: glibc's heap),
-# 3.9 MiB at 2000×3000 and 12.2 MiB at 4000×6000 (synthetic frames, float32 or uint16, with
-# or without NaN regions), where the bound below gives 4.2, 9.7 and 32 MiB: its candidate
-# term assumes that a frame has as many good stars as it may have candidates, ~8× what the
+# call, /proc/self/clear_refs reset): 2.5 MiB at 1000×1500, 3.8–5.2 MiB at 1200×1600 (run
+# to run: glibc's heap), 8.9 MiB at 2000×3000 and 34 MiB at 4000×6000 (synthetic frames,
+# float32 or uint16, with or without NaN regions): 1.5–1.8 bytes per pixel, of which the
+# binned view is 1. The bound below gives 4.7, 5.6, 14.5 and 53 MiB: its candidate term
+# assumes that a frame has as many good stars as it may have candidates, ~8× what the
 # synthetic frames have.
 _WORK_FIXED = 1 << 20  # Python objects, small kernel buffers, the measuring table of one chunk
 _WORK_PER_AXIS_PX = 40  # interpolation weights per row and column, pixels and bins (int64 + float64)
@@ -623,11 +631,11 @@ _WORK_PER_CANDIDATE = 320  # its bin and value (16), a good star's 9 columns and
 def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
     """An upper bound of the memory :func:`detect_stars` needs besides the frame (bytes).
 
-    Use it to size how many frames may be detected at once within a memory limit. It grows
-    with the frame's width and (through the background tables and the candidate cap) about
-    0.6 bytes per pixel — not with copies of the frame, which detection never makes, except
-    a float32 copy (4 bytes per pixel) for a dtype it does not read natively (big-endian
-    data, float16, ...; see :func:`native_frame`) or a non-contiguous array.
+    Use it to size how many frames may be detected at once within a memory limit. It is
+    about 1.6 bytes per pixel (the 2×2-binned view, float32: 1 byte per pixel; background
+    tables and the candidate cap: ~0.6) — not copies of the frame, which detection never
+    makes, except a float32 copy (4 bytes per pixel) for a dtype it does not read natively
+    (big-endian data, float16, ...; see :func:`native_frame`) or a non-contiguous array.
 
     Parameters
     ----------
@@ -646,6 +654,7 @@ def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
     ny = max(2, int(round(h / _MESH_CELL)))
     tables = _WORK_PER_TABLE_VALUE * ny * w  # w pixel columns + w/2 bin columns, two meshes
     halo = (_binned_kernel(_MAX_WINDOW_FWHM / _FWHM_PER_SIGMA).size - 1) // 2 + 1
-    strips = 2 * min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # binned + smoothed, float32
+    binned = (h // 2) * (w // 2) * 4  # float32
+    strip = min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # smoothed, float32
     candidates = _WORK_PER_CANDIDATE * _max_candidates((h, w))
-    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + strips + candidates)
+    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip + candidates)
