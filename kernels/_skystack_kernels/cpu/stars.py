@@ -486,31 +486,36 @@ def _at_bin(cm, k0, f0, bx):
 
 
 @numba.njit(nogil=True, cache=True)
-def bin_rows(img, by0, by1, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, count0, count1, out):
-    """Rows ``by0:by1`` of the 2×2-binned view of ``img`` into ``out`` (float32, one row per
-    bin row, ``W // 2`` columns): the mean of four pixels, sharp pixels repaired (see
-    :func:`_repaired`; background and σ of the test taken at the bin's centre), NaN pixels
-    replaced by the background. Returns how many pixels were repaired in bin rows
-    ``count0:count1`` (those of a strip, not of its halo, which the next strip counts).
+def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
+    """The 2×2-binned view of ``img`` into ``out`` (float32, ``H // 2`` × ``W // 2``): the
+    mean of four pixels, sharp pixels repaired (see :func:`_repaired`; background and σ of
+    the test taken at the bin's centre), NaN pixels replaced by the background.
 
     ``cbg``, ``csg``: background and noise meshes interpolated to the bin columns
     (mesh rows × ``W // 2``), so that a bin's value is one interpolation between two rows.
     A first, vectorisable loop sums every bin and flags those with a pixel above the
     repair test's threshold (or a NaN); only the flagged ones (stars, hot pixels: a few %)
     are redone pixel by pixel.
+
+    Returns ``(index, value)``: the repaired pixels (flat index y·W + x, ascending) and
+    their repaired values, so that measuring windows repair exactly the same pixels.
     """
-    wb = out.shape[1]
+    hb, wb = out.shape
+    w = img.shape[1]
     flag = np.empty(wb, dtype=np.bool_)
     nb = np.empty(9, dtype=np.float64)
+    size = 64
+    rep_idx = np.empty(size, dtype=np.int64)
+    rep_val = np.empty(size, dtype=np.float64)
     n_rep = 0
-    for by in range(by0, by1):
+    for by in range(hb):
         k0 = rkb[by]
         f0 = rfb[by]
         b0 = cbg[k0]
         b1 = cbg[k0 + 1]
         s0 = csg[k0]
         s1 = csg[k0 + 1]
-        o = out[by - by0]
+        o = out[by]
         y0 = 2 * by
         r0 = img[y0]
         r1 = img[y0 + 1]
@@ -524,6 +529,7 @@ def bin_rows(img, by0, by1, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac
             bg = b0[x] + (b1[x] - b0[x]) * f0
             sg = max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor)
             flag[x] = max(max(a, b), max(c, d)) - bg > (hot_sigma - _MEDIAN_DIP) * sg or s != s
+        n_row = n_rep
         for x in range(wb):
             if not flag[x]:
                 continue
@@ -533,11 +539,26 @@ def bin_rows(img, by0, by1, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac
             for yy in range(y0, y0 + 2):
                 for xx in range(2 * x, 2 * x + 2):
                     v, rep = _repaired(img, yy, xx, bg, sg, hot_sigma, sharp_frac, nb)
-                    if rep and count0 <= by < count1:
+                    if rep:
+                        if n_rep == size:
+                            size *= 2
+                            i2 = np.empty(size, dtype=np.int64)
+                            v2 = np.empty(size, dtype=np.float64)
+                            i2[:n_rep] = rep_idx[:n_rep]
+                            v2[:n_rep] = rep_val[:n_rep]
+                            rep_idx = i2
+                            rep_val = v2
+                        rep_idx[n_rep] = yy * w + xx
+                        rep_val[n_rep] = v
                         n_rep += 1
                     s += v
             o[x] = 0.25 * s
-    return n_rep
+        # this bin row's repairs alternate between its two frame rows: sort them
+        if n_rep - n_row > 1:
+            order = np.argsort(rep_idx[n_row:n_rep])
+            rep_idx[n_row:n_rep] = rep_idx[n_row:n_rep][order]
+            rep_val[n_row:n_rep] = rep_val[n_row:n_rep][order]
+    return rep_idx[:n_rep].copy(), rep_val[:n_rep].copy()
 
 
 @numba.njit(nogil=True, cache=True)
@@ -712,46 +733,53 @@ def _centroid(patch, ox, oy, h, w, x, y, r, inv2s2, tol, max_iter, gx, gy):
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_window(img, patch, oy, ox, j0, j1, i0, i1, pbg, rk, rf, cbg, csg, rkb, rfb, sig_floor, lim0,
-                 hot_sigma, sharp_frac, nb):
+def _fill_window(img, patch, oy, ox, j0, j1, i0, i1, pbg, rk, rf, rep_idx, rep_val):
     """Rows j0:j1, columns i0:i1 of a measuring window whose pixel (0, 0) is frame pixel
-    (oy, ox): the frame with its sharp pixels repaired (:func:`_repaired`, with the
-    background and σ of the pixel's bin, as :func:`bin_rows` tests them) and the background
-    removed; NaN outside the frame and for NaN pixels. Only pixels ``lim0`` above the
-    background are tested for repair (half the test's own threshold, with the noise at the
-    window's centre: it varies far less than 2× across a window)."""
+    (oy, ox): the frame with the background removed and the sharp pixels :func:`bin_rows`
+    repaired (``rep_idx``, ``rep_val``) replaced by their repaired values; NaN outside the
+    frame and for NaN pixels."""
     h, w = img.shape
-    wb = cbg.shape[1]
-    hb = rkb.shape[0]
     for j in range(j0, j1):
         yy = oy + j
         if yy < 0 or yy >= h:
             for i in range(i0, i1):
                 patch[j, i] = np.nan
             continue
-        k0 = rk[yy]
+        b0 = pbg[rk[yy]]
+        b1 = pbg[rk[yy] + 1]
         f0 = rf[yy]
-        b0 = pbg[k0]
-        b1 = pbg[k0 + 1]
-        for i in range(i0, i1):
+        a = max(i0, -ox)
+        b = min(i1, w - ox)
+        for i in range(i0, a):
+            patch[j, i] = np.nan
+        for i in range(b, i1):
+            patch[j, i] = np.nan
+        row = img[yy]
+        for i in range(a, b):
             xx = ox + i
-            if xx < 0 or xx >= w:
-                patch[j, i] = np.nan
-                continue
-            u = float(img[yy, xx])
-            bg = b0[xx] + (b1[xx] - b0[xx]) * f0
-            if u - bg > lim0:
-                kb = rkb[min(yy // 2, hb - 1)]
-                fb = rfb[min(yy // 2, hb - 1)]
-                bx = min(xx // 2, wb - 1)
-                u, rep = _repaired(img, yy, xx, _at_bin(cbg, kb, fb, bx), max(_at_bin(csg, kb, fb, bx), sig_floor),
-                                   hot_sigma, sharp_frac, nb)
-            patch[j, i] = u - bg  # NaN stays NaN
+            patch[j, i] = float(row[xx]) - (b0[xx] + (b1[xx] - b0[xx]) * f0)
+        if rep_idx.shape[0] > 0 and b > a:
+            start = yy * w + ox
+            k = np.searchsorted(rep_idx, start + a)
+            while k < rep_idx.shape[0] and rep_idx[k] < start + b:
+                xx = rep_idx[k] - yy * w
+                patch[j, xx - ox] = rep_val[k] - (b0[xx] + (b1[xx] - b0[xx]) * f0)
+                k += 1
 
 
 @numba.njit(nogil=True, cache=True)
-def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, cand_x,
-                  sigma_w, hot_sigma, sharp_frac, flat_frac, saturation, confirm, factor, floor, out):
+def _pixel(img, y, x, rep_idx, rep_val):
+    """Pixel (y, x) of the frame, or its repaired value if :func:`bin_rows` repaired it."""
+    i = y * img.shape[1] + x
+    k = np.searchsorted(rep_idx, i)
+    if k < rep_idx.shape[0] and rep_idx[k] == i:
+        return rep_val[k]
+    return float(img[y, x])
+
+
+@numba.njit(nogil=True, cache=True)
+def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, cand_x, sigma_w, sharp_frac,
+                  flat_frac, saturation, confirm, factor, floor, out):
     """Measure the candidates in bins (cand_y, cand_x) of :func:`strip_peaks`.
 
     ``out`` is (n, 12): x, y, flux, fwhm, roundness, peak, status, n_iter, err, and the
@@ -760,8 +788,8 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
     var(x) = 4 Σ w_i² (x_i − x)² σ_i² / (Σ w_i I_i)² (averaged over x and y).
 
     ``pbg``, ``psg``: the background and noise meshes interpolated to every pixel column
-    (mesh rows × W), with the row weights ``rk``, ``rf``; ``cbg``, ``csg``, ``rkb``, ``rfb``:
-    the same for the bins (:func:`bin_rows`), which the repair test uses.
+    (mesh rows × W), with the row weights ``rk``, ``rf``; ``rep_idx``, ``rep_val``: the
+    sharp pixels :func:`bin_rows` repaired.
 
     ``confirm`` (1-D, odd length; empty for none): a Gaussian filter at full resolution. A
     candidate is then FAINT unless the repaired window smoothed by it peaks within one
@@ -770,24 +798,21 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
     applies the detection criterion on the full-resolution pixels.
 
     Each candidate is measured in a small window at full resolution, copied with its
-    sharp pixels repaired (the test of :func:`bin_rows`, so the same pixels) and the
-    background removed. In it: the brightest pixel ``p`` of the 4×4 pixels around the bin;
-    the candidate is SHARP when the median of p's 8 neighbours is below
-    ``sharp_frac * peak`` (a star lights its neighbours — even a 1.5 px FWHM star keeps
-    that median above ~0.2 of the peak; a hot pixel or a cosmic-ray track does not);
-    SATURATED when the raw peak reaches ``saturation`` or at least 3 of its neighbours are
-    within ``flat_frac * peak`` of it (a clipped, flat top). Then the Gaussian-windowed
-    centroid (weight σ = ``sigma_w``, SExtractor's XWIN/YWIN) is iterated to the point where
-    the windowed first moment vanishes (:func:`_centroid`); for a symmetric star that is its
-    centre, with a precision close to a PSF fit at a fraction of the cost. ``n_iter`` counts
-    its iterations. FWHM and
+    sharp pixels repaired and the background removed (:func:`_fill_window`). In it: the
+    brightest pixel ``p`` of the 4×4 pixels around the bin; the candidate is SHARP when the
+    median of p's 8 neighbours is below ``sharp_frac * peak`` (a star lights its
+    neighbours — even a 1.5 px FWHM star keeps that median above ~0.2 of the peak; a hot
+    pixel or a cosmic-ray track does not); SATURATED when the raw peak reaches
+    ``saturation`` or at least 3 of its neighbours are within ``flat_frac * peak`` of it (a
+    clipped, flat top). Then the Gaussian-windowed centroid (weight σ = ``sigma_w``,
+    SExtractor's XWIN/YWIN) is iterated to the point where the windowed first moment
+    vanishes (:func:`_centroid`); for a symmetric star that is its centre, with a precision
+    close to a PSF fit at a fraction of the cost. ``n_iter`` counts its iterations. FWHM and
     roundness come from the windowed second moments with the Gaussian window deconvolved
     (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's 1/12 px² removed; they are Gaussian-equivalent
     values. A window that touches the frame edge or a NaN: EDGE.
     """
     h, w = img.shape
-    wb = cbg.shape[1]
-    hb = rkb.shape[0]
     r = int(math.ceil(4.0 * sigma_w))
     inv2s2 = 1.0 / (2.0 * sigma_w * sigma_w)
     rc = (confirm.shape[0] - 1) // 2
@@ -797,7 +822,6 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
     side = 2 * half + 1
     hsum = np.empty((side, 3), dtype=np.float64)
     patch = np.empty((side, side), dtype=np.float64)
-    nb = np.empty(9, dtype=np.float64)
     nb8 = np.empty(8, dtype=np.float64)
     gx = np.empty(2 * r + 1, dtype=np.float64)
     gy = np.empty(2 * r + 1, dtype=np.float64)
@@ -810,18 +834,12 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
         best = -np.inf
         raw_peak = 0.0
         for yy in range(max(2 * cand_y[c] - 1, 0), min(2 * cand_y[c] + 3, h)):
-            kb = rkb[min(yy // 2, hb - 1)]
-            fb = rfb[min(yy // 2, hb - 1)]
             k0 = rk[yy]
             f0 = rf[yy]
             for xx in range(max(2 * cand_x[c] - 1, 0), min(2 * cand_x[c] + 3, w)):
-                if float(img[yy, xx]) != float(img[yy, xx]):
-                    continue
-                bx = min(xx // 2, wb - 1)
-                u, rep = _repaired(img, yy, xx, _at_bin(cbg, kb, fb, bx),
-                                   max(_at_bin(csg, kb, fb, bx), sig_floor), hot_sigma, sharp_frac, nb)
+                u = _pixel(img, yy, xx, rep_idx, rep_val)
                 v = u - _at_bin(pbg, k0, f0, xx)
-                if v > best:
+                if v > best:  # never for NaN
                     best = v
                     py = yy
                     px = xx
@@ -830,15 +848,14 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
         if py < 1 or px < 1 or py > h - 2 or px > w - 2 or not (best > 0.0):
             out[c, 6] = EDGE
             continue
-        # the window around p (:func:`_fill_window`)
+        # the window around p (:func:`_fill_window`): first the core that the
+        # confirmation and the tests around p read, the rest only for a candidate that
+        # passes them
         oy = py - half
         ox = px - half
-        lim0 = 0.5 * (hot_sigma - _MEDIAN_DIP) * max(_at_bin(psg, rk[py], rf[py], px), sig_floor)
-        # the core the confirmation and the tests around p read first; the rest of the
-        # window only for a candidate that passes them
         core = max(rc + 1, 1)
         _fill_window(img, patch, oy, ox, half - core, half + core + 1, half - core, half + core + 1, pbg, rk, rf,
-                     cbg, csg, rkb, rfb, sig_floor, lim0, hot_sigma, sharp_frac, nb)
+                     rep_idx, rep_val)
         if rc > 0:
             # the confirming filter's largest value over the 3×3 around p (NaN as
             # background); separable: row sums for the 3 columns, then columns
@@ -884,14 +901,10 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, cbg, csg, rkb, rfb, cand_y, 
             continue
         lo = half - core
         hi = half + core + 1
-        _fill_window(img, patch, oy, ox, 0, lo, 0, side, pbg, rk, rf, cbg, csg, rkb, rfb, sig_floor, lim0,
-                     hot_sigma, sharp_frac, nb)
-        _fill_window(img, patch, oy, ox, hi, side, 0, side, pbg, rk, rf, cbg, csg, rkb, rfb, sig_floor, lim0,
-                     hot_sigma, sharp_frac, nb)
-        _fill_window(img, patch, oy, ox, lo, hi, 0, lo, pbg, rk, rf, cbg, csg, rkb, rfb, sig_floor, lim0,
-                     hot_sigma, sharp_frac, nb)
-        _fill_window(img, patch, oy, ox, lo, hi, hi, side, pbg, rk, rf, cbg, csg, rkb, rfb, sig_floor, lim0,
-                     hot_sigma, sharp_frac, nb)
+        _fill_window(img, patch, oy, ox, 0, lo, 0, side, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, hi, side, 0, side, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, lo, hi, 0, lo, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, lo, hi, hi, side, pbg, rk, rf, rep_idx, rep_val)
         tol = max(_CONVERGED_PX, _CONVERGED_FRAC * sigma_w * max(_at_bin(psg, rk[py], rf[py], px), sig_floor) / best)
         x, y, status, it1 = _centroid(patch, ox, oy, h, w, float(half), float(half), r, inv2s2, tol, _MAX_ITER,
                                       gx, gy)

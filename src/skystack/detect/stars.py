@@ -361,6 +361,7 @@ class _Detector:
         self.cbg = _at_columns(bg.level, ckb, cfb)
         self.csg = _at_columns(bg.noise, ckb, cfb)
         self.binned: np.ndarray | None = None
+        self.repaired: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0))
         self.n_repaired = 0
 
     def candidates(self, smooth_sigma: float, k_sigma: float) -> _Candidates:
@@ -397,8 +398,9 @@ class _Detector:
             # the binned view is the same for every filter: built once (a quarter of the
             # pixels, float32), then smoothed in strips for each detection pass
             self.binned = np.empty((hb, wb), np.float32)
-            self.n_repaired = int(kern.bin_rows(img, 0, hb, self.cbg, self.csg, bg.noise_floor, *self.rows_b,
-                                                _HOT_SIGMA, _SHARP_FRAC, 0, hb, self.binned))
+            self.repaired = kern.bin_rows(img, self.cbg, self.csg, bg.noise_floor, *self.rows_b, _HOT_SIGMA,
+                                          _SHARP_FRAC, self.binned)
+            self.n_repaired = int(self.repaired[0].size)
         halo = (gk.size - 1) // 2 + 1  # the filter's reach, plus the local-maximum test's row
         smooth = np.empty((min(_STRIP_BINS + 2 * halo, hb), wb), np.float32)
         g32 = gk.astype(np.float32)
@@ -431,9 +433,9 @@ class _Detector:
         # (in brightness order nearly every window row is a cache miss: 2× slower)
         raster = np.lexsort((xs, ys))
         out = np.empty((ys.size, 12))
-        kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, self.cbg, self.csg,
-                           *self.rows_b, ys[raster], xs[raster], window_fwhm / _FWHM_PER_SIGMA, _HOT_SIGMA, _SHARP_FRAC,
-                           _FLAT_FRAC, saturation, cand.confirm, cand.factor, cand.floor, out)
+        kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, *self.repaired, ys[raster],
+                           xs[raster], window_fwhm / _FWHM_PER_SIGMA, _SHARP_FRAC, _FLAT_FRAC, saturation, cand.confirm,
+                           cand.factor, cand.floor, out)
         back = np.empty_like(raster)
         back[raster] = np.arange(raster.size)
         return out[back]
@@ -615,10 +617,10 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
 
 # What detect_stars holds besides the frame, term by term (bytes), for
 # detection_working_bytes. Measured as the peak RSS growth of one call (after a warm-up
-# call, /proc/self/clear_refs reset): 2.5 MiB at 1000×1500, 3.8–5.2 MiB at 1200×1600 (run
-# to run: glibc's heap), 8.9 MiB at 2000×3000 and 34 MiB at 4000×6000 (synthetic frames,
-# float32 or uint16, with or without NaN regions): 1.5–1.8 bytes per pixel, of which the
-# binned view is 1. The bound below gives 4.7, 5.6, 14.5 and 53 MiB: its candidate term
+# call, /proc/self/clear_refs reset): 2.7 MiB at 1000×1500, 3.8–5.2 MiB at 1200×1600 (run
+# to run: glibc's heap), 9.1 MiB at 2000×3000 and 34 MiB at 4000×6000 (synthetic frames,
+# float32 or uint16, with or without NaN regions): 1.5–1.9 bytes per pixel, of which the
+# binned view is 1. The bound below gives 4.9, 5.9, 15.4 and 57 MiB: its candidate term
 # assumes that a frame has as many good stars as it may have candidates, ~8× what the
 # synthetic frames have.
 _WORK_FIXED = 1 << 20  # Python objects, small kernel buffers, the measuring table of one chunk
@@ -626,6 +628,11 @@ _WORK_PER_AXIS_PX = 40  # interpolation weights per row and column, pixels and b
 _WORK_PER_TABLE_VALUE = 24  # background + noise per mesh row × (pixel + bin) column, float64
 _WORK_PER_CANDIDATE = 320  # its bin and value (16), a good star's 9 columns and their sorted copies
 # and k-d tree for deduplication (~300)
+# the repaired pixels' index and value (16 bytes each), for up to 1 % of the pixels (the
+# synthetic 6 Mpx frames, with hot pixels and cosmic rays: 0.012 %; beyond 1 % the list
+# still grows, at 16 bytes a pixel)
+_WORK_PER_REPAIR = 16
+_REPAIRED_FRACTION = 0.01
 
 
 def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
@@ -657,4 +664,6 @@ def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
     binned = (h // 2) * (w // 2) * 4  # float32
     strip = min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # smoothed, float32
     candidates = _WORK_PER_CANDIDATE * _max_candidates((h, w))
-    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip + candidates)
+    repairs = _WORK_PER_REPAIR * _REPAIRED_FRACTION * h * w
+    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip + candidates
+               + repairs)
