@@ -153,15 +153,17 @@ def render_gaussians(img, xs, ys, fluxes, inv, qmax):
 #
 # The frame is read in its own dtype (uint16, float32, ...) and never copied: the
 # background and noise live on a coarse mesh and are interpolated where they are needed,
-# candidates come from a 2×2-binned, smoothed view that is built a few rows at a time, and
-# each candidate is measured in a small window at full resolution. Working memory is
-# O(width + candidates), not O(frame).
+# candidates come from a 2×2-binned view (a quarter of the pixels), smoothed a strip at a
+# time, and each candidate is measured in a small window at full resolution.
 #
 # Mesh interpolation: a value at pixel row ``y`` uses mesh rows ``rk[y]`` and ``rk[y] + 1``
 # with weight ``rf[y]`` on the second (``rf`` < 0 or > 1 beyond the outermost cell centres:
 # linear extrapolation, so a sky gradient continues to the frame edge); likewise for
 # columns (``ck``, ``cf``). The ``*b`` variants hold the same for the centres of the 2×2
-# bins (full-resolution coordinate 2·b + 0.5). Meshes have at least 2 rows and 2 columns.
+# bins (full-resolution coordinate 2·b + 0.5). Meshes have at least 2 rows and 2 columns;
+# the detection kernels take them already interpolated to every pixel or bin column
+# (``pbg``/``psg``, ``cbg``/``csg``: mesh rows × columns), so that a value is one
+# interpolation between two rows.
 
 _HIST_HALF = 80  # histogram bins on each side of the first guess
 _HIST_PER_SIGMA = 8.0  # bins per guessed σ: ±10 σ covered, a bin is σ/8 wide
@@ -394,17 +396,6 @@ def mesh_stats(img, edges_y, edges_x, step, kappa, n_iter, sub, rk, rf, ck, cf, 
             med, sig = _clipped_stats(buf, n, kappa, n_iter, loc0, scale0, hist, cum, hint)
             out_bg[j, i] = med
             out_sigma[j, i] = sig
-
-
-@numba.njit(nogil=True, cache=True)
-def _reflect(i, n):
-    """Index ``i`` reflected into [0, n) the way BORDER_REFLECT does (…cba|abc…|cba…)."""
-    while i < 0 or i >= n:
-        if i < 0:
-            i = -i - 1
-        else:
-            i = 2 * n - 1 - i
-    return i
 
 
 @numba.njit(nogil=True, cache=True)
