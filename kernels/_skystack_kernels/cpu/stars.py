@@ -759,16 +759,6 @@ def _fill_window(img, patch, oy, ox, j0, j1, i0, i1, pbg, rk, rf, rep_idx, rep_v
 
 
 @numba.njit(nogil=True, cache=True)
-def _pixel(img, y, x, rep_idx, rep_val):
-    """Pixel (y, x) of the frame, or its repaired value if :func:`bin_rows` repaired it."""
-    i = y * img.shape[1] + x
-    k = np.searchsorted(rep_idx, i)
-    if k < rep_idx.shape[0] and rep_idx[k] == i:
-        return rep_val[k]
-    return float(img[y, x])
-
-
-@numba.njit(nogil=True, cache=True)
 def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, cand_x, sigma_w, sharp_frac,
                   flat_frac, saturation, confirm, factor, floor, out):
     """Measure the candidates in bins (cand_y, cand_x) of :func:`strip_peaks`.
@@ -824,11 +814,18 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
         px = -1
         best = -np.inf
         raw_peak = 0.0
+        x0 = max(2 * cand_x[c] - 1, 0)
+        x1 = min(2 * cand_x[c] + 3, w)
         for yy in range(max(2 * cand_y[c] - 1, 0), min(2 * cand_y[c] + 3, h)):
             k0 = rk[yy]
             f0 = rf[yy]
-            for xx in range(max(2 * cand_x[c] - 1, 0), min(2 * cand_x[c] + 3, w)):
-                u = _pixel(img, yy, xx, rep_idx, rep_val)
+            # the next repaired pixel at or after this row's first one
+            kr = np.searchsorted(rep_idx, yy * w + x0) if rep_idx.shape[0] > 0 else 0
+            for xx in range(x0, x1):
+                u = float(img[yy, xx])
+                if kr < rep_idx.shape[0] and rep_idx[kr] == yy * w + xx:
+                    u = rep_val[kr]
+                    kr += 1
                 v = u - _at_bin(pbg, k0, f0, xx)
                 if v > best:  # never for NaN
                     best = v
