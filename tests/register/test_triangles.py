@@ -82,3 +82,31 @@ def test_weights_favour_precise_stars(rng):
     flat = match_stars(fr, tri)
     assert weighted.ok and flat.ok
     assert weighted.transform.rms_error(truth, SHAPE) < 0.5 * flat.transform.rms_error(truth, SHAPE)
+
+
+def test_hypothesis_scores_match_brute_force(rng):
+    """The bisection kernel's inlier counts and MSAC costs are those of a brute-force
+    nearest-neighbour search."""
+    from _skystack_kernels.cpu.stars import score_similarities
+
+    ref = _field(rng, 150)
+    pts = _field(rng, 90)
+    ang = rng.uniform(-0.05, 0.05, 40)
+    hyp = np.zeros((40, 2, 3))
+    hyp[:, 0, 0] = hyp[:, 1, 1] = np.cos(ang)
+    hyp[:, 0, 1], hyp[:, 1, 0] = -np.sin(ang), np.sin(ang)
+    hyp[:, :, 2] = rng.uniform(-30, 30, (40, 2))
+    tol = 2.5
+    order = np.argsort(ref[:, 0])
+    count, cost = np.empty(40, np.int64), np.empty(40)
+    score_similarities(hyp, pts, ref[order, 0].copy(), ref[order, 1].copy(), tol, count, cost)
+    for k in range(40):
+        pred = pts @ hyp[k, :, :2].T + hyp[k, :, 2]
+        d2 = ((pred[:, None, :] - ref[None]) ** 2).sum(axis=2).min(axis=1)
+        assert count[k] == np.sum(d2 < tol * tol)
+        assert cost[k] == pytest.approx(np.minimum(d2, tol * tol).sum(), rel=1e-12)
+    # pins the comparison: with these fields some hypotheses score inliers
+    truth = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    c1, s1 = np.empty(1, np.int64), np.empty(1)
+    score_similarities(truth[None], ref[:60], ref[order, 0].copy(), ref[order, 1].copy(), tol, c1, s1)
+    assert c1[0] == 60 and s1[0] == 0.0

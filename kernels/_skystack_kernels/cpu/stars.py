@@ -16,10 +16,16 @@ sampled at the pixel centre.
 
 Detection
 ---------
-``mesh_background``: per-cell iterative clipped median and σ; ``interp_mesh``: bilinear
-interpolation between cell centres; ``find_peaks``: local maxima of a smoothed image over a
-threshold map; ``measure_stars``: hot-pixel test, saturation test and an iterative
-Gaussian-windowed centroid (SExtractor's XWIN/YWIN) with windowed second moments.
+``mesh_stats``: per-cell clipped median and σ (from a fine histogram, O(n)); ``bin_rows``:
+rows of the 2×2-binned view with sharp pixels repaired; ``strip_peaks``: thresholded local
+maxima of a smoothed strip of it; ``measure_stars``: per candidate, a full-resolution window
+(repaired, background removed), hot-pixel and saturation tests and an iterative
+Gaussian-windowed centroid (SExtractor's XWIN/YWIN) with windowed second moments. The frame
+is read in its own dtype and nothing frame-sized is allocated.
+
+Matching
+--------
+``score_similarities``: inlier count and MSAC cost of many candidate transforms at once.
 """
 from __future__ import annotations
 
@@ -144,11 +150,37 @@ def render_gaussians(img, xs, ys, fluxes, inv, qmax):
 
 
 # --------------------------------------------------------------------------- detection
+#
+# The frame is read in its own dtype (uint16, float32, ...) and never copied: the
+# background and noise live on a coarse mesh and are interpolated where they are needed,
+# candidates come from a 2×2-binned view (a quarter of the pixels), smoothed a strip at a
+# time, and each candidate is measured in a small window at full resolution.
+#
+# Mesh interpolation: a value at pixel row ``y`` uses mesh rows ``rk[y]`` and ``rk[y] + 1``
+# with weight ``rf[y]`` on the second (``rf`` < 0 or > 1 beyond the outermost cell centres:
+# linear extrapolation, so a sky gradient continues to the frame edge); likewise for
+# columns (``ck``, ``cf``). The ``*b`` variants hold the same for the centres of the 2×2
+# bins (full-resolution coordinate 2·b + 0.5). Meshes have at least 2 rows and 2 columns;
+# the detection kernels take them already interpolated to every pixel or bin column
+# (``pbg``/``psg``, ``cbg``/``csg``: mesh rows × columns), so that a value is one
+# interpolation between two rows.
+
+_HIST_HALF = 80  # histogram bins on each side of the first guess
+_HIST_PER_SIGMA = 8.0  # bins per guessed σ: ±10 σ covered, a bin is σ/8 wide
+_HINT_SAMPLES = 64  # samples sorted for the first guess of location and spread
 
 
 @numba.njit(nogil=True, cache=True)
-def _clipped_stats(buf, n, kappa, n_iter):
-    """Median and σ of ``buf[:n]`` after iterative κ-σ clipping (sorts ``buf[:n]``).
+def _lerp2(m, k0, f0, k1, f1):
+    """Bilinear value of mesh ``m`` at row weight (k0, f0) and column weight (k1, f1)."""
+    a = m[k0, k1] + (m[k0, k1 + 1] - m[k0, k1]) * f1
+    b = m[k0 + 1, k1] + (m[k0 + 1, k1 + 1] - m[k0 + 1, k1]) * f1
+    return a + (b - a) * f0
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_clipped_stats(v, n, kappa, n_iter):
+    """Median and σ of ``v[:n]`` after iterative κ-σ clipping, exactly (sorts ``v[:n]``).
 
     σ comes from the 15.87/84.13 percentiles of the kept range, which equals the standard
     deviation for Gaussian noise and ignores the stars' tail; clipping then only trims the
@@ -156,7 +188,7 @@ def _clipped_stats(buf, n, kappa, n_iter):
     """
     if n == 0:
         return np.nan, np.nan
-    v = np.sort(buf[:n])
+    v[:n].sort()
     lo = 0
     hi = n  # kept range v[lo:hi]
     med = 0.0
@@ -179,149 +211,405 @@ def _clipped_stats(buf, n, kappa, n_iter):
     if k >= 3:
         med = 0.5 * (v[lo + (k - 1) // 2] + v[lo + k // 2])
         sig = 0.5 * (v[lo + int(0.8413 * (k - 1))] - v[lo + int(0.1587 * (k - 1))])
+    elif k > 0:
+        med = v[lo]
     return med, sig
 
 
 @numba.njit(nogil=True, cache=True)
-def mesh_background(img, sub, edges_y, edges_x, step, kappa, n_iter, out_bg, out_sigma):
+def _hist_quantile(hist, cum, lo, width, t):
+    """The value below which ``t`` samples lie, from a histogram read as a piecewise-linear
+    CDF (``cum[b]``: samples in bins below ``b``). ``t`` must lie within the histogram."""
+    nb = hist.shape[0]
+    b = np.searchsorted(cum[1:], t, side="right")
+    if b >= nb:
+        b = nb - 1
+    while b > 0 and hist[b] == 0:
+        b -= 1
+    frac = 0.0 if hist[b] == 0 else (t - cum[b]) / hist[b]
+    if frac < 0.0:
+        frac = 0.0
+    elif frac > 1.0:
+        frac = 1.0
+    return lo + (b + frac) * width
+
+
+@numba.njit(nogil=True, cache=True)
+def _hist_count(hist, cum, lo, width, v):
+    """Samples at or below ``v`` (same piecewise-linear CDF; ``v`` within the histogram)."""
+    nb = hist.shape[0]
+    x = (v - lo) / width
+    if x <= 0.0:
+        return 0.0
+    if x >= nb:
+        return cum[nb]
+    b = int(x)
+    return cum[b] + hist[b] * (x - b)
+
+
+@numba.njit(nogil=True, cache=True)
+def _binned_clipped_stats(v, n, kappa, n_iter, loc0, scale0, hist, cum):
+    """:func:`_sorted_clipped_stats` from a fine histogram around a first guess
+    (``loc0``, ``scale0``): O(n) instead of a sort, and the same result to a small fraction
+    of σ (the percentiles are interpolated within bins σ/8 wide). Returns (NaN, NaN) when
+    the guess cannot bracket the clipped distribution (the caller then sorts)."""
+    nb = hist.shape[0]
+    width = scale0 / _HIST_PER_SIGMA
+    lo = loc0 - _HIST_HALF * width
+    for b in range(nb):
+        hist[b] = 0.0
+    under = 0
+    over = 0
+    inv = 1.0 / width
+    for i in range(n):
+        x = (v[i] - lo) * inv
+        if x < 0.0:
+            under += 1
+        elif x >= nb:
+            over += 1
+        else:
+            hist[int(x)] += 1.0
+    cum[0] = 0.0
+    for b in range(nb):
+        cum[b + 1] = cum[b] + hist[b]
+    hi = lo + nb * width
+    # the kept set is [a, b] in value; counts relative to the histogram's own samples
+    ca = -float(under)  # samples (inside the histogram) below a, minus those under it
+    cb = cum[nb] + over
+    med = np.nan
+    sig = np.nan
+    for it in range(n_iter + 1):
+        k = cb - ca
+        if k < 3.0:
+            return np.nan, np.nan
+        t16 = ca + 0.1587 * k
+        t50 = ca + 0.5 * k
+        t84 = ca + 0.8413 * k
+        if t16 < 0.0 or t84 > cum[nb]:
+            return np.nan, np.nan  # a percentile outside the histogram
+        med = _hist_quantile(hist, cum, lo, width, t50)
+        sig = 0.5 * (_hist_quantile(hist, cum, lo, width, t84) - _hist_quantile(hist, cum, lo, width, t16))
+        if it == n_iter or not (sig > 0.0):
+            break
+        a = med - kappa * sig
+        b = med + kappa * sig
+        if (a < lo and under > 0) or (b > hi and over > 0):
+            return np.nan, np.nan  # the clip bound falls where the histogram cannot count
+        na = _hist_count(hist, cum, lo, width, a)
+        nb_ = _hist_count(hist, cum, lo, width, b)
+        if abs(na - ca) < 0.5 and abs(nb_ - cb) < 0.5:
+            break
+        ca = na
+        cb = nb_
+    return med, sig
+
+
+@numba.njit(nogil=True, cache=True)
+def _clipped_stats(v, n, kappa, n_iter, loc0, scale0, hist, cum, hint):
+    """Clipped median and σ of ``v[:n]``: from a histogram around (``loc0``, ``scale0``),
+    else (``scale0`` not positive, or the histogram could not bracket the data) around a
+    guess from a sorted subsample; exact (a full sort, which reorders ``v[:n]``) when
+    neither works (quantised or constant values) and for small samples."""
+    if n < 4 * _HINT_SAMPLES:
+        return _sorted_clipped_stats(v, n, kappa, n_iter)
+    for attempt in range(2):
+        if attempt == 1 or not (scale0 > 0.0):
+            if attempt == 1 and not (scale0 > 0.0):
+                break  # the subsample guess has already failed
+            m = _HINT_SAMPLES
+            for i in range(m):
+                hint[i] = v[(i * n) // m]
+            hint[:m].sort()
+            loc0 = 0.5 * (hint[(m - 1) // 2] + hint[m // 2])
+            scale0 = 0.5 * (hint[int(0.8413 * (m - 1))] - hint[int(0.1587 * (m - 1))])
+            if not (scale0 > 0.0):
+                break
+        med, sig = _binned_clipped_stats(v, n, kappa, n_iter, loc0, scale0, hist, cum)
+        if sig > 0.0 and sig < 0.35 * scale0:
+            # the guess was much wider than the clipped spread: once more with bins
+            # matched to it
+            med, sig = _binned_clipped_stats(v, n, kappa, n_iter, med, sig, hist, cum)
+        if sig > 0.0:
+            return med, sig
+    return _sorted_clipped_stats(v, n, kappa, n_iter)
+
+
+@numba.njit(nogil=True, cache=True)
+def mesh_stats(img, edges_y, edges_x, step, kappa, n_iter, sub, rk, rf, ck, cf, scale_hint,
+               out_bg, out_sigma):
     """Clipped median (``out_bg``) and σ (``out_sigma``) of ``img − sub`` in each mesh cell.
 
-    ``sub`` is a smooth background to remove first (a first pass's interpolated mesh, so
-    that a gradient inside a cell does not inflate its σ) or an array of shape (1, 1)
-    for none.
+    ``sub`` is a mesh interpolated at each sample and removed first (a first pass's
+    background, so that a gradient inside a cell does not widen its σ), or an array with
+    fewer than 2 rows for none. ``scale_hint`` (ny, nx) is a first guess of each cell's σ
+    (the first pass's, when ``sub`` is given) or has fewer than 2 rows for none: then the
+    previous cell's result is the guess.
 
     Cell ``(j, i)`` covers rows ``edges_y[j]:edges_y[j+1]`` and columns
     ``edges_x[i]:edges_x[i+1]``; every ``step``-th pixel in each direction is used (the
     median of a few hundred samples is precise to a few % of σ, at a fraction of the
-    cost). NaNs are
-    skipped; a cell without finite pixels gets NaN.
+    cost). NaNs are skipped; a cell without finite pixels gets NaN.
     """
     ny = edges_y.shape[0] - 1
     nx = edges_x.shape[0] - 1
-    cap = ((edges_y[1:] - edges_y[:-1]).max() // step + 1) * ((edges_x[1:] - edges_x[:-1]).max() // step + 1)
+    has_sub = sub.shape[0] >= 2
+    has_hint = scale_hint.shape[0] >= 2
+    cap = 1
+    for j in range(ny):
+        for i in range(nx):
+            c = ((edges_y[j + 1] - edges_y[j] + step - 1) // step) * ((edges_x[i + 1] - edges_x[i] + step - 1) // step)
+            if c > cap:
+                cap = c
     buf = np.empty(cap, dtype=np.float64)
-    has_sub = sub.shape[0] == img.shape[0] and sub.shape[1] == img.shape[1]
+    hist = np.empty(2 * _HIST_HALF, dtype=np.float64)
+    cum = np.empty(2 * _HIST_HALF + 1, dtype=np.float64)
+    hint = np.empty(_HINT_SAMPLES, dtype=np.float64)
     for j in range(ny):
         for i in range(nx):
             n = 0
             for y in range(edges_y[j], edges_y[j + 1], step):
                 for x in range(edges_x[i], edges_x[i + 1], step):
-                    v = img[y, x]
-                    if has_sub:
-                        v -= sub[y, x]
+                    v = float(img[y, x])
                     if v == v:
+                        if has_sub:
+                            v -= _lerp2(sub, rk[y], rf[y], ck[x], cf[x])
                         buf[n] = v
                         n += 1
-            med, sig = _clipped_stats(buf, n, kappa, n_iter)
+            if n == 0:
+                out_bg[j, i] = np.nan
+                out_sigma[j, i] = np.nan
+                continue
+            if has_hint:
+                loc0 = 0.0
+                scale0 = scale_hint[j, i]
+            elif i > 0:
+                # the neighbouring cell's result is a good first guess (it saves sorting
+                # a subsample in almost every cell; a bad guess only costs the retry)
+                loc0 = out_bg[j, i - 1]
+                scale0 = out_sigma[j, i - 1]
+            elif j > 0:
+                loc0 = out_bg[j - 1, 0]
+                scale0 = out_sigma[j - 1, 0]
+            else:
+                loc0 = 0.0
+                scale0 = 0.0
+            med, sig = _clipped_stats(buf, n, kappa, n_iter, loc0, scale0, hist, cum, hint)
             out_bg[j, i] = med
             out_sigma[j, i] = sig
 
 
 @numba.njit(nogil=True, cache=True)
-def interp_mesh(mesh, centres_y, centres_x, out):
-    """Bilinear interpolation of ``mesh`` (values at cell centres) onto every pixel of
-    ``out``, extrapolated linearly beyond the outermost centres (half a cell): a sky
-    gradient then continues to the frame edge instead of flattening out."""
-    h, w = out.shape
-    ny, nx = mesh.shape
-    ix = np.empty(w, dtype=np.int64)
-    fx = np.empty(w, dtype=np.float64)
-    for x in range(w):
-        if nx == 1:
-            ix[x] = 0
-            fx[x] = 0.0
-        elif x <= centres_x[0]:
-            ix[x] = 0
-            fx[x] = (x - centres_x[0]) / (centres_x[1] - centres_x[0])
-        elif x >= centres_x[nx - 1]:
-            ix[x] = nx - 2
-            fx[x] = (x - centres_x[nx - 2]) / (centres_x[nx - 1] - centres_x[nx - 2])
-        else:
-            k = np.searchsorted(centres_x, x, side="right") - 1
-            ix[x] = k
-            fx[x] = (x - centres_x[k]) / (centres_x[k + 1] - centres_x[k])
-    row = np.empty(nx, dtype=np.float64)
-    for y in range(h):
-        if ny == 1:
-            j = 0
-            fy = 0.0
-        elif y <= centres_y[0]:
-            j = 0
-            fy = (y - centres_y[0]) / (centres_y[1] - centres_y[0])
-        elif y >= centres_y[ny - 1]:
-            j = ny - 2
-            fy = (y - centres_y[ny - 2]) / (centres_y[ny - 1] - centres_y[ny - 2])
-        else:
-            j = np.searchsorted(centres_y, y, side="right") - 1
-            fy = (y - centres_y[j]) / (centres_y[j + 1] - centres_y[j])
-        for i in range(nx):
-            if ny == 1:
-                row[i] = mesh[0, i]
-            else:
-                row[i] = mesh[j, i] * (1.0 - fy) + mesh[j + 1, i] * fy
-        for x in range(w):
-            if nx == 1:
-                out[y, x] = row[0]
-            else:
-                k = ix[x]
-                out[y, x] = row[k] * (1.0 - fx[x]) + row[k + 1] * fx[x]
+def _median9(buf):
+    """Median of ``buf[:9]`` (reorders it)."""
+    for i in range(1, 9):
+        v = buf[i]
+        j = i - 1
+        while j >= 0 and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+    return buf[4]
+
+
+# the 3×3 median of sky pixels scatters by ~0.4 σ about the background, so a pixel can be
+# hot_sigma σ above its median while only hot_sigma − 1 σ above the sky; nothing below
+# hot_sigma − _MEDIAN_DIP σ can be (the median would have to dip 5 of its σ below the sky)
+_MEDIAN_DIP = 2.0
 
 
 @numba.njit(nogil=True, cache=True)
-def find_peaks(smooth, bg, sig, factor, floor, border):
-    """Local maxima of ``smooth`` that exceed ``bg + max(sig · factor, floor)``, at least
-    ``border`` pixels from the edge (the threshold is computed per pixel rather than read
-    from a frame-sized array). Ties are broken in raster order (a plateau gives one peak).
-    Returns (ys, xs) int64 arrays."""
-    h, w = smooth.shape
-    cap = 1024
-    ys = np.empty(cap, dtype=np.int64)
-    xs = np.empty(cap, dtype=np.int64)
+def _repaired(img, y, x, bg, sig, hot_sigma, sharp_frac, nb):
+    """The value of pixel (y, x) with sharp pixels repaired, and whether it was one.
+
+    A pixel that stands more than ``hot_sigma`` σ above the median of its 3×3
+    neighbourhood, by most of its height above the background ``bg`` (all but
+    ``sharp_frac``), is a hot pixel or a cosmic-ray hit: its value is that median. Only
+    pixels ``hot_sigma`` − ``_MEDIAN_DIP`` σ above the background are tested (the others
+    cannot be sharp unless their neighbourhood lies far below the sky). NaN pixels, also in
+    the neighbourhood, count as ``bg``; beyond the frame edge the edge pixel repeats.
+    ``nb`` is a scratch array of 9.
+    """
+    h, w = img.shape
+    v = float(img[y, x])
+    if v != v:
+        return bg, False
+    if not (v - bg > (hot_sigma - _MEDIAN_DIP) * sig):
+        return v, False
+    # the pixel is sharp only if the median m of the 9 stays below
+    # lim = min(v − hot_sigma·σ, bg + sharp_frac·(v − bg)); when its 4 direct neighbours
+    # reach lim, 5 of the 9 do and m cannot (a star's core pixel: no sort needed)
+    lim = min(v - hot_sigma * sig, bg + sharp_frac * (v - bg))
+    ym = max(y - 1, 0)
+    yp = min(y + 1, h - 1)
+    xm = max(x - 1, 0)
+    xp = min(x + 1, w - 1)
+    if float(img[ym, x]) >= lim and float(img[yp, x]) >= lim and float(img[y, xm]) >= lim \
+            and float(img[y, xp]) >= lim:
+        return v, False
+    k = 0
+    for yy in range(y - 1, y + 2):
+        yc = min(max(yy, 0), h - 1)
+        for xx in range(x - 1, x + 2):
+            xc = min(max(xx, 0), w - 1)
+            u = float(img[yc, xc])
+            nb[k] = u if u == u else bg
+            k += 1
+    m = _median9(nb)
+    e = v - m
+    if e > hot_sigma * sig and e > (1.0 - sharp_frac) * (v - bg):
+        return m, True
+    return v, False
+
+
+@numba.njit(nogil=True, cache=True)
+def mesh_at_columns(m, k, f, out):
+    """``out[j, x]``: row ``j`` of mesh ``m`` interpolated to column weight (k[x], f[x])."""
+    for j in range(m.shape[0]):
+        for x in range(k.shape[0]):
+            out[j, x] = m[j, k[x]] + (m[j, k[x] + 1] - m[j, k[x]]) * f[x]
+
+
+@numba.njit(nogil=True, cache=True)
+def _at_bin(cm, k0, f0, bx):
+    """A mesh at the centre of bin (row weight k0/f0, column ``bx``), from ``cm``: the mesh
+    already interpolated to every bin column, one row per mesh row."""
+    return cm[k0, bx] + (cm[k0 + 1, bx] - cm[k0, bx]) * f0
+
+
+@numba.njit(nogil=True, cache=True)
+def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
+    """The 2×2-binned view of ``img`` into ``out`` (float32, ``H // 2`` × ``W // 2``): the
+    mean of four pixels, sharp pixels repaired (see :func:`_repaired`; background and σ of
+    the test taken at the bin's centre), NaN pixels replaced by the background.
+
+    ``cbg``, ``csg``: background and noise meshes interpolated to the bin columns
+    (mesh rows × ``W // 2``), so that a bin's value is one interpolation between two rows.
+    A first, vectorisable loop sums every bin and flags those with a pixel above the
+    repair test's threshold (or a NaN); only the flagged ones (stars, hot pixels: a few %)
+    are redone pixel by pixel.
+
+    Returns ``(index, value)``: the repaired pixels (flat index y·W + x, ascending) and
+    their repaired values, so that measuring windows repair exactly the same pixels.
+    """
+    hb, wb = out.shape
+    w = img.shape[1]
+    flag = np.empty(wb, dtype=np.bool_)
+    nb = np.empty(9, dtype=np.float64)
+    size = 64
+    rep_idx = np.empty(size, dtype=np.int64)
+    rep_val = np.empty(size, dtype=np.float64)
+    n_rep = 0
+    for by in range(hb):
+        k0 = rkb[by]
+        f0 = rfb[by]
+        b0 = cbg[k0]
+        b1 = cbg[k0 + 1]
+        s0 = csg[k0]
+        s1 = csg[k0 + 1]
+        o = out[by]
+        y0 = 2 * by
+        r0 = img[y0]
+        r1 = img[y0 + 1]
+        for x in range(wb):
+            a = float(r0[2 * x])
+            b = float(r0[2 * x + 1])
+            c = float(r1[2 * x])
+            d = float(r1[2 * x + 1])
+            s = a + b + c + d
+            o[x] = 0.25 * s
+            bg = b0[x] + (b1[x] - b0[x]) * f0
+            sg = max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor)
+            flag[x] = max(max(a, b), max(c, d)) - bg > (hot_sigma - _MEDIAN_DIP) * sg or s != s
+        n_row = n_rep
+        for x in range(wb):
+            if not flag[x]:
+                continue
+            bg = b0[x] + (b1[x] - b0[x]) * f0
+            sg = max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor)
+            s = 0.0
+            for yy in range(y0, y0 + 2):
+                for xx in range(2 * x, 2 * x + 2):
+                    v, rep = _repaired(img, yy, xx, bg, sg, hot_sigma, sharp_frac, nb)
+                    if rep:
+                        if n_rep == size:
+                            size *= 2
+                            i2 = np.empty(size, dtype=np.int64)
+                            v2 = np.empty(size, dtype=np.float64)
+                            i2[:n_rep] = rep_idx[:n_rep]
+                            v2[:n_rep] = rep_val[:n_rep]
+                            rep_idx = i2
+                            rep_val = v2
+                        rep_idx[n_rep] = yy * w + xx
+                        rep_val[n_rep] = v
+                        n_rep += 1
+                    s += v
+            o[x] = 0.25 * s
+        # this bin row's repairs alternate between its two frame rows: sort them
+        if n_rep - n_row > 1:
+            order = np.argsort(rep_idx[n_row:n_rep])
+            rep_idx[n_row:n_rep] = rep_idx[n_row:n_rep][order]
+            rep_val[n_row:n_rep] = rep_val[n_row:n_rep][order]
+    return rep_idx[:n_rep].copy(), rep_val[:n_rep].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floor, hb):
+    """Candidates in rows ``r0:r1`` of ``smooth`` (a smoothed strip of the binned view whose
+    row 0 is bin row ``by0``): local maxima above ``bg + max(σ · factor, floor)``, the
+    background and σ at the bin centre (``cbg``, ``csg`` as in :func:`bin_rows`), at least
+    one bin from every frame edge (``hb``: bin rows in the frame). Ties go to the first in
+    raster order (``>`` against the neighbours before, ``>=`` against those after: a
+    plateau gives one candidate). The threshold is tested first: it rejects almost every
+    bin in a predictable branch, where the local-maximum test alone passes one bin in nine
+    of pure noise.
+
+    Returns ``(by, bx, value)``: bin coordinates (int32, raster order) and the smoothed value
+    above the background (float64).
+    """
+    ws = smooth.shape[1]
+    size = 256
+    ys = np.empty(size, dtype=np.int32)
+    xs = np.empty(size, dtype=np.int32)
+    vals = np.empty(size, dtype=np.float64)
     n = 0
-    for y in range(border, h - border):
-        for x in range(border, w - border):
-            v = smooth[y, x]
-            t = sig[y, x] * factor
-            if t < floor:
-                t = floor
-            if not (v - bg[y, x] > t):
+    for j in range(r0, r1):
+        by = by0 + j
+        if by < 1 or by > hb - 2:
+            continue
+        up = smooth[j - 1]
+        mid = smooth[j]
+        dn = smooth[j + 1]
+        k0 = rkb[by]
+        f0 = rfb[by]
+        b0 = cbg[k0]
+        b1 = cbg[k0 + 1]
+        s0 = csg[k0]
+        s1 = csg[k0 + 1]
+        for x in range(1, ws - 1):
+            v = mid[x]
+            bg = b0[x] + (b1[x] - b0[x]) * f0
+            t = max(max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor) * factor, floor)
+            if not (v - bg > t):
                 continue
-            if not (v > smooth[y - 1, x - 1] and v > smooth[y - 1, x] and v > smooth[y - 1, x + 1]
-                    and v > smooth[y, x - 1] and v >= smooth[y, x + 1]
-                    and v >= smooth[y + 1, x - 1] and v >= smooth[y + 1, x] and v >= smooth[y + 1, x + 1]):
+            if not (v > up[x - 1] and v > up[x] and v > up[x + 1] and v > mid[x - 1] and v >= mid[x + 1]
+                    and v >= dn[x - 1] and v >= dn[x] and v >= dn[x + 1]):
                 continue
-            if n == cap:
-                cap *= 2
-                ys2 = np.empty(cap, dtype=np.int64)
-                xs2 = np.empty(cap, dtype=np.int64)
+            if n == size:
+                size *= 2
+                ys2 = np.empty(size, dtype=np.int32)
+                xs2 = np.empty(size, dtype=np.int32)
+                vals2 = np.empty(size, dtype=np.float64)
                 ys2[:n] = ys[:n]
                 xs2[:n] = xs[:n]
+                vals2[:n] = vals[:n]
                 ys = ys2
                 xs = xs2
-            ys[n] = y
+                vals = vals2
+            ys[n] = by
             xs[n] = x
+            vals[n] = v - bg
             n += 1
-    return ys[:n], xs[:n]
-
-
-@numba.njit(nogil=True, cache=True)
-def repair_sharp_into(img, med, bg, sig, hot_sigma, sharp_frac):
-    """Where a pixel stands more than ``hot_sigma`` σ above its 3×3 median ``med`` and that
-    excess is most of its height above the background (a single-pixel peak: hot pixel or
-    cosmic ray), keep the median; elsewhere copy ``img``. Writes into ``med`` in place (so
-    no further frame-sized temporaries) and returns how many pixels were repaired."""
-    h, w = img.shape
-    n = 0
-    for y in range(h):
-        for x in range(w):
-            v = img[y, x]
-            m = med[y, x]
-            e = v - m
-            if e > hot_sigma * sig[y, x] and e > (1.0 - sharp_frac) * (v - bg[y, x]):
-                n += 1
-            else:
-                med[y, x] = v
-    return n
+    return ys[:n].copy(), xs[:n].copy(), vals[:n].copy()
 
 
 # status codes of measure_stars (0 = a good star)
@@ -331,174 +619,335 @@ SATURATED = 2    # flat-topped peak
 EDGE = 3         # the window touches the image edge or a NaN
 DIVERGED = 4     # the windowed centroid wandered off or had no positive flux
 DUPLICATE = 5    # converged onto a star already measured (two peaks, one star)
+FAINT = 6        # below the detection threshold at full resolution
+
+_MAX_ITER = 30
+# the centroid has converged when an iteration moves it by less than 1e-4 px, or by less
+# than 1 % of the precision its signal-to-noise allows (σ_w / (peak / σ): a faint star's
+# centroid cannot be placed to 1e-4 px, and chasing it costs iterations)
+_CONVERGED_PX = 1e-4
+_CONVERGED_FRAC = 0.01
 
 
 @numba.njit(nogil=True, cache=True)
-def measure_stars(img, bg, noise, cand_y, cand_x, sigma_w, sharp_frac, flat_frac, saturation,
-                  out):
-    """Measure the candidates at (cand_y, cand_x).
+def _gauss_taps(out, n, d, c):
+    """``out[k] = exp(−c (k − d)²)`` for k < n, with three exp() and a recurrence (the
+    ratio of neighbouring taps is itself geometric): the window weights of a centroid
+    iteration cost a fraction of 2(2r + 1) exp() calls."""
+    g = math.exp(-c * d * d)
+    ratio = math.exp(-c * (1.0 - 2.0 * d))
+    q = math.exp(-2.0 * c)
+    for k in range(n):
+        out[k] = g
+        g *= ratio
+        ratio *= q
+
+
+@numba.njit(nogil=True, cache=True)
+def _centroid(patch, ox, oy, h, w, x, y, r, inv2s2, tol, max_iter, gx, gy):
+    """Solve for the point (x, y) where the Gaussian-windowed first moment of ``patch``
+    vanishes (patch coordinates; its pixel (0, 0) is frame pixel (oy, ox)), from (x, y),
+    window cut at radius ``r``. Stops when a step is shorter than ``tol`` px. Returns
+    (x, y, status, iterations).
+
+    Newton's method: with m the windowed mean offset and C the windowed covariance about
+    it, dm/dx = −(I − C/σ_w²), so the step is (I − C/σ_w²)⁻¹ m. For a Gaussian star this is
+    exact in one step (I − C/σ_w² = σ_w²/(σ_w² + σ★²) per axis), for real profiles it
+    converges in a few; where the noise makes that matrix implausible (faint, or not a
+    star) the step is 2m, the plain fixed-point iteration for a star as wide as the window.
+    """
+    tol2 = tol * tol
+    sw2 = 0.5 / inv2s2  # σ_w²
+    it = 0
+    for it in range(1, max_iter + 1):
+        ix = int(math.floor(x + 0.5))
+        iy = int(math.floor(y + 0.5))
+        if ox + ix - r < 0 or oy + iy - r < 0 or ox + ix + r > w - 1 or oy + iy + r > h - 1:
+            return x, y, EDGE, it
+        sw = 0.0
+        sx = 0.0
+        sy = 0.0
+        sxx = 0.0
+        syy = 0.0
+        sxy = 0.0
+        _gauss_taps(gx, 2 * r + 1, x - (ix - r), inv2s2)
+        _gauss_taps(gy, 2 * r + 1, y - (iy - r), inv2s2)
+        for yy in range(iy - r, iy + r + 1):
+            dy = yy - y
+            wy = gy[yy - iy + r]
+            # the pixels of this row within r of (x, y): a branch-free inner loop
+            e = r * r - dy * dy
+            if e < 0.0:
+                continue
+            e = math.sqrt(e)
+            x0 = max(ix - r, int(math.ceil(x - e)))
+            x1 = min(ix + r, int(math.floor(x + e)))
+            row = patch[yy]
+            a = 0.0
+            b = 0.0
+            c = 0.0
+            for xx in range(x0, x1 + 1):
+                dx = xx - x
+                wi = gx[xx - ix + r] * row[xx]
+                a += wi
+                b += wi * dx
+                c += wi * dx * dx
+            sw += wy * a
+            sx += wy * b
+            sy += wy * a * dy
+            sxx += wy * c
+            syy += wy * a * dy * dy
+            sxy += wy * b * dy
+        if sw != sw:
+            return x, y, EDGE, it  # a NaN (no data) in the window
+        if not (sw > 0.0):
+            return x, y, DIVERGED, it
+        mx = sx / sw
+        my = sy / sw
+        k11 = 1.0 - (sxx / sw - mx * mx) / sw2
+        k22 = 1.0 - (syy / sw - my * my) / sw2
+        k12 = -(sxy / sw - mx * my) / sw2
+        det = k11 * k22 - k12 * k12
+        if 0.1 < k11 < 1.5 and 0.1 < k22 < 1.5 and det > 0.01:
+            ddx = (k22 * mx - k12 * my) / det
+            ddy = (k11 * my - k12 * mx) / det
+        else:
+            ddx = 2.0 * mx
+            ddy = 2.0 * my
+        ddx = min(max(ddx, -1.0), 1.0)
+        ddy = min(max(ddy, -1.0), 1.0)
+        x += ddx
+        y += ddy
+        if ddx * ddx + ddy * ddy < tol2:
+            break
+    return x, y, OK, it
+
+
+@numba.njit(nogil=True, cache=True)
+def _fill_window(img, patch, oy, ox, j0, j1, i0, i1, pbg, rk, rf, rep_idx, rep_val):
+    """Rows j0:j1, columns i0:i1 of a measuring window whose pixel (0, 0) is frame pixel
+    (oy, ox): the frame with the background removed and the sharp pixels :func:`bin_rows`
+    repaired (``rep_idx``, ``rep_val``) replaced by their repaired values; NaN outside the
+    frame and for NaN pixels."""
+    h, w = img.shape
+    for j in range(j0, j1):
+        yy = oy + j
+        if yy < 0 or yy >= h:
+            for i in range(i0, i1):
+                patch[j, i] = np.nan
+            continue
+        b0 = pbg[rk[yy]]
+        b1 = pbg[rk[yy] + 1]
+        f0 = rf[yy]
+        a = max(i0, -ox)
+        b = min(i1, w - ox)
+        for i in range(i0, a):
+            patch[j, i] = np.nan
+        for i in range(b, i1):
+            patch[j, i] = np.nan
+        row = img[yy]
+        for i in range(a, b):
+            xx = ox + i
+            patch[j, i] = float(row[xx]) - (b0[xx] + (b1[xx] - b0[xx]) * f0)
+        if rep_idx.shape[0] > 0 and b > a:
+            start = yy * w + ox
+            k = np.searchsorted(rep_idx, start + a)
+            while k < rep_idx.shape[0] and rep_idx[k] < start + b:
+                xx = rep_idx[k] - yy * w
+                patch[j, xx - ox] = rep_val[k] - (b0[xx] + (b1[xx] - b0[xx]) * f0)
+                k += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, cand_x, sigma_w, sharp_frac,
+                  flat_frac, saturation, confirm, factor, floor, out):
+    """Measure the candidates in bins (cand_y, cand_x) of :func:`strip_peaks`.
 
     ``out`` is (n, 12): x, y, flux, fwhm, roundness, peak, status, n_iter, err, and the
-    deconvolved second moments c11 (xx), c22 (yy), c12 (xy) in px².
-    ``noise`` is the per-pixel background noise σ map; ``err`` is the 1-σ centroid
-    uncertainty per axis from background noise, SExtractor's ERRX2WIN:
+    deconvolved second moments c11 (xx), c22 (yy), c12 (xy) in px². ``err`` is the 1-σ
+    centroid uncertainty per axis from the background noise, SExtractor's ERRX2WIN:
     var(x) = 4 Σ w_i² (x_i − x)² σ_i² / (Σ w_i I_i)² (averaged over x and y).
 
-    For each candidate: the brightest background-subtracted pixel ``p`` of the 3×3 around
-    it; the candidate is SHARP when the median of p's 8 neighbours is below
-    ``sharp_frac * peak`` (a star lights its neighbours — even a 1.5 px FWHM star keeps
-    that median above ~0.2 of the peak; a hot pixel or a cosmic-ray track does not);
-    SATURATED when the raw peak reaches ``saturation`` or at least 3 of its neighbours are
-    within ``flat_frac * peak`` of it (a clipped, flat top). Then the Gaussian-windowed
-    centroid (weight σ = ``sigma_w``) is iterated: x ← x + 2 Σ wI(x_i − x) / Σ wI, which
-    converges to the point where the windowed first moment vanishes; for a symmetric star
-    that is its centre, with a precision close to a PSF fit at a fraction of the cost.
-    FWHM and roundness come from the windowed second moments with the Gaussian window
-    deconvolved (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's 1/12 px² removed; they are
-    Gaussian-equivalent values.
+    ``pbg``, ``psg``: the background and noise meshes interpolated to every pixel column
+    (mesh rows × W), with the row weights ``rk``, ``rf``; ``rep_idx``, ``rep_val``: the
+    sharp pixels :func:`bin_rows` repaired.
+
+    ``confirm`` (1-D, odd length; empty for none): a Gaussian filter at full resolution. A
+    candidate is then FAINT unless the repaired window smoothed by it peaks within one
+    pixel of ``p`` above background + max(σ · ``factor``, ``floor``): the binned search
+    runs at a lower threshold (it loses some signal when a star straddles bins) and this
+    applies the detection criterion on the full-resolution pixels.
+
+    Each candidate is measured in a small window at full resolution, copied with its
+    sharp pixels repaired and the background removed (:func:`_fill_window`). In it: the
+    brightest pixel ``p`` of the 4×4 pixels around the bin; the candidate is SHARP when the
+    median of p's 8 neighbours is below ``sharp_frac * peak`` (a star lights its
+    neighbours — even a 1.5 px FWHM star keeps that median above ~0.2 of the peak; a hot
+    pixel or a cosmic-ray track does not); SATURATED when the raw peak reaches
+    ``saturation`` or at least 3 of its neighbours are within ``flat_frac * peak`` of it (a
+    clipped, flat top). Then the Gaussian-windowed centroid (weight σ = ``sigma_w``,
+    SExtractor's XWIN/YWIN) is iterated to the point where the windowed first moment
+    vanishes (:func:`_centroid`); for a symmetric star that is its centre, with a precision
+    close to a PSF fit at a fraction of the cost. ``n_iter`` counts its iterations. FWHM and
+    roundness come from the windowed second moments with the Gaussian window deconvolved
+    (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's 1/12 px² removed; they are Gaussian-equivalent
+    values. A window that touches the frame edge or a NaN: EDGE.
     """
     h, w = img.shape
     r = int(math.ceil(4.0 * sigma_w))
     inv2s2 = 1.0 / (2.0 * sigma_w * sigma_w)
-    nb = np.empty(8, dtype=np.float64)
-    # the Gaussian window is separable: 2(2r+1) exp() per iteration instead of (2r+1)²
+    rc = (confirm.shape[0] - 1) // 2
+    # the centroid stays within 2.5 px of p: its window within p ± (r + 3); the confirming
+    # filter reaches rc + 1 px
+    half = max(r + 3, rc + 1)
+    side = 2 * half + 1
+    hsum = np.empty((side, 3), dtype=np.float64)
+    patch = np.empty((side, side), dtype=np.float64)
+    nb8 = np.empty(8, dtype=np.float64)
     gx = np.empty(2 * r + 1, dtype=np.float64)
     gy = np.empty(2 * r + 1, dtype=np.float64)
     for c in range(cand_y.shape[0]):
-        cy = cand_y[c]
-        cx = cand_x[c]
         for k in range(12):
             out[c, k] = np.nan
-        # brightest pixel of the 3x3
-        py = cy
-        px = cx
+        # the brightest repaired pixel of the 4×4 around the bin
+        py = -1
+        px = -1
         best = -np.inf
-        for yy in range(cy - 1, cy + 2):
-            for xx in range(cx - 1, cx + 2):
-                if 0 <= yy < h and 0 <= xx < w:
-                    v = img[yy, xx] - bg[yy, xx]
-                    if v > best:
-                        best = v
-                        py = yy
-                        px = xx
+        raw_peak = 0.0
+        x0 = max(2 * cand_x[c] - 1, 0)
+        x1 = min(2 * cand_x[c] + 3, w)
+        for yy in range(max(2 * cand_y[c] - 1, 0), min(2 * cand_y[c] + 3, h)):
+            k0 = rk[yy]
+            f0 = rf[yy]
+            # the next repaired pixel at or after this row's first one
+            kr = np.searchsorted(rep_idx, yy * w + x0) if rep_idx.shape[0] > 0 else 0
+            for xx in range(x0, x1):
+                u = float(img[yy, xx])
+                if kr < rep_idx.shape[0] and rep_idx[kr] == yy * w + xx:
+                    u = rep_val[kr]
+                    kr += 1
+                v = u - _at_bin(pbg, k0, f0, xx)
+                if v > best:  # never for NaN
+                    best = v
+                    py = yy
+                    px = xx
+                    raw_peak = u
         out[c, 5] = best
         if py < 1 or px < 1 or py > h - 2 or px > w - 2 or not (best > 0.0):
             out[c, 6] = EDGE
             continue
+        # the window around p (:func:`_fill_window`): first the core that the
+        # confirmation and the tests around p read, the rest only for a candidate that
+        # passes them
+        oy = py - half
+        ox = px - half
+        core = max(rc + 1, 1)
+        _fill_window(img, patch, oy, ox, half - core, half + core + 1, half - core, half + core + 1, pbg, rk, rf,
+                     rep_idx, rep_val)
+        if rc > 0:
+            # the confirming filter's largest value over the 3×3 around p (NaN as
+            # background); separable: row sums for the 3 columns, then columns
+            for j in range(half - 1 - rc, half + 2 + rc):
+                for q in range(3):
+                    a = 0.0
+                    for t in range(-rc, rc + 1):
+                        v = patch[j, half - 1 + q + t]
+                        if v == v:
+                            a += confirm[t + rc] * v
+                    hsum[j, q] = a
+            peak_s = -np.inf
+            for q0 in range(3):
+                for q in range(3):
+                    a = 0.0
+                    for t in range(-rc, rc + 1):
+                        a += confirm[t + rc] * hsum[half - 1 + q0 + t, q]
+                    peak_s = max(peak_s, a)
+            t = max(max(_at_bin(psg, rk[py], rf[py], px), sig_floor) * factor, floor)
+            if not (peak_s > t):
+                out[c, 6] = FAINT
+                continue
+        # hot-pixel and flat-top tests around p
         k = 0
         nflat = 0
-        raw_peak = img[py, px]
-        for yy in range(py - 1, py + 2):
-            for xx in range(px - 1, px + 2):
-                if yy == py and xx == px:
+        for j in range(half - 1, half + 2):
+            for i in range(half - 1, half + 2):
+                if j == half and i == half:
                     continue
-                v = img[yy, xx]
-                nb[k] = v - bg[yy, xx]
-                if v >= raw_peak - flat_frac * best:
+                v = patch[j, i]
+                if v != v:
+                    v = 0.0
+                nb8[k] = v
+                if v >= best - flat_frac * best:
                     nflat += 1
                 k += 1
-        nbs = np.sort(nb)
-        if 0.5 * (nbs[3] + nbs[4]) < sharp_frac * best:
+        nb8.sort()
+        if 0.5 * (nb8[3] + nb8[4]) < sharp_frac * best:
             out[c, 6] = SHARP
             continue
         if raw_peak >= saturation or nflat >= 3:
             out[c, 6] = SATURATED
             continue
-        # iterative windowed centroid
-        x = float(px)
-        y = float(py)
-        status = OK
-        it = 0
-        sw = 0.0
-        for it in range(1, 31):
-            ix = int(math.floor(x + 0.5))
-            iy = int(math.floor(y + 0.5))
-            if ix - r < 0 or iy - r < 0 or ix + r > w - 1 or iy + r > h - 1:
-                status = EDGE
-                break
-            sw = 0.0
-            sx = 0.0
-            sy = 0.0
-            bad = False
-            for k in range(2 * r + 1):
-                gx[k] = math.exp(-((ix - r + k - x) ** 2) * inv2s2)
-                gy[k] = math.exp(-((iy - r + k - y) ** 2) * inv2s2)
-            for yy in range(iy - r, iy + r + 1):
-                dy = yy - y
-                wy = gy[yy - iy + r]
-                for xx in range(ix - r, ix + r + 1):
-                    dx = xx - x
-                    d2 = dx * dx + dy * dy
-                    if d2 > r * r:
-                        continue
-                    v = img[yy, xx]
-                    if v != v:
-                        bad = True
-                        continue
-                    wi = wy * gx[xx - ix + r] * (v - bg[yy, xx])
-                    sw += wi
-                    sx += wi * dx
-                    sy += wi * dy
-            if bad:
-                status = EDGE
-                break
-            if not (sw > 0.0):
-                status = DIVERGED
-                break
-            ddx = 2.0 * sx / sw
-            ddy = 2.0 * sy / sw
-            # the factor 2 speeds convergence but can overshoot on very broad objects
-            if ddx > 1.0:
-                ddx = 1.0
-            elif ddx < -1.0:
-                ddx = -1.0
-            if ddy > 1.0:
-                ddy = 1.0
-            elif ddy < -1.0:
-                ddy = -1.0
-            x += ddx
-            y += ddy
-            if abs(x - px) > 2.5 or abs(y - py) > 2.5:
-                status = DIVERGED
-                break
-            if ddx * ddx + ddy * ddy < 1e-10:
-                break
-        out[c, 7] = it
+        lo = half - core
+        hi = half + core + 1
+        _fill_window(img, patch, oy, ox, 0, lo, 0, side, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, hi, side, 0, side, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, lo, hi, 0, lo, pbg, rk, rf, rep_idx, rep_val)
+        _fill_window(img, patch, oy, ox, lo, hi, hi, side, pbg, rk, rf, rep_idx, rep_val)
+        tol = max(_CONVERGED_PX, _CONVERGED_FRAC * sigma_w * max(_at_bin(psg, rk[py], rf[py], px), sig_floor) / best)
+        x, y, status, it1 = _centroid(patch, ox, oy, h, w, float(half), float(half), r, inv2s2, tol, _MAX_ITER,
+                                      gx, gy)
+        out[c, 7] = it1
+        if status == OK and (abs(x - half) > 2.5 or abs(y - half) > 2.5):
+            status = DIVERGED  # wandered off to another object
         if status != OK:
             out[c, 6] = status
             continue
-        # windowed second moments and an aperture flux at the converged centre
+        # windowed second moments and an aperture flux at the converged centre (whose
+        # window may have moved by a pixel since the last bounds check)
         ix = int(math.floor(x + 0.5))
         iy = int(math.floor(y + 0.5))
+        if ox + ix - r < 0 or oy + iy - r < 0 or ox + ix + r > w - 1 or oy + iy + r > h - 1:
+            out[c, 6] = EDGE
+            continue
         sw = 0.0
         mxx = 0.0
         myy = 0.0
         mxy = 0.0
         flux = 0.0
         evar = 0.0
-        for k in range(2 * r + 1):
-            gx[k] = math.exp(-((ix - r + k - x) ** 2) * inv2s2)
-            gy[k] = math.exp(-((iy - r + k - y) ** 2) * inv2s2)
+        _gauss_taps(gx, 2 * r + 1, x - (ix - r), inv2s2)
+        _gauss_taps(gy, 2 * r + 1, y - (iy - r), inv2s2)
         for yy in range(iy - r, iy + r + 1):
             dy = yy - y
             wy = gy[yy - iy + r]
+            fy = oy + yy
+            k0 = rk[fy]
+            f0 = rf[fy]
             for xx in range(ix - r, ix + r + 1):
                 dx = xx - x
                 d2 = dx * dx + dy * dy
                 if d2 > r * r:
                     continue
-                v = img[yy, xx] - bg[yy, xx]
+                v = patch[yy, xx]
+                if v != v:
+                    status = EDGE
+                    break
                 flux += v
                 g = wy * gx[xx - ix + r]
-                ns = noise[yy, xx]
+                ns = max(_at_bin(psg, k0, f0, ox + xx), sig_floor)
                 evar += g * g * d2 * ns * ns
                 wi = g * v
                 sw += wi
                 mxx += wi * dx * dx
                 myy += wi * dy * dy
                 mxy += wi * dx * dy
-        out[c, 0] = x
-        out[c, 1] = y
+            if status != OK:
+                break
+        if status != OK:
+            out[c, 6] = status
+            continue
+        out[c, 0] = ox + x
+        out[c, 1] = oy + y
         out[c, 2] = flux
         out[c, 6] = OK
         if sw > 0.0:
@@ -585,3 +1034,48 @@ def windowed_centroid(img, xs, ys, sigma_w, max_move, out):
             out[k, 0] = x
             out[k, 1] = y
             out[k, 2] = 1.0
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@numba.njit(nogil=True, cache=True)
+def score_similarities(hyp, pts, ref_x, ref_y, tol, count, cost):
+    """Score each (2, 3) transform ``hyp[k]`` on all points ``pts`` (n, 2): ``count[k]``,
+    how many land within ``tol`` of a reference point, and ``cost[k]``, the sum over the
+    points of min(d², tol²) with d the distance to the nearest reference point (MSAC).
+
+    ``ref_x`` must be sorted (``ref_y`` in the same order): each query then looks only at
+    the reference points within ``tol`` in x, found by bisection — for the ~100 stars of a
+    frame several times faster than a KD-tree query.
+    """
+    m = hyp.shape[0]
+    n = pts.shape[0]
+    r = ref_x.shape[0]
+    tol2 = tol * tol
+    for k in range(m):
+        a00 = hyp[k, 0, 0]
+        a01 = hyp[k, 0, 1]
+        a02 = hyp[k, 0, 2]
+        a10 = hyp[k, 1, 0]
+        a11 = hyp[k, 1, 1]
+        a12 = hyp[k, 1, 2]
+        c = 0
+        s = 0.0
+        for i in range(n):
+            px = a00 * pts[i, 0] + a01 * pts[i, 1] + a02
+            py = a10 * pts[i, 0] + a11 * pts[i, 1] + a12
+            best = tol2
+            j = np.searchsorted(ref_x, px - tol)
+            while j < r and ref_x[j] < px + tol:
+                dx = ref_x[j] - px
+                dy = ref_y[j] - py
+                d2 = dx * dx + dy * dy
+                if d2 < best:
+                    best = d2
+                j += 1
+            if best < tol2:
+                c += 1
+            s += best
+        count[k] = c
+        cost[k] = s

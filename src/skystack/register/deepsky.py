@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..detect.orb import OrbFeatures, orb_features
-from ..detect.stars import Stars, detect_stars
+from ..detect.stars import Stars, detect_stars, native_frame
 from ..errors import UsageError
 from ..options import RegisterOptions
 from ..types import Transform
@@ -42,10 +42,12 @@ _METHODS = ("auto", "stars", "orb")
 
 
 def _as_lum(lum: np.ndarray) -> np.ndarray:
+    """The frame as detection reads it: in place in its own dtype where possible (a uint16
+    sub is not converted; see :func:`skystack.detect.stars.native_frame`)."""
     a = np.asarray(lum)
     if a.ndim != 2:
         raise ValueError(f"registration needs a 2-D luminance frame, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return native_frame(a)
 
 
 def _check_method(options: RegisterOptions) -> None:
@@ -156,8 +158,9 @@ def register_frame(lum: np.ndarray | None, reference: Reference, options: Regist
     Parameters
     ----------
     lum : (H, W) array, or None
-        Linear luminance of the frame (NaN = no data, treated as background). None only
-        with ``stars`` and ``options.method == "stars"`` (nothing else looks at pixels).
+        Linear luminance of the frame (NaN = no data, treated as background), any real
+        dtype; read in place, never modified. None only with ``stars`` and
+        ``options.method == "stars"`` (nothing else looks at pixels).
     reference : Reference
         From :meth:`Reference.build` with the same ``options.method``.
     options : RegisterOptions

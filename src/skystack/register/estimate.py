@@ -21,7 +21,7 @@ import numpy as np
 
 from ..types import Model, Transform
 
-__all__ = ["Fit", "fit", "residuals", "rms", "ransac", "refine", "MIN_SAMPLES"]
+__all__ = ["Fit", "fit", "residuals", "rms", "ransac", "refine", "apply_many", "apply_each", "MIN_SAMPLES"]
 
 MIN_SAMPLES = {"shift": 1, "similarity": 2, "affine": 3}
 
@@ -89,6 +89,22 @@ def fit(src: np.ndarray, dst: np.ndarray, model: Model, weights: np.ndarray | No
     return Transform(np.column_stack([lin, t]), model)
 
 
+def apply_each(lin: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(m, 2): each (2, 2) matrix ``lin[k]`` applied to its own point ``pts[k]``."""
+    return np.stack([lin[:, 0, 0] * pts[:, 0] + lin[:, 0, 1] * pts[:, 1],
+                     lin[:, 1, 0] * pts[:, 0] + lin[:, 1, 1] * pts[:, 1]], axis=1)
+
+
+def apply_many(hyp: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(m, n, 2): every one of the (m, 2, 3) transforms ``hyp`` applied to all (n, 2)
+    points (written out: ``np.einsum`` takes ~15× longer for these small shapes)."""
+    out = np.empty((hyp.shape[0], pts.shape[0], 2))
+    x, y = pts[:, 0], pts[:, 1]
+    for i in range(2):
+        out[..., i] = hyp[:, i, 0, None] * x + hyp[:, i, 1, None] * y + hyp[:, i, 2, None]
+    return out
+
+
 def residuals(t: Transform, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Distances |t(src) − dst| in reference pixels."""
     return np.linalg.norm(t.apply(src) - np.asarray(dst, dtype=np.float64).reshape(-1, 2), axis=1)
@@ -128,7 +144,7 @@ def _hypotheses(src: np.ndarray, dst: np.ndarray, samples: np.ndarray, model: st
             inv[:, 0, 1] = -sm[:, 0, 1] / det
             inv[:, 1, 0] = -sm[:, 1, 0] / det
         lin = dm @ inv
-    t = d[:, 0] - np.einsum("mij,mj->mi", lin, s[:, 0])
+    t = d[:, 0] - apply_each(lin, s[:, 0])
     out[ok, :, :2] = lin[ok]
     out[ok, :, 2] = t[ok]
     return out
@@ -190,7 +206,7 @@ def ransac(src: np.ndarray, dst: np.ndarray, model: Model, *, tol: float, confid
         if not valid.any():
             continue
         hyp = hyp[valid]
-        pred = np.einsum("mij,nj->mni", hyp[:, :, :2], src) + hyp[:, None, :, 2]
+        pred = apply_many(hyp, src)
         r2 = np.sum((pred - dst[None]) ** 2, axis=2)  # (m, n)
         cost = np.minimum(r2, tol2).sum(axis=1)
         j = int(np.argmin(cost))

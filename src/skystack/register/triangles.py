@@ -24,12 +24,15 @@ the match robust; scoring costs one KD-tree query per hypothesis.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
+
+from _skystack_kernels.cpu.stars import score_similarities
 
 from ..types import Model, Transform
 from . import estimate
@@ -65,6 +68,16 @@ class Triangles:
     def __len__(self) -> int:
         return int(self.idx.shape[0])
 
+    @functools.cached_property
+    def inv_tree(self) -> cKDTree:
+        """A k-d tree of the invariants (a reference's is built once, not per frame)."""
+        return cKDTree(self.inv)
+
+    @functools.cached_property
+    def xy_tree(self) -> cKDTree:
+        """A k-d tree of the star positions."""
+        return cKDTree(self.xy)
+
 
 def build_triangles(xy: np.ndarray, err: np.ndarray | None = None, n_neighbors: int = _N_NEIGHBORS) -> Triangles:
     """Triangles of each star with pairs of its nearest neighbours (duplicates removed).
@@ -86,7 +99,11 @@ def build_triangles(xy: np.ndarray, err: np.ndarray | None = None, n_neighbors: 
         nn[:, pairs[:, 0]].ravel(),
         nn[:, pairs[:, 1]].ravel(),
     ])
-    tri = np.unique(np.sort(tri, axis=1), axis=0)
+    # unique sorted triples, in lexicographic order: as one integer key each (np.unique
+    # along axis 0 sorts rows as opaque records, several times slower)
+    tri = np.sort(tri, axis=1)
+    key = np.unique((tri[:, 0] * n + tri[:, 1]) * n + tri[:, 2])
+    tri = np.column_stack([key // (n * n), key // n % n, key % n])
     p = xy[tri]  # (m, 3, 2)
     # side opposite vertex v
     opp = np.stack([
@@ -116,7 +133,7 @@ def _similarity_3pt(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     a = np.sum(s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1], axis=1) / den
     b = np.sum(s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0], axis=1) / den
     lin = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], 1)
-    t = md[:, 0] - np.einsum("mij,mj->mi", lin, ms[:, 0])
+    t = md[:, 0] - estimate.apply_each(lin, ms[:, 0])
     return np.concatenate([lin, t[:, :, None]], axis=2)
 
 
@@ -163,9 +180,12 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     if len(ftri) == 0 or len(ref) == 0:
         return Fit(None, reason="no consistent triangle match (no usable triangles)")
     # 1. similar triangles with the same orientation
-    hits = cKDTree(ref.inv).query_ball_point(ftri.inv, _INV_TOL)
-    fi = np.repeat(np.arange(len(ftri)), [len(h) for h in hits])
-    ri = np.fromiter((j for h in hits for j in h), dtype=np.int64, count=fi.size)
+    # every (frame, reference) pair of triangles within _INV_TOL, ordered by frame then
+    # reference triangle
+    pairs = ftri.inv_tree.sparse_distance_matrix(ref.inv_tree, _INV_TOL, output_type="ndarray")
+    order = np.lexsort((pairs["j"], pairs["i"]))
+    fi = pairs["i"][order].astype(np.int64)
+    ri = pairs["j"][order].astype(np.int64)
     same = ftri.orient[fi] == ref.orient[ri]
     fi, ri = fi[same], ri[same]
     if fi.size == 0:
@@ -184,12 +204,12 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     if not ok.any():
         return Fit(None, reason="no consistent triangle match (no plausible scale)")
     hyp = hyp[ok]
-    rtree = cKDTree(ref.xy)
-    pred = np.einsum("mij,nj->mni", hyp[:, :, :2], frame_xy) + hyp[:, None, :, 2]
-    d, _ = rtree.query(pred.reshape(-1, 2), distance_upper_bound=tol)
-    d = d.reshape(pred.shape[:2])
-    count = np.sum(np.isfinite(d), axis=1)
-    cost = np.sum(np.where(np.isfinite(d), d * d, tol * tol), axis=1)  # MSAC tie-break
+    rtree = ref.xy_tree
+    count = np.empty(hyp.shape[0], np.int64)
+    cost = np.empty(hyp.shape[0])  # MSAC tie-break
+    by_x = np.argsort(ref.xy[:, 0], kind="stable")
+    score_similarities(np.ascontiguousarray(hyp), frame_xy, ref.xy[by_x, 0].copy(), ref.xy[by_x, 1].copy(),
+                       float(tol), count, cost)
     best = int(np.lexsort((cost, -count))[0])
     if count[best] < need:
         return Fit(None, n_matches=int(count[best]),
