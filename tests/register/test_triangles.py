@@ -110,3 +110,16 @@ def test_hypothesis_scores_match_brute_force(rng):
     c1, s1 = np.empty(1, np.int64), np.empty(1)
     score_similarities(truth[None], ref[:60], ref[order, 0].copy(), ref[order, 1].copy(), tol, c1, s1)
     assert c1[0] == 60 and s1[0] == 0.0
+
+
+def test_poisson_tail_matches_scipy():
+    """The chance-match significance test's Poisson tail, without scipy.stats."""
+    from scipy.stats import poisson
+
+    from skystack.register.triangles import poisson_tail
+
+    for k in (0, 1, 2, 6, 10, 40, 150):
+        for lam in (1e-3, 0.05, 0.7, 3.0, 9.5, 40.0, 200.0):
+            want = poisson.sf(k - 1, lam)
+            got = poisson_tail(k, lam)
+            assert abs(got - want) <= 1e-12 + 1e-9 * want, (k, lam, got, want)

@@ -25,12 +25,12 @@ the match robust; scoring costs one KD-tree query per hypothesis.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 from scipy.spatial import cKDTree
-from scipy.stats import poisson
 
 from _skystack_kernels.cpu.stars import score_similarities
 
@@ -239,7 +239,7 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
         return Fit(None, n_matches=n_in, reason=f"no consistent triangle match (best {n_in} inliers, need {need})")
     lam = _chance_matches(t.apply(frame_xy), ref.xy, rtree, tol)
     # the best of ~len(hyp) hypotheses: Bonferroni on the Poisson tail
-    if poisson.sf(n_in - 1, lam) * len(hyp) > _MAX_FALSE_MATCH_P:
+    if poisson_tail(n_in, lam) * len(hyp) > _MAX_FALSE_MATCH_P:
         return Fit(None, n_matches=n_in,
                    reason=f"no significant triangle match ({n_in} inliers where {lam:.1f} fall within "
                           f"{tol:g} px by chance)")
@@ -286,3 +286,28 @@ def _mutual_pairs(pred: np.ndarray, ref_xy: np.ndarray, rtree: cKDTree, tol: flo
     mutual = fi[back_i] == fi
     return fi[mutual], rj[mutual]
 
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(X ≥ k) for X ~ Poisson(``lam``): ``scipy.stats.poisson.sf(k - 1, lam)`` to 1e-12,
+    without importing scipy.stats (0.4 s and 33 MB of RSS for this one function, measured
+    on the project machine; every deep-sky run imports this module)."""
+    if k <= 0:
+        return 1.0
+    if lam <= 0.0:
+        return 0.0
+    if lam < k:
+        # the tail's terms fall from the first (k ≥ λ): sum them until they stop mattering
+        term = math.exp(k * math.log(lam) - lam - math.lgamma(k + 1))
+        total, n = term, k
+        while term > total * 1e-17:
+            n += 1
+            term *= lam / n
+            total += term
+        return min(1.0, total)
+    # k ≤ λ: the tail is at least about a half; one minus the k terms below it
+    term = math.exp(-lam)
+    total = term
+    for i in range(1, k):
+        term *= lam / i
+        total += term
+    return max(0.0, 1.0 - total)

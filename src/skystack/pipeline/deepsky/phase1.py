@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ...detect import working_bytes
 from ...detect.stars import Stars
 from ...errors import BadFrameError, NoFramesError, RegistrationError, UsageError
 from ...io import luminance
@@ -40,11 +41,6 @@ log = logging.getLogger("skystack")
 # is estimated from (ORB's patch alone is 31 px; detection's background box 16).
 MIN_REGISTER_SIDE = 16
 
-# Star detection and registration's working memory, in float32 planes of the frame's
-# luminance (measured, RSS growth during register_frame: 4.28× on the Seestar 1080×1920
-# subs and on 1500×1000 synthetic frames). The detection rework (detect.working_bytes)
-# gives this figure per method once it lands.
-_DETECT_PLANES = 4.3
 # Rows a colour frame is read by when only its luminance is kept: the strip, its raw rows
 # and the demosaic's temporaries are small next to the luminance plane.
 _LUM_STRIP_ROWS = 128
@@ -294,21 +290,23 @@ def _check_size(shape: tuple[int, ...], name: str) -> None:
             f"{MIN_REGISTER_SIDE} pixels are needed)")
 
 
-def phase1_frame_bytes(shape: tuple[int, ...]) -> int:
+def phase1_frame_bytes(shape: tuple[int, ...], method: str = "auto") -> int:
     """Memory one phase-1 task needs for a frame of this processed shape: the luminance,
-    star detection's buffers, and one strip of a colour frame with its raw rows."""
+    registration's working memory (:func:`skystack.detect.working_bytes`: star detection,
+    and ORB where the method may run it), and one strip of a colour frame with its raw
+    rows (a mono frame's raw copy)."""
     h, w = shape[:2]
     c = shape[2] if len(shape) == 3 else 1
     lum = h * w * 4
-    strip = _STRIP_COPIES * min(h, _LUM_STRIP_ROWS) * w * c * 4 if c > 1 else lum // 2  # mono: the raw copy
-    return int(lum * (1 + _DETECT_PLANES) + strip)
+    strip = _STRIP_COPIES * min(h, _LUM_STRIP_ROWS) * w * c * 4 if c > 1 else lum // 2
+    return int(lum + working_bytes((h, w), np.float32, method) + strip)
 
 
-def phase1_workers(shape: tuple[int, ...], workers: int, memory_limit: int | None) -> int:
+def phase1_workers(shape: tuple[int, ...], workers: int, memory_limit: int | None, method: str = "auto") -> int:
     """How many frames phase 1 may work on at once within ``memory_limit`` (at least 1)."""
     if not memory_limit:
         return workers
-    per_frame = phase1_frame_bytes(shape)
+    per_frame = phase1_frame_bytes(shape, method)
     if per_frame > memory_limit:
         log.warning("--memory-limit %.0f MiB is below what registering one %s frame needs (about %.0f MiB); "
                     "phase 1 will use that", memory_limit / 2**20, shape_text(shape), per_frame / 2**20)
@@ -326,7 +324,7 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
     interrupted run are taken from its journal; the reference candidates are not read
     twice)."""
     t0 = time.perf_counter()
-    workers = phase1_workers(tuple(frames.shape), workers_of(run), memory_limit)
+    workers = phase1_workers(tuple(frames.shape), workers_of(run), memory_limit, options.method)
     if workers < workers_of(run) and not run.scheduler:
         log.info("phase 1: %d worker(s) to stay within the memory limit", workers)
     ref_index, ref_reason, seen, reference = choose_reference(frames, options, run, workers)
