@@ -172,7 +172,7 @@ def gpu_backend(allow_simulator: bool = False):
     try:
         from skystack.backends.cupy import CupyBackend
 
-        return CupyBackend(profile=True), None
+        return CupyBackend(profile=True, simulator=simulator_enabled()), None
     except BackendUnavailableError as e:
         return None, str(e)
 
