@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, uintp
 
 from ..codes import REJECT_GESD
 from .reduce import reduce_pixel
@@ -28,31 +28,53 @@ from .tdist import gesd_critical_values
 _TILE = 32
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def gather_finite(tile, row, vals, frames):
     """Copy the finite values of ``tile[row]`` (one pixel's values, frame order) into
     ``vals`` and their frame indices into ``frames``; return how many. NaN (and +-inf)
     mean "no data". (Indexing the tile here rather than passing ``tile[row]`` spares a
-    reference-counted view per pixel.)"""
+    reference-counted view per pixel.) Branch-free: every value is written, the count
+    only advances past finite ones, so holes cost no mispredicted jumps."""
     n = 0
     for i in range(tile.shape[1]):
         v = tile[row, i]
-        if math.isfinite(v):
-            vals[n] = v
-            frames[n] = i
-            n += 1
+        vals[uintp(n)] = v
+        frames[uintp(n)] = i
+        n += math.isfinite(v)
     return n
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def _load_tile(band, y, x0, x1, scale, offset, tile):
+    """``tile[x - x0, i] = band[i, y, x]`` for the columns ``x0:x1``: the frame-innermost
+    layout the per-pixel work reads (each pixel's N values contiguous). With ``scale`` and
+    ``offset`` the values are normalised on the way, ``v * scale[i] + offset[i]`` in two
+    float32 roundings, as the backends' ``x *= scale; x += offset`` on the warped frame."""
+    for i in range(band.shape[0]):
+        if scale is None:
+            for x in range(x0, x1):
+                tile[x - x0, i] = band[i, y, x]
+        else:
+            s = scale[i]
+            o = offset[i]
+            for x in range(x0, x1):
+                tile[x - x0, i] = band[i, y, x] * s + o
+
+
 @njit(nogil=True, cache=True)
-def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, count, rejected):
-    """Reject outliers along axis 0 of an ``(N, h, W)`` band and reduce what is kept.
+def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, count, rejected, scale=None,
+                 offset=None):
+    """Reject outliers along axis 0 of an ``(N, h, W)`` block and reduce what is kept.
+
+    The block is any piece of the output (a band of full rows or a 2-D tile): every output
+    pixel depends only on its own N values, so the result does not depend on how the
+    image was cut.
 
     Parameters
     ----------
     band : (N, h, W) float32 array
-        One band of N warped frames; may be a strided view (``band4d[..., c]``). NaN (or
-        inf) marks "no data" (not covered, masked) and is ignored everywhere.
+        N warped frames over h x W output pixels; may be a strided view (``band4d[..., c]``).
+        NaN (or inf) marks "no data" (not covered, masked) and is ignored everywhere.
     weights : (N,) float32 array
         Per-frame weights of the mean (all ones: plain mean).
     reject : int
@@ -71,6 +93,10 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
         Written: number of values kept.
     rejected : (N, 2) int64 array
         Accumulated (+=): per frame, pixels rejected low (column 0) and high (column 1).
+    scale, offset : (N,) float32 arrays, optional
+        Per-frame normalisation applied to the values first, ``v * scale + offset``
+        (float32, two roundings: bit-identical to normalising the frames beforehand with
+        NumPy). Without them the values are used as they are.
     """
     n_frames = band.shape[0]
     h = band.shape[1]
@@ -79,6 +105,8 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
         raise ValueError("weights must be (N,) and rejected (N, 2) for an (N, h, W) band")
     if out.shape[0] != h or out.shape[1] != w or count.shape[0] != h or count.shape[1] != w:
         raise ValueError("out and count must be (h, W) for an (N, h, W) band")
+    if scale is not None and (offset is None or scale.shape[0] != n_frames or offset.shape[0] != n_frames):
+        raise ValueError("scale and offset must both be (N,) for an (N, h, W) band")
     vals = np.empty(n_frames, np.float64)
     frames = np.empty(n_frames, np.int32)
     flags = np.empty(n_frames, np.int8)
@@ -87,9 +115,9 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
     work = np.empty(n_frames, np.float64)
     work2 = np.empty(n_frames, np.float64)
     kp2 = np.empty(n_frames, np.int32)
-    tile = np.empty((_TILE, n_frames), band.dtype)
-    # guesses of the next pixel's medians (rejection centre, reduction), speed only
-    reject_hint = np.full(2, np.nan)
+    tile = np.empty((_TILE, n_frames), np.float32)
+    # guesses of the next pixel's medians (rejection centre, MAD, reduction), speed only
+    reject_hint = np.full(4, np.nan)
     reduce_hint = np.full(2, np.nan)
     crit = np.empty(n_frames + 1, np.float64)
     if reject == REJECT_GESD:
@@ -97,19 +125,18 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
     for y in range(h):
         for x0 in range(0, w, _TILE):
             x1 = min(x0 + _TILE, w)
-            for i in range(n_frames):
-                for x in range(x0, x1):
-                    tile[x - x0, i] = band[i, y, x]
+            _load_tile(band, y, x0, x1, scale, offset, tile)
             for x in range(x0, x1):
                 n = gather_finite(tile, x - x0, vals, frames)
-                reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2,
-                             reject_hint)
-                for j in range(n):
-                    f = flags[j]
-                    if f == LOW:
-                        rejected[frames[j], 0] += 1
-                    elif f == HIGH:
-                        rejected[frames[j], 1] += 1
+                r = reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2,
+                                 reject_hint)
+                if r > 0:
+                    for j in range(n):
+                        f = flags[j]
+                        if f == LOW:
+                            rejected[frames[j], 0] += 1
+                        elif f == HIGH:
+                            rejected[frames[j], 1] += 1
                 value, kept = reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
                 out[y, x] = value
                 count[y, x] = kept

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from numba import njit, uintp
 
 from ..codes import REDUCE_MEDIAN
 from .reject import KEEP
 from .select import median_near
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
     """Reduce the kept values of one pixel.
 
@@ -42,24 +42,41 @@ def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
         NaN when nothing is kept (or, for the mean, the kept weights sum to <= 0).
     kept : int
         Number of values kept.
+
+    Notes
+    -----
+    The mean's sums run over two accumulators (even and odd positions) added at the end:
+    a fixed order, independent of the machine (see ``select.py``), and about twice as fast
+    as one chain of dependent additions.
     """
     kept = 0
     if method == REDUCE_MEDIAN:
         for j in range(n):
-            if flags[j] == KEEP:
-                work[kept] = vals[j]
-                kept += 1
+            work[uintp(kept)] = vals[uintp(j)]
+            kept += flags[uintp(j)] == KEEP
         if kept == 0:
             return math.nan, 0
         return median_near(work, kept, hint, 0), kept
-    total = 0.0
-    wsum = 0.0
+    ta = 0.0
+    tb = 0.0
+    wa = 0.0
+    wb = 0.0
+    m = n - n % 2
+    for j in range(0, m, 2):
+        w0 = float(weights[uintp(frames[uintp(j)])]) if flags[uintp(j)] == KEEP else 0.0
+        w1 = float(weights[uintp(frames[uintp(j + 1)])]) if flags[uintp(j + 1)] == KEEP else 0.0
+        ta += w0 * vals[uintp(j)]
+        tb += w1 * vals[uintp(j + 1)]
+        wa += w0
+        wb += w1
+    if m < n:
+        w0 = float(weights[uintp(frames[uintp(m)])]) if flags[uintp(m)] == KEEP else 0.0
+        ta += w0 * vals[uintp(m)]
+        wa += w0
     for j in range(n):
-        if flags[j] == KEEP:
-            w = float(weights[frames[j]])
-            total += w * vals[j]
-            wsum += w
-            kept += 1
+        kept += flags[uintp(j)] == KEEP
+    total = ta + tb
+    wsum = wa + wb
     if kept == 0 or not wsum > 0.0:
         return math.nan, kept
     return total / wsum, kept

@@ -56,18 +56,28 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from numba import njit, uintp
 
 from ..codes import (
     REJECT_GESD,
     REJECT_LINEAR_FIT,
     REJECT_MAD,
     REJECT_MINMAX,
+    REJECT_NONE,
     REJECT_PERCENTILE,
     REJECT_SIGMA,
     REJECT_WINSORIZED,
 )
-from .select import mean_std, median_inplace, median_near, select_near, select_range, sort_pairs, split_bounds
+from .select import (
+    clip_moments,
+    median_near,
+    moments_about,
+    sample_std,
+    select_near,
+    select_range,
+    sort_pairs,
+    split_bounds,
+)
 
 KEEP = 0
 LOW = 1
@@ -88,48 +98,54 @@ WINSOR_MAX_ITER = 100  # converges in < 20 in practice; a cap so no input can sp
 # sigma, mad, winsorized: a centre (the median) and a scale, an interval kept per pass
 
 
-@njit(nogil=True, cache=True)
-def _winsorized_scale(kv, k, centre):
-    """Huber's winsorized sigma of ``kv[:k]`` about ``centre`` (clips ``kv`` in place)."""
-    _, s = mean_std(kv, 0, k)
+@njit(nogil=True, cache=True, _nrt=False)
+def _winsorized_scale(kv, k, centre, s1, s2):
+    """Huber's winsorized sigma of ``kv[:k]`` about ``centre`` (clips ``kv`` in place);
+    ``s1``, ``s2``: the :func:`select.moments_about` sums of ``kv[:k]`` about ``centre``.
+
+    Each iteration clips the (already clipped) copy and sums it in one pass; the clipped
+    values are as symmetric about ``centre`` (their median: clipping is monotone) as the
+    originals, so the sums about it stay exact (``select.moments_about``).
+    """
+    s = sample_std(s1, s2, k)
     for _ in range(WINSOR_MAX_ITER):
-        lo = centre - WINSOR_CLIP * s
-        hi = centre + WINSOR_CLIP * s
-        for j in range(k):
-            kv[j] = min(max(kv[j], lo), hi)
+        s1, s2 = clip_moments(kv, k, centre, centre - WINSOR_CLIP * s, centre + WINSOR_CLIP * s)
         s0 = s
-        _, s = mean_std(kv, 0, k)
-        s *= WINSOR_CORRECTION
+        s = WINSOR_CORRECTION * sample_std(s1, s2, k)
         if abs(s - s0) <= s0 * WINSOR_TOL:
             break
     return s
 
 
-@njit(nogil=True, cache=True)
-def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, hint):
-    """sigma, mad and winsorized clipping.
+@njit(nogil=True, cache=True, _nrt=False)
+def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work2, hint):
+    """sigma, mad and winsorized clipping; returns the number of values rejected.
 
     Each pass keeps ``[c - k_low s, c + k_high s]`` of what was kept, so the kept values
     are always an interval ``[vmin, vmax]`` of the sorted values, i.e. the ranks
-    ``[lo_rank, hi_rank)``. The median of the kept values is then a rank selection in
-    ``work`` (all n values), whose earlier selections (up to four "splits") bound the
-    next one: after the first pass a median costs a fraction of the first, and the first
-    starts from the neighbouring pixel's (``hint``, see ``select.select_near``). The flags
-    follow from the final interval (a value below it was necessarily rejected low); all
-    ``n`` are written.
+    ``[lo_rank, hi_rank)``, and ``vmin``/``vmax`` are kept values themselves (so
+    ``max |x|`` over the kept values is ``max(|vmin|, |vmax|)``). The median of the kept
+    values is then a rank selection in ``work`` (all n values), whose earlier selections
+    (up to four "splits") bound the next one: after the first pass a median costs a
+    fraction of the first, and the first starts from the neighbouring pixel's (``hint[0:2]``,
+    see ``select.select_near``; the MAD's own median uses ``hint[2:4]``).
 
-    The sigma method reads the kept values straight from ``vals`` (frame order, the same
-    sums as a compacted copy would give) and gets the first pass's sum while copying.
+    The first pass reads ``vals``; a pass that rejects copies what it keeps, in frame
+    order, to ``kv``, which the next pass reads: no pass tests the values against the
+    interval again. A pass whose interval holds ``vmin`` and ``vmax`` rejects nothing,
+    which ends the iteration without walking the values. The flags follow from the final
+    interval (a value below it was necessarily rejected low); all ``n`` are written.
+
+    The scale's sums run about the median (``select.moments_about``): one pass, no
+    cancellation.
     """
-    total = 0.0
-    biggest = 0.0
+    vmin = vals[0]
+    vmax = vals[0]
     for j in range(n):
-        x = vals[j]
-        work[j] = x
-        total += x
-        biggest = max(biggest, abs(x))
-    vmin = -math.inf
-    vmax = math.inf
+        x = vals[uintp(j)]
+        work[uintp(j)] = x
+        vmin = min(vmin, x)
+        vmax = max(vmax, x)
     lo_rank = 0
     hi_rank = n
     s1 = -1
@@ -137,6 +153,7 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, h
     s3 = -1
     s4 = -1
     passes = 0
+    src = vals  # the kept values, frame order: vals, then kv
     while hi_rank - lo_rank > ITERATE_ABOVE and (max_iter <= 0 or passes < max_iter):
         passes += 1
         k = hi_rank - lo_rank
@@ -160,70 +177,60 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, work, work2, h
                 s3 = s2
                 s2 = s1
                 s1 = r
-        if method == REJECT_SIGMA:
-            if passes > 1:
-                total = 0.0
-                biggest = 0.0
-                for j in range(n):
-                    x = vals[j]
-                    if vmin <= x <= vmax:
-                        total += x
-                        biggest = max(biggest, abs(x))
-            mean = total / k
-            ss = 0.0
-            for j in range(n):
-                x = vals[j]
-                if vmin <= x <= vmax:
-                    d = x - mean
-                    ss += d * d
-            s = math.sqrt(ss / (k - 1))  # k >= 4 here
+        biggest = max(abs(vmin), abs(vmax))
+        if method == REJECT_MAD:
+            for j in range(k):
+                work2[uintp(j)] = abs(src[uintp(j)] - centre)
+            s = MAD_TO_SIGMA * median_near(work2, k, hint, 2)
+        elif method == REJECT_WINSORIZED:
+            for j in range(k):
+                work2[uintp(j)] = src[uintp(j)]
+            d1, d2 = moments_about(work2, k, centre)
+            s = _winsorized_scale(work2, k, centre, d1, d2)
         else:
-            m = 0
-            biggest = 0.0
-            for j in range(n):
-                x = vals[j]
-                if vmin <= x <= vmax:
-                    work2[m] = abs(x - centre) if method == REJECT_MAD else x
-                    biggest = max(biggest, abs(x))
-                    m += 1
-            if method == REJECT_MAD:
-                s = MAD_TO_SIGMA * median_inplace(work2, m)
-            else:
-                s = _winsorized_scale(work2, m, centre)
+            d1, d2 = moments_about(src, k, centre)
+            s = sample_std(d1, d2, k)  # k >= 4 here
         if not s > ZERO_SCALE * biggest:
             break
         lo = k_low * s
         hi = k_high * s
+        if not (centre - vmin > lo or vmax - centre > hi):
+            break  # the extremes are inside: nothing to reject
         n_low = 0
         n_high = 0
+        m = 0
         new_min = math.inf
         new_max = -math.inf
-        for j in range(n):
-            x = vals[j]
-            if vmin <= x <= vmax:
-                if centre - x > lo:
-                    n_low += 1
-                elif x - centre > hi:
-                    n_high += 1
-                else:
-                    new_min = min(new_min, x)
-                    new_max = max(new_max, x)
-        if n_low + n_high == 0 or k - n_low - n_high < MIN_KEPT:
+        for j in range(k):
+            x = src[uintp(j)]
+            low = centre - x > lo
+            not_low = centre - x <= lo  # (no NaN here: the values are finite)
+            high = (x - centre > hi) & not_low
+            keep = (x - centre <= hi) & not_low
+            kv[uintp(m)] = x  # in place when src is kv: m <= j
+            m += keep
+            n_low += low
+            n_high += high
+            new_min = min(new_min, x if keep else math.inf)
+            new_max = max(new_max, x if keep else -math.inf)
+        if m < MIN_KEPT:
             break
+        src = kv
         vmin = new_min
         vmax = new_max
         lo_rank += n_low
         hi_rank -= n_high
     for j in range(n):
-        x = vals[j]
-        flags[j] = LOW if x < vmin else (HIGH if x > vmax else KEEP)
+        x = vals[uintp(j)]
+        flags[uintp(j)] = (x < vmin) * LOW + (x > vmax) * HIGH
+    return n - (hi_rank - lo_rank)
 
 
 # ---------------------------------------------------------------------------------
 # linear fit: a line through the sorted values, residual clipping
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _line_fit(kv, k):
     """Least-squares line through (j, kv[j]), j = 0..k-1: intercept, slope, the mean
     absolute residual and max |kv|."""
@@ -248,7 +255,7 @@ def _line_fit(kv, k):
     return intercept, slope, s / k, biggest
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _linear_fit_clip(vals, n, flags, k_low, k_high, max_iter, kv, kp, work, kp2):
     """Linear-fit clipping. ``kv[:k]``/``kp[:k]``: the kept values, sorted, and their
     positions in ``vals``; compaction keeps them sorted, so one sort serves every pass."""
@@ -290,7 +297,7 @@ def _linear_fit_clip(vals, n, flags, k_low, k_high, max_iter, kv, kp, work, kp2)
 # single-pass methods
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _percentile_clip(vals, n, flags, p_low, p_high, work, hint):
     for j in range(n):
         work[j] = vals[j]
@@ -313,7 +320,7 @@ def _percentile_clip(vals, n, flags, p_low, p_high, work, hint):
             flags[j] = HIGH
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _gesd(vals, n, flags, max_fraction, crit, kv, kp, work, kp2):
     """Generalized ESD (Rosner 1983) with ``crit[s]`` the critical value at size ``s``.
 
@@ -375,7 +382,7 @@ def _gesd(vals, n, flags, max_fraction, crit, kv, kp, work, kp2):
         flags[kp[j]] = HIGH
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _insert_extreme(bv, bp, m, v, p, lowest):
     """Insert (v, p) into the first ``m`` entries of a buffer kept sorted by closeness to
     the extreme (ascending for the lowest values, descending for the highest)."""
@@ -388,7 +395,7 @@ def _insert_extreme(bv, bp, m, v, p, lowest):
     bp[j + 1] = p
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
     k_low = max(int(math.floor(p_low + 0.5)), 0)
     k_high = max(int(math.floor(p_high + 0.5)), 0)
@@ -428,7 +435,7 @@ def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
         flags[kp[j]] = HIGH
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, hint):
     """Fill ``flags[:n]`` (KEEP / LOW / HIGH) for the finite values ``vals[:n]`` of one pixel.
 
@@ -452,17 +459,21 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
     kv, kp, work, work2, kp2 : arrays of at least ``n`` float64 / int32 / float64 /
         float64 / int32
         Scratch.
-    hint : float64 array of 2
-        Speed only, never the result: a guess of the median kept from the previous pixel
+    hint : float64 array of 4
+        Speed only, never the result: guesses of the medians kept from the previous pixel
         (``select.select_near``). Start each row of pixels (or each thread) with NaN.
+
+    Returns
+    -------
+    int
+        How many values were rejected (flags that are not KEEP).
     """
     if n > 2 and (method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED):
-        _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, work, work2, hint)  # writes all flags
-        return
+        return _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, kv, work, work2, hint)  # all flags
     for j in range(n):
         flags[j] = KEEP
-    if n <= 2:
-        return
+    if n <= 2 or method == REJECT_NONE:
+        return 0
     if method == REJECT_LINEAR_FIT:
         _linear_fit_clip(vals, n, flags, p_low, p_high, max_iter, kv, kp, work, kp2)
     elif method == REJECT_PERCENTILE:
@@ -471,3 +482,7 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
         _gesd(vals, n, flags, p_high, crit, kv, kp, work, kp2)
     elif method == REJECT_MINMAX:
         _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2)
+    r = 0
+    for j in range(n):
+        r += flags[j] != KEEP
+    return r

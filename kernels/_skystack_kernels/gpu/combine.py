@@ -33,8 +33,10 @@ _reduce_pixel = _dev.reduce_pixel
 THREADS_PER_BLOCK = 128
 # per stacked value and thread: vals, kv, work, work2 (float64); frames, kp, kp2 (int32); flags (int8)
 SCRATCH_BYTES_PER_VALUE = 4 * 8 + 3 * 4 + 1
-# per thread: the median guesses carried from one pixel to the next (4 float64)
-SCRATCH_BYTES_PER_THREAD = 4 * 8
+# per thread: the median guesses carried from one pixel to the next (6 float64: the
+# rejection centre's and the MAD's, then the reduction's)
+HINTS = 6
+SCRATCH_BYTES_PER_THREAD = HINTS * 8
 DEFAULT_SCRATCH_BYTES = 256 * 1024 * 1024
 
 
@@ -56,9 +58,9 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
     kp = s_kp[:, t]
     kp2 = s_kp2[:, t]
     flags = s_flags[:, t]
-    reject_hint = s_hints[0:2, t]
-    reduce_hint = s_hints[2:4, t]
-    for i in range(4):
+    reject_hint = s_hints[0:4, t]
+    reduce_hint = s_hints[4:6, t]
+    for i in range(6):
         s_hints[i, t] = math.nan
     p = t
     while p < h * w:
@@ -105,7 +107,7 @@ def _carve(scratch, n_frames: int, n_threads: int):
     argument order. Laid out widest type first (float64, int32, int8), so every part is
     aligned without padding and :func:`combine_scratch_nbytes` is exact."""
     layout = (("vals", np.float64, n_frames), ("kv", np.float64, n_frames), ("work", np.float64, n_frames),
-              ("work2", np.float64, n_frames), ("hints", np.float64, 4), ("frames", np.int32, n_frames),
+              ("work2", np.float64, n_frames), ("hints", np.float64, HINTS), ("frames", np.int32, n_frames),
               ("kp", np.int32, n_frames), ("kp2", np.int32, n_frames), ("flags", np.int8, n_frames))
     views = {}
     offset = 0
