@@ -114,6 +114,7 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
     kp = np.empty(n_frames, np.int32)
     work = np.empty(n_frames, np.float64)
     work2 = np.empty(n_frames, np.float64)
+    work3 = np.empty(n_frames, np.float64)
     kp2 = np.empty(n_frames, np.int32)
     tile = np.empty((_TILE, n_frames), np.float32)
     # guesses of the next pixel's medians (rejection centre, MAD, reduction), speed only
@@ -128,8 +129,8 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
             _load_tile(band, y, x0, x1, scale, offset, tile)
             for x in range(x0, x1):
                 n = gather_finite(tile, x - x0, vals, frames)
-                r = reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2,
-                                 reject_hint)
+                r = reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, work3,
+                                 kp2, reject_hint)
                 if r > 0:
                     for j in range(n):
                         f = flags[j]

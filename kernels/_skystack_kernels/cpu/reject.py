@@ -69,7 +69,8 @@ from ..codes import (
     REJECT_WINSORIZED,
 )
 from .select import (
-    clip_moments,
+    clipped_moments,
+    deviations,
     median_near,
     moments_about,
     sample_std,
@@ -77,6 +78,7 @@ from .select import (
     select_range,
     sort_pairs,
     split_bounds,
+    split_moments,
 )
 
 KEEP = 0
@@ -92,6 +94,10 @@ WINSOR_CLIP = 1.5  # Huber's winsorizing point, in sigmas (Siril uses the same)
 WINSOR_CORRECTION = 1.134  # sigma of a normal winsorized at +-1.5 sigma is sigma / 1.134
 WINSOR_TOL = 0.0005  # relative change of the scale that ends the winsorizing loop
 WINSOR_MAX_ITER = 100  # converges in < 20 in practice; a cap so no input can spin
+# Speed only: the winsorizing loop sums the values within this fraction of the clipping
+# point once, and re-walks only the others while the clipping point stays above it. The
+# point falls fast while outliers are being tamed (x0.2 a step), then by < 10 % a step.
+WINSOR_CORE = 0.8
 
 
 # ---------------------------------------------------------------------------------
@@ -99,26 +105,42 @@ WINSOR_MAX_ITER = 100  # converges in < 20 in practice; a cap so no input can sp
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def _winsorized_scale(kv, k, centre, s1, s2):
-    """Huber's winsorized sigma of ``kv[:k]`` about ``centre`` (clips ``kv`` in place);
-    ``s1``, ``s2``: the :func:`select.moments_about` sums of ``kv[:k]`` about ``centre``.
+def _winsorized_scale(d, k, s1, s2, rim):
+    """Huber's winsorized sigma of values whose deviations from their median are
+    ``d[:k]``; ``s1``, ``s2``: ``sum d`` and ``sum d^2`` (``select.deviations``); ``rim``:
+    scratch of ``k``.
 
-    Each iteration clips the (already clipped) copy and sums it in one pass; the clipped
-    values are as symmetric about ``centre`` (their median: clipping is monotone) as the
-    originals, so the sums about it stay exact (``select.moments_about``).
+    Each iteration clips the already clipped values to ``centre +- 1.5 s``. All those
+    intervals contain the centre, so clipping again and again is clipping once to the
+    narrowest of them: the clipped values are ``d`` clipped to ``+-b`` with ``b`` the
+    smallest ``1.5 s`` so far. ``b`` only shrinks, so the values with ``|d| <= t`` for
+    some ``t <= b`` are not clipped in this iteration nor in any later one while ``b``
+    stays above ``t``: their sums are taken once (the core), and an iteration walks only
+    the others (the rim, ~30 % of a normal sample); when ``b`` falls below ``t`` the split
+    is redone lower. The clipped values keep the median, so the sums about it stay exact
+    (``select.moments_about``).
     """
     s = sample_std(s1, s2, k)
+    b = math.inf
+    t = -1.0
+    c1 = 0.0
+    c2 = 0.0
+    nr = 0
     for _ in range(WINSOR_MAX_ITER):
-        s1, s2 = clip_moments(kv, k, centre, centre - WINSOR_CLIP * s, centre + WINSOR_CLIP * s)
+        b = min(b, WINSOR_CLIP * s)
+        if b < t or t < 0.0:
+            t = WINSOR_CORE * b
+            c1, c2, nr = split_moments(d, k, t, rim)
+        r1, r2 = clipped_moments(rim, nr, b)
         s0 = s
-        s = WINSOR_CORRECTION * sample_std(s1, s2, k)
+        s = WINSOR_CORRECTION * sample_std(c1 + r1, c2 + r2, k)
         if abs(s - s0) <= s0 * WINSOR_TOL:
             break
     return s
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work2, hint):
+def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work2, work3, hint):
     """sigma, mad and winsorized clipping; returns the number of values rejected.
 
     Each pass keeps ``[c - k_low s, c + k_high s]`` of what was kept, so the kept values
@@ -183,10 +205,8 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work
                 work2[uintp(j)] = abs(src[uintp(j)] - centre)
             s = MAD_TO_SIGMA * median_near(work2, k, hint, 2)
         elif method == REJECT_WINSORIZED:
-            for j in range(k):
-                work2[uintp(j)] = src[uintp(j)]
-            d1, d2 = moments_about(work2, k, centre)
-            s = _winsorized_scale(work2, k, centre, d1, d2)
+            d1, d2 = deviations(src, work2, k, centre)
+            s = _winsorized_scale(work2, k, d1, d2, work3)
         else:
             d1, d2 = moments_about(src, k, centre)
             s = sample_std(d1, d2, k)  # k >= 4 here
@@ -436,7 +456,7 @@ def _minmax_clip(vals, n, flags, p_low, p_high, kv, kp, work, kp2):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, hint):
+def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, work3, kp2, hint):
     """Fill ``flags[:n]`` (KEEP / LOW / HIGH) for the finite values ``vals[:n]`` of one pixel.
 
     Parameters
@@ -456,8 +476,8 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
     crit : float64 array
         GESD critical values by sample size (``tdist.gesd_critical_values``); unused by
         the other methods.
-    kv, kp, work, work2, kp2 : arrays of at least ``n`` float64 / int32 / float64 /
-        float64 / int32
+    kv, kp, work, work2, work3, kp2 : arrays of at least ``n`` float64 / int32 / float64 /
+        float64 / float64 / int32
         Scratch.
     hint : float64 array of 4
         Speed only, never the result: guesses of the medians kept from the previous pixel
@@ -469,7 +489,8 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
         How many values were rejected (flags that are not KEEP).
     """
     if n > 2 and (method == REJECT_SIGMA or method == REJECT_MAD or method == REJECT_WINSORIZED):
-        return _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, kv, work, work2, hint)  # all flags
+        return _centre_clip(method, vals, n, flags, p_low, p_high, max_iter, kv, work, work2, work3,
+                            hint)  # writes all flags
     for j in range(n):
         flags[j] = KEEP
     if n <= 2 or method == REJECT_NONE:

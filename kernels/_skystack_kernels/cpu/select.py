@@ -322,9 +322,9 @@ def moments_about(a, n, c):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def clip_moments(a, n, c, lo, hi):
-    """Clip ``a[:n]`` in place to ``[lo, hi]`` and return ``(sum d, sum d^2)`` of the
-    clipped values, ``d = x - c`` (as :func:`moments_about`)."""
+def deviations(a, out, n, c):
+    """``out[:n] = a[:n] - c`` and return ``(sum d, sum d^2)`` of those deviations (as
+    :func:`moments_about`, which it is, keeping the deviations)."""
     s1a = 0.0
     s1b = 0.0
     s1c = 0.0
@@ -335,18 +335,14 @@ def clip_moments(a, n, c, lo, hi):
     s2d = 0.0
     m = n - n % 4
     for j in range(0, m, 4):
-        x0 = min(max(a[uintp(j)], lo), hi)
-        x1 = min(max(a[uintp(j + 1)], lo), hi)
-        x2 = min(max(a[uintp(j + 2)], lo), hi)
-        x3 = min(max(a[uintp(j + 3)], lo), hi)
-        a[uintp(j)] = x0
-        a[uintp(j + 1)] = x1
-        a[uintp(j + 2)] = x2
-        a[uintp(j + 3)] = x3
-        d0 = x0 - c
-        d1 = x1 - c
-        d2 = x2 - c
-        d3 = x3 - c
+        d0 = a[uintp(j)] - c
+        d1 = a[uintp(j + 1)] - c
+        d2 = a[uintp(j + 2)] - c
+        d3 = a[uintp(j + 3)] - c
+        out[uintp(j)] = d0
+        out[uintp(j + 1)] = d1
+        out[uintp(j + 2)] = d2
+        out[uintp(j + 3)] = d3
         s1a += d0
         s1b += d1
         s1c += d2
@@ -356,12 +352,80 @@ def clip_moments(a, n, c, lo, hi):
         s2c += d2 * d2
         s2d += d3 * d3
     for j in range(m, n):
-        x = min(max(a[uintp(j)], lo), hi)
-        a[uintp(j)] = x
-        d = x - c
+        d = a[uintp(j)] - c
+        out[uintp(j)] = d
         s1a += d
         s2a += d * d
     return (s1a + s1b) + (s1c + s1d), (s2a + s2b) + (s2c + s2d)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def clipped_moments(d, n, b):
+    """``(sum e, sum e^2)`` with ``e = d`` clipped to ``[-b, b]``, over ``d[:n]`` (as
+    :func:`moments_about`)."""
+    s1a = 0.0
+    s1b = 0.0
+    s1c = 0.0
+    s1d = 0.0
+    s2a = 0.0
+    s2b = 0.0
+    s2c = 0.0
+    s2d = 0.0
+    m = n - n % 4
+    for j in range(0, m, 4):
+        e0 = min(max(d[uintp(j)], -b), b)
+        e1 = min(max(d[uintp(j + 1)], -b), b)
+        e2 = min(max(d[uintp(j + 2)], -b), b)
+        e3 = min(max(d[uintp(j + 3)], -b), b)
+        s1a += e0
+        s1b += e1
+        s1c += e2
+        s1d += e3
+        s2a += e0 * e0
+        s2b += e1 * e1
+        s2c += e2 * e2
+        s2d += e3 * e3
+    for j in range(m, n):
+        e = min(max(d[uintp(j)], -b), b)
+        s1a += e
+        s2a += e * e
+    return (s1a + s1b) + (s1c + s1d), (s2a + s2b) + (s2c + s2d)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def split_moments(d, n, t, rim):
+    """Split ``d[:n]`` at ``|d| <= t``: return ``(sum d, sum d^2)`` over those values (as
+    :func:`moments_about`) and how many others there are, copied in order to ``rim``."""
+    s1a = 0.0
+    s1b = 0.0
+    s2a = 0.0
+    s2b = 0.0
+    nr = 0
+    m = n - n % 2
+    for j in range(0, m, 2):
+        d0 = d[uintp(j)]
+        d1 = d[uintp(j + 1)]
+        in0 = abs(d0) <= t
+        in1 = abs(d1) <= t
+        rim[uintp(nr)] = d0
+        nr += not in0
+        rim[uintp(nr)] = d1
+        nr += not in1
+        e0 = d0 if in0 else 0.0
+        e1 = d1 if in1 else 0.0
+        s1a += e0
+        s1b += e1
+        s2a += e0 * e0
+        s2b += e1 * e1
+    if m < n:
+        d0 = d[uintp(m)]
+        in0 = abs(d0) <= t
+        rim[uintp(nr)] = d0
+        nr += not in0
+        e0 = d0 if in0 else 0.0
+        s1a += e0
+        s2a += e0 * e0
+    return s1a + s1b, s2a + s2b, nr
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -31,8 +31,8 @@ _reject_pixel = _dev.reject_pixel
 _reduce_pixel = _dev.reduce_pixel
 
 THREADS_PER_BLOCK = 128
-# per stacked value and thread: vals, kv, work, work2 (float64); frames, kp, kp2 (int32); flags (int8)
-SCRATCH_BYTES_PER_VALUE = 4 * 8 + 3 * 4 + 1
+# per stacked value and thread: vals, kv, work, work2, work3 (float64); frames, kp, kp2 (int32); flags (int8)
+SCRATCH_BYTES_PER_VALUE = 5 * 8 + 3 * 4 + 1
 # per thread: the median guesses carried from one pixel to the next (6 float64: the
 # rejection centre's and the MAD's, then the reduction's)
 HINTS = 6
@@ -42,7 +42,7 @@ DEFAULT_SCRATCH_BYTES = 256 * 1024 * 1024
 
 @cuda.jit
 def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit, out, count, rejected,
-                    s_vals, s_kv, s_work, s_work2, s_frames, s_kp, s_kp2, s_flags, s_hints):
+                    s_vals, s_kv, s_work, s_work2, s_work3, s_frames, s_kp, s_kp2, s_flags, s_hints):
     t = cuda.grid(1)
     n_threads = s_vals.shape[1]
     if t >= n_threads:
@@ -54,6 +54,7 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
     kv = s_kv[:, t]
     work = s_work[:, t]
     work2 = s_work2[:, t]
+    work3 = s_work3[:, t]
     frames = s_frames[:, t]
     kp = s_kp[:, t]
     kp2 = s_kp2[:, t]
@@ -73,13 +74,15 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
                 vals[n] = v
                 frames[n] = i
                 n += 1
-        _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, reject_hint)
-        for j in range(n):
-            f = flags[j]
-            if f == LOW:
-                cuda.atomic.add(rejected, (frames[j], 0), 1)
-            elif f == HIGH:
-                cuda.atomic.add(rejected, (frames[j], 1), 1)
+        r = _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, work3, kp2,
+                          reject_hint)
+        if r > 0:
+            for j in range(n):
+                f = flags[j]
+                if f == LOW:
+                    cuda.atomic.add(rejected, (frames[j], 0), 1)
+                elif f == HIGH:
+                    cuda.atomic.add(rejected, (frames[j], 1), 1)
         value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
         out[y, x] = value
         count[y, x] = kept
@@ -107,7 +110,7 @@ def _carve(scratch, n_frames: int, n_threads: int):
     argument order. Laid out widest type first (float64, int32, int8), so every part is
     aligned without padding and :func:`combine_scratch_nbytes` is exact."""
     layout = (("vals", np.float64, n_frames), ("kv", np.float64, n_frames), ("work", np.float64, n_frames),
-              ("work2", np.float64, n_frames), ("hints", np.float64, HINTS), ("frames", np.int32, n_frames),
+              ("work2", np.float64, n_frames), ("work3", np.float64, n_frames), ("hints", np.float64, HINTS), ("frames", np.int32, n_frames),
               ("kp", np.int32, n_frames), ("kp2", np.int32, n_frames), ("flags", np.int8, n_frames))
     views = {}
     offset = 0
@@ -115,7 +118,7 @@ def _carve(scratch, n_frames: int, n_threads: int):
         size = rows * n_threads * np.dtype(dtype).itemsize
         views[name] = scratch[offset:offset + size].view(dtype).reshape(rows, n_threads)
         offset += size
-    order = ("vals", "kv", "work", "work2", "frames", "kp", "kp2", "flags", "hints")
+    order = ("vals", "kv", "work", "work2", "work3", "frames", "kp", "kp2", "flags", "hints")
     return [views[name] for name in order]
 
 
