@@ -176,6 +176,14 @@ def combine_band_gpu(band, weights, reject, reduce, p_low, p_high, max_iter, out
         gesd_critical_values(float(p_low), crit)
     d_crit = cuda.to_device(crit, stream=s)
     blocks = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    _combine_kernel[blocks, THREADS_PER_BLOCK, s](band, weights, int(reject), int(reduce), float(p_low),
-                                                  float(p_high), int(max_iter), d_crit, out, count, rejected,
-                                                  *parts)
+    _combine_kernel[blocks, THREADS_PER_BLOCK, s](*combine_launch_args(band, weights, reject, reduce, p_low, p_high,
+                                                                       max_iter, d_crit, out, count, rejected, parts))
+
+
+def combine_launch_args(band, weights, reject, reduce, p_low, p_high, max_iter, crit, out, count, rejected,
+                        parts) -> tuple:
+    """The arguments of ``_combine_kernel`` in order, with the scalar types it is launched
+    with (Python int / float: int64 / float64). One function for the launch and for the
+    PTX compilation tests, so those compile exactly the signature that runs."""
+    return (band, weights, int(reject), int(reduce), float(p_low), float(p_high), int(max_iter), crit, out, count,
+            rejected, *parts)
