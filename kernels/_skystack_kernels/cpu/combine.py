@@ -93,7 +93,7 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
         Written: number of values kept.
     rejected : (N, 2) int64 array
         Accumulated (+=): per frame, pixels rejected low (column 0) and high (column 1).
-    scale, offset : (N,) float32 arrays, optional
+    scale, offset : (N,) float32 arrays, optional (both or neither)
         Per-frame normalisation applied to the values first, ``v * scale + offset``
         (float32, two roundings: bit-identical to normalising the frames beforehand with
         NumPy). Without them the values are used as they are.
@@ -105,7 +105,7 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
         raise ValueError("weights must be (N,) and rejected (N, 2) for an (N, h, W) band")
     if out.shape[0] != h or out.shape[1] != w or count.shape[0] != h or count.shape[1] != w:
         raise ValueError("out and count must be (h, W) for an (N, h, W) band")
-    if scale is not None and (offset is None or scale.shape[0] != n_frames or offset.shape[0] != n_frames):
+    if scale is not None and (scale.shape[0] != n_frames or offset.shape[0] != n_frames):
         raise ValueError("scale and offset must both be (N,) for an (N, h, W) band")
     vals = np.empty(n_frames, np.float64)
     frames = np.empty(n_frames, np.int32)
