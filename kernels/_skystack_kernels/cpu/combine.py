@@ -22,10 +22,11 @@ from .reject import HIGH, LOW, reject_pixel
 from .tdist import gesd_critical_values
 
 
-# Columns gathered per tile: a tile of (32, N) float32 stays in L1 for N up to ~300, and
-# reading band rows 32 values at a time is ~2.5x faster than hopping across the N frames
-# for every pixel (one cache line per frame per pixel).
-_TILE = 32
+# Columns gathered per tile: the tile, (64, N) float32, stays in L1 up to N ~ 150 and in L2
+# beyond, and reading each frame's row 64 values (4 cache lines) at a time is ~2.5x faster
+# than hopping across the N frames for every pixel (one cache line per frame per pixel);
+# 64 measured a few per cent faster than 32 at N = 100 and 400, 128 no better.
+_TILE = 64
 
 
 @njit(nogil=True, cache=True, _nrt=False)
