@@ -122,6 +122,9 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
     reject_hint = np.full(4, np.nan)
     reduce_hint = np.full(2, np.nan)
     crit = np.empty(n_frames + 1, np.float64)
+    unit_weights = True
+    for i in range(n_frames):
+        unit_weights = unit_weights and weights[i] == 1.0
     if reject == REJECT_GESD:
         gesd_critical_values(p_low, crit)
     for y in range(h):
@@ -139,7 +142,7 @@ def combine_band(band, weights, reject, reduce, p_low, p_high, max_iter, out, co
                             rejected[frames[j], 0] += 1
                         elif f == HIGH:
                             rejected[frames[j], 1] += 1
-                value, kept = reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
+                value, kept = reduce_pixel(reduce, vals, frames, n, flags, weights, unit_weights, work, reduce_hint)
                 out[y, x] = value
                 count[y, x] = kept
 

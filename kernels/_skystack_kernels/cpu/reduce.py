@@ -15,7 +15,7 @@ from .select import median_near
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
+def reduce_pixel(method, vals, frames, n, flags, weights, unit_weights, work, hint):
     """Reduce the kept values of one pixel.
 
     Parameters
@@ -31,6 +31,8 @@ def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
         Keep-mask from :func:`reject.reject_pixel`.
     weights : float32 array
         Per-frame weights, indexed by frame.
+    unit_weights : bool
+        Every weight is 1 (speed only: the same result without reading them).
     work : float64 array
         Scratch of at least ``n``.
     hint : float64 array of 2
@@ -62,19 +64,37 @@ def reduce_pixel(method, vals, frames, n, flags, weights, work, hint):
     wa = 0.0
     wb = 0.0
     m = n - n % 2
-    for j in range(0, m, 2):
-        w0 = float(weights[uintp(frames[uintp(j)])]) if flags[uintp(j)] == KEEP else 0.0
-        w1 = float(weights[uintp(frames[uintp(j + 1)])]) if flags[uintp(j + 1)] == KEEP else 0.0
-        ta += w0 * vals[uintp(j)]
-        tb += w1 * vals[uintp(j + 1)]
-        wa += w0
-        wb += w1
-    if m < n:
-        w0 = float(weights[uintp(frames[uintp(m)])]) if flags[uintp(m)] == KEEP else 0.0
-        ta += w0 * vals[uintp(m)]
-        wa += w0
-    for j in range(n):
-        kept += flags[uintp(j)] == KEEP
+    if unit_weights:  # the same sums as below with every weight 1, without reading them
+        for j in range(0, m, 2):
+            k0 = flags[uintp(j)] == KEEP
+            k1 = flags[uintp(j + 1)] == KEEP
+            ta += vals[uintp(j)] if k0 else 0.0
+            tb += vals[uintp(j + 1)] if k1 else 0.0
+            kept += k0
+            kept += k1
+        if m < n:
+            k0 = flags[uintp(m)] == KEEP
+            ta += vals[uintp(m)] if k0 else 0.0
+            kept += k0
+        wa = float(kept)
+    else:
+        for j in range(0, m, 2):
+            k0 = flags[uintp(j)] == KEEP
+            k1 = flags[uintp(j + 1)] == KEEP
+            w0 = float(weights[uintp(frames[uintp(j)])]) if k0 else 0.0
+            w1 = float(weights[uintp(frames[uintp(j + 1)])]) if k1 else 0.0
+            ta += w0 * vals[uintp(j)]
+            tb += w1 * vals[uintp(j + 1)]
+            wa += w0
+            wb += w1
+            kept += k0
+            kept += k1
+        if m < n:
+            k0 = flags[uintp(m)] == KEEP
+            w0 = float(weights[uintp(frames[uintp(m)])]) if k0 else 0.0
+            ta += w0 * vals[uintp(m)]
+            wa += w0
+            kept += k0
     total = ta + tb
     wsum = wa + wb
     if kept == 0 or not wsum > 0.0:

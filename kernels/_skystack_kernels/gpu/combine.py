@@ -83,7 +83,7 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
                     cuda.atomic.add(rejected, (frames[j], 0), 1)
                 elif f == HIGH:
                     cuda.atomic.add(rejected, (frames[j], 1), 1)
-        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
+        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, False, work, reduce_hint)
         out[y, x] = value
         count[y, x] = kept
         p += n_threads
