@@ -1,5 +1,13 @@
 """The band kernel: per output pixel, gather the frames' values, reject, reduce.
 
+The kernel reduces an ``(N, h, w)`` block however the output was cut (full-width row
+bands or 2-D tiles): each pixel depends only on its own N values. It reads the block in
+tiles of 64 columns transposed to a frame-innermost layout (each pixel's N values
+contiguous, in L1), optionally normalising them on the way (``scale``/``offset``: the
+backends then skip a pass over every warped frame), and runs the per-pixel rejection
+(``reject.py``) and reduction (``reduce.py``) on them. Measured CPU time per value on one
+thread: ``benchmarks/kernels.py``.
+
 Also the streaming mean (``accumulate_mean`` / ``finish_mean``) for the O(H x W) path
 that a plain mean without rejection takes.
 

@@ -51,6 +51,14 @@ the order of the frames (it stops rejecting part-way through a pass); here a pas
 or dropped whole. Siril's MAD pass uses the previous pass's median for the MAD; here the
 current one. Siril counts GESD's outlier budget from all frames including missing ones;
 here from the values present.
+
+Arithmetic (not part of the definitions): the standard deviations of sigma and winsorized
+are computed in one pass as ``sum d^2 - (sum d)^2 / k`` over the deviations ``d`` from the
+median (exact to a few ulp, see ``select.moments_about``), not in NumPy's two passes about
+the mean, and sums use several accumulators in a fixed order. Results can therefore differ
+from a NumPy reference in the last bits of a scale; a value that close to a threshold is
+decided either way. The tests check every method against a plain NumPy reference
+(tests/kernels/kernel_reference.py) on random stacks with ties, NaN and outliers.
 """
 from __future__ import annotations
 

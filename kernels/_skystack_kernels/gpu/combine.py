@@ -1,8 +1,12 @@
 """GPU twin of ``cpu/combine.py``: reject and reduce a band, one CUDA thread per pixel.
 
-Same contract as :func:`_skystack_kernels.cpu.combine.combine_band`; the rejection and
-reduction are the CPU functions compiled for the device (``twins.py``), so both sides
-follow one definition.
+Same contract as :func:`_skystack_kernels.cpu.combine.combine_band` without its optional
+normalisation (``scale``/``offset``: the CuPy backend normalises the warped frames on the
+device, where that costs nothing next to the transfers); the rejection and reduction are
+the CPU functions compiled for the device (``twins.py``), so both sides follow one
+definition. Every kernel here and in ``warp.py`` is compiled to PTX for sm_80 and sm_90 by
+the tests (tests/kernels/test_gpu_ptx.py), with the launch arguments built by
+:func:`combine_launch_args` as here.
 
 Per-pixel scratch (the gathered values, the keep-mask, selection buffers) lives in
 global memory laid out ``(value index, thread)``: thread ``t`` uses column ``t``, so the
