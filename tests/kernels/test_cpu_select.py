@@ -70,9 +70,14 @@ def test_select_near_never_depends_on_the_hint(a, data, guess, width):
     k = data.draw(st.integers(0, len(a) - 1))
     work = a.copy()
     hint = np.array([guess, width])
-    assert select_near(work, len(a), k, hint, 0) == np.sort(a)[k]
+    value, lo = select_near(work, len(a), k, hint, 0)
+    assert value == np.sort(a)[k]
     assert_split(work, k)
     assert hint[0] == np.sort(a)[k] and hint[1] >= 0
+    # the lower bound it gives for rank k - 1 is a boundary of the partition
+    assert 0 <= lo <= max(k - 1, 0) and (lo == 0 or work[:lo].max() <= work[lo:].min())
+    if k > 0:
+        assert select_range(work, lo, k - 1, k - 1) == np.sort(a)[k - 1]
 
 
 @SETTINGS

@@ -189,8 +189,9 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work
         k = hi_rank - lo_rank
         r = lo_rank + k // 2
         a, b = split_bounds(r, n, s1, s2, s3, s4)
+        below = 0  # a boundary at or below r - 1 (a[:below] <= a[below:]), from the first selection
         if passes == 1:
-            centre = select_near(work, n, r, hint, 0)
+            centre, below = select_near(work, n, r, hint, 0)
         else:
             centre = select_range(work, a, b, r)
         if a != b:
@@ -201,6 +202,7 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work
         if k % 2 == 0:
             r -= 1
             a, b = split_bounds(r, n, s1, s2, s3, s4)
+            a = max(a, below)
             centre = 0.5 * (select_range(work, a, b, r) + centre)
             if a != b:
                 s4 = s3

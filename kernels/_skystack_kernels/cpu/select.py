@@ -102,7 +102,8 @@ def select_range(a, lo, hi, k):
 
 @njit(nogil=True, cache=True, _nrt=False)
 def select_near(a, n, k, hint, h):
-    """The value of rank ``k`` in ``a[:n]``, helped by a guess of it.
+    """The value of rank ``k`` in ``a[:n]``, helped by a guess of it, and a lower search
+    bound for rank ``k - 1``.
 
     ``hint[h]`` is the guess (e.g. the neighbouring pixel's median), ``hint[h + 1]`` a
     half-width. One pass splits ``a[:n]`` into ``< guess - width``, the window and
@@ -116,6 +117,11 @@ def select_near(a, n, k, hint, h):
     miss) when it missed.
     A NaN guess means "no hint" (the first pixel): the width is then seeded from the
     spread of the values.
+
+    Returns ``(value, lo)``: besides the split at ``k``, ``a[:lo] <= a[lo:]`` with
+    ``lo <= k - 1`` (or ``lo = 0``), so rank ``k - 1`` (the lower middle of an even count)
+    is ``select_range(a, lo, k - 1, k - 1)``: a scan of the window's part below ``k``
+    rather than of everything below it.
     """
     guess = hint[uintp(h)]
     width = hint[uintp(h + 1)]
@@ -130,7 +136,7 @@ def select_near(a, n, k, hint, h):
             hi_v = max(hi_v, a[uintp(i)])
         hint[uintp(h)] = value
         hint[uintp(h + 1)] = 4.0 * (hi_v - lo_v) / n  # ~0.2 sigma for a normal sample
-        return value
+        return value, 0
     start = 0
     for i in range(n):
         v = a[uintp(i)]
@@ -158,7 +164,9 @@ def select_near(a, n, k, hint, h):
         width = max(2.0 * width, 1.5 * abs(value - guess))
     hint[uintp(h)] = value
     hint[uintp(h + 1)] = width
-    return value
+    # the boundaries 0 <= start <= end: the highest one at or below k - 1
+    lo = end if end <= k - 1 else (start if start <= k - 1 else 0)
+    return value, lo
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -166,10 +174,10 @@ def median_near(a, n, hint, h):
     """:func:`median_inplace` using (and updating) the guess in ``hint[h:h+2]``
     (:func:`select_near`)."""
     k = n // 2
-    upper = select_near(a, n, k, hint, h)
+    upper, lo = select_near(a, n, k, hint, h)
     if n % 2 == 1:
         return upper
-    return 0.5 * (select_range(a, 0, k - 1, k - 1) + upper)
+    return 0.5 * (select_range(a, lo, k - 1, k - 1) + upper)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
