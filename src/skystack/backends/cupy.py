@@ -54,8 +54,8 @@ _UPLOAD_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 # Scratch of the combine kernel (per thread and stacked value: the gathered values, masks,
 # selection buffers): its size sets how many pixels are in flight at once. 256 MiB keeps
-# ~90 000 threads busy on a 64-frame stack, enough to fill a large GPU, and is allocated
-# once per lane.
+# ~78 000 threads busy on a 64-frame stack (53 bytes per value and thread), enough to fill a
+# large GPU, and is allocated once per lane.
 COMBINE_SCRATCH_BYTES = 256 * 2**20
 
 
