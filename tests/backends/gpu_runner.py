@@ -34,15 +34,18 @@ def _install_fake_cv2cuda() -> None:
 
 
 def _backend(name: str):
+    from numba import config
+
+    simulate = bool(config.ENABLE_CUDASIM)  # the simulator run (subprocess), else a native GPU
     if name == "cupy":
         from skystack.backends.cupy import CupyBackend
 
-        return CupyBackend()
+        return CupyBackend(simulator=simulate)
     if name == "cv2cuda":
         _install_fake_cv2cuda()
         from skystack.backends.cv2cuda import Cv2CudaBackend
 
-        return Cv2CudaBackend()
+        return Cv2CudaBackend(simulator=simulate)
     raise ValueError(name)
 
 

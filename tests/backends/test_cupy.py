@@ -211,7 +211,7 @@ def test_native_combine_warped(native, key):
 
 
 def test_constructing_without_cupy_or_simulator_is_a_clear_error(monkeypatch):
-    """In this process the simulator is off; with CuPy unimportable the backend refuses
+    """Not asked to simulate, with CuPy unimportable (or the simulator on), the backend refuses
     with the exit code and a way out, rather than failing later inside a band."""
     import sys
 

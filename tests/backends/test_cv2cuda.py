@@ -63,7 +63,7 @@ def cv2cuda(fake_cv2cuda):
     from skystack.backends.cv2cuda import Cv2CudaBackend
 
     be = Cv2CudaBackend()
-    # this process has neither CuPy nor the CUDA simulator: combine and Lanczos on the CPU
+    # no CuPy here and the simulator is not asked for: combine and Lanczos on the CPU
     assert be.stacks_on == "cpu"
     return be
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from skystack.backends._device import GrowBuffer, SimLayer, device_layer, simulator_enabled
+from skystack.backends._device import GrowBuffer, SimLayer, device_layer
 from skystack.errors import BackendUnavailableError
 
 
@@ -32,11 +32,28 @@ def test_grow_buffer_reuses_its_block_and_grows_safely():
     assert len(allocs) == 2 and np.shares_memory(c, d)
 
 
-def test_no_device_layer_without_cupy_or_the_simulator(monkeypatch):
-    assert not simulator_enabled()  # the main test process runs numba without the simulator
+def test_no_device_layer_without_cupy(monkeypatch):
+    from skystack.backends import _device
+
+    monkeypatch.setattr(_device, "simulator_enabled", lambda: False)  # as without NUMBA_ENABLE_CUDASIM
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(BackendUnavailableError, match="CuPy and numba-cuda.*--backend cpu"):
         device_layer()
+
+
+def test_the_simulator_is_a_device_only_when_asked_for(monkeypatch):
+    """With NUMBA_ENABLE_CUDASIM on, a plain request refuses (nothing can run on a GPU in
+    such a process) rather than quietly handing out the simulator; asked for explicitly,
+    the simulator's layer comes back. Asked for while it is off: a clear error."""
+    from skystack.backends import _device
+
+    monkeypatch.setattr(_device, "simulator_enabled", lambda: True)
+    with pytest.raises(BackendUnavailableError, match="NUMBA_ENABLE_CUDASIM=1 is set.*--backend cpu"):
+        device_layer()
+    assert isinstance(device_layer(simulator=True), SimLayer)
+    monkeypatch.setattr(_device, "simulator_enabled", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="simulator was asked for but is off"):
+        device_layer(simulator=True)
 
 
 def test_sim_layer_copies_are_plain_and_synchronous():

@@ -320,6 +320,76 @@ def test_wide_band_crosses_tile_boundaries():
     assert (count == 9).all()
 
 
+@pytest.mark.parametrize("method", list(REJECT))
+def test_normalisation_in_the_gather_equals_normalising_first(method):
+    """``v * scale + offset`` inside the kernel is bit-identical to the backends'
+    ``x *= scale; x += offset`` on the warped frames (float32, two roundings)."""
+    rng = np.random.default_rng(21)
+    n = 23
+    raw = rng.normal(500, 30, (n, 3, 40)).astype(np.float32)
+    raw[rng.random(raw.shape) < 0.03] += 4000
+    raw[rng.random(raw.shape) < 0.05] = np.nan
+    scale = rng.uniform(0.8, 1.25, n).astype(np.float32)
+    offset = rng.uniform(-40, 40, n).astype(np.float32)
+    norm = raw.copy()
+    for k in range(n):
+        norm[k] *= scale[k]
+        norm[k] += offset[k]
+    p = PARAMS_FIXED[method]
+    want = run(norm, method, "mean", *p)
+    h, w = raw.shape[1:]
+    out = np.empty((h, w), np.float32)
+    count = np.empty((h, w), np.int32)
+    rejected = np.zeros((n, 2), np.int64)
+    combine_band(raw, np.ones(n, np.float32), REJECT[method], REDUCE["mean"], float(p[0]), float(p[1]), 5, out,
+                 count, rejected, scale, offset)
+    np.testing.assert_array_equal(out, want[0])
+    np.testing.assert_array_equal(count, want[1])
+    np.testing.assert_array_equal(rejected, want[2])
+    if method != "none":
+        assert rejected.sum() > 0
+
+
+PARAMS_FIXED = {"none": (0, 0), "sigma": (2.5, 2.5), "winsorized": (2.5, 2.5), "mad": (3, 3), "linear-fit": (2.5, 2.5),
+                "percentile": (0.1, 0.1), "gesd": (0.05, 0.3), "minmax": (1, 2)}
+
+
+@pytest.mark.parametrize("reduce", ["mean", "median"])
+@pytest.mark.parametrize("method", list(REJECT))
+def test_any_cut_of_the_block_gives_the_same_pixels(method, reduce):
+    """Phase 2 may cut the output into row bands or 2-D tiles of any size: each pixel
+    depends on its own values only (the median guesses carried from pixel to pixel change
+    the time, never the result), so every cut gives the same bits."""
+    rng = np.random.default_rng(33)
+    n = 41
+    sky = rng.normal(800, 200, (1, 9, 70))  # a level that jumps from pixel to pixel (stars)
+    band = (sky + rng.normal(0, 25, (n, 9, 70))).astype(np.float32)
+    band[rng.random(band.shape) < 0.02] += 3000
+    band[rng.random(band.shape) < 0.05] = np.nan
+    p = PARAMS_FIXED[method]
+    whole = run(band, method, reduce, *p, max_iter=0)
+    out = np.empty_like(whole[0])
+    count = np.empty_like(whole[1])
+    rejected = np.zeros_like(whole[2])
+    for y0, y1 in ((0, 1), (1, 5), (5, 9)):
+        for x0, x1 in ((0, 13), (13, 14), (14, 50), (50, 70)):
+            o, c, r = run(band[:, y0:y1, x0:x1], method, reduce, *p, max_iter=0)
+            out[y0:y1, x0:x1] = o
+            count[y0:y1, x0:x1] = c
+            rejected += r
+    np.testing.assert_array_equal(out, whole[0])
+    np.testing.assert_array_equal(count, whole[1])
+    np.testing.assert_array_equal(rejected, whole[2])
+
+
+def test_scale_and_offset_must_be_per_frame():
+    band = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(ValueError):
+        combine_band(band, np.ones(4, np.float32), 0, 0, 3.0, 3.0, 5, np.empty((2, 3), np.float32),
+                     np.empty((2, 3), np.int32), np.zeros((4, 2), np.int64), np.ones(4, np.float32),
+                     np.zeros(3, np.float32))
+
+
 def test_shape_mismatch_raises():
     band = np.zeros((4, 2, 3), np.float32)
     with pytest.raises(ValueError):

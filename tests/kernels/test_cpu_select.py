@@ -9,13 +9,17 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from _skystack_kernels.cpu.select import (
-    mean_std,
+    clipped_moments,
+    deviations,
     median_inplace,
     median_near,
     select_near,
+    moments_about,
+    sample_std,
     select_range,
     sort_pairs,
     split_bounds,
+    split_moments,
 )
 from _skystack_kernels.cpu.tdist import gesd_critical_values, t_ppf, t_sf
 
@@ -66,9 +70,14 @@ def test_select_near_never_depends_on_the_hint(a, data, guess, width):
     k = data.draw(st.integers(0, len(a) - 1))
     work = a.copy()
     hint = np.array([guess, width])
-    assert select_near(work, len(a), k, hint, 0) == np.sort(a)[k]
+    value, lo = select_near(work, len(a), k, hint, 0)
+    assert value == np.sort(a)[k]
     assert_split(work, k)
     assert hint[0] == np.sort(a)[k] and hint[1] >= 0
+    # the lower bound it gives for rank k - 1 is a boundary of the partition
+    assert 0 <= lo <= max(k - 1, 0) and (lo == 0 or work[:lo].max() <= work[lo:].min())
+    if k > 0:
+        assert select_range(work, lo, k - 1, k - 1) == np.sort(a)[k - 1]
 
 
 @SETTINGS
@@ -92,11 +101,49 @@ def test_sort_pairs_is_stable(a):
     np.testing.assert_array_equal(v, a[order])
 
 
-def test_mean_std_two_pass_keeps_the_digits():
-    a = np.array([1e6 + 1.0, 1e6 + 2.0, 1e6 + 3.0, 1e6 + 4.0])
-    mean, sd = mean_std(a, 0, 4)
-    assert mean == 1e6 + 2.5 and sd == pytest.approx(np.std(a, ddof=1), rel=1e-15)
-    assert mean_std(a, 1, 3)[1] == pytest.approx(np.sqrt(0.5), rel=1e-15)
+@SETTINGS
+@given(a=vectors(min_size=2))
+def test_moments_about_the_median_give_the_sample_std(a):
+    n = len(a)
+    c = float(np.median(a))
+    s1, s2 = moments_about(a, n, c)
+    assert s1 == pytest.approx(np.sum(a - c), rel=1e-12, abs=1e-9)
+    assert s2 == pytest.approx(np.sum((a - c) ** 2), rel=1e-12, abs=1e-9)
+    assert sample_std(s1, s2, n) == pytest.approx(np.std(a, ddof=1), rel=1e-12, abs=1e-12)
+    d = np.empty(n)
+    assert deviations(a, d, n, c) == (s1, s2)  # the same sums, in the same order
+    np.testing.assert_array_equal(d, a - c)
+
+
+def test_moments_about_the_median_keep_the_digits():
+    # values 1e6 apart from zero, spread 1: the sums about the median lose nothing
+    a = np.array([1e6 + 1.0, 1e6 + 2.0, 1e6 + 3.0, 1e6 + 4.0, 1e6 + 5.0])
+    s1, s2 = moments_about(a, 5, 1e6 + 3.0)
+    assert (s1, s2) == (0.0, 10.0) and sample_std(s1, s2, 5) == np.std(a, ddof=1)
+    # a huge outlier: still the two-pass value to the last digits
+    b = np.array([100.0, 101.0, 99.0, 100.5, 1e9])
+    s1, s2 = moments_about(b, 5, 100.5)
+    assert sample_std(s1, s2, 5) == pytest.approx(np.std(b, ddof=1), rel=1e-14)
+    assert sample_std(0.0, 0.0, 3) == 0.0 and sample_std(1.0, 0.5 - 1e-17, 2) == 0.0  # never NaN
+
+
+@SETTINGS
+@given(a=vectors(), b=st.floats(0.0, 3.0), t=st.floats(0.0, 3.0))
+def test_clipped_and_split_moments(a, b, t):
+    n = len(a)
+    e = np.clip(a, -b, b)
+    s1, s2 = clipped_moments(a, n, b)
+    assert s1 == pytest.approx(e.sum(), rel=1e-12, abs=1e-9) and s2 == pytest.approx((e * e).sum(), rel=1e-12, abs=1e-9)
+    rim = np.full(n, np.nan)
+    c1, c2, nr = split_moments(a, n, t, rim)
+    core = np.abs(a) <= t
+    assert nr == (~core).sum()
+    np.testing.assert_array_equal(rim[:nr], a[~core])  # in order
+    assert c1 == pytest.approx(a[core].sum(), abs=1e-9) and c2 == pytest.approx((a[core] ** 2).sum(), abs=1e-9)
+    # core + clipped rim = clipped whole, whenever the core is not clipped (t <= b)
+    if t <= b:
+        r1, r2 = clipped_moments(rim, nr, b)
+        assert c1 + r1 == pytest.approx(s1, abs=1e-9) and c2 + r2 == pytest.approx(s2, rel=1e-12, abs=1e-9)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30, 100, 1000, 5000])

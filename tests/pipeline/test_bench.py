@@ -272,7 +272,7 @@ from skystack.pipeline.bench import run_bench
 # the smallest set that registers; bilinear: the simulator runs every tap of every thread as Python
 job = build_job(BenchJob, dict(backend="cupy", frames=2, size="96x96", interpolation="bilinear", workers=1,
                                quiet=True, json=sys.argv[1]))
-r = run_bench(None, job, resolver=lambda name: CupyBackend() if name == "cupy" else resolve(name))
+r = run_bench(None, job, resolver=lambda name: CupyBackend(simulator=True) if name == "cupy" else resolve(name))
 """
 
 

@@ -1,8 +1,12 @@
 """GPU twin of ``cpu/combine.py``: reject and reduce a band, one CUDA thread per pixel.
 
-Same contract as :func:`_skystack_kernels.cpu.combine.combine_band`; the rejection and
-reduction are the CPU functions compiled for the device (``twins.py``), so both sides
-follow one definition.
+Same contract as :func:`_skystack_kernels.cpu.combine.combine_band` without its optional
+normalisation (``scale``/``offset``: the CuPy backend normalises the warped frames on the
+device, where that costs nothing next to the transfers); the rejection and reduction are
+the CPU functions compiled for the device (``twins.py``), so both sides follow one
+definition. Every kernel here and in ``warp.py`` is compiled to PTX for sm_80 and sm_90 by
+the tests (tests/kernels/test_gpu_ptx.py), with the launch arguments built by
+:func:`combine_launch_args` as here.
 
 Per-pixel scratch (the gathered values, the keep-mask, selection buffers) lives in
 global memory laid out ``(value index, thread)``: thread ``t`` uses column ``t``, so the
@@ -31,16 +35,18 @@ _reject_pixel = _dev.reject_pixel
 _reduce_pixel = _dev.reduce_pixel
 
 THREADS_PER_BLOCK = 128
-# per stacked value and thread: vals, kv, work, work2 (float64); frames, kp, kp2 (int32); flags (int8)
-SCRATCH_BYTES_PER_VALUE = 4 * 8 + 3 * 4 + 1
-# per thread: the median guesses carried from one pixel to the next (4 float64)
-SCRATCH_BYTES_PER_THREAD = 4 * 8
+# per stacked value and thread: vals, kv, work, work2, work3 (float64); frames, kp, kp2 (int32); flags (int8)
+SCRATCH_BYTES_PER_VALUE = 5 * 8 + 3 * 4 + 1
+# per thread: the median guesses carried from one pixel to the next (6 float64: the
+# rejection centre's and the MAD's, then the reduction's)
+HINTS = 6
+SCRATCH_BYTES_PER_THREAD = HINTS * 8
 DEFAULT_SCRATCH_BYTES = 256 * 1024 * 1024
 
 
 @cuda.jit
 def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit, out, count, rejected,
-                    s_vals, s_kv, s_work, s_work2, s_frames, s_kp, s_kp2, s_flags, s_hints):
+                    s_vals, s_kv, s_work, s_work2, s_work3, s_frames, s_kp, s_kp2, s_flags, s_hints):
     t = cuda.grid(1)
     n_threads = s_vals.shape[1]
     if t >= n_threads:
@@ -52,13 +58,14 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
     kv = s_kv[:, t]
     work = s_work[:, t]
     work2 = s_work2[:, t]
+    work3 = s_work3[:, t]
     frames = s_frames[:, t]
     kp = s_kp[:, t]
     kp2 = s_kp2[:, t]
     flags = s_flags[:, t]
-    reject_hint = s_hints[0:2, t]
-    reduce_hint = s_hints[2:4, t]
-    for i in range(4):
+    reject_hint = s_hints[0:4, t]
+    reduce_hint = s_hints[4:6, t]
+    for i in range(6):
         s_hints[i, t] = math.nan
     p = t
     while p < h * w:
@@ -71,14 +78,16 @@ def _combine_kernel(band, weights, reject, reduce, p_low, p_high, max_iter, crit
                 vals[n] = v
                 frames[n] = i
                 n += 1
-        _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, kp2, reject_hint)
-        for j in range(n):
-            f = flags[j]
-            if f == LOW:
-                cuda.atomic.add(rejected, (frames[j], 0), 1)
-            elif f == HIGH:
-                cuda.atomic.add(rejected, (frames[j], 1), 1)
-        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, work, reduce_hint)
+        r = _reject_pixel(reject, vals, n, flags, p_low, p_high, max_iter, crit, kv, kp, work, work2, work3, kp2,
+                          reject_hint)
+        if r > 0:
+            for j in range(n):
+                f = flags[j]
+                if f == LOW:
+                    cuda.atomic.add(rejected, (frames[j], 0), 1)
+                elif f == HIGH:
+                    cuda.atomic.add(rejected, (frames[j], 1), 1)
+        value, kept = _reduce_pixel(reduce, vals, frames, n, flags, weights, False, work, reduce_hint)
         out[y, x] = value
         count[y, x] = kept
         p += n_threads
@@ -105,7 +114,7 @@ def _carve(scratch, n_frames: int, n_threads: int):
     argument order. Laid out widest type first (float64, int32, int8), so every part is
     aligned without padding and :func:`combine_scratch_nbytes` is exact."""
     layout = (("vals", np.float64, n_frames), ("kv", np.float64, n_frames), ("work", np.float64, n_frames),
-              ("work2", np.float64, n_frames), ("hints", np.float64, 4), ("frames", np.int32, n_frames),
+              ("work2", np.float64, n_frames), ("work3", np.float64, n_frames), ("hints", np.float64, HINTS), ("frames", np.int32, n_frames),
               ("kp", np.int32, n_frames), ("kp2", np.int32, n_frames), ("flags", np.int8, n_frames))
     views = {}
     offset = 0
@@ -113,7 +122,7 @@ def _carve(scratch, n_frames: int, n_threads: int):
         size = rows * n_threads * np.dtype(dtype).itemsize
         views[name] = scratch[offset:offset + size].view(dtype).reshape(rows, n_threads)
         offset += size
-    order = ("vals", "kv", "work", "work2", "frames", "kp", "kp2", "flags", "hints")
+    order = ("vals", "kv", "work", "work2", "work3", "frames", "kp", "kp2", "flags", "hints")
     return [views[name] for name in order]
 
 
@@ -171,6 +180,14 @@ def combine_band_gpu(band, weights, reject, reduce, p_low, p_high, max_iter, out
         gesd_critical_values(float(p_low), crit)
     d_crit = cuda.to_device(crit, stream=s)
     blocks = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    _combine_kernel[blocks, THREADS_PER_BLOCK, s](band, weights, int(reject), int(reduce), float(p_low),
-                                                  float(p_high), int(max_iter), d_crit, out, count, rejected,
-                                                  *parts)
+    _combine_kernel[blocks, THREADS_PER_BLOCK, s](*combine_launch_args(band, weights, reject, reduce, p_low, p_high,
+                                                                       max_iter, d_crit, out, count, rejected, parts))
+
+
+def combine_launch_args(band, weights, reject, reduce, p_low, p_high, max_iter, crit, out, count, rejected,
+                        parts) -> tuple:
+    """The arguments of ``_combine_kernel`` in order, with the scalar types it is launched
+    with (Python int / float: int64 / float64). One function for the launch and for the
+    PTX compilation tests, so those compile exactly the signature that runs."""
+    return (band, weights, int(reject), int(reduce), float(p_low), float(p_high), int(max_iter), crit, out, count,
+            rejected, *parts)

@@ -75,15 +75,21 @@ def warp_affine_gpu(src, matrix, out, interpolation, stream=0) -> None:
         Where the kernel is queued; 0: the default stream.
     """
     _warp.check_warp_args(src, matrix, out)
-    a = _warp.invert_affine(matrix)
-    code = _warp.warp_code(matrix, interpolation)
     h, w = out.shape[0], out.shape[1]
     if h == 0 or w == 0:
         return
     grid = ((w + BLOCK[0] - 1) // BLOCK[0], (h + BLOCK[1] - 1) // BLOCK[1])
     kernel = _warp_kernel_2d if src.ndim == 2 else _warp_kernel_3d
-    kernel[grid, BLOCK, _as_stream(stream)](src, out, float(a[0]), float(a[1]), float(a[2]), float(a[3]),
-                                            float(a[4]), float(a[5]), int(code))
+    kernel[grid, BLOCK, _as_stream(stream)](*warp_launch_args(src, matrix, out, interpolation))
+
+
+def warp_launch_args(src, matrix, out, interpolation) -> tuple:
+    """The arguments of ``_warp_kernel_2d`` / ``_warp_kernel_3d`` in order: the inverse
+    matrix's six coefficients (float64) and the interpolation code (int64). Shared by the
+    launch and the PTX compilation tests (the exact signature that runs)."""
+    a = _warp.invert_affine(matrix)
+    code = _warp.warp_code(matrix, interpolation)
+    return (src, out, float(a[0]), float(a[1]), float(a[2]), float(a[3]), float(a[4]), float(a[5]), int(code))
 
 
 def warp_tiles_gpu(src, table, out, stream=0) -> None:

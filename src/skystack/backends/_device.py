@@ -8,7 +8,9 @@ implementations:
   ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``) on the backend's own streams
   (``numba.cuda.external_stream``).
 - :class:`SimLayer` (``NUMBA_ENABLE_CUDASIM=1``, no GPU, CI): "device" arrays are NumPy
-  arrays and the very same numba.cuda kernels run in Numba's CUDA simulator.
+  arrays and the very same numba.cuda kernels run in Numba's CUDA simulator. Only on
+  request (``simulator=True``): the backend registry never takes the simulator for a
+  device, whatever the environment says.
 
 Only the allocator/copy layer differs; the backends' band loop, staging, kernel launches,
 normalisation and downloads are the same code in both cases, which is what lets CI test the
@@ -34,18 +36,35 @@ def simulator_enabled() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def device_layer() -> CupyLayer | SimLayer:
-    """The layer for this process: the simulator's when it is on, else CuPy's.
+def device_layer(simulator: bool = False) -> CupyLayer | SimLayer:
+    """The layer a GPU backend runs on.
+
+    Parameters
+    ----------
+    simulator : bool
+        Run on Numba's CUDA simulator (NumPy "device" arrays): only when asked, by the
+        tests and the benchmarks' code-path check, never because an environment variable
+        happens to be set. The simulator is not a device.
 
     Raises
     ------
     BackendUnavailableError
-        CuPy is missing or sees no CUDA device, and the simulator is off.
+        ``simulator=False``: CuPy is missing or sees no CUDA device, or the simulator is on
+        in this process (numba.cuda kernels then cannot run on a GPU).
+        ``simulator=True``: the simulator is off (it must be on before numba is imported).
     """
-    if simulator_enabled():
-        # numba.cuda kernels are simulated in this process, so they can only run on host
-        # memory, even if CuPy and a GPU are present
+    if simulator:
+        if not simulator_enabled():
+            raise BackendUnavailableError(
+                "the CUDA simulator was asked for but is off: set NUMBA_ENABLE_CUDASIM=1 before numba "
+                "is imported")
         return SimLayer()
+    if simulator_enabled():
+        # numba.cuda is the simulator in this process: its kernels run on host memory only,
+        # so even with CuPy and a GPU present nothing could be launched on the device
+        raise BackendUnavailableError(
+            "NUMBA_ENABLE_CUDASIM=1 is set: numba.cuda runs in its CPU simulator in this process, so no "
+            "kernel can run on a GPU; unset it, or use --backend cpu")
     return CupyLayer()
 
 

@@ -79,16 +79,26 @@ class CpuBackend:
         c = out_shape[2] if len(out_shape) == 3 else 1
         n = len(jobs)
         band = np.empty((n, h, w, c), dtype=np.float32)
+        scale = np.empty((n, c), dtype=np.float32)
+        offset = np.empty((n, c), dtype=np.float32)
         for k, job in enumerate(jobs):
             dst = band[k] if c > 1 else band[k, :, :, 0]
             self.warp_job(job, dst, options.interpolation)
-            _normalise_inplace(dst, job.scale, job.offset)
-        return combine_host_band(band, weights, options)
+            # normalised by the kernel as it gathers the values (one pass fewer over the band)
+            scale[k] = np.asarray(job.scale, dtype=np.float32).reshape(-1)
+            offset[k] = np.asarray(job.offset, dtype=np.float32).reshape(-1)
+        return combine_host_band(band, weights, options, scale, offset)
 
 
-def combine_host_band(band: np.ndarray, weights: np.ndarray, options: StackOptions) -> BandResult:
-    """Reject and reduce a warped, normalised host band ``(N, h, W[, C])`` with the Numba
-    kernel, one channel at a time (also used by the cv2.cuda backend after its GPU warps)."""
+def combine_host_band(band: np.ndarray, weights: np.ndarray, options: StackOptions, scale: np.ndarray | None = None,
+                      offset: np.ndarray | None = None) -> BandResult:
+    """Reject and reduce a warped host band ``(N, h, W[, C])`` with the Numba kernel, one
+    channel at a time (also used by the cv2.cuda backend after its GPU warps).
+
+    ``scale``/``offset`` (``(N,)`` or ``(N, C)`` float32), when given, normalise the values
+    inside the kernel, ``v * scale + offset`` in float32, bit-identical to normalising the
+    band beforehand (:func:`_normalise_inplace`); without them the band is used as it is.
+    """
     from _skystack_kernels.cpu.combine import combine_band
 
     n, h, w = band.shape[:3]
@@ -99,9 +109,21 @@ def combine_host_band(band: np.ndarray, weights: np.ndarray, options: StackOptio
     rejected = np.zeros((n, 2), dtype=np.int64)
     rej, red = reject_codes(options)
     w32 = np.ascontiguousarray(weights, dtype=np.float32)
+    if scale is not None:
+        scale = np.asarray(scale, dtype=np.float32).reshape(n, -1)
+        offset = np.asarray(offset, dtype=np.float32).reshape(n, -1)
+        if np.all(scale == 1) and np.all(offset == 0):
+            scale = offset = None  # nothing to do: spare the kernel the arithmetic
+        else:
+            scale = np.ascontiguousarray(np.broadcast_to(scale, (n, c)).T)  # (C, N): one row per channel
+            offset = np.ascontiguousarray(np.broadcast_to(offset, (n, c)).T)
     for ch in range(c):
-        combine_band(b4[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
-                     int(options.max_iter), image[..., ch], count[..., ch], rejected)
+        if scale is None:
+            combine_band(b4[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
+                         int(options.max_iter), image[..., ch], count[..., ch], rejected)
+        else:
+            combine_band(b4[..., ch], w32, rej, red, float(options.kappa_low), float(options.kappa_high),
+                         int(options.max_iter), image[..., ch], count[..., ch], rejected, scale[ch], offset[ch])
     if c == 1:
         image, count = image[..., 0], count[..., 0]
     return BandResult(image=image, count=count, rejected=rejected)

@@ -22,7 +22,8 @@ band tasks running on several Dask threads overlap one band's kernels with anoth
 uploads, and never share a buffer.
 
 The device-array layer (:mod:`._device`) is CuPy on a real GPU and NumPy under Numba's
-CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where CI runs this same code on tiny bands.
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` and ``CupyBackend(simulator=True)``), where CI runs
+this same code on tiny bands.
 
 Parity with :class:`~.cpu.CpuBackend`: the combine kernel is the CPU kernel's twin (same
 per-pixel source), so rejection and reduction agree within float32 rounding. The warp
@@ -53,8 +54,8 @@ _UPLOAD_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 # Scratch of the combine kernel (per thread and stacked value: the gathered values, masks,
 # selection buffers): its size sets how many pixels are in flight at once. 256 MiB keeps
-# ~90 000 threads busy on a 64-frame stack, enough to fill a large GPU, and is allocated
-# once per lane.
+# ~78 000 threads busy on a 64-frame stack (53 bytes per value and thread), enough to fill a
+# large GPU, and is allocated once per lane.
 COMBINE_SCRATCH_BYTES = 256 * 2**20
 
 
@@ -150,17 +151,21 @@ class CupyBackend:
     profile : bool
         Record CUDA events around every copy and kernel so :meth:`timings` can split the
         time into transfer / kernel / host I/O (costs a little; the benchmark turns it on).
+    simulator : bool
+        Run on Numba's CUDA simulator instead of a GPU (tests, code-path checks): only when
+        asked; the simulator being on in the environment does not make it a device.
 
     Raises
     ------
     BackendUnavailableError
-        No CuPy or no CUDA device, and the CUDA simulator is off.
+        No CuPy or no CUDA device, or the simulator is on in this process (``simulator=False``);
+        the simulator is off (``simulator=True``).
     """
 
     name = "cupy"
 
-    def __init__(self, profile: bool = False) -> None:
-        self._layer = device_layer()
+    def __init__(self, profile: bool = False, simulator: bool = False) -> None:
+        self._layer = device_layer(simulator)
         self._profile = profile
         self._local = threading.local()
         self._lanes: list[_Lane] = []

@@ -72,6 +72,12 @@ class _Lane:
 class Cv2CudaBackend:
     """Warp with ``cv2.cuda``; stack on the numba.cuda kernel (CuPy) or the CPU kernel.
 
+    Parameters
+    ----------
+    simulator : bool
+        Run the numba.cuda kernels (combine, Lanczos warps) on Numba's CUDA simulator
+        (tests): only when asked, see :class:`~.cupy.CupyBackend`.
+
     Raises
     ------
     BackendUnavailableError
@@ -80,7 +86,7 @@ class Cv2CudaBackend:
 
     name = "cv2cuda"
 
-    def __init__(self) -> None:
+    def __init__(self, simulator: bool = False) -> None:
         import cv2
 
         cuda = getattr(cv2, "cuda", None)
@@ -93,8 +99,8 @@ class Cv2CudaBackend:
         try:
             from .cupy import CupyBackend
 
-            self._gpu = CupyBackend()
-        except BackendUnavailableError:  # OpenCV has CUDA but CuPy is not installed
+            self._gpu = CupyBackend(simulator=simulator)
+        except BackendUnavailableError:  # OpenCV has CUDA but CuPy (or the simulator asked for) is not there
             self._gpu = None
         self._local = threading.local()
 
