@@ -27,7 +27,6 @@ taps reach (:func:`source_block`); the rest is never read.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
