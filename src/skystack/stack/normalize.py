@@ -17,6 +17,8 @@ warp, before rejection.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import UsageError
@@ -35,8 +37,10 @@ def robust_stats(image: np.ndarray) -> tuple[list[float], list[float]]:
 
 def stat_step(height: int, width: int) -> int:
     """The stride of :func:`robust_stats`' subsample (rows and columns ``::step``), so that
-    a frame read in strips can gather the very same pixels."""
-    return max(1, int(np.sqrt(height * width / _STAT_SAMPLES)))
+    a frame read in strips can gather the very same pixels: at most ``_STAT_SAMPLES`` of
+    them (rounding the stride down took twice as many on a 1920×1080 frame, and their
+    medians were half of phase 1's time per colour frame)."""
+    return max(1, math.ceil(math.sqrt(height * width / _STAT_SAMPLES)))
 
 
 def sample_stats(samples: list[np.ndarray]) -> tuple[list[float], list[float]]:
