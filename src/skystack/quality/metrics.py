@@ -13,7 +13,7 @@ The metric: **normalised gradient energy of a slightly blurred, downsampled view
   (σ = 0.7 view pixel, about 1.4 frame pixels) removes most of what is left of pixel noise
   and of compression artefacts, and the sharpness differences caused by seeing live at the
   scales that survive. It also makes the metric four times cheaper. On the synthetic Moon
-  (``tests/lucky``) this view ranks frames by their true blur with Spearman ρ ≈ −0.97 at
+  (``tests/quality``) this view ranks frames by their true blur with Spearman ρ ≈ −0.97 at
   2 and at 6 ADU of noise; full resolution with σ = 0.5 drops to −0.75 at 6 ADU, and
   σ = 1 view pixel already loses the finest differences between the sharp frames.
 * *Background-robust, normalised*: gradients ignore an additive offset (sky glow, camera

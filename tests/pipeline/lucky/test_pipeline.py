@@ -157,9 +157,9 @@ def test_colour_planet_with_dispersion():
     assert r.rgb_shifts["B"] == pytest.approx([0.6, 1.0], abs=0.15)
     # after the correction R and B sit on G
     again = skystack.lucky(fs, None, keep="25%", multipoint=False, rgb_align=False)
-    from skystack.pipeline.lucky.run import _rgb_dispersion
+    from skystack.pipeline.lucky.stack import rgb_dispersion
 
-    _, residual = _rgb_dispersion(r.image, False)
+    _, residual = rgb_dispersion(r.image, False)
     assert np.abs(residual["R"]).max() < 0.1 and np.abs(residual["B"]).max() < 0.1
     assert again.rgb_shifts["R"] == pytest.approx(r.rgb_shifts["R"], abs=1e-6)
 

@@ -1,0 +1,146 @@
+"""The end of a lucky run: one :class:`~skystack.types.FrameResult` per frame, report.json,
+and the files written beside the stack."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ... import __version__
+from ...enhance.stretch import autostretch_params, levels, to_uint8
+from ...enhance.wavelets import before_after
+from ...io import luminance
+from ...options import EnhanceOptions, OutputOptions
+from ...output.header import lucky_header
+from ...output.products import quality_plot_path, write_stack
+from ...output.write import write_image, write_png
+from ...register.planetary import Disk
+from ...types import Fate, FrameResult, Transform
+from .frames import BLANK, OK, OUT_OF_FIELD, UNREADABLE, LuckyRun, frame_path
+from .rank import Ranking
+from .stack import Stacked
+
+
+@dataclass
+class Outcome:
+    """What a run found, for the report and the outputs: the mode, whether the stack is
+    colour, the stack, the reference's planet disk, the R/B dispersion and the sharpened
+    copy."""
+
+    mode: str
+    colour: bool
+    stacked: Stacked
+    disk: Disk | None
+    rgb_shifts: dict[str, list[float]] | None
+    sharpened: np.ndarray | None
+    n_used: int
+
+
+def frame_results(run: LuckyRun, ranking: Ranking, mode: str) -> list[FrameResult]:
+    table, rank, frames = run.table, ranking.rank, run.frames
+    out = []
+    for i in range(table.n):
+        if table.used[i]:
+            fate, reason = Fate.USED, ""
+        else:
+            fate, reason = table.reasons.get(i, (Fate.REJECTED, "not selected"))
+        s = table.shift[i]
+        c = table.coarse[i]
+        tr = None
+        if np.all(np.isfinite(s)):
+            tr = Transform.from_params(dx=-float(s[0]), dy=-float(s[1]), model="shift")
+        metrics = {"quality": float(table.quality[i]), "rank": float(rank[i]) if rank[i] else float("nan"),
+                   "response": float(table.response[i]), "coarse_x": float(c[0]), "coarse_y": float(c[1])}
+        if table.ap_used[i]:
+            metrics["ap_used"] = float(table.ap_used[i])
+        try:
+            name = frames.name(i)
+        except Exception:
+            name = f"#{i}"
+        out.append(FrameResult(index=i, path=frame_path(frames, i), name=name, fate=fate, reason=reason,
+                               method=mode if table.status[i] != UNREADABLE else None, transform=tr,
+                               metrics=metrics, weight=1.0 if table.used[i] else None))
+    return out
+
+
+def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | None, ranking: Ranking,
+                 outcome: Outcome, results: list[FrameResult]) -> dict[str, Any]:
+    """The report.json content (timings and peak memory are filled in at the end)."""
+    table, opts = run.table, run.opts
+    fates: dict[str, int] = {}
+    for r in results:
+        fates[r.fate.value] = fates.get(r.fate.value, 0) + 1
+    used = table.used
+    shifts = table.shift[used]
+    summary = {
+        "frames": table.n, "ranked": int(ranking.order.size), "kept": int(ranking.n_keep),
+        "used": int(outcome.n_used),
+        "rejected": fates.get("rejected", 0), "failed_registration": fates.get("failed_registration", 0),
+        "unreadable": fates.get("unreadable", 0),
+        "drifted_out_of_field": int((table.status == OUT_OF_FIELD).sum()),
+        "blank": int((table.status == BLANK).sum()),
+    }
+    if shifts.size:
+        summary["shift_px"] = {"min": np.nanmin(shifts, axis=0).round(3).tolist(),
+                               "max": np.nanmax(shifts, axis=0).round(3).tolist(),
+                               "rms": float(np.sqrt(np.nanmean(np.sum(shifts ** 2, axis=1))))}
+    q = table.quality[np.isfinite(table.quality)]
+    if q.size:
+        summary["quality"] = {"min": float(q.min()), "median": float(np.median(q)), "max": float(q.max())}
+    grid, disk = outcome.stacked.grid, outcome.disk
+    return {
+        "format": 1, "skystack": __version__, "kind": "lucky", "inputs": [str(p) for p in inputs],
+        "mode": outcome.mode, "colour": bool(outcome.colour), "shape": list(run.shape),
+        "planet_disk": ({"cx": disk.cx, "cy": disk.cy, "radius_px": disk.radius} if disk is not None else None),
+        "alignment_points": ({"count": grid.n_active, "size": grid.size, "spacing": grid.spacing,
+                              "nodes": [int(grid.ys.size), int(grid.xs.size)]} if grid is not None else None),
+        "rgb_shift_px": outcome.rgb_shifts,
+        "quality_metric": "normalised gradient energy of a 2x-downsampled, Gaussian-blurred view "
+                          "(skystack.quality.metrics)",
+        "options": asdict(opts), "enhance": asdict(enhance) if enhance is not None else None,
+        "summary": summary, "peak_rss_mb": None, "messages": list(run.messages),
+        "timings": {},
+        "frames": [r.to_json() for r in results],
+    }
+
+
+def _compare(image: np.ndarray, best_aligned: np.ndarray) -> np.ndarray:
+    """The best single frame beside the stack, both through the stack's stretch."""
+    b, w, m = autostretch_params(image)
+    best = best_aligned
+    if best.shape[:2] != image.shape[:2]:
+        best = cv2.resize(best, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
+    if best.ndim != image.ndim:
+        best = np.repeat(best[..., None], 3, axis=2) if image.ndim == 3 else luminance(best)
+    left, right = to_uint8(levels(best, b, w, m)), to_uint8(levels(image, b, w, m))
+    gap = np.zeros((left.shape[0], 4) + left.shape[2:], np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOptions,
+                  report: dict[str, Any]) -> tuple[list[Path], Path]:
+    """Write the stack and its side files; returns the paths written and the report's path
+    (the report itself is written last, by the conductor)."""
+    table, opts = run.table, run.opts
+    image = outcome.stacked.image
+    header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n)
+    written = write_stack(out, image, header=header, history=history, output=output)
+    best_aligned = outcome.stacked.best_aligned
+    if output.preview and best_aligned is not None:
+        written.append(write_png(out.with_suffix(".compare.png"), _compare(image, best_aligned)))
+    if output.preview:
+        from ...output.plots import plot_lucky  # matplotlib: only when a plot is drawn (see output.plots)
+
+        written.append(plot_lucky(quality_plot_path(out), table.quality, table.used, table.status != OK,
+                                  table.status == UNREADABLE, table.coarse, table.shift, outcome.mode))
+    if outcome.sharpened is not None:
+        sp = out.with_name(out.stem + "_sharpened" + out.suffix)
+        written.append(write_image(sp, outcome.sharpened, header=header, history=history + ["wavelet sharpened"],
+                                   tiff_dtype=output.tiff_dtype))
+        written.append(write_png(sp.with_suffix(".before-after.png"), before_after(image, outcome.sharpened)))
+    report_path = Path(output.report) if output.report else Path(str(out) + ".report.json")
+    report["outputs"] = [str(p) for p in written]
+    return written, report_path
