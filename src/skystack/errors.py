@@ -74,6 +74,10 @@ class InputChangedError(SkystackError):
     exit_code = 9
 
 
+# ``skystack lucky A.ser B.ser ... -o FOLDER/``: some videos were stacked, some could not be
+# (each failure is logged with its reason and listed in FOLDER/lucky-summary.json).
+BATCH_PARTIAL = 10
+
 # Exit codes, documented in `skystack --help` and the README.
 EXIT_CODES = {
     0: "success",
@@ -86,5 +90,7 @@ EXIT_CODES = {
     7: "the requested GPU backend is not usable",
     8: "the Dask scheduler could not be reached",
     9: "an input changed on disk during the run",
+    BATCH_PARTIAL: "lucky batch (-o FOLDER/): some videos could not be stacked, the others were "
+                   "(see FOLDER/lucky-summary.json); when every video fails, the first one's code",
     130: "interrupted (Ctrl-C); rerun with --resume to continue",
 }

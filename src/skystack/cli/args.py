@@ -62,7 +62,7 @@ def add_options(group: argparse._ActionsContainer, cls: type, *, only: Iterable[
                 shown = f"{_default_text(default)} {_default_text(pair)}"
             help_text = fl.help
             if fl.action not in ("store_true", "store_false", "store_const") and shown:
-                help_text += f" (default: {shown})"
+                help_text += f" (default: {shown})".replace("%", "%%")  # argparse formats help with %
             kw["help"] = help_text
         if fl.action is not None:
             kw["action"] = fl.action

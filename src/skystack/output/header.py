@@ -3,6 +3,7 @@ observed. Both pipelines build their headers here; :mod:`.write` puts them into 
 cards or a TIFF description."""
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 from typing import Any, Sequence
@@ -45,11 +46,32 @@ def deepsky_header(results: Sequence[FrameResult], reference: int, kept: Sequenc
     return header, history
 
 
-def lucky_header(opts: LuckyOptions, mode: str, n_used: int, n_frames: int) -> tuple[Cards, list[str]]:
-    """Cards and HISTORY lines of a lucky-imaging stack."""
-    header: Cards = {"NCOMBINE": (n_used, "frames stacked"), "LUCKMODE": (mode, "lucky-imaging alignment"),
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _mjd(t: float) -> float:
+    return t / 86400.0 + 40587.0  # MJD of the Unix epoch, 1970-01-01T00:00:00 UTC
+
+
+def lucky_header(opts: LuckyOptions, mode: str, n_used: int, n_frames: int,
+                 times: tuple[float, float] | None = None) -> tuple[Cards, list[str]]:
+    """Cards and HISTORY lines of a lucky-imaging stack.
+
+    ``times`` (Unix seconds, UTC) are the earliest and latest capture times of the
+    stacked frames (SER timestamps): DATE-OBS is their mid-time, which planetary
+    derotation (WinJUPOS) takes as the image's time; EXPSTART/EXPEND (MJD) the span.
+    """
+    header: Cards = {"NCOMBINE": (n_used, "frames stacked"), "STACKCNT": (n_used, "frames stacked"),
+                     "LUCKMODE": (mode, "lucky-imaging alignment"),
                      "KEEP": (str(opts.keep), "--keep rule"),
                      "MULTIPT": (bool(opts.multipoint), "multi-point alignment"),
                      "DRIZZLE": (float(opts.drizzle or 1.0), "drizzle scale")}
+    if times is not None:
+        t0, t1 = times
+        header["DATE-OBS"] = (_iso((t0 + t1) / 2.0), "UTC mid-time of the stacked frames")
+        header["EXPSTART"] = (round(_mjd(t0), 8), "MJD (UTC) of the first stacked frame")
+        header["EXPEND"] = (round(_mjd(t1), 8), "MJD (UTC) of the last stacked frame")
+        header["TIMESYS"] = ("UTC", "time scale of DATE-OBS, EXPSTART, EXPEND")
     history = [f"skystack lucky: {n_used} of {n_frames} frames, mode {mode}, keep {opts.keep}"]
     return header, history

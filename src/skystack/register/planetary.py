@@ -146,24 +146,26 @@ class PhaseCorrelator:
         spec = sfft.rfft2(_prepare(ref, self._win), workers=1)
         self._conj = np.conj(spec).astype(np.complex64)
 
-    def measure_many(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def measure_many(self, images: np.ndarray, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Displacements ``(n, 2)`` (sx, sy) and responses ``(n,)`` of ``images`` (n, h, w)
-        against the references (one each, or the single reference for all)."""
+        against the references: one each (``which`` picks them by index, default the
+        first ``n``), or the single reference for all."""
         imgs = np.asarray(images)
         if imgs.ndim == 2:
             imgs = imgs[None]
         if imgs.shape[1:] != self.shape:
             raise ValueError(f"image shape {imgs.shape[1:]} differs from the reference {self.shape}")
         n = imgs.shape[0]
-        if self._conj.shape[0] not in (1, n):
-            raise ValueError(f"{n} images for {self._conj.shape[0]} references")
+        refs = self._conj if which is None or self._conj.shape[0] == 1 else self._conj[np.asarray(which)]
+        if refs.shape[0] not in (1, n):
+            raise ValueError(f"{n} images for {refs.shape[0]} references")
         shifts = np.empty((n, 2))
         resp = np.empty(n)
         # blocks of patches bound the temporaries (a 1280x960 frame has ~1000 APs)
         step = max(1, _BLOCK_PIXELS // (self.shape[0] * self.shape[1]))
         for a in range(0, n, step):
             b = min(n, a + step)
-            conj = self._conj if self._conj.shape[0] == 1 else self._conj[a:b]
+            conj = refs if refs.shape[0] == 1 else refs[a:b]
             shifts[a:b], resp[a:b] = self._block(imgs[a:b], conj)
         return shifts, resp
 

@@ -1,18 +1,16 @@
 """Alignment steps of a lucky run: the reference from the best frames, each frame's global
-subpixel shift against it, and (multi-point) every alignment point's local shift and
-sharpness for a pool of frames."""
+subpixel shift against it, the alignment points and each frame's displacement at the
+points it is stacked at."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import BadFrameError, RegistrationError
-from ...register.multipoint import APGrid, LocalAligner, place_alignment_points
+from ...register.multipoint import APGrid, LocalAligner, LocalMeasure, place_alignment_points
 from ...register.planetary import Disk, GlobalAligner, Shift, disk_centroid, shift_image
-from ...runtime.progress import Progress
 from .frames import LuckyRun
 from .rank import Ranking
 
@@ -109,60 +107,55 @@ def global_measure(aligner: GlobalAligner, lum: np.ndarray, coarse: np.ndarray,
     return s, s.response >= min_response
 
 
-@dataclass
-class PointMeasures:
-    """Multi-point alignment of a pool of frames (row ``k`` is frame ``pool[k]``): the AP
-    grid, every AP's displacement ``disp`` (m, n_ap, 2), local quality ``quality``
-    (m, n_ap) and trust ``valid``; which frames matched globally (``ok``) and their global
-    shift ``gshift`` (m, 2)."""
-
-    pool: np.ndarray
-    grid: APGrid
-    disp: np.ndarray
-    quality: np.ndarray
-    valid: np.ndarray
-    ok: np.ndarray
-    gshift: np.ndarray
-
-
-def measure_points(run: LuckyRun, pool_idx: np.ndarray, ranking: Ranking, ref: Reference) -> PointMeasures:
-    """Global shift of every frame in ``pool_idx``, then each AP's local shift and sharpness."""
-    t0 = time.perf_counter()
-    opts, table, rel = run.opts, run.table, ranking.rel
+def place_points(run: LuckyRun, ranking: Ranking, ref: Reference) -> APGrid:
+    """The alignment-point lattice on the reference, kept clear of the border by the
+    usual drift (most frames then keep every AP box inside; the few displaced further lose
+    their edge APs)."""
+    opts = run.opts
     h, w = run.shape
-    # most frames keep every AP box inside; the few displaced further lose their edge APs
-    margin = int(math.ceil(np.percentile(np.abs(rel[pool_idx]), 90) + 2)) if pool_idx.size else 0
+    rel = ranking.rel[ranking.order]
+    margin = int(math.ceil(np.percentile(np.abs(rel), 90) + 2)) if rel.size else 0
     margin = min(margin, min(h, w) // 4)
-    grid = place_alignment_points(ref.image, ap_size=opts.ap_size, spacing=opts.ap_spacing,
+    return place_alignment_points(ref.image, ap_size=opts.ap_size, spacing=opts.ap_spacing,
                                   min_structure=opts.ap_min_structure, margin=margin)
-    local = LocalAligner(ref.image, grid)
-    n_ap = grid.n_active
-    m = pool_idx.size
-    pm = PointMeasures(pool=pool_idx, grid=grid, disp=np.full((m, n_ap, 2), np.nan, np.float32),
-                       quality=np.full((m, n_ap), -np.inf, np.float64), valid=np.zeros((m, n_ap), bool),
-                       ok=np.zeros(m, bool), gshift=np.zeros((m, 2)))
 
-    def measure(item):
-        k, i, img = item
-        if isinstance(img, BadFrameError):
-            return k, i, img, None, None
-        s, good = global_measure(ref.aligner, img, rel[i], opts.min_response)
-        if not good:
-            return k, i, None, s, None
-        sig = table.signal[i] if math.isfinite(table.signal[i]) and table.signal[i] > 0 else 1.0
-        return k, i, True, s, local.measure(local.prepare(img), (s.sx, s.sy), float(sig))
 
-    items = ((k, int(i), run.reader.read(int(i), False)) for k, i in enumerate(pool_idx))
-    with Progress(m, "lucky: align (multi-point)", run.quiet) as bar:
-        for k, i, res, s, lm in run.map(measure, items):
-            bar.update()
-            if not table.record_alignment(i, res, s, opts.min_response):
-                continue
-            pm.ok[k] = True
-            pm.gshift[k] = (s.sx, s.sy)
-            if n_ap:
-                pm.disp[k] = lm.disp
-                pm.quality[k] = lm.quality
-                pm.valid[k] = lm.valid
-    run.timings["align_s"] = time.perf_counter() - t0
-    return pm
+@dataclass(frozen=True)
+class FrameAlignment:
+    """One frame's alignment in the multi-point pass: its global shift and whether it
+    matched (``ok``), and its displacement at the APs measured (``points``)."""
+
+    shift: Shift
+    ok: bool
+    points: LocalMeasure
+
+
+class PointAligner:
+    """Aligns frames of the multi-point pass: globally (frames that fill the nodes without
+    an AP, against the whole reference) and at their selected APs.
+
+    A frame used only at some APs needs no global alignment: its APs are correlated from
+    its coarse position (good to a pixel; an AP tolerates a quarter of its size), and its
+    global shift for the report is the median of its AP displacements.
+    """
+
+    def __init__(self, run: LuckyRun, ref: Reference, grid: APGrid, ranking: Ranking):
+        self.opts, self.ref, self.rel = run.opts, ref, ranking.rel
+        self.local = LocalAligner(ref.image, grid)
+
+    def __call__(self, i: int, lum: np.ndarray, which: np.ndarray | None, global_too: bool) -> FrameAlignment:
+        """Measure frame ``i`` at the APs ``which`` (None: all), and globally when
+        ``global_too``."""
+        if global_too:
+            s, ok = global_measure(self.ref.aligner, lum, self.rel[i], self.opts.min_response)
+            pm = self.local.measure(lum, (s.sx, s.sy) if ok else tuple(self.rel[i]), which)
+            return FrameAlignment(s, ok, pm)
+        c = self.rel[i]
+        pm = self.local.measure(lum, (float(c[0]), float(c[1])), which)
+        if pm.valid.any():
+            d = np.median(pm.disp[pm.valid], axis=0)
+            s = Shift(float(d[0]), float(d[1]), float(np.median(pm.response[pm.valid])))
+        else:
+            s = Shift(float(c[0]), float(c[1]), float(np.max(pm.response, initial=0.0)))
+        return FrameAlignment(s, bool(pm.valid.any()), pm)
+

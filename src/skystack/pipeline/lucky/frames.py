@@ -1,18 +1,21 @@
-"""What every lucky-imaging step shares: the per-frame table, the frame reader, the ordered
-thread-pool map and the run's context (:class:`LuckyRun`)."""
+"""What every lucky-imaging step shares: opening a video (and calibrating it), the
+per-frame table, the frame reader, the ordered thread-pool map and the run's context
+(:class:`LuckyRun`)."""
 from __future__ import annotations
 
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ...errors import BadFrameError, NoFramesError
+from ...errors import BadFrameError, NoFramesError, UsageError
 from ...io import open_frames
-from ...options import LuckyOptions, ReadOptions
+from ...options import LuckyJob, LuckyOptions, ReadOptions, RunOptions
+from ...output.write import check_not_input
 from ...quality.metrics import BLANK_SPAN
 from ...types import Fate
 
@@ -26,11 +29,14 @@ OK, UNREADABLE, BLANK, NO_DISK, OUT_OF_FIELD, NO_MATCH = range(6)
 
 @dataclass
 class FrameTable:
-    """Small per-frame arrays (the only O(N) state of a run)."""
+    """Small per-frame arrays (the only O(N) state of a run). ``log_energy`` and
+    ``log_level`` hold each frame's sharpness cells (:mod:`skystack.quality.metrics`) in
+    frame coordinates, float16 (a log to a few thousandths is all ranking needs), set
+    up by :meth:`cells` once the cell grid is known."""
 
     n: int
     quality: np.ndarray = field(init=False)
-    signal: np.ndarray = field(init=False)
+    log_gain: np.ndarray = field(init=False)
     peak: np.ndarray = field(init=False)
     coarse: np.ndarray = field(init=False)  # full-res px; planet: centroid, surface: vs frame 0
     status: np.ndarray = field(init=False)
@@ -38,12 +44,14 @@ class FrameTable:
     response: np.ndarray = field(init=False)
     ap_used: np.ndarray = field(init=False)
     used: np.ndarray = field(init=False)
+    log_energy: np.ndarray = field(init=False)
+    log_level: np.ndarray = field(init=False)
     reasons: dict[int, tuple[Fate, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.n
         self.quality = np.full(n, np.nan)
-        self.signal = np.full(n, np.nan)
+        self.log_gain = np.zeros(n)
         self.peak = np.full(n, np.nan)
         self.coarse = np.full((n, 2), np.nan)
         self.status = np.full(n, OK, dtype=np.int8)
@@ -51,6 +59,12 @@ class FrameTable:
         self.response = np.full(n, np.nan)
         self.ap_used = np.zeros(n, dtype=np.int32)
         self.used = np.zeros(n, dtype=bool)
+        self.cells((1, 1))
+
+    def cells(self, shape: tuple[int, int]) -> None:
+        """Allocate the sharpness cells, ``shape`` = (ny, nx) per frame."""
+        self.log_energy = np.full((self.n,) + tuple(shape), np.nan, np.float16)
+        self.log_level = np.full((self.n,) + tuple(shape), np.nan, np.float16)
 
     def fail(self, i: int, status: int, fate: Fate, reason: str) -> None:
         self.status[i] = status
@@ -83,6 +97,55 @@ def open_input(inputs: Any, read: ReadOptions) -> Any:
     if hasattr(inputs, "luminance") and hasattr(inputs, "__len__"):
         return inputs
     return open_frames(inputs, options=read)
+
+
+@dataclass
+class Source:
+    """An opened video: its frames (calibrated when asked), the first usable frame, the
+    messages said so far, the readers' problems, the input paths and the calibration's
+    summary for the report."""
+
+    frames: Any
+    first: int
+    shape: tuple[int, int]
+    first_image: np.ndarray
+    messages: list[str]
+    problems: list
+    input_paths: list[str]
+    calibration: dict[str, Any] | None = None
+
+
+def open_video(inputs: Any, job: LuckyJob, cache_dir: Path) -> Source:
+    """Open the frames, check the output does not overwrite them, insert the calibration
+    (``--darks``/``--flats``/``--bias``: masters built or reused by
+    :func:`skystack.calibrate.prepare_calibration`, applied to the raw plane before
+    demosaicing), and find the first usable frame."""
+    frames = open_input(inputs, job.read)
+    n = len(frames)
+    if n == 0:
+        raise NoFramesError("no input frame")
+    messages: list[str] = []
+    problems = list(getattr(frames, "problems", []) or [])
+    for idx, path, reason in problems:
+        if idx < 0:  # file-level warnings (a truncated SER ...); bad frames are reported later
+            messages.append(f"{path}: {reason}")
+            log.warning("%s", messages[-1])
+    input_paths = sorted({frame_path(frames, i) for i in sample_indices(n)})
+    if job.output.output is not None:
+        check_not_input(job.output.output, input_paths)
+    info = None
+    if job.calibration.active:
+        if not hasattr(frames, "with_raw_steps"):
+            raise UsageError("calibration (--darks/--flats/--bias) needs frames opened from files")
+        # the calibration package imports numba and scipy.ndimage (0.37 s measured on the
+        # project's 2-core machine), which an uncalibrated run never needs
+        from ...calibrate import prepare_calibration
+
+        frames, info = prepare_calibration(frames, job.calibration, cache_dir=cache_dir,
+                                           run=RunOptions(workers=job.lucky.workers, quiet=job.quiet))
+        messages += [f"calibration: {w}" for w in info.get("warnings", [])]
+    first, shape, img = first_frame(frames)
+    return Source(frames, first, shape, img, messages, problems, input_paths, info)
 
 
 def frame_path(frames: Any, i: int) -> str:

@@ -2,7 +2,8 @@
 and the files written beside the stack."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import datetime as _dt
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,13 @@ import cv2
 import numpy as np
 
 from ... import __version__
-from ...enhance.stretch import autostretch_params, levels, to_uint8
+from ...enhance.stretch import display_object
 from ...enhance.wavelets import before_after
 from ...io import luminance
 from ...options import EnhanceOptions, OutputOptions
 from ...output.header import lucky_header
-from ...output.products import quality_plot_path, write_stack
+from ...output.plots import plot_lucky
+from ...output.products import preview_path, quality_plot_path, write_stack
 from ...output.write import write_image, write_png
 from ...register.planetary import Disk
 from ...types import Fate, FrameResult, Transform
@@ -27,8 +29,9 @@ from .stack import Stacked
 @dataclass
 class Outcome:
     """What a run found, for the report and the outputs: the mode, whether the stack is
-    colour, the stack, the reference's planet disk, the R/B dispersion and the sharpened
-    copy."""
+    colour, the stack, the reference's planet disk, the R/B dispersion, the sharpened
+    copy, how many frames were stacked and when the first and last of them were taken
+    (``times``, Unix seconds UTC, from SER timestamps)."""
 
     mode: str
     colour: bool
@@ -37,6 +40,22 @@ class Outcome:
     rgb_shifts: dict[str, list[float]] | None
     sharpened: np.ndarray | None
     n_used: int
+    times: tuple[float, float] | None = None
+
+
+def capture_times(frames, used: np.ndarray) -> tuple[float, float] | None:
+    """Earliest and latest capture time (Unix seconds, UTC) of the frames ``used``, from
+    the SER timestamps; ``None`` when the frames carry none."""
+    ts = []
+    for i in used:
+        try:
+            t = frames.meta(int(i)).get("timestamp_s")
+        except Exception:
+            return None
+        if t is None:
+            return None
+        ts.append(float(t))
+    return (min(ts), max(ts)) if ts else None
 
 
 def frame_results(run: LuckyRun, ranking: Ranking, mode: str) -> list[FrameResult]:
@@ -98,8 +117,15 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
         "alignment_points": ({"count": grid.n_active, "size": grid.size, "spacing": grid.spacing,
                               "nodes": [int(grid.ys.size), int(grid.xs.size)]} if grid is not None else None),
         "rgb_shift_px": outcome.rgb_shifts,
-        "quality_metric": "normalised gradient energy of a 2x-downsampled, Gaussian-blurred view "
-                          "(skystack.quality.metrics)",
+        "capture": ({"start_utc": _iso(outcome.times[0]), "end_utc": _iso(outcome.times[1]),
+                     "mid_utc": _iso(sum(outcome.times) / 2.0)} if outcome.times is not None else None),
+        "quality_metric": "weighted mean over 32-px cells (the same places on the object in every frame) "
+                          "of the log Laplacian-of-Gaussian energy (sigma 1.4 px, 2x-downsampled view) "
+                          "relative to the cell's median over frames, brightness-corrected; cells weighted "
+                          "by how they follow the seeing (skystack.quality.metrics)",
+        "selection": outcome.stacked.extra or None,
+        "edges": {"policy": "fill", "filled_px": int(outcome.stacked.filled_px),
+                  "note": "pixels no frame covered take their nearest covered pixel's value"},
         "options": asdict(opts), "enhance": asdict(enhance) if enhance is not None else None,
         "summary": summary, "peak_rss_mb": None, "messages": list(run.messages),
         "timings": {},
@@ -107,15 +133,18 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
     }
 
 
-def _compare(image: np.ndarray, best_aligned: np.ndarray) -> np.ndarray:
-    """The best single frame beside the stack, both through the stack's stretch."""
-    b, w, m = autostretch_params(image)
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()
+
+
+def _compare(image: np.ndarray, best_aligned: np.ndarray, mode: str) -> np.ndarray:
+    """The best single frame beside the stack, both through the stack's levels."""
     best = best_aligned
     if best.shape[:2] != image.shape[:2]:
         best = cv2.resize(best, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
     if best.ndim != image.ndim:
         best = np.repeat(best[..., None], 3, axis=2) if image.ndim == 3 else luminance(best)
-    left, right = to_uint8(levels(best, b, w, m)), to_uint8(levels(image, b, w, m))
+    left, right = display_object(best, mode, levels_from=image), display_object(image, mode)
     gap = np.zeros((left.shape[0], 4) + left.shape[2:], np.uint8)
     return np.concatenate([left, gap, right], axis=1)
 
@@ -123,17 +152,18 @@ def _compare(image: np.ndarray, best_aligned: np.ndarray) -> np.ndarray:
 def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOptions,
                   report: dict[str, Any]) -> tuple[list[Path], Path]:
     """Write the stack and its side files; returns the paths written and the report's path
-    (the report itself is written last, by the conductor)."""
+    (the report itself is written last, by the conductor). Previews are stretched for the
+    object (:func:`skystack.enhance.stretch.object_levels`), not like a deep-sky field."""
     table, opts = run.table, run.opts
     image = outcome.stacked.image
-    header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n)
-    written = write_stack(out, image, header=header, history=history, output=output)
-    best_aligned = outcome.stacked.best_aligned
-    if output.preview and best_aligned is not None:
-        written.append(write_png(out.with_suffix(".compare.png"), _compare(image, best_aligned)))
+    header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n, outcome.times)
+    written = write_stack(out, image, header=header, history=history, output=replace(output, preview=False))
     if output.preview:
-        from ...output.plots import plot_lucky  # matplotlib: only when a plot is drawn (see output.plots)
-
+        if out.suffix.lower() != ".png":
+            written.append(write_png(preview_path(out), display_object(image, outcome.mode)))
+        best_aligned = outcome.stacked.best_aligned
+        if best_aligned is not None:
+            written.append(write_png(out.with_suffix(".compare.png"), _compare(image, best_aligned, outcome.mode)))
         written.append(plot_lucky(quality_plot_path(out), table.quality, table.used, table.status != OK,
                                   table.status == UNREADABLE, table.coarse, table.shift, outcome.mode))
     if outcome.sharpened is not None:

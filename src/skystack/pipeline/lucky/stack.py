@@ -1,37 +1,43 @@
-"""Stacking steps of a lucky run: shift-and-add of the kept frames (global), or per-AP
-selection and a de-warped, smoothly blended stack (multi-point); optional drizzle; the
-colour decision and the R/B dispersion against G."""
+"""Stacking steps of a lucky run: shift-and-add of the kept frames (global), or the
+multi-point stack (each frame de-warped where it is selected and blended with smooth
+per-point weights); optional drizzle; the fill of uncovered edges; the colour decision and
+the R/B dispersion against G."""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from ...errors import BadFrameError
 from ...io import luminance
 from ...options import LuckyOptions
-from ...register.multipoint import APGrid, NodeInterpolator, dewarp, node_values, select_per_ap
+from ...register.multipoint import APGrid, NodeInterpolator, dewarp, fill_from_neighbours, node_values
 from ...register.planetary import PhaseCorrelator, shift_image, valid_rect
 from ...runtime.progress import Progress
 from ...stack.drizzle import Drizzle
 from ...types import Fate
-from .align import PointMeasures, Reference, global_measure
-from .frames import UNREADABLE, LuckyRun
-from .rank import Ranking
+from .align import PointAligner, Reference, global_measure
+from .frames import NO_MATCH, UNREADABLE, LuckyRun
+from .rank import PointChoice, Ranking
+
+_EMPTY = 1e-6  # a pixel whose summed weight is below this was covered by no frame
 
 
 @dataclass
 class Stacked:
-    """A stack: the image (NaN where nothing covered), the per-pixel sum of blending
-    weights, the best frame aligned like the stack (for the comparison preview) and the AP
-    grid of a multi-point stack."""
+    """A stack: the image, the per-pixel sum of blending weights, the best frame aligned
+    like the stack (for the comparison preview), the AP grid of a multi-point stack and
+    how many edge pixels no frame covered (filled from their nearest covered pixel)."""
 
     image: np.ndarray
     weight: np.ndarray
     best_aligned: np.ndarray | None
     grid: APGrid | None = None
+    filled_px: int = 0
+    extra: dict = field(default_factory=dict)
 
 
 def decide_colour(run: LuckyRun, first: int) -> bool:
@@ -66,11 +72,36 @@ def _drizzle(shape: tuple[int, int], channels: int, opts: LuckyOptions) -> Drizz
     return Drizzle(shape, channels=channels, scale=opts.drizzle, pixfrac=opts.pixfrac)
 
 
-def _normalise(acc: np.ndarray, wsum: np.ndarray, nc: int, empty: np.ndarray) -> np.ndarray:
+def fill_uncovered(image: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """Give pixels no frame covered (weight ≤ :data:`_EMPTY`, e.g. a frame edge every
+    frame drifted away from) the value of their nearest covered pixel, so the stack has no
+    NaN; returns the image and how many pixels were filled."""
+    empty = weight <= _EMPTY
+    n = int(empty.sum())
+    if n == 0 or n == empty.size:
+        return image, 0 if n == 0 else n
+    # each empty pixel gets the label of its nearest covered one; covered pixels are
+    # labelled 1, 2, ... in row-major order
+    _, labels = cv2.distanceTransformWithLabels(empty.astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    covered = image[~empty]
+    out = image.copy()
+    out[empty] = covered[labels[empty] - 1]
+    return out, n
+
+
+def _finish(acc: np.ndarray, wsum: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     with np.errstate(invalid="ignore", divide="ignore"):
-        image = (acc / wsum[:, :, None]).astype(np.float32)
-    image[empty] = np.nan
-    return image[:, :, 0] if nc == 1 else image
+        image = (acc / np.maximum(wsum, _EMPTY)[:, :, None]).astype(np.float32)
+    image = image[:, :, 0] if image.shape[2] == 1 else image
+    image, filled = fill_uncovered(image, wsum)
+    return image, wsum.astype(np.float32), filled
+
+
+def _finish_drizzle(drz: Drizzle) -> tuple[np.ndarray, np.ndarray, int]:
+    image, wmap = drz.result(min_weight=_EMPTY)
+    image, filled = fill_uncovered(np.where(np.isfinite(image), image, 0).astype(np.float32), wmap)
+    return image, wmap, filled
 
 
 def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) -> Stacked:
@@ -115,116 +146,176 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
             cnt[y0:y1, x0:x1] += 1.0
             if i == best_i:
                 best_aligned = img
-    if drz is not None:
-        image, wmap = drz.result()
-    else:
-        image = _normalise(acc, cnt, nc, cnt == 0)
-        wmap = cnt.astype(np.float32)
-    return Stacked(image, wmap, best_aligned)
+    image, wmap, filled = _finish_drizzle(drz) if drz is not None else _finish(acc, cnt)
+    return Stacked(image, wmap, best_aligned, filled_px=filled)
 
 
-@dataclass(frozen=True)
-class _Selection:
-    """Which pool frames contribute: globally (``gkeep``, for nodes without an AP) and per
-    AP (``sel``, (m, n_ap)); ``order`` is the matched pool rows, best first."""
+# -- multi-point --------------------------------------------------------------------------------
 
-    gkeep: np.ndarray
-    sel: np.ndarray
-    order: np.ndarray
+@dataclass
+class _Piece:
+    """A de-warped part of one frame, already weighted, and its weights."""
 
-    @property
-    def contributes(self) -> np.ndarray:
-        return self.gkeep | self.sel.any(axis=1)
+    window: tuple[int, int, int, int]
+    value: np.ndarray
+    weight: np.ndarray
 
 
-def _select(pm: PointMeasures, ranking: Ranking) -> _Selection:
-    # global selection among the frames that registered (for nodes without an AP), then
-    # per-AP selection by local quality among the same pool
-    m, n_keep = pm.pool.size, ranking.n_keep
-    reg = np.nonzero(pm.ok)[0]
-    reg_sorted = reg[np.lexsort((pm.pool[reg], ranking.rank[pm.pool[reg]]))]
-    gkeep = np.zeros(m, bool)
-    gkeep[reg_sorted[:n_keep]] = True
-    n_ap = pm.grid.n_active
-    sel = select_per_ap(pm.quality, pm.valid & pm.ok[:, None], n_keep) if n_ap else np.zeros((m, 0), bool)
-    return _Selection(gkeep, sel, reg_sorted)
+@dataclass
+class _FrameStack:
+    """What the stacking pass made of one frame."""
+
+    k: int
+    i: int
+    error: BadFrameError | None = None
+    reason: str = ""
+    pieces: list[_Piece] = field(default_factory=list)
+    drizzle: tuple | None = None
+    shift: object = None
+    ap_used: int = 0
+    best_aligned: np.ndarray | None = None
 
 
-def stack_multipoint(run: LuckyRun, pm: PointMeasures, ranking: Ranking, colour: bool) -> Stacked:
-    """Select per AP, then de-warp every contributing frame by its interpolated
-    displacement field and blend it with its interpolated selection weights."""
-    opts, table, rank = run.opts, run.table, ranking.rank
-    grid, pool_idx = pm.grid, pm.pool
-    choice = _select(pm, ranking)
-    contributes = choice.contributes
-    t0 = time.perf_counter()
-    h, w = shape = run.shape
-    m = pool_idx.size
-    nc = 3 if colour else 1
-    interp = NodeInterpolator(grid, shape)
-    drz = _drizzle(shape, nc, opts)
-    acc = np.zeros((h, w, nc), np.float64) if drz is None else None
-    wsum = np.zeros((h, w), np.float64) if drz is None else None
-    best_k = int(choice.order[0]) if choice.order.size else -1
-    best_aligned = None
+def _bounds(nodes: np.ndarray, n: int) -> np.ndarray:
+    """Pixel boundaries of the bands between nodes: [0, node 0), [node 0, node 1), ...,
+    [last node, n)."""
+    return np.concatenate([[0], np.clip(np.ceil(nodes).astype(int), 0, n), [n]])
 
-    def fields(k: int):
-        gx, gy = pm.gshift[k]
-        d = pm.disp[k]
-        good = pm.valid[k]
-        vx = np.where(good, d[:, 0], np.nan)
-        vy = np.where(good, d[:, 1], np.nan)
-        sx = interp(node_values(grid, vx, gx))
-        sy = interp(node_values(grid, vy, gy))
-        wgt = interp(node_values(grid, choice.sel[k].astype(np.float32), float(choice.gkeep[k])))
-        return sx, sy, wgt
 
-    def stack_one(item):
+def _windows(active: np.ndarray, yb: np.ndarray, xb: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Rectangles covering the cells where a node weight is non-zero: runs of cells along
+    each band, vertically merged when consecutive bands have the same runs."""
+    p = np.pad(active, 1, mode="edge")
+    cells = p[:-1, :-1] | p[1:, :-1] | p[:-1, 1:] | p[1:, 1:]  # (ny+1, nx+1): any corner weighted
+    out: list[list[int]] = []
+    prev: list[tuple[int, int]] = []
+    for b in range(cells.shape[0]):
+        y0, y1 = int(yb[b]), int(yb[b + 1])
+        if y1 <= y0:
+            continue
+        runs = []
+        row = cells[b]
+        c = 0
+        while c < row.size:
+            if row[c]:
+                c0 = c
+                while c < row.size and row[c]:
+                    c += 1
+                x0, x1 = int(xb[c0]), int(xb[c])
+                if x1 > x0:
+                    runs.append((x0, x1))
+            else:
+                c += 1
+        if runs and runs == prev and out[-1][1] == y0:
+            for r in out[-len(runs):]:
+                r[1] = y1
+        else:
+            out += [[y0, y1, x0, x1] for x0, x1 in runs]
+        prev = runs
+    return [tuple(r) for r in out]  # type: ignore[misc]
+
+
+class _PointStacker:
+    """Stacks one frame of the multi-point pass (on a worker thread): aligns it at its
+    selected APs, builds its displacement and weight fields from the node values and
+    de-warps only the windows where it carries weight."""
+
+    def __init__(self, run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, choice: PointChoice,
+                 drz: Drizzle | None, best_i: int):
+        self.grid, self.choice, self.drz, self.best_i = grid, choice, drz, best_i
+        self.aligner = PointAligner(run, ref, grid, ranking)
+        self.interp = NodeInterpolator(grid, run.shape)
+        h, w = run.shape
+        self.yb, self.xb = _bounds(grid.ys, h), _bounds(grid.xs, w)
+        self.n_ap = grid.n_active
+
+    def __call__(self, item: tuple[int, int, np.ndarray | BadFrameError]) -> _FrameStack:
         k, i, img = item
         if isinstance(img, BadFrameError):
-            return k, i, img, None, None
-        sx, sy, wgt = fields(k)
-        if drz is not None:
-            return k, i, img, (sx, sy), wgt
-        out, inside = dewarp(img, sx, sy)
-        wgt = wgt * inside
-        v = out if out.ndim == 3 else out[:, :, None]
-        return k, i, v * wgt[:, :, None], None, wgt
+            return _FrameStack(k, i, error=img)
+        lum = luminance(img) if img.ndim == 3 else img
+        ch = self.choice
+        gk = bool(ch.gkeep[k])
+        which = None if gk else np.nonzero(ch.sel[k])[0]
+        fa = self.aligner(i, lum, which, gk)
+        pm = fa.points
+        valid = np.zeros(self.n_ap, bool)
+        valid[pm.which] = pm.valid
+        disp = np.full((self.n_ap, 2), np.nan)
+        disp[pm.which] = pm.disp
+        use = ch.sel[k] & valid
+        glob = 1.0 if gk and fa.ok else 0.0
+        res = _FrameStack(k, i, shift=fa.shift, ap_used=int(use.sum()))
+        if not use.any() and glob == 0.0:
+            res.reason = (f"no match with the reference (correlation response {fa.shift.response:.3f})" if gk
+                          else "its alignment points did not match the reference")
+            return res
+        g = self.grid
+        known = np.zeros(g.active.shape, bool)
+        known[g.active] = valid
+        sx = fill_from_neighbours(node_values(g, np.where(valid, disp[:, 0], np.nan), fa.shift.sx), known, fa.shift.sx)
+        sy = fill_from_neighbours(node_values(g, np.where(valid, disp[:, 1], np.nan), fa.shift.sy), known, fa.shift.sy)
+        wn = node_values(g, use.astype(np.float32), glob)
+        nodes = np.dstack([sx, sy, wn])
+        if i == self.best_i and fa.ok:
+            res.best_aligned = shift_image(img, fa.shift.sx, fa.shift.sy)
+        if self.drz is not None:
+            f = self.interp(nodes)
+            res.drizzle = (img, (f[..., 0], f[..., 1]), f[..., 2])
+            return res
+        for win in _windows(wn > 0, self.yb, self.xb):
+            f = self.interp(nodes, win)
+            out, inside = dewarp(img, f[..., 0], f[..., 1], win)
+            wgt = f[..., 2] * inside
+            res.pieces.append(_Piece(win, out * (wgt[..., None] if out.ndim == 3 else wgt), wgt))
+        return res
 
-    todo = [k for k in range(m) if contributes[k]]
-    items = ((k, int(pool_idx[k]), run.reader.read(int(pool_idx[k]), colour)) for k in todo)
-    with Progress(len(todo), "lucky: stack (multi-point)", run.quiet) as bar:
-        for k, i, v, fld, wgt in run.map(stack_one, items):
+
+def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, choice: PointChoice,
+                 colour: bool) -> Stacked:
+    """The multi-point stack: every frame of ``choice`` read once, aligned at its
+    selected APs (all of them, and globally, for the globally kept frames), de-warped where
+    it carries weight and blended with its interpolated selection weights."""
+    t0 = time.perf_counter()
+    opts, table = run.opts, run.table
+    h, w = shape = run.shape
+    nc = 3 if colour else 1
+    drz = _drizzle(shape, nc, opts)
+    acc = np.zeros((h, w, nc), np.float32) if drz is None else None
+    wsum = np.zeros((h, w), np.float32) if drz is None else None
+    gk = choice.frames[choice.gkeep]
+    best_i = int(gk[np.argmin(ranking.rank[gk])]) if gk.size else -1
+    best_aligned = None
+    stacker = _PointStacker(run, ranking, ref, grid, choice, drz, best_i)
+    items = ((k, int(i), run.reader.read(int(i), colour)) for k, i in enumerate(choice.frames))
+    with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
+        for r in run.map(stacker, items):
             bar.update()
-            if isinstance(v, BadFrameError):  # changed since pass 2: report, go on
-                table.fail(i, UNREADABLE, Fate.UNREADABLE, v.reason)
+            if r.error is not None:
+                table.fail(r.i, UNREADABLE, Fate.UNREADABLE, r.error.reason)
                 continue
-            table.used[i] = True
-            table.ap_used[i] = int(choice.sel[k].sum())
-            if drz is not None:
-                drz.add(v, (0.0, 0.0), field=fld, weight=wgt)
-                if k == best_k:
-                    best_aligned = shift_image(v, *pm.gshift[k])
+            table.shift[r.i] = (r.shift.sx, r.shift.sy)
+            table.response[r.i] = r.shift.response
+            if r.reason:
+                table.fail(r.i, NO_MATCH, Fate.FAILED_REGISTRATION, r.reason)
                 continue
-            acc += v
-            wsum += wgt
-            if k == best_k:
-                img = run.reader.read(i, colour)
-                if not isinstance(img, BadFrameError):
-                    best_aligned = shift_image(img, *pm.gshift[k])
-    run.timings["stack_s"] = time.perf_counter() - t0
-    n_keep = ranking.n_keep
-    for k in range(m):
-        i = int(pool_idx[k])
-        if pm.ok[k] and not contributes[k] and i not in table.reasons:
-            table.reasons[i] = (Fate.REJECTED, f"quality rank {rank[i]}: not among the best {n_keep} "
-                                               "globally nor at any alignment point")
-    if drz is not None:
-        image, wmap = drz.result()
-    else:
-        image = _normalise(acc, wsum, nc, wsum <= 1e-6)
-        wmap = wsum.astype(np.float32)
-    return Stacked(image, wmap, best_aligned, grid)
+            table.used[r.i] = True
+            table.ap_used[r.i] = r.ap_used
+            if r.best_aligned is not None:
+                best_aligned = r.best_aligned
+            if r.drizzle is not None:
+                img, fld, wgt = r.drizzle
+                drz.add(img, (0.0, 0.0), field=fld, weight=wgt)
+                continue
+            for p in r.pieces:
+                y0, y1, x0, x1 = p.window
+                acc[y0:y1, x0:x1] += p.value if p.value.ndim == 3 else p.value[:, :, None]
+                wsum[y0:y1, x0:x1] += p.weight
+    run.timings["align_stack_s"] = time.perf_counter() - t0
+    image, wmap, filled = _finish_drizzle(drz) if drz is not None else _finish(acc, wsum)
+    return Stacked(image, wmap, best_aligned, grid, filled_px=filled,
+                   extra={"local_weight": round(choice.local_weight, 3), "beyond_pool": choice.beyond,
+                          "frames_read": int(choice.frames.size)})
 
 
 def rgb_dispersion(image: np.ndarray, apply: bool) -> tuple[np.ndarray, dict[str, list[float]]]:
