@@ -111,7 +111,7 @@ def lucky_batch(inputs: Sequence[PathLike], folder: PathLike, **options: Any):
     suffix = str(options.pop("suffix", ".fits"))
     if ("stretch" in options or "black" in options or "white" in options) and "wavelets" not in options:
         options["wavelets"] = (1.0,)
-    job = build_job(LuckyJob, options, output=OutputOptions())
+    job = build_job(LuckyJob, options, output=_output(None, options))
     return run_batch(_inputs(inputs), folder, job, suffix=suffix)
 
 

@@ -33,6 +33,7 @@ from .types import Model
 # know (kernels/_skystack_kernels/codes.py is the one table of them).
 STACK_METHODS: tuple[str, ...] = ("mean", "median") + tuple(m for m in codes.REJECT if m != "none")
 MASTER_METHODS: tuple[str, ...] = ("median", "sigma", "winsorized")
+MASTER_KINDS: tuple[str, ...] = ("bias", "dark", "flat", "dark-flat")
 INTERPOLATIONS: tuple[str, ...] = ("cubic", "lanczos", "bilinear")
 
 RegisterMethod = Literal["auto", "stars", "orb"]

@@ -214,10 +214,14 @@ class Disk:
 
 
 def _levels(view: np.ndarray) -> tuple[float, float]:
-    step = max(1, int(np.sqrt(view.size / 20000)))
-    sub = view[::step, ::step].ravel()
-    lo, hi = np.percentile(sub, [1.0, 99.9])
-    return float(lo), float(hi)
+    """The 1st and 99.9th percentiles of a regular subsample of at most ~16 000 pixels
+    (a full-view percentile cost 1.2 ms per 320x240 view, most of a planet frame's ranking)."""
+    step = max(1, int(math.ceil(math.sqrt(view.size / 16000))))
+    sub = np.ascontiguousarray(view[::step, ::step]).ravel()
+    n = sub.size
+    lo_k, hi_k = int(0.01 * (n - 1)), int(0.999 * (n - 1))
+    part = np.partition(sub, (lo_k, hi_k))
+    return float(part[lo_k]), float(part[hi_k])
 
 
 def disk_centroid(view: np.ndarray, *, level: float = 0.25) -> Disk | None:

@@ -145,7 +145,7 @@ class PointAligner:
 
     def __call__(self, i: int, lum: np.ndarray, which: np.ndarray | None, global_too: bool) -> FrameAlignment:
         """Measure frame ``i`` at the APs ``which`` (None: all), and globally when
-        ``global_too``."""
+        ``global_too`` (then the APs are correlated from the global shift)."""
         if global_too:
             s, ok = global_measure(self.ref.aligner, lum, self.rel[i], self.opts.min_response)
             pm = self.local.measure(lum, (s.sx, s.sy) if ok else tuple(self.rel[i]), which)

@@ -155,7 +155,7 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
         grid = place_points(run, ranking, ref)
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
-        stacked = stack_points(run, ranking, ref, grid, choice, colour)
+        stacked = stack_points(run, ranking, ref, grid, choice, colour, mode)
         outside = f"outside --keep {opts.keep} and not among the best {ranking.n_keep} at any alignment point"
     else:
         stacked = stack_global(run, ranking, ref, colour)
