@@ -3,7 +3,7 @@ and how well the quality metrics follow the true seeing.
 
     python benchmarks/lucky.py [--seeds 1,2,3] [--kinds moon,planet,moon0] [--frames 1000]
         [--cache /tmp/lucky-bench] [--workers 2] [--scaling] [--metrics] [--repeat 1]
-        [--src DIR] [--extra "--keep 10%"]
+        [--src DIR] [--extra "--keep 10%"] [--no-global] [--long 4000] [--json rows.json]
 
 Videos come from the shared generators (``../shared/bench/lucky``: ``make_video.py`` for
 the Moon, ``--patchy 0`` for ``moon0`` (uniform seeing across the field), ``make_planet.py``
@@ -26,8 +26,12 @@ median per-region Spearman of the local metric (:func:`skystack.quality.metrics.
 with the true *local* seeing, which the benchmark recomputes by replaying the generator's
 random stream (checked against ``truth.json``).
 
+``--long N`` also stacks an N-frame Moon video (seed 6) and the 1000-frame one of the same
+seed and prints their peak RSS (memory must not grow with the frame count).
+
 ``--src DIR`` runs another checkout's ``src`` (e.g. an export of skystack 0.1) with the same
-harness, for before/after tables.
+harness, for before/after tables. The defaults are the ones PlanetarySystemStacker users
+run with (``--keep 10%``, multi-point alignment, 64-pixel alignment points).
 """
 from __future__ import annotations
 
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--src", default=str(REPO), help="checkout whose src/ runs (default: this one)")
     ap.add_argument("--extra", default="", help="more skystack lucky arguments for every run")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--long", type=int, default=0, metavar="N",
+                    help="also stack an N-frame Moon video (seed 6): peak RSS against the frame count")
     a = ap.parse_args(argv)
     gen = bench_dir()
     cache = Path(a.cache)
@@ -245,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{d.name:<12} scaling: 1 worker {w[1]:.2f} s, 2 workers {w[2]:.2f} s: "
                       f"x{w[1] / w[2]:.2f} (load {os.getloadavg()[0]:.2f})", flush=True)
                 rows.append({"video": d.name, "config": "scaling", "w1_s": w[1], "w2_s": w[2]})
+    if a.long:
+        for n in (a.frames, a.long):
+            d = video("moon", 6, n, cache, gen)
+            r = run_cli(d, cache / "out" / f"{src.name}-{d.name}.fits", base_args, src)
+            print(f"{d.name:<12} memory: {n} frames, peak RSS {r['rss']:.0f} MB, {n / r['wall']:.0f} frames/s",
+                  flush=True)
+            rows.append({"video": d.name, "config": "memory", "frames": n, "rss": r["rss"], "fps": n / r["wall"]})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

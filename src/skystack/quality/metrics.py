@@ -92,12 +92,10 @@ def cell_grid(view_shape: tuple[int, ...], *, size: int = CELL) -> CellGrid:
 class ViewSharpness:
     """One frame's measurements: ``log_energy`` (ny, nx) log of the cells' LoG energy and
     ``log_level`` (ny, nx) log of their mean level (NaN for a cell less than half inside
-    the frame), the frame's ``background`` (1st percentile), ``peak`` and whether it is
-    ``blank``."""
+    the frame), the frame's ``peak`` and whether it is ``blank``."""
 
     log_energy: np.ndarray
     log_level: np.ndarray
-    background: float
     peak: float
     blank: bool
 
@@ -115,14 +113,10 @@ def measure_view(view: np.ndarray, grid: CellGrid, offset: tuple[float, float] =
     """Cell energies and levels of a :func:`sharpness_view`, the cells moved by
     ``offset`` (view pixels, rounded: where the first frame's cells lie in this one)."""
     lo, hi = cv2.minMaxLoc(view)[:2]
-    step = max(1, int(np.sqrt(view.size / 5000)))
-    sub = view[::step, ::step].ravel()
-    k = max(0, int(0.01 * sub.size) - 1)
-    bg = float(np.partition(sub, k)[k])
     shape = (grid.ny, grid.nx)
     if hi - lo < BLANK_SPAN:
         z = np.zeros(shape, np.float32)
-        return ViewSharpness(z, z, bg, float(hi), True)
+        return ViewSharpness(z, z, float(hi), True)
     x0, y0 = grid.origins()
     x0 = x0 + int(round(offset[0]))
     y0 = y0 + int(round(offset[1]))
@@ -132,8 +126,8 @@ def measure_view(view: np.ndarray, grid: CellGrid, offset: tuple[float, float] =
     with np.errstate(invalid="ignore", divide="ignore"):
         le = np.where(inside, np.log(np.maximum(e, _TINY)), np.nan)
         ll = np.where(inside, np.log(np.maximum(lev, BLANK_SPAN)), np.nan)
-    return ViewSharpness(le.reshape(shape).astype(np.float32), ll.reshape(shape).astype(np.float32), bg,
-                         float(hi), False)
+    return ViewSharpness(le.reshape(shape).astype(np.float32), ll.reshape(shape).astype(np.float32), float(hi),
+                         False)
 
 
 def nanmedian(a: np.ndarray, axis: int) -> np.ndarray:

@@ -222,7 +222,7 @@ class LocalAligner:
         patches = np.stack([ref[y0:y1, x0:x1] for x0, y0, x1, y1 in self._boxes]) if len(self._boxes) \
             else np.zeros((0, grid.size, grid.size), np.float32)
         self._corr = PhaseCorrelator(self._bin(patches), peak_sigma=peak_sigma / self.downsample,
-                                     window="hann") if len(patches) else None
+                                     window="tukey") if len(patches) else None
 
     def _bin(self, patches: np.ndarray) -> np.ndarray:
         f = self.downsample
