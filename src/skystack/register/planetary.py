@@ -90,6 +90,12 @@ def _subpixel(c: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray
     circular correlation surfaces ``c`` (n, h, w); falls back to a parabola where a
     neighbour is not positive."""
     n, h, w = c.shape
+    if n == 1:  # one surface (whole frames): plain floats, a tenth of the NumPy overhead
+        y, x = int(iy[0]), int(ix[0])
+        z = float(c[0, y, x])
+        fx = _fit1(float(c[0, y, (x - 1) % w]), z, float(c[0, y, (x + 1) % w]))
+        fy = _fit1(float(c[0, (y - 1) % h, x]), z, float(c[0, (y + 1) % h, x]))
+        return np.array([fx]), np.array([fy])
     k = np.arange(n)
     c0 = c[k, iy, ix]
     cxm, cxp = c[k, iy, (ix - 1) % w], c[k, iy, (ix + 1) % w]
@@ -106,6 +112,18 @@ def _subpixel(c: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray
         return np.clip(np.where(ok, d_g, d_p), -1.0, 1.0)
 
     return fit(cxm, c0, cxp), fit(cym, c0, cyp)
+
+
+def _fit1(m: float, z: float, p: float) -> float:
+    """:func:`_subpixel`'s fit for one peak (the same formulas on floats)."""
+    if m > 0 and z > 0 and p > 0:
+        lm, lz, lp = math.log(m), math.log(z), math.log(p)
+        den = 2.0 * (lm - 2.0 * lz + lp)
+        d = (lm - lp) / den if den < 0 else 0.0
+    else:
+        den = 2.0 * (m - 2.0 * z + p)
+        d = (m - p) / den if den < 0 else 0.0
+    return min(1.0, max(-1.0, d))
 
 
 @dataclass(frozen=True)

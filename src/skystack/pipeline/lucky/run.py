@@ -61,7 +61,7 @@ from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
 from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
-from .report import Outcome, build_report, capture_times, frame_results, write_outputs
+from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 
 log = logging.getLogger("skystack")
@@ -99,6 +99,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         An output could not be written (nothing half-written is left behind).
     """
     t_start = time.perf_counter()
+    prepare_writer(job.output.output)
     out = Path(job.output.output) if job.output.output is not None else None
     cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
     src = open_video(inputs, job, cache)
