@@ -1,25 +1,28 @@
 """Per-frame and per-region sharpness for lucky imaging.
 
-The measure: the **energy of a Laplacian of Gaussian** (σ = 1 view pixel) of a 2×
-area-downsampled view, ``E = mean((∇²(G_σ * v))²)``, taken in cells of 16×16 view pixels
-(32×32 frame pixels).
+The measure: the **energy of a Laplacian of Gaussian** (σ = 0.7 view pixel, 1.4 frame
+pixels) of a 2× area-downsampled view, ``E = mean((∇²(G_σ * v))²)``, taken in cells of
+16×16 view pixels (32×32 frame pixels) that stay on the same places of the object in every
+frame (:func:`measure_view` moves them by the frame's coarse displacement).
 
 * *LoG energy* rather than gradient energy: seeing blur takes the mid spatial frequencies
-  first, and a LoG at σ ≈ 2 frame pixels is a band-pass centred there, while a gradient
-  weights the coarse scales that seeing barely touches. Measured on the shared lunar
-  benchmark videos (1000 frames, 640×480, ``benchmarks/lucky.py``): Spearman ρ against the
-  true seeing 0.85 for the former normalised gradient energy, 0.96 for the LoG energy of
-  the whole view, 0.99 for the per-cell form below.
+  first, and a LoG is a band-pass centred there, while a gradient weights the coarse
+  scales that seeing barely touches. Measured on the shared lunar benchmark videos (1000
+  frames, 640×480, ``benchmarks/lucky.py``, seed 1): Spearman ρ against the true seeing
+  0.85 for skystack 0.1's normalised gradient energy, 0.96 for the LoG energy of the whole
+  view, 0.97–0.98 for the per-cell form below (0.99 on the planet videos).
 * *2× area-downsampled view*: averaging 2×2 halves the pixel noise (for a CFA mosaic it is
   the super-pixel luminance, no demosaicing needed) and makes every step four times
-  cheaper. A finer LoG (σ = 0.5 view pixel) ranks the noise (ρ 0.35).
-* *Per cell, relative to the same cell in the other frames* (:func:`global_quality`): a
-  frame's quality is the mean over the cells of ``log E − median log E`` (the median over
-  frames, cells taken at the same place on the object), so every region counts the same
-  whatever its contrast (a bright crater rim would otherwise outweigh the maria, and the
-  limb of a drifting planet would follow the drift, not the seeing), minus ``2 log g``
-  where ``g`` is the frame's brightness relative to the others (transparency changes scale
-  ``E`` by ``g²``). The same cells, smoothed, give the *local* quality of each region.
+  cheaper. A finer LoG (σ = 0.5 view pixel) ranks the noise (ρ 0.35); σ = 0.7 and 1.0
+  rank alike, and 0.7 tells regions apart better (per-point selection).
+* *Per cell, relative to the same cell in the other frames* (:func:`fit_cells`,
+  :func:`global_quality`): a frame's quality is a weighted mean over the cells of
+  ``log E − median log E`` (the median over frames), so a region counts by how well it
+  follows the seeing, not by its contrast (a bright crater rim would otherwise outweigh
+  the maria; a planet's sky, where ``E`` is noise, gets no weight), minus ``2 log g``
+  where ``g`` is the frame's brightness relative to the others (thin cloud scales ``E`` by
+  ``g²``; an additive offset is not corrected). What is left of each cell, smoothed, is
+  the *local* quality of each region (:mod:`skystack.pipeline.lucky.rank`).
 """
 from __future__ import annotations
 

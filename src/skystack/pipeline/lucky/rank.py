@@ -400,7 +400,8 @@ class PointChoice:
 
 def _smoothed(maps: np.ndarray) -> np.ndarray:
     """Each frame's cell map smoothed by a Gaussian of :data:`_LOCAL_SMOOTH` cells, NaN
-    cells (outside the frame) left out of the average."""
+    cells (outside the frame) left out of the average and given the average of their
+    measured neighbours (NaN only far from any)."""
     out = np.empty(maps.shape, np.float32)
     for j, m in enumerate(maps.astype(np.float32)):
         ok = np.isfinite(m)
@@ -408,7 +409,7 @@ def _smoothed(maps: np.ndarray) -> np.ndarray:
                                borderType=cv2.BORDER_CONSTANT)
         den = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), _LOCAL_SMOOTH, borderType=cv2.BORDER_CONSTANT)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[j] = np.where(ok & (den > 1e-3), num / den, np.nan)
+            out[j] = np.where(den > 0.05, num / den, np.nan)
     return out
 
 
@@ -428,18 +429,20 @@ class _LocalScores:
         self.median = np.zeros(n_ap, np.float32)
         self.loading = np.ones(n_ap, np.float32)
 
-    def local(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), n_ap) smoothed log energy minus the brightness correction (NaN
-        where the point's box leaves the frame or no cell is known)."""
+    def inside(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), n_ap): whether each point's box lies inside each frame."""
         h, w = self.shape
-        t = self.table
-        local = sample_cells(_smoothed(t.log_energy[rows]), self.points)
         rel = self.ranking.rel[rows]
         x = self.centres[None, :, 0] + rel[:, None, 0]
         y = self.centres[None, :, 1] + rel[:, None, 1]
-        inside = (x >= self.half) & (x <= w - self.half) & (y >= self.half) & (y <= h - self.half)
-        local[~inside] = np.nan
-        local -= (2.0 * t.log_gain[rows]).astype(np.float32)[:, None]
+        return (x >= self.half) & (x <= w - self.half) & (y >= self.half) & (y <= h - self.half)
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), n_ap) smoothed log energy minus the brightness correction (NaN
+        where the point's box leaves the frame or no cell is known)."""
+        local = sample_cells(_smoothed(self.table.log_energy[rows]), self.points)
+        local[~self.inside(rows)] = np.nan
+        local -= (2.0 * self.table.log_gain[rows]).astype(np.float32)[:, None]
         return local
 
     def fit(self, rows: np.ndarray) -> np.ndarray:
@@ -495,7 +498,9 @@ def choose_points(run: LuckyRun, ranking: Ranking, sharp: Sharpness, grid: APGri
         rows = np.arange(a, min(order.size, a + _CHUNK_FRAMES))
         q = table.quality[order[rows]].astype(np.float32)
         r = scores.residual(order[rows])
-        sc = np.where(np.isfinite(r) & np.isfinite(q)[:, None], q[:, None] + np.float32(beta) * r, -np.inf)
+        # a point inside the frame whose cells are unknown takes the frame's global quality
+        ok = scores.inside(order[rows]) & np.isfinite(q)[:, None]
+        sc = np.where(ok, q[:, None] + np.float32(beta) * np.nan_to_num(r), -np.inf)
         cand_rows = np.concatenate([top_rows, np.broadcast_to(rows[:, None], sc.shape)])
         cand = np.concatenate([top_score, sc.astype(np.float32)])
         best = np.argsort(-cand, axis=0, kind="stable")[:k]
