@@ -305,7 +305,7 @@ def select(run: LuckyRun, mode: str) -> Ranking:
 # -- quality from the cells -------------------------------------------------------------------
 
 _CHUNK_FRAMES = 2048  # frames sampled at once (bounds the temporaries of long videos)
-_MEDIAN_FRAMES = 4096  # frames whose cells give the per-cell medians of a long video
+_MEDIAN_FRAMES = 2048  # frames whose cells fit the cell model (and the per-point medians) of a long video
 _LOCAL_SMOOTH = 0.7  # cells: the Gaussian that averages a region's noisy cell energies
 # The weight of the local residual against the global quality is the residual's share of
 # local signal (neighbour covariance over smoothed variance; measured on the shared
