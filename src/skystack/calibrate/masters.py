@@ -44,7 +44,7 @@ from ..errors import BadFrameError, CalibrationError, NoFramesError
 from ..io import open_frames
 from ..io.cache import ensure_sliceable
 from ..io.fits import FitsSource
-from ..options import ReadOptions
+from ..options import MASTER_KINDS, ReadOptions
 from ..output.write import write_fits
 from ..runtime.memory import default_memory_limit
 from ..stack.blocks import run_blocks
@@ -53,7 +53,7 @@ from ..types import shape_text
 
 log = logging.getLogger("skystack")
 
-KINDS = ("bias", "dark", "flat", "dark-flat")
+KINDS = MASTER_KINDS
 IMAGETYP = {"bias": "Master Bias", "dark": "Master Dark", "flat": "Master Flat", "dark-flat": "Master Dark Flat"}
 # master_method -> (rejection, reduction) of the combine kernel
 METHODS = {"median": ("none", "median"), "sigma": ("sigma", "mean"), "winsorized": ("winsorized", "mean")}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from .. import api, options
-from ..calibrate.masters import KINDS
 from ..io.cache import cache_summary
 from .args import add_options, add_run_args, add_verbosity, command, given
 
@@ -38,7 +37,7 @@ auto (the median star made white), camera (the multipliers of a camera RAW file,
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``master``, ``calibrate`` and ``colour``."""
     p = command(sub, "master", "combine calibration frames into a master bias/dark/flat/dark-flat", _MASTER_DESC)
-    p.add_argument("kind", choices=list(KINDS), help="which master")
+    p.add_argument("kind", choices=list(options.MASTER_KINDS), help="which master")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="calibration frames: files, folders, globs, list files")
     p.add_argument("-o", "--output", required=True, metavar="MASTER.fits", help="the master (FITS)")
     add_options(p, options.MasterOptions)

