@@ -104,6 +104,21 @@ def lucky(inputs: Any, output: PathLike | None = None, **options: Any) -> LuckyR
     return run_lucky(_inputs(inputs), job)
 
 
+def lucky_batch(inputs: Sequence[PathLike], folder: PathLike, **options: Any):
+    """Lucky imaging of several videos (``skystack lucky A.ser B.ser ... -o FOLDER/``): one
+    stack per video into ``folder`` (``<name>.fits``, or another ``suffix=".tif"``), its
+    report and previews beside it, and ``folder/lucky-summary.json``. A video that fails is
+    logged and skipped. Options: those of :func:`lucky`. Returns a
+    :class:`~skystack.pipeline.lucky.batch.BatchResult`."""
+    from .pipeline.lucky.batch import run_batch
+
+    suffix = str(options.pop("suffix", ".fits"))
+    if ("stretch" in options or "black" in options or "white" in options) and "wavelets" not in options:
+        options["wavelets"] = (1.0,)
+    job = build_job(LuckyJob, options, output=_output(None, options))
+    return run_batch(_inputs(inputs), folder, job, suffix=suffix)
+
+
 def enhance(image, **options: Any):
     """Wavelet sharpening and stretch of a stacked image array (see
     :mod:`skystack.enhance.wavelets`); returns the enhanced float32 array."""

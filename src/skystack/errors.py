@@ -81,6 +81,10 @@ class ParityError(SkystackError):
     exit_code = 10
 
 
+# ``skystack lucky A.ser B.ser ... -o FOLDER/``: some videos were stacked, some could not be
+# (each failure is logged with its reason and listed in FOLDER/lucky-summary.json).
+BATCH_PARTIAL = 11
+
 # Exit codes, documented in `skystack --help` and the README.
 EXIT_CODES = {
     0: "success",
@@ -94,5 +98,7 @@ EXIT_CODES = {
     8: "the Dask scheduler could not be reached or is not a Dask scheduler",
     9: "an input changed on disk during the run",
     10: "skystack bench: a GPU backend failed or its result differs from the CPU backend's",
+    BATCH_PARTIAL: "lucky batch (-o FOLDER/): some videos could not be stacked, the others were "
+                   "(see FOLDER/lucky-summary.json); when every video fails, the first one's code",
     130: "interrupted (Ctrl-C); rerun with --resume to continue",
 }

@@ -417,10 +417,15 @@ class LuckyOptions(Checked):
     mode
         ``"planet"`` (disk on dark sky: centroid, then phase correlation), ``"surface"``
         (Moon/Sun filling the field: phase correlation), or ``"auto"``.
-    multipoint, ap_size, ap_spacing, ap_min_structure, ap_pool
-        Local alignment: AP box side and node spacing in pixels (default ``ap_size/2``),
-        the structure an AP needs (fraction of the median), and the candidate pool for
-        per-AP selection as a multiple of the kept count.
+    multipoint, ap_size, ap_spacing, ap_min_structure
+        Local alignment: AP box side and node spacing in pixels (default ``ap_size/2``)
+        and the structure an AP needs (fraction of the median). Each AP takes the ``keep``
+        frames of best local quality among all usable frames.
+    local_weight
+        How much a frame's local quality counts against its global quality when frames
+        are selected per AP (0: the globally best frames everywhere); ``None`` estimates
+        it from how much the sharpness varies across the field (see
+        :func:`skystack.pipeline.lucky.rank.choose_points`).
     reference_frames
         How many of the best frames build the reference (default: half the kept count,
         5 to 50).
@@ -436,8 +441,8 @@ class LuckyOptions(Checked):
         reference field covered has drifted out of the field and is not used.
     min_response
         A global correlation response below this is a failed registration.
-    quality_downsample, quality_sigma
-        The view the quality metric is computed on.
+    quality_downsample
+        The area-average factor of the view the quality is measured on.
     workers
         Threads for per-frame work (default: all cores).
     """
@@ -454,7 +459,7 @@ class LuckyOptions(Checked):
     ap_spacing: float | None = field(default=None, metadata=flag(
         "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: half the box)"))
     ap_min_structure: float = 0.1
-    ap_pool: float = 2.0
+    local_weight: float | None = None
     reference_frames: int | None = None
     drizzle: float | None = field(default=None, metadata=flag(
         "--drizzle", metavar="SCALE", parse=_parse_drizzle,
@@ -468,7 +473,6 @@ class LuckyOptions(Checked):
     min_overlap: float = 0.5
     min_response: float = 0.05
     quality_downsample: int = 2
-    quality_sigma: float = 0.7
     workers: int | None = field(default=None, metadata=flag(
         "--workers", metavar="N", parse=int, help="threads (default: all cores)"))
 
@@ -478,7 +482,8 @@ class LuckyOptions(Checked):
             raise UsageError(f"--ap-size {self.ap_size!r}: at least 8 pixels")
         if self.ap_spacing is not None:
             finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
-        finite(self.ap_pool, "ap_pool", lo=1)
+        if self.local_weight is not None:
+            finite(self.local_weight, "local_weight", lo=0)
         if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 < self.drizzle <= 4.0):
             raise UsageError(f"--drizzle {self.drizzle}: expected a scale in (1, 4], e.g. 1.5, 2 or 3")
         finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)
@@ -603,10 +608,12 @@ _LUCKY_READ = ReadOptions(debayer_method="ea")
 @dataclass(frozen=True, kw_only=True)
 class LuckyJob:
     """``skystack lucky``: rank, align, stack the best frames of a video; optional
-    sharpening (``enhance`` is ``None`` unless wavelets or a stretch were asked for)."""
+    calibration of the raw frames (darks, flats) before demosaicing and sharpening
+    (``enhance`` is ``None`` unless wavelets or a stretch were asked for)."""
 
     read: ReadOptions = _LUCKY_READ
     lucky: LuckyOptions = LuckyOptions()
+    calibration: CalibrationOptions = CalibrationOptions()
     enhance: EnhanceOptions | None = None
     output: OutputOptions = OutputOptions()
     quiet: bool = False

@@ -311,8 +311,7 @@ def test_an_interrupted_run_keeps_its_cache_for_resume(png_lights, tmp_path, cap
     assert not (tmp_path / ".skystack-cache").exists()
 
 
-# -- lucky imaging: wired by the integrator (see the safety branch's report) -----------------
-@pytest.mark.xfail(strict=True, reason="the lucky pipeline does not call output.guard.guard_outputs yet")
+# -- lucky imaging ------------------------------------------------------------------------
 def test_lucky_sharpened_copy_aimed_at_an_input_is_refused(tmp_path, capsys):
     from skystack.testing.planetary import make_planet_video
 

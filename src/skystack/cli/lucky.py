@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from .. import api, options
+from ..errors import BATCH_PARTIAL, UsageError
 from .args import INPUT_HELP, add_options, add_verbosity, command, given
 
 _LUCKY_DESC = """\
@@ -14,7 +17,16 @@ locally on a grid of alignment points, stack, and optionally drizzle and sharpen
 Writes OUT (.fits, .tif/.tiff or .png), OUT's .preview.png, .compare.png (best single frame
 beside the stack), .quality.png (quality over time, used frames marked) and OUT.report.json
 (every frame's quality, rank, fate and shift). With --wavelets or --stretch also
-OUT_sharpened and a before/after preview."""
+OUT_sharpened and a before/after preview. FITS stacks of SER videos carry DATE-OBS (the
+mid-time of the stacked frames, from the SER timestamps) and EXPSTART/EXPEND.
+
+Several videos at once: give a folder as OUT (ending in / or existing), e.g.
+`skystack lucky *.ser -o stacks/`: each video is stacked on its own into FOLDER/NAME.fits
+with its report and previews, and FOLDER/lucky-summary.json lists them all. A video that
+cannot be stacked is reported and skipped; the exit code is then 10 (0 when all succeeded).
+
+--darks/--flats/--bias (frames to combine, or master FITS files) calibrate the raw frames
+before demosaicing; masters are cached in .skystack-cache beside the output."""
 
 _ENHANCE_DESC = """\
 À-trous (B3-spline) wavelet sharpening with per-scale gains and noise thresholds, then an
@@ -26,11 +38,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "lucky", "lucky imaging: stack the sharpest frames of a Moon/Sun/planet video",
                 _LUCKY_DESC)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=INPUT_HELP)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="stacked image: .fits, .tif/.tiff or .png")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="stacked image: .fits, .tif/.tiff or .png; or a FOLDER/ for one stack per input video")
     g = p.add_argument_group("selection and alignment")
     add_options(g, options.LuckyOptions, exclude=("workers",))
     add_options(g, options.ReadOptions, only=("debayer_method", "bayer_override"),
                 defaults=options.LuckyJob().read)
+    g = p.add_argument_group("calibration (raw frames, before demosaicing)")
+    add_options(g, options.CalibrationOptions, only=("bias", "darks", "flats", "dark_flats"))
     g = p.add_argument_group("output")
     add_options(g, options.OutputOptions, only=("report", "tiff_dtype", "preview"))
     g = p.add_argument_group("sharpening (writes OUT_sharpened too)")
@@ -49,9 +64,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_enhance)
 
 
+def _is_folder(output: str) -> bool:
+    return output.endswith(("/", os.sep)) or os.path.isdir(output)
+
+
 def cmd_lucky(a: argparse.Namespace) -> int:
-    """Run ``skystack lucky``; returns the exit code."""
+    """Run ``skystack lucky`` (one video, or one per input into a folder); returns the exit code."""
+    if _is_folder(a.output):
+        return _batch(a)
     r = api.lucky(a.inputs, a.output, **given(a))
+    _summary(r)
+    return 0
+
+
+def _summary(r) -> None:
     s = r.report["summary"]
     shift = s.get("shift_px", {})
     keep = r.report["options"]["keep"]
@@ -70,7 +96,30 @@ def cmd_lucky(a: argparse.Namespace) -> int:
         print(f"  wrote {path}")
     if r.report_path is not None:
         print(f"  report {r.report_path}")
-    return 0
+
+
+def _batch(a: argparse.Namespace) -> int:
+    kw = given(a, drop=("report",))
+    if getattr(a, "report", None):
+        raise UsageError("--report names one file; with an output folder each video's report is written "
+                         "beside its stack")
+    b = api.lucky_batch(a.inputs, a.output, **kw)
+    rows = [it.row() for it in b.items]
+    w = max(len(Path(r["input"]).name) for r in rows)
+    print(f"{'video':<{w}}  {'status':<6} {'frames':>6} {'used':>5} {'mode':<7} {'frames/s':>8}  output / reason")
+    for r in rows:
+        name = Path(r["input"]).name
+        if r["status"] == "ok":
+            print(f"{name:<{w}}  {'ok':<6} {r['frames']:>6} {r['used']:>5} {r['mode']:<7} "
+                  f"{r['frames_per_s'] or 0:>8.0f}  {r['output']}")
+        else:
+            print(f"{name:<{w}}  {'FAILED':<6} {'':>6} {'':>5} {'':<7} {'':>8}  {r['error']}")
+    print(f"{len(rows) - len(b.failed)} of {len(rows)} videos stacked; summary {b.summary_path}")
+    if not b.failed:
+        return 0
+    if len(b.failed) == len(rows):
+        return b.failed[0].exit_code
+    return BATCH_PARTIAL
 
 
 def cmd_enhance(a: argparse.Namespace) -> int:

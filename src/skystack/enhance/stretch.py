@@ -7,6 +7,7 @@ uses the min/max of raw data (one hot pixel would ruin a min-max stretch).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -86,3 +87,51 @@ def to_uint8(display: np.ndarray) -> np.ndarray:
     """[0, 1] float (NaN → 0) to uint8 for previews."""
     x = np.nan_to_num(display, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def object_levels(image: np.ndarray, mode: str) -> tuple[np.ndarray, float]:
+    """Black point(s) and white span for displaying a lucky-imaging stack linearly.
+
+    ``"planet"``: black = the sky (median of each channel away from the disk), white = the
+    disk's brightest value above it, so no pixel of the disk is clipped and the belts keep
+    their contrast (a deep-sky autostretch would put the sky at mid-grey and the disk at
+    pure white). A surface (Moon, Sun): the 0.05th and 99.95th percentiles.
+
+    Returns ``black`` (one value per channel) and the ``white`` span: display values are
+    ``(image - black) / white``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    planes = img[..., None] if img.ndim == 2 else img
+    lum = planes.mean(axis=2)
+    finite = np.isfinite(lum)
+    if not finite.any():
+        return np.zeros(planes.shape[2], np.float32), 1.0
+    if mode == "planet":
+        v = lum[finite]
+        sub = v[:: max(1, v.size // 200_000)]
+        lo, hi = np.percentile(sub, [1.0, 99.9])
+        disk = finite & (lum > lo + 0.25 * (hi - lo))
+        # the sky well away from the disk: its limb-darkened edge is not background
+        k = max(3, int(0.02 * max(lum.shape)) | 1)
+        near = cv2.dilate(disk.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+        sky = finite & ~near
+        if sky.sum() < 16 or not disk.any():
+            sky, disk = finite, finite
+        black = np.array([float(np.median(planes[..., c][sky])) for c in range(planes.shape[2])], np.float32)
+        white = float(np.max(planes[disk] - black))
+        return black, white if white > 0 else 1.0
+    v = planes[np.isfinite(planes)]
+    sub = v[:: max(1, v.size // 1_000_000)]
+    lo, hi = np.percentile(sub, [0.05, 99.95])
+    return np.full(planes.shape[2], lo, np.float32), float(hi - lo) if hi > lo else 1.0
+
+
+def display_object(image: np.ndarray, mode: str, levels_from: np.ndarray | None = None) -> np.ndarray:
+    """``image`` as uint8 for a preview through :func:`object_levels` (of ``levels_from``
+    when given, so two images can be shown through the same levels)."""
+    black, white = object_levels(image if levels_from is None else levels_from, mode)
+    img = np.asarray(image, dtype=np.float32)
+    planes = img[..., None] if img.ndim == 2 else img
+    x = (planes - black[: planes.shape[2]]) / np.float32(white)
+    out = to_uint8(np.clip(x, 0.0, 1.0))
+    return out[..., 0] if img.ndim == 2 else out

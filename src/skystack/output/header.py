@@ -299,6 +299,7 @@ def time_cards(starts_mjd: Sequence[float | None], exposures_s: Sequence[float |
         # warning, when they are missing)
         cards["MJD-OBS"] = (round(0.5 * (t0 + t1) if date_obs == "mid" else t0, 8), "[MJD UTC] DATE-OBS")
         cards["MJD-END"] = (round(t1, 8), "[MJD UTC] DATE-END")
+        cards["TIMESYS"] = ("UTC", "time scale of the dates and MJDs")
     return cards
 
 

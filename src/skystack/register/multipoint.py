@@ -8,15 +8,17 @@ AutoStakkert! and PlanetarySystemStacker, the reference is covered by a grid of
 1. :func:`place_alignment_points` keeps only nodes whose box holds structure (gradient
    energy) on a lit part of the image: none on empty sky, none on featureless regions
    where a correlation would only follow noise.
-2. :class:`LocalAligner` measures, for every frame, each AP's subpixel displacement
-   against the reference (batched phase correlation of the AP boxes) and each AP's local
-   sharpness, so frames are ranked and selected per AP (:func:`select_per_ap`).
+2. Frames are selected per AP (:func:`select_per_ap`, on local qualities the lucky
+   pipeline takes from :mod:`skystack.quality.metrics`), and :class:`LocalAligner`
+   measures each selected AP's subpixel displacement against the reference (batched
+   phase correlation of the AP boxes).
 3. The AP results become smooth per-pixel fields by **bilinear interpolation between
    nodes** (:class:`NodeInterpolator`): the displacement field ``s(p)`` de-warps the frame
    (:func:`dewarp`) and the selection weight field blends it into the stack. Bilinear
    weights are tent windows of half-width ``spacing`` that sum to one, so contributions
    fade smoothly from one AP to the next and no seam can appear; nodes without an AP
-   (sky, flat regions) carry the frame's global shift and global selection.
+   (sky, flat regions) carry the frame's global shift and global selection, and an AP
+   not measured in a frame continues its measured neighbours (:func:`fill_from_neighbours`).
 
 Displacements follow :mod:`skystack.register.planetary`: ``frame(p + s(p)) ≈ reference(p)``.
 """
@@ -29,7 +31,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..quality.metrics import gradient_energy_map, region_quality
+from ..quality.metrics import gradient_energy_map
 from .planetary import PhaseCorrelator
 
 
@@ -131,69 +133,58 @@ def place_alignment_points(reference: np.ndarray, *, ap_size: int = 64, spacing:
     return APGrid(xs=xs, ys=ys, size=size, active=active)
 
 
-@lru_cache(maxsize=16)
-def _interp_index(nodes: tuple[float, ...], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For pixels ``0..n-1``: the node to their left (``k``, so nodes ``k`` and ``k+1``
-    bracket them) and the fraction ``t`` of the way to the next node, clamped to [0, 1]
-    beyond the end nodes (constant extrapolation)."""
-    x = np.arange(n, dtype=np.float64)
-    nd = np.asarray(nodes, dtype=np.float64)
-    if nd.size == 1:
-        k = np.zeros(n, dtype=np.intp)
-        t = np.zeros(n, dtype=np.float32)
-    else:
-        k = np.clip(np.searchsorted(nd, x) - 1, 0, nd.size - 2).astype(np.intp)
-        t = np.clip((x - nd[k]) / (nd[k + 1] - nd[k]), 0.0, 1.0).astype(np.float32)
-    k.setflags(write=False)
-    t.setflags(write=False)
-    return k, t
-
-
 class NodeInterpolator:
-    """Spread per-node values over the full image by bilinear interpolation between nodes,
-    constant beyond the outer nodes.
+    """Spread per-node values over the image (or a window of it) by bilinear interpolation
+    between nodes, constant beyond the outer nodes.
 
-    Written as two gathers per axis rather than as matrix products: a BLAS call of this
-    shape may start its own threads, which on a loaded two-core machine made each call up
-    to 50 times slower than this plain version.
+    The lattice is regular, so this is an affine resampling of the small node array with
+    OpenCV (``warpAffine``, bilinear, replicated border): a full 640×480 field costs
+    0.05 ms where gathers in NumPy cost 1.5 ms. OpenCV places the sample positions on a
+    1/32 grid of the node spacing, so a field is exact at the nodes and bilinear between
+    them up to that step (0.03 px of position for 32-pixel spacing).
     """
 
     def __init__(self, grid: APGrid, shape: tuple[int, int]):
         h, w = shape
         self.shape = (h, w)
-        self._ky, self._ty = _interp_index(tuple(float(v) for v in grid.ys), h)
-        self._kx, self._tx = _interp_index(tuple(float(v) for v in grid.xs), w)
-        self._single_y = grid.ys.size == 1
-        self._single_x = grid.xs.size == 1
+        self._x0, self._sx = float(grid.xs[0]), float(grid.xs[1] - grid.xs[0]) if grid.xs.size > 1 else 1.0
+        self._y0, self._sy = float(grid.ys[0]), float(grid.ys[1] - grid.ys[0]) if grid.ys.size > 1 else 1.0
+        self._nodes = (int(grid.ys.size), int(grid.xs.size))
 
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        """``(ny, nx)`` node values → ``(H, W)`` float32 field."""
-        v = np.asarray(values, dtype=np.float32)
-        if self._single_y:
-            rows = np.repeat(v[:1], self.shape[0], axis=0)
-        else:
-            ty = self._ty[:, None]
-            rows = v[self._ky] * (1.0 - ty) + v[self._ky + 1] * ty  # (H, nx)
-        if self._single_x:
-            return np.ascontiguousarray(np.repeat(rows[:, :1], self.shape[1], axis=1))
-        tx = self._tx[None, :]
-        return rows[:, self._kx] * (1.0 - tx) + rows[:, self._kx + 1] * tx
+    def __call__(self, values: np.ndarray, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """``(ny, nx)`` or ``(ny, nx, c)`` node values → float32 field over ``window``
+        ``(y0, y1, x0, x1)`` (default: the whole image), shape ``(y1-y0, x1-x0[, c])``."""
+        v = np.ascontiguousarray(values, dtype=np.float32)
+        y0, y1, x0, x1 = window if window is not None else (0, self.shape[0], 0, self.shape[1])
+        ny, nx = self._nodes
+        if ny == 1 and nx == 1:
+            return np.ascontiguousarray(np.broadcast_to(v[0, 0], (y1 - y0, x1 - x0) + v.shape[2:]))
+        # destination pixel (x, y) samples node coordinates ((x + x0 - xs0) / sx, ...)
+        m = np.array([[1.0 / self._sx, 0.0, (x0 - self._x0) / self._sx],
+                      [0.0, 1.0 / self._sy, (y0 - self._y0) / self._sy]])
+        if nx == 1:
+            m[0] = 0.0
+        if ny == 1:
+            m[1] = 0.0
+        out = cv2.warpAffine(v, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape((y1 - y0, x1 - x0) + v.shape[2:])
 
 
 @dataclass
 class LocalMeasure:
-    """One frame's alignment-point results: ``disp`` (n_ap, 2) total displacement at each
-    AP (global + local), ``response`` (n_ap,), ``quality`` (n_ap,) local sharpness, and
-    ``valid`` (n_ap,) whether the displacement is trusted."""
+    """One frame's alignment-point results for the APs measured (``which``, indices into
+    the active APs): ``disp`` (n, 2) total displacement at each (global + local),
+    ``response`` (n,) and ``valid`` (n,) whether the displacement is trusted."""
 
+    which: np.ndarray
     disp: np.ndarray
     response: np.ndarray
-    quality: np.ndarray
     valid: np.ndarray
 
 
 class LocalAligner:
-    """Per-AP subpixel displacements and local sharpness of frames against a reference.
+    """Per-AP subpixel displacements of frames against a reference.
 
     Parameters
     ----------
@@ -201,11 +192,12 @@ class LocalAligner:
         ``(H, W)`` float luminance.
     grid
         The AP lattice.
-    blur_sigma
-        Gaussian sigma (pixels) applied to frames and reference before measuring; it keeps
-        pixel noise out of both the local quality and the correlation.
+    peak_sigma
+        Width of the correlation peak in frame pixels (see
+        :class:`~skystack.register.planetary.PhaseCorrelator`); 1.4 measured best on the
+        shared lunar benchmark (detail +0.0002 over 2.0, −0.0009 at 3.0).
     max_local_px
-        A local displacement further than this from the global one is not trusted
+        A local displacement further than this from the starting one is not trusted
         (default: a quarter of the AP size).
     min_response
         Correlation responses below this are not trusted.
@@ -213,87 +205,80 @@ class LocalAligner:
         Correlate 2×2-binned boxes (``2``) or full-resolution ones (``1``); ``None``
         chooses 2 for boxes of 48 pixels or more, where binning costs no accuracy that the
         seeing left (the correlation is 4 times cheaper).
+
+    Boxes are not smoothed first: the phase correlation whitens the cross-power spectrum,
+    which undoes any blur applied to both images, and its Gaussian taper already discards
+    the frequencies where only noise is left.
     """
 
-    def __init__(self, reference: np.ndarray, grid: APGrid, *, blur_sigma: float = 1.0,
-                 peak_sigma: float = 2.0, max_local_px: float | None = None, min_response: float = 0.08,
-                 downsample: int | None = None):
+    def __init__(self, reference: np.ndarray, grid: APGrid, *, peak_sigma: float = 1.4,
+                 max_local_px: float | None = None, min_response: float = 0.08, downsample: int | None = None):
         self.grid = grid
         self.downsample = downsample if downsample is not None else (2 if grid.size >= 48 else 1)
-        self.blur_sigma = blur_sigma
         self.max_local_px = max_local_px if max_local_px is not None else grid.size / 4.0
         self.min_response = min_response
-        ref = self.prepare(reference)
         self._boxes = grid.boxes()
+        ref = reference.astype(np.float32, copy=False)
         patches = np.stack([ref[y0:y1, x0:x1] for x0, y0, x1, y1 in self._boxes]) if len(self._boxes) \
             else np.zeros((0, grid.size, grid.size), np.float32)
         self._corr = PhaseCorrelator(self._bin(patches), peak_sigma=peak_sigma / self.downsample,
-                                     window="hann") if len(patches) else None
+                                     window="tukey") if len(patches) else None
 
     def _bin(self, patches: np.ndarray) -> np.ndarray:
         f = self.downsample
-        if f == 1:
+        n, a = patches.shape[0], patches.shape[1]
+        if f == 1 or n == 0:
             return patches
-        n, a, _ = patches.shape
         b = a // f
-        return patches[:, :b * f, :b * f].reshape(n, b, f, b, f).mean(axis=(2, 4), dtype=np.float32)
+        # one area resize of the patches stacked into a tall image: 20x faster than a
+        # NumPy reshape-mean, the same 2x2 means
+        tall = np.ascontiguousarray(patches[:, :b * f, :b * f]).reshape(n * b * f, b * f)
+        return cv2.resize(tall, (b, n * b), interpolation=cv2.INTER_AREA).reshape(n, b, b)
 
-    def prepare(self, lum: np.ndarray) -> np.ndarray:
-        """The blurred float32 view frames are measured on."""
-        img = lum.astype(np.float32, copy=False)
-        return cv2.GaussianBlur(img, (0, 0), self.blur_sigma) if self.blur_sigma > 0 else img
-
-    def measure(self, prepared: np.ndarray, shift: tuple[float, float], signal: float) -> LocalMeasure:
-        """Measure one frame.
+    def measure(self, lum: np.ndarray, shift: tuple[float, float], which: np.ndarray | None = None) -> LocalMeasure:
+        """Measure one frame at the APs ``which`` (default: all).
 
         Parameters
         ----------
-        prepared
-            The frame after :meth:`prepare`.
+        lum
+            The frame's float32 luminance.
         shift
-            The frame's global displacement ``(sx, sy)``.
-        signal
-            The frame's normalisation span (see :mod:`skystack.quality.metrics`).
+            Where to look: the frame's (global or coarse) displacement ``(sx, sy)``.
+        which
+            Indices of the active APs to measure.
         """
-        n = len(self._boxes)
+        n_all = len(self._boxes)
+        idx = np.arange(n_all) if which is None else np.asarray(which, dtype=np.intp)
+        n = idx.size
         if n == 0 or self._corr is None:
             z = np.zeros(0)
-            return LocalMeasure(np.zeros((0, 2)), z, z, np.zeros(0, bool))
+            return LocalMeasure(idx, np.zeros((0, 2)), z, np.zeros(0, bool))
         a = self.grid.size
-        h, w = prepared.shape
+        img = lum.astype(np.float32, copy=False)
+        h, w = img.shape
         ix, iy = int(round(shift[0])), int(round(shift[1]))
-        x0 = self._boxes[:, 0] + ix
-        y0 = self._boxes[:, 1] + iy
+        x0 = self._boxes[idx, 0] + ix
+        y0 = self._boxes[idx, 1] + iy
         inside = (x0 >= 0) & (y0 >= 0) & (x0 + a <= w) & (y0 + a <= h)
-        patches = np.empty((n, a, a), dtype=np.float32)
+        patches = np.zeros((n, a, a), dtype=np.float32)
         if inside.any():
-            win = np.lib.stride_tricks.sliding_window_view(prepared, (a, a))
+            win = np.lib.stride_tricks.sliding_window_view(img, (a, a))
             patches[inside] = win[y0[inside], x0[inside]]
-        for k in np.nonzero(~inside)[0]:
-            xa, ya = int(x0[k]), int(y0[k])
-            cy0, cy1 = max(ya, 0), min(ya + a, h)
-            cx0, cx1 = max(xa, 0), min(xa + a, w)
-            patches[k] = 0.0
-            if cy1 > cy0 and cx1 > cx0:
-                inner = prepared[cy0:cy1, cx0:cx1]
-                patches[k] = float(inner.mean())
-                patches[k, cy0 - ya:cy1 - ya, cx0 - xa:cx1 - xa] = inner
-        local, resp = self._corr.measure_many(self._bin(patches))
+        local, resp = self._corr.measure_many(self._bin(patches), which=idx)
         # binning f x f keeps the box centre where it was, so d binned pixels are f*d
         disp = local * self.downsample + np.array([ix, iy], dtype=np.float64)
-        q = region_quality(prepared, np.column_stack([x0 + a / 2.0, y0 + a / 2.0]), a, signal)
         dev = np.hypot(disp[:, 0] - shift[0], disp[:, 1] - shift[1])
         valid = inside & (resp >= self.min_response) & (dev <= self.max_local_px)
-        return LocalMeasure(disp, resp, q, valid)
+        return LocalMeasure(idx, disp, resp, valid)
 
 
-def select_per_ap(quality: np.ndarray, valid: np.ndarray, keep: int) -> np.ndarray:
-    """Per-AP selection: for each AP (column), the ``keep`` frames (rows) of highest local
-    quality among those with a valid measurement. Ties keep the earlier frame.
+def select_per_ap(score: np.ndarray, valid: np.ndarray, keep: int) -> np.ndarray:
+    """Per-AP selection: for each AP (column), the ``keep`` frames (rows) of highest score
+    among those with a valid entry. Ties keep the earlier frame.
 
     Returns a ``(n_frames, n_ap)`` bool array.
     """
-    q = np.where(valid, quality, -np.inf)
+    q = np.where(valid, score, -np.inf)
     n = q.shape[0]
     k = min(keep, n)
     order = np.argsort(-q, axis=0, kind="stable")[:k]
@@ -317,6 +302,19 @@ def node_values(grid: APGrid, active_values: np.ndarray, fill: float | np.ndarra
     return out
 
 
+def fill_from_neighbours(values: np.ndarray, known: np.ndarray, fallback: float) -> np.ndarray:
+    """Nodes not ``known`` take the mean of their known 8-neighbours (``fallback`` where
+    none is known): an unmeasured node next to measured ones continues their local
+    displacement instead of dropping to a global one."""
+    v = np.where(known, values, 0.0).astype(np.float32)
+    k = known.astype(np.float32)
+    kernel = np.ones((3, 3), np.float32)
+    s = cv2.filter2D(v, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+    c = cv2.filter2D(k, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+    out = np.where(c > 0, s / np.maximum(c, 1e-9), np.float32(fallback)).astype(np.float32)
+    return np.where(known, values, out).astype(np.float32)
+
+
 @lru_cache(maxsize=4)
 def _base_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
@@ -326,19 +324,27 @@ def _base_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def dewarp(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dewarp(image: np.ndarray, sx: np.ndarray, sy: np.ndarray,
+           window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Resample a frame through a displacement field: ``out(p) = image(p + s(p))``.
 
-    Returns the float32 result (bicubic, edges replicated) and the float32 mask of pixels
-    whose source lies inside the frame.
+    ``sx``, ``sy`` cover ``window`` ``(y0, y1, x0, x1)`` of the frame (default: all of it);
+    the source may lie anywhere in the frame. Returns the float32 result over the window
+    (bicubic, edges replicated) and the float32 mask of pixels whose source lies inside
+    the frame, or ``None`` when all of them do (the common case, not worth a mask).
     """
     h, w = image.shape[:2]
+    y0, y1, x0, x1 = window if window is not None else (0, h, 0, w)
     gx, gy = _base_grid((h, w))
-    mx = gx + sx
-    my = gy + sy
+    mx = cv2.add(gx[y0:y1, x0:x1], sx)
+    my = cv2.add(gy[y0:y1, x0:x1], sy)
     # fixed-point maps (1/32 px) make the bicubic remap several times faster at no visible cost
     m1, m2 = cv2.convertMaps(mx, my, cv2.CV_16SC2)
     out = cv2.remap(image.astype(np.float32, copy=False), m1, m2, cv2.INTER_CUBIC,
                     borderMode=cv2.BORDER_REPLICATE)
+    lo_x, hi_x = cv2.minMaxLoc(mx)[:2]
+    lo_y, hi_y = cv2.minMaxLoc(my)[:2]
+    if lo_x >= 0 and hi_x <= w - 1 and lo_y >= 0 and hi_y <= h - 1:
+        return out, None
     inside = ((mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)).astype(np.float32)
     return out, inside

@@ -50,6 +50,10 @@ class Seeing:
     blur_sigma: tuple[float, float] = (0.6, 2.6)
     noise_adu: float = 2.0  # read noise, in output ADU
     shot_gain: float = 0.0  # electrons per ADU for shot noise; 0 disables it
+    # blur varying across the field (isoplanatic patches): the frame's blur times
+    # exp(patchy * g(p)), g a smooth unit-variance field of correlation ~patchy_cell_px
+    patchy: float = 0.0
+    patchy_cell_px: float = 64.0
 
 
 def _moon_scene(height: int, width: int) -> np.ndarray:
@@ -171,6 +175,34 @@ class LuckyVideo:
         k = amp / max(rms, 1e-6)
         return fields[0] * k, fields[1] * k
 
+    def local_blur(self, i: int) -> np.ndarray:
+        """Frame ``i``'s Gaussian blur sigma at every frame pixel ``(H, W)`` float32 (its
+        global ``blur[i]`` everywhere unless the seeing is patchy)."""
+        h, w = self.shape
+        sig = np.full((h, w), np.float32(self.blur[i]), np.float32)
+        if self.seeing.patchy <= 0:
+            return sig
+        rng = np.random.default_rng([self.seed, 104729, int(i)])
+        cell = self.seeing.patchy_cell_px
+        g = rng.standard_normal((max(2, math.ceil(h / cell) + 1), max(2, math.ceil(w / cell) + 1)))
+        g = cv2.resize(g.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        g = (g - g.mean()) / max(float(g.std()), 1e-6)
+        return np.clip(sig * np.exp(np.float32(self.seeing.patchy) * g), 0.3, 4.0).astype(np.float32)
+
+    def _blur(self, img: np.ndarray, i: int) -> np.ndarray:
+        if self.seeing.patchy <= 0:
+            sig = float(self.blur[i])
+            return cv2.GaussianBlur(img, (0, 0), sig, borderType=cv2.BORDER_REFLECT) if sig > 0.05 else img
+        # blend between a ladder of blurs at each pixel's own sigma
+        sig = self.local_blur(i)
+        ladder = np.array([0.3, 0.6, 1.0, 1.5, 2.1, 2.9, 4.0], np.float32)
+        k = np.clip(np.searchsorted(ladder, sig) - 1, 0, ladder.size - 2)
+        t = (sig - ladder[k]) / (ladder[k + 1] - ladder[k])
+        stack = np.stack([cv2.GaussianBlur(img, (0, 0), float(s), borderType=cv2.BORDER_REFLECT) for s in ladder])
+        lo = np.take_along_axis(stack, k[None], 0)[0]
+        hi = np.take_along_axis(stack, k[None] + 1, 0)[0]
+        return lo * (1 - t) + hi * t
+
     def displacement(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Total displacement ``s(p) = shift + distortion(p)`` of frame ``i``."""
         dx, dy = self.distortion(i)
@@ -207,10 +239,7 @@ class LuckyVideo:
             mx = gx - sx - ddx - ox + m
             my = gy - sy - ddy - oy + m
             img = cv2.remap(plane, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-            sig = float(self.blur[i])
-            if sig > 0.05:
-                img = cv2.GaussianBlur(img, (0, 0), sig, borderType=cv2.BORDER_REFLECT)
-            out.append(img)
+            out.append(self._blur(img, i))
         img = out[0] if len(out) == 1 else np.stack(out, axis=-1)
         adu = self.black_adu + (self.white_adu - self.black_adu) * img
         noise = rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(self.seeing.noise_adu)

@@ -1,3 +1,4 @@
 """The lucky-imaging pipeline (``skystack lucky``): rank every frame of a video, build a
-reference from the best, align a pool globally and per alignment point, select, de-warp
-and blend. :mod:`.run` is the conductor."""
+reference from the best, select the best frames per alignment point among all of them,
+align and de-warp them where they are stacked, blend. :mod:`.run` is the conductor;
+:mod:`.batch` runs many videos into one folder."""

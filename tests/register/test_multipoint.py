@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from skystack.register.multipoint import (APGrid, LocalAligner, NodeInterpolator, dewarp, node_values,
-                                          place_alignment_points, select_per_ap)
+from skystack.register.multipoint import (APGrid, LocalAligner, NodeInterpolator, dewarp, fill_from_neighbours,
+                                          node_values, place_alignment_points, select_per_ap)
 
 
 def test_no_alignment_point_on_empty_sky(planet_video):
@@ -55,7 +55,7 @@ def test_local_shifts_follow_the_true_distortion(moon_video):
     err_local, err_global = [], []
     for i in np.argsort(v.blur)[:12]:
         f = v.frame(int(i)).astype(np.float32)
-        m = local.measure(local.prepare(f), (v.shifts[i, 0], v.shifts[i, 1]), signal=40.0)
+        m = local.measure(f, (v.shifts[i, 0], v.shifts[i, 1]))
         sx, sy = v.displacement(int(i))
         tx, ty = sx[c[:, 1], c[:, 0]], sy[c[:, 1], c[:, 0]]
         assert m.valid.mean() > 0.9
@@ -65,21 +65,23 @@ def test_local_shifts_follow_the_true_distortion(moon_video):
     assert rl < 0.5 and rl < 0.55 * rg  # measured: 0.39 px against 0.92 px
 
 
-def test_local_quality_ranks_by_blur(moon_video):
+def test_measuring_some_points_equals_measuring_all(moon_video):
     v = moon_video
     grid = place_alignment_points(v.truth, ap_size=48)
     local = LocalAligner(v.truth, grid)
-    sharp, soft = int(np.argmin(v.blur)), int(np.argmax(v.blur))
-    q = [local.measure(local.prepare(v.frame(i).astype(np.float32)), tuple(v.shifts[i]), 40.0).quality
-         for i in (sharp, soft)]
-    assert np.mean(q[0] > q[1]) > 0.9
+    f = v.frame(3).astype(np.float32)
+    everything = local.measure(f, tuple(v.shifts[3]))
+    which = np.array([2, 7, 11])
+    some = local.measure(f, tuple(v.shifts[3]), which)
+    assert some.which.tolist() == [2, 7, 11]
+    assert np.allclose(some.disp, everything.disp[which]) and np.array_equal(some.valid, everything.valid[which])
 
 
 def test_boxes_leaving_the_frame_are_invalid(moon_video):
     v = moon_video
     grid = place_alignment_points(v.truth, ap_size=48)
     local = LocalAligner(v.truth, grid)
-    m = local.measure(local.prepare(v.frame(0).astype(np.float32)), (40.0, 0.0), 40.0)
+    m = local.measure(v.frame(0).astype(np.float32), (40.0, 0.0))
     right = grid.boxes()[:, 2] + 40 > 256
     assert right.any() and not m.valid[right].any()
 
@@ -102,15 +104,34 @@ def test_node_interpolation_is_bilinear_and_smooth():
     assert np.allclose(ones, 1.0)  # partition of unity: blending weights never dip
     v = np.array([[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]])
     f = interp(v)
-    assert f[5, 10] == 0.0 and f[25, 50] == 10.0 and f[5, 30] == 2.0  # exact at nodes
-    assert abs(f[15, 20] - 4.0) < 1e-6  # bilinear midpoint of 0, 2, 6, 8
-    assert f[0, 0] == 0.0 and f[29, 59] == 10.0  # constant beyond the outer nodes
-    # continuous: neighbouring pixels differ by at most the node step over the spacing
-    assert np.abs(np.diff(f, axis=1)).max() <= 2.0 / 20 + 1e-5
-    assert np.abs(np.diff(f, axis=0)).max() <= 6.0 / 20 + 1e-5
+    assert np.allclose([f[5, 10], f[25, 50], f[5, 30]], [0.0, 10.0, 2.0], atol=1e-5)  # exact at nodes
+    assert abs(f[15, 20] - 4.0) < 1e-5  # bilinear midpoint of 0, 2, 6, 8
+    assert abs(f[0, 0]) < 1e-5 and abs(f[29, 59] - 10.0) < 1e-5  # constant beyond the outer nodes
+    # bilinear up to OpenCV's 1/32-of-a-spacing sample grid
+    yy, xx = np.mgrid[0:30, 0:60].astype(float)
+    u = np.clip((xx - 10) / 20, 0, 2)
+    w = np.clip((yy - 5) / 20, 0, 1)
+    exact = (2 * u) * (1 - w) + (6 + 2 * u) * w
+    assert np.abs(f - exact).max() <= 8.0 / 32 / 2 + 1e-5
+    # a window is the same field, cut
+    assert np.allclose(interp(v, (3, 20, 7, 41)), f[3:20, 7:41], atol=1e-6)
+    # several values per node at once (displacement x, y and weight in one call)
+    three = interp(np.dstack([v, 2 * v, np.ones_like(v)]))
+    assert three.shape == (30, 60, 3) and np.allclose(three[..., 1], 2 * f, atol=1e-5)
     one = NodeInterpolator(APGrid(xs=np.array([5.0]), ys=np.array([5.0]), size=8, active=np.ones((1, 1), bool)),
                            (10, 12))
     assert np.allclose(one(np.array([[3.0]])), 3.0)
+
+
+def test_fill_from_neighbours():
+    known = np.array([[True, False, False], [False, False, False], [False, False, True]])
+    vals = np.array([[1.0, 0, 0], [0, 0, 0], [0, 0, 5.0]], np.float32)
+    out = fill_from_neighbours(vals, known, fallback=-7.0)
+    assert out[0, 0] == 1.0 and out[2, 2] == 5.0  # known nodes keep their values
+    assert out[0, 1] == 1.0 and out[1, 1] == 3.0  # the mean of the known neighbours
+    assert out[2, 1] == 5.0
+    far = fill_from_neighbours(np.zeros((3, 5), np.float32), np.eye(3, 5, dtype=bool) & False, fallback=-7.0)
+    assert np.all(far == -7.0)  # no known neighbour: the fallback
 
 
 def test_node_values_fill():
@@ -134,6 +155,19 @@ def test_dewarp_inverts_a_known_field(moon_video):
     out, inside = dewarp(frame, sx, sy)
     d = (out - ref)[10:-10, 10:-10]
     assert np.sqrt(np.mean(d ** 2)) < 0.6  # of a 10..220 ADU scene: interpolation error only
-    assert inside[10:-10, 10:-10].all()
+    assert inside is not None and inside[10:-10, 10:-10].all()
     # sources beyond the frame: x = 255 + 0.85 on the right, y = 0 - 1 on the top row
     assert inside[:, -1].max() == 0.0 and inside[0].max() == 0.0 and inside[60:200, 0].min() == 1.0
+
+
+def test_dewarp_of_a_window_equals_the_full_frame(moon_video):
+    frame = moon_video.frame(4).astype(np.float32)
+    h, w = frame.shape
+    sx = np.full((h, w), 0.37, np.float32)
+    sy = np.full((h, w), -1.2, np.float32)
+    full, inside = dewarp(frame, sx, sy)
+    assert inside is not None and inside[0].max() == 0.0  # sources above the top row
+    win = (40, 90, 100, 180)
+    part, part_inside = dewarp(frame, sx[40:90, 100:180], sy[40:90, 100:180], win)
+    assert np.allclose(part, full[40:90, 100:180])
+    assert part_inside is None  # every source inside the frame: no mask needed

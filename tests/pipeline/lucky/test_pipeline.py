@@ -80,11 +80,14 @@ def test_multipoint_report(multipoint_run):
     r = multipoint_run
     assert r.alignment_points > 50
     used = [f for f in r.frames if f.fate is Fate.USED]
-    # per-AP selection uses more frames than the 12 kept globally, each at some APs only
-    assert len(used) > 12
-    assert all(f.metrics.get("ap_used", 0) >= 0 for f in used)
+    assert len(used) >= 12 and all(f.metrics.get("ap_used", 0) >= 1 for f in used)
     assert r.report["alignment_points"]["count"] == r.alignment_points
     assert r.report["summary"]["kept"] == 12
+    # this video's blur is one value per frame: the local quality carries nothing the
+    # global one does not, and the estimated local weight is (about) zero
+    sel = r.report["selection"]
+    assert sel["local_weight"] < 0.1 and sel["frames_read"] >= 12
+    assert r.report["edges"]["policy"] == "fill" and not np.isnan(r.image).any()
 
 
 def test_result_does_not_depend_on_worker_count(moon_frames):
@@ -104,8 +107,9 @@ def test_planet_mode(planet_video, planet_frames):
     d = np.array([(-f.transform.matrix[0, 2] - planet_video.shifts[f.index, 0],
                    -f.transform.matrix[1, 2] - planet_video.shifts[f.index, 1]) for f in used])
     # the local seeing field (0.6 px RMS) does not average to zero over the disk, so the
-    # generator's jitter is not exactly the disk's motion
-    assert np.all(d.std(axis=0) < 0.2)
+    # generator's jitter is not exactly the disk's motion (and a frame used at a few APs
+    # only reports the median of their displacements)
+    assert np.all(d.std(axis=0) < 0.3)
     # the stack is sharper than the plain mean and close to the truth on the disk
     truth = planet_video.truth
     plain = np.mean([planet_frames.read(i) for i in range(len(planet_frames))], axis=0)
@@ -157,9 +161,9 @@ def test_colour_planet_with_dispersion():
     assert r.rgb_shifts["B"] == pytest.approx([0.6, 1.0], abs=0.15)
     # after the correction R and B sit on G
     again = skystack.lucky(fs, None, keep="25%", multipoint=False, rgb_align=False)
-    from skystack.pipeline.lucky.run import _rgb_dispersion
+    from skystack.pipeline.lucky.stack import rgb_dispersion
 
-    _, residual = _rgb_dispersion(r.image, False)
+    _, residual = rgb_dispersion(r.image, False)
     assert np.abs(residual["R"]).max() < 0.1 and np.abs(residual["B"]).max() < 0.1
     assert again.rgb_shifts["R"] == pytest.approx(r.rgb_shifts["R"], abs=1e-6)
 
@@ -192,7 +196,7 @@ def test_outputs_and_report(tmp_path, moon_frames):
     assert rep["kind"] == "lucky" and rep["mode"] == "surface"
     assert rep["summary"]["frames"] == 30 and rep["summary"]["kept"] == 6
     assert rep["options"]["keep"] == "20%" and rep["enhance"]["gains"] == [1.8, 1.4, 1.0, 1.0, 1.0]
-    assert set(rep["timings"]) >= {"rank_s", "reference_s", "align_s", "stack_s", "write_s", "total_s"}
+    assert set(rep["timings"]) >= {"rank_s", "reference_s", "select_s", "align_stack_s", "write_s", "total_s"}
     assert rep["peak_rss_mb"] > 0 and rep["frames_per_s"] > 0
     f0 = rep["frames"][0]
     assert {"index", "name", "fate", "reason", "transform", "metrics"} <= set(f0)

@@ -1,0 +1,307 @@
+"""What every lucky-imaging step shares: opening a video (and calibrating it), the
+per-frame table, the frame reader, the ordered thread-pool map and the run's context
+(:class:`LuckyRun`)."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from ...errors import BadFrameError, NoFramesError, UsageError
+from ...io import input_files, open_frames
+from ...options import LuckyJob, LuckyOptions, ReadOptions, RunOptions
+from ...output.guard import guard_outputs
+from ...output.products import lucky_outputs
+from ...quality.metrics import BLANK_SPAN
+from ...types import Fate
+
+log = logging.getLogger("skystack")
+
+_UNMAP_EVERY = 256  # reads between closing memory-mapped inputs (see Reader)
+
+# per-frame status codes of FrameTable.status
+OK, UNREADABLE, BLANK, NO_DISK, OUT_OF_FIELD, NO_MATCH = range(6)
+
+
+@dataclass
+class FrameTable:
+    """Small per-frame arrays (the only O(N) state of a run). ``log_energy`` and
+    ``log_level`` hold each frame's sharpness cells (:mod:`skystack.quality.metrics`) in
+    frame coordinates, float16 (a log to a few thousandths is all ranking needs), set
+    up by :meth:`cells` once the cell grid is known."""
+
+    n: int
+    quality: np.ndarray = field(init=False)
+    log_gain: np.ndarray = field(init=False)
+    peak: np.ndarray = field(init=False)
+    coarse: np.ndarray = field(init=False)  # full-res px; planet: centroid, surface: vs frame 0
+    status: np.ndarray = field(init=False)
+    shift: np.ndarray = field(init=False)  # refined displacement vs the reference
+    response: np.ndarray = field(init=False)
+    ap_used: np.ndarray = field(init=False)
+    used: np.ndarray = field(init=False)
+    log_energy: np.ndarray = field(init=False)
+    log_level: np.ndarray = field(init=False)
+    reasons: dict[int, tuple[Fate, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.n
+        self.quality = np.full(n, np.nan)
+        self.log_gain = np.zeros(n)
+        self.peak = np.full(n, np.nan)
+        self.coarse = np.full((n, 2), np.nan)
+        self.status = np.full(n, OK, dtype=np.int8)
+        self.shift = np.full((n, 2), np.nan)
+        self.response = np.full(n, np.nan)
+        self.ap_used = np.zeros(n, dtype=np.int32)
+        self.used = np.zeros(n, dtype=bool)
+        self.cells((1, 1))
+
+    def cells(self, shape: tuple[int, int]) -> None:
+        """Allocate the sharpness cells, ``shape`` = (ny, nx) per frame."""
+        self.log_energy = np.full((self.n,) + tuple(shape), np.nan, np.float16)
+        self.log_level = np.full((self.n,) + tuple(shape), np.nan, np.float16)
+
+    def fail(self, i: int, status: int, fate: Fate, reason: str) -> None:
+        self.status[i] = status
+        self.reasons[i] = (fate, reason)
+
+    def first_reason(self) -> str:
+        for i in sorted(self.reasons):
+            return f"frame {i}: {self.reasons[i][1]}"
+        return "no reason recorded"
+
+    def record_alignment(self, i: int, result: Any, s: Any, min_response: float) -> bool:
+        """Record frame ``i``'s alignment outcome; False when the frame could not be read
+        (``result`` is the BadFrameError) or did not match the reference (``None``)."""
+        if isinstance(result, BadFrameError):
+            self.fail(i, UNREADABLE, Fate.UNREADABLE, result.reason)
+            return False
+        self.response[i] = s.response
+        self.shift[i] = (s.sx, s.sy)
+        if result is None:
+            self.fail(i, NO_MATCH, Fate.FAILED_REGISTRATION,
+                      f"no match with the reference (correlation response {s.response:.3f} < {min_response})")
+            return False
+        return True
+
+
+# -- frame access -----------------------------------------------------------------------------
+
+def open_input(inputs: Any, read: ReadOptions) -> Any:
+    """An already open frame set as is, else :func:`skystack.io.open_frames`."""
+    if hasattr(inputs, "luminance") and hasattr(inputs, "__len__"):
+        return inputs
+    return open_frames(inputs, options=read)
+
+
+@dataclass
+class Source:
+    """An opened video: its frames (calibrated when asked), the first usable frame, the
+    messages said so far, the readers' problems, the input paths and the calibration's
+    summary for the report."""
+
+    frames: Any
+    first: int
+    shape: tuple[int, int]
+    first_image: np.ndarray
+    messages: list[str]
+    problems: list
+    input_paths: list[str]
+    calibration: dict[str, Any] | None = None
+
+
+def guard(inputs: Any, job: LuckyJob) -> None:
+    """Refuse, before any frame is read, a run whose outputs (the stack, its report,
+    previews, plot, comparison, sharpened copy) would replace an input: a video, a list
+    file or a calibration frame (:func:`skystack.output.guard.guard_outputs`)."""
+    cal = job.calibration
+    read = input_files([p for group in (cal.bias, cal.darks, cal.flats, cal.dark_flats) for p in group])
+    if isinstance(inputs, (str, os.PathLike, list, tuple)):
+        read += input_files(inputs)
+    else:  # an open frame set (the API): the files it names
+        read += sorted({frame_path(inputs, i) for i in sample_indices(len(inputs))})
+    guard_outputs(lucky_outputs(job.output, sharpen=job.enhance is not None), read)
+
+
+def open_video(inputs: Any, job: LuckyJob, cache_dir: Path) -> Source:
+    """Check the outputs against the inputs, open the frames, insert the calibration
+    (``--darks``/``--flats``/``--bias``: masters built or reused by
+    :func:`skystack.calibrate.prepare_calibration`, applied to the raw plane before
+    demosaicing), and find the first usable frame."""
+    guard(inputs, job)
+    frames = open_input(inputs, job.read)
+    n = len(frames)
+    if n == 0:
+        raise NoFramesError("no input frame")
+    messages: list[str] = []
+    problems = list(getattr(frames, "problems", []) or [])
+    for idx, path, reason in problems:
+        if idx < 0:  # file-level warnings (a truncated SER ...); bad frames are reported later
+            messages.append(f"{path}: {reason}")
+            log.warning("%s", messages[-1])
+    input_paths = sorted({frame_path(frames, i) for i in sample_indices(n)})
+    info = None
+    if job.calibration.active:
+        if not hasattr(frames, "with_raw_steps"):
+            raise UsageError("calibration (--darks/--flats/--bias) needs frames opened from files")
+        # the calibration package imports numba and scipy.ndimage (0.37 s measured on the
+        # project's 2-core machine), which an uncalibrated run never needs
+        from ...calibrate import prepare_calibration
+
+        frames, info = prepare_calibration(frames, job.calibration, cache_dir=cache_dir,
+                                           run=RunOptions(workers=job.lucky.workers, quiet=job.quiet))
+        messages += [f"calibration: {w}" for w in info.get("warnings", [])]
+    first, shape, img = first_frame(frames)
+    return Source(frames, first, shape, img, messages, problems, input_paths, info)
+
+
+def frame_path(frames: Any, i: int) -> str:
+    p = getattr(frames, "path", None)
+    if callable(p):
+        try:
+            return str(p(i))
+        except Exception:
+            return str(frames.name(i))
+    return str(p) if p is not None else str(frames.name(i))
+
+
+def sample_indices(n: int) -> list[int]:
+    # a frame set spanning many files: name every file without touching every frame
+    return sorted(set(np.linspace(0, n - 1, min(n, 64)).astype(int).tolist()))
+
+
+def has_raw_fast_path(frames: Any) -> bool:
+    """True when ``read_raw`` gives the plane :meth:`read` would process unchanged except
+    for demosaicing (no calibration steps): then ranking can bin the raw plane 2×2."""
+    if not hasattr(frames, "read_raw"):
+        return False
+    spec = getattr(frames, "spec", None)
+    return not (spec is not None and getattr(spec, "raw_steps", ()))
+
+
+def first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
+    """The first readable, non-blank frame: the clip's geometry, the mode decision and the
+    first key frame come from it. (Blank and unreadable frames before it are found again
+    and reported by the ranking pass.)"""
+    first_err = None
+    fallback = None
+    for i in range(len(frames)):
+        try:
+            img = np.asarray(frames.luminance(i), dtype=np.float32)
+        except BadFrameError as e:
+            first_err = first_err or e
+            continue
+        if fallback is None:
+            fallback = (i, (int(img.shape[0]), int(img.shape[1])), img)
+        if float(img.max()) - float(img.min()) >= BLANK_SPAN:
+            return i, (int(img.shape[0]), int(img.shape[1])), img
+        if i - fallback[0] >= 200:  # a long blank start: let the ranking pass judge the clip
+            break
+    if fallback is not None:
+        return fallback
+    raise NoFramesError(f"{frame_path(frames, 0)}: no readable frame"
+                        + (f" ({first_err.reason})" if first_err else ""))
+
+
+class Reader:
+    """Reads frames with the clip's geometry check; a bad frame becomes a value.
+
+    Every :data:`_UNMAP_EVERY` reads it closes the frame set's memory-mapped files (SER,
+    FITS; they reopen on the next read, and readers return copies): the pages of frames
+    already processed would otherwise stay mapped and make the resident size grow with the
+    length of the video, although nothing needs them any more.
+    """
+
+    def __init__(self, frames: Any, shape: tuple[int, int]):
+        self.frames = frames
+        self.shape = shape
+        self._reads = 0
+        self._can_unmap = callable(getattr(frames, "close", None)) and hasattr(frames, "frame_sliceable")
+
+    def _check(self, i: int, img: np.ndarray) -> None:
+        if tuple(img.shape[:2]) != self.shape:
+            h, w = img.shape[:2]
+            raise BadFrameError(frame_path(self.frames, i),
+                                f"frame {i} is {w}x{h}, the clip's frames are {self.shape[1]}x{self.shape[0]}")
+
+    def _tick(self, i: int) -> None:
+        self._reads += 1
+        if self._can_unmap and self._reads % _UNMAP_EVERY == 0:
+            try:
+                mapped = self.frames.frame_sliceable(i) and not self.frames.frame_sequential(i)
+            except Exception:
+                mapped = False
+            if mapped:
+                self.frames.close()
+
+    def raw(self, i: int) -> np.ndarray | BadFrameError:
+        self._tick(i)
+        try:
+            img = self.frames.read_raw(i)
+            self._check(i, img)
+            return img
+        except BadFrameError as e:
+            return e
+
+    def read(self, i: int, colour: bool) -> np.ndarray | BadFrameError:
+        self._tick(i)
+        try:
+            img = self.frames.read(i) if colour else self.frames.luminance(i)
+            self._check(i, img)
+            return np.asarray(img, dtype=np.float32)
+        except BadFrameError as e:
+            return e
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoolExecutor | None,
+                inflight: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, at most ``inflight`` items alive at once; ``items`` is
+    consumed on the calling thread (reads stay sequential, which video decoders need)."""
+    if pool is None:
+        for it in items:
+            yield fn(it)
+        return
+    q: deque = deque()
+    for it in items:
+        q.append(pool.submit(fn, it))
+        if len(q) >= inflight:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
+
+
+@dataclass
+class LuckyRun:
+    """The state every step of one run shares: the frames and their reader, the per-frame
+    table, the options, the thread pool, and what is said to the user."""
+
+    frames: Any
+    reader: Reader
+    table: FrameTable
+    opts: LuckyOptions
+    source: str
+    pool: ThreadPoolExecutor | None
+    inflight: int
+    quiet: bool
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.reader.shape
+
+    def say(self, msg: str, level: int = logging.WARNING) -> None:
+        """Tell the user (and keep the line for the report)."""
+        self.messages.append(msg)
+        log.log(level, "%s", msg)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """:func:`ordered_map` on this run's pool."""
+        return ordered_map(fn, items, self.pool, self.inflight)

@@ -1,0 +1,518 @@
+"""Ranking: pass 1 over every frame (sharpness cells, coarse position, blank and
+out-of-field checks), the frames' global quality from their cells taken at the same places
+on the object, the order of the usable frames, the reference frames and the kept count;
+then, once the alignment points are placed, every frame's local quality at each point and
+the per-point selection, which may reach any usable frame, not only the globally best."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ...errors import BadFrameError, NoFramesError, RegistrationError
+from ...io import luminance
+from ...options import LuckyOptions, parse_keep
+from ...quality.metrics import (BLANK_SPAN, CellGrid, CellModel, ViewSharpness, cell_grid, fit_cells,
+                                global_quality, measure_view, nanmedian, sample_cells)
+from ...register.multipoint import APGrid
+from ...register.planetary import PhaseCorrelator, disk_centroid, pick_mode
+from ...runtime.progress import Progress
+from ...types import Fate
+from .frames import BLANK, NO_DISK, NO_MATCH, OK, OUT_OF_FIELD, UNREADABLE, LuckyRun, frame_path
+
+# a coarse (4x-downsampled) correlation weaker than this is no match at all
+_COARSE_MIN_RESPONSE = 0.02
+_CHUNK = 16  # frames per key-frame decision in the ranking pass
+
+
+@dataclass
+class _Rank:
+    i: int
+    error: BadFrameError | None = None
+    cells: ViewSharpness | None = None
+    coarse: tuple[float, float] | None = None
+    response: float = float("nan")
+    touches_edge: bool = False
+    coarse_view: np.ndarray | None = None
+
+
+class Ranker:
+    """Measures one frame of pass 1: sharpness cells on a downsampled view, and its coarse
+    position (the planet's centroid, or a phase correlation against the current key frame)."""
+
+    def __init__(self, opts: LuckyOptions, shape: tuple[int, int]):
+        self.f = opts.quality_downsample
+        self.grid: CellGrid = cell_grid((shape[0] // self.f, shape[1] // self.f))
+        self.mode: str = "surface"
+        self.key: PhaseCorrelator | None = None
+        self.key_offset = (0.0, 0.0)
+        # the coarse position at which the cells tile the view exactly (the first frame's)
+        self.anchor = (0.0, 0.0)
+
+    def view(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 3:
+            img = luminance(img)
+        img = img.astype(np.float32, copy=False)
+        f = self.f
+        if f > 1:
+            h, w = img.shape[:2]
+            # INTER_AREA on the raw plane: for a CFA mosaic and f = 2 this is the 2x2
+            # super-pixel luminance (R + G + G + B) / 4, no demosaicing needed to rank
+            img = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+        return img
+
+    def coarse_view(self, view: np.ndarray) -> np.ndarray:
+        # halve the view once more for the coarse correlation, unless that would leave
+        # too few pixels to correlate reliably (small frames, big drifts)
+        if not self.coarse_halves(view.shape):
+            return view
+        h, w = view.shape
+        return cv2.resize(view, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+
+    @staticmethod
+    def coarse_halves(view_shape: tuple[int, ...]) -> bool:
+        return min(view_shape[:2]) >= 128
+
+    def coarse_factor(self, view_shape: tuple[int, ...]) -> float:
+        return self.f * (2.0 if self.coarse_halves(view_shape) else 1.0)
+
+    def start(self, run: LuckyRun, first_img: np.ndarray) -> str:
+        """Decide the mode from the first frame (``auto``) and make it the first key frame."""
+        v0 = self.view(first_img)
+        if run.opts.mode == "auto":
+            mode, why = pick_mode(cv2.GaussianBlur(v0, (5, 5), 0.7))
+            run.say(f"{run.source}: {mode} mode ({why})", logging.INFO)
+        else:
+            mode = run.opts.mode
+        self.mode = mode
+        if mode == "surface":
+            self.key = PhaseCorrelator(self.coarse_view(v0), peak_sigma=1.0, window="tukey")
+        else:
+            d = disk_centroid(v0)
+            h, w = v0.shape
+            cx, cy = (d.cx, d.cy) if d is not None else ((w - 1) / 2.0, (h - 1) / 2.0)
+            self.anchor = (self.f * cx + (self.f - 1) / 2.0, self.f * cy + (self.f - 1) / 2.0)
+        return mode
+
+    def __call__(self, item: tuple[int, np.ndarray | BadFrameError]) -> _Rank:
+        i, img = item
+        if isinstance(img, BadFrameError):
+            return _Rank(i, error=img)
+        view = self.view(img)
+        r = _Rank(i)
+        lo, hi = cv2.minMaxLoc(view)[:2]
+        if hi - lo >= BLANK_SPAN:
+            self._locate(view, r)
+        # the cells sit on the object: where the first frame's cells are in this one
+        c = r.coarse if r.coarse is not None else self.anchor
+        r.cells = measure_view(view, self.grid, ((c[0] - self.anchor[0]) / self.f, (c[1] - self.anchor[1]) / self.f))
+        return r
+
+    def _locate(self, view: np.ndarray, r: _Rank) -> None:
+        if self.mode == "planet":
+            d = disk_centroid(view)
+            if d is not None:
+                f = self.f
+                r.coarse = (f * d.cx + (f - 1) / 2.0, f * d.cy + (f - 1) / 2.0)
+                r.touches_edge = d.touches_edge
+                r.response = 1.0
+            return
+        cv = self.coarse_view(view)
+        r.coarse_view = cv
+        if self.key is not None:
+            s = self.key.measure(cv)
+            r.response = s.response
+            if s.response >= _COARSE_MIN_RESPONSE:
+                k = self.coarse_factor(view.shape)
+                r.coarse = (self.key_offset[0] + k * s.sx, self.key_offset[1] + k * s.sy)
+
+
+def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
+    """Pass 1 over every frame: fill the table's sharpness cells, peak and coarse
+    position, and mark unreadable, blank, lost and out-of-field frames."""
+    table, reader = run.table, run.reader
+    n = table.n
+    table.cells((ranker.grid.ny, ranker.grid.nx))
+    key_limit = None
+    with Progress(n, "lucky: rank", run.quiet) as bar:
+        for c0 in range(0, n, _CHUNK):
+            idx = range(c0, min(n, c0 + _CHUNK))
+            items = ((i, reader.raw(i) if raw_path else reader.read(i, False)) for i in idx)
+            last_ok = None
+            for r in run.map(ranker, items):
+                i = r.i
+                bar.update()
+                if r.error is not None:
+                    table.fail(i, UNREADABLE, Fate.UNREADABLE, r.error.reason)
+                    continue
+                table.log_energy[i] = r.cells.log_energy
+                table.log_level[i] = r.cells.log_level
+                table.peak[i] = r.cells.peak
+                table.response[i] = r.response
+                if r.cells.blank:
+                    table.fail(i, BLANK, Fate.REJECTED, "blank frame (no signal: every pixel has the same value)")
+                    continue
+                if r.coarse is None:
+                    if ranker.mode == "planet":
+                        table.fail(i, NO_DISK, Fate.FAILED_REGISTRATION, "no planet disk found above the sky")
+                    else:
+                        table.fail(i, NO_MATCH, Fate.FAILED_REGISTRATION,
+                                   f"no match with the neighbouring frames (coarse correlation "
+                                   f"{r.response:.3f})")
+                    continue
+                table.coarse[i] = r.coarse
+                if r.touches_edge:
+                    table.fail(i, OUT_OF_FIELD, Fate.REJECTED,
+                               "drifted out of the field: the planet's disk touches the frame edge")
+                    continue
+                if r.coarse_view is not None:
+                    last_ok = r
+            if ranker.mode == "surface" and last_ok is not None:
+                # renew the key frame once the field has moved by an eighth of the frame, so
+                # a long drift never leaves too little overlap to correlate
+                if key_limit is None:
+                    key_limit = min(reader.shape) / 8.0
+                dx = last_ok.coarse[0] - ranker.key_offset[0]
+                dy = last_ok.coarse[1] - ranker.key_offset[1]
+                if math.hypot(dx, dy) > key_limit:
+                    ranker.key = PhaseCorrelator(last_ok.coarse_view, peak_sigma=1.0, window="tukey")
+                    ranker.key_offset = last_ok.coarse
+
+
+def report_unreadable(run: LuckyRun) -> None:
+    """One line per file and kind of problem, not one per frame."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for i, (fate, reason) in run.table.reasons.items():
+        if fate is Fate.UNREADABLE:
+            kind = re.sub(r"\bframe \d+\b", "frame #", reason)
+            groups.setdefault((frame_path(run.frames, i), kind), []).append((i, reason))
+    for (path, _), items in sorted(groups.items(), key=lambda kv: min(kv[1])):
+        items.sort()
+        first, last = items[0][0], items[-1][0]
+        if len(items) == 1:
+            run.say(f"{path}: frame {first} unreadable: {items[0][1]}; skipped")
+        else:
+            run.say(f"{path}: {len(items)} frames ({first}..{last}) unreadable: {items[0][1]}"
+                    + (" (and alike)" if items[0][1] != items[-1][1] else "") + "; skipped")
+
+
+def check_signal(run: LuckyRun) -> None:
+    """Stop on a clip with nothing to stack (all unreadable, blank or black); report blank
+    frames."""
+    table, source = run.table, run.source
+    readable = np.nonzero(table.status != UNREADABLE)[0]
+    if readable.size == 0:
+        raise NoFramesError(f"{source}: no readable frame ({table.first_reason()})")
+    blank = table.status[readable] == BLANK
+    if blank.all():
+        raise NoFramesError(f"{source}: all {readable.size} readable frames are blank "
+                            "(every pixel has the same value); nothing to stack")
+    # an all-black clip with a little read noise is not "blank" but has no object either:
+    # judge the brightest frame against the integer data's full scale
+    full = _full_scale(run.frames, int(readable[0]))
+    peak = float(np.nanmax(table.peak[readable]))
+    if full is not None and peak < 0.01 * full:
+        raise NoFramesError(f"{source}: all frames are black (brightest pixel {peak:.1f} of {full:.0f} "
+                            "after smoothing); nothing to stack")
+    nb = int(blank.sum())
+    if nb:
+        idx = readable[blank]
+        run.say(f"{source}: {nb} blank frame{'s' if nb > 1 else ''} (first: {int(idx[0])}); skipped")
+
+
+def _full_scale(frames, i: int) -> float | None:
+    try:
+        dt = np.dtype(frames.info(i).dtype)
+    except Exception:
+        return None
+    return float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else None
+
+
+def _mark_out_of_field(run: LuckyRun, rel: np.ndarray, mode: str) -> None:
+    table = run.table
+    if mode == "planet":
+        n_out = int((table.status == OUT_OF_FIELD).sum())
+    else:
+        h, w = run.shape
+        min_overlap = run.opts.min_overlap
+        ok = np.nonzero(table.status == OK)[0]
+        n_out = 0
+        for i in ok:
+            dx, dy = rel[i]
+            cover = max(0.0, 1 - abs(dx) / w) * max(0.0, 1 - abs(dy) / h)
+            if cover < min_overlap:
+                table.fail(int(i), OUT_OF_FIELD, Fate.REJECTED,
+                           f"drifted out of the field: displaced ({dx:+.0f}, {dy:+.0f}) px, covering "
+                           f"{100 * cover:.0f}% of the reference field (< {100 * min_overlap:.0f}%)")
+                n_out += 1
+    if n_out:
+        run.say(f"{run.source}: {n_out} frame{'s' if n_out > 1 else ''} drifted out of the field; not used "
+                "(listed in the report)")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The outcome of pass 1: ``order`` (usable frames, best first), ``rank`` (1-based per
+    frame, 0 for unusable ones), how many to keep, the reference frames ``best``, every
+    frame's coarse displacement ``rel`` against the reference (NaN where unknown) and the
+    coarse position of the reference, ``origin`` (``rel = coarse − origin``)."""
+
+    order: np.ndarray
+    rank: np.ndarray
+    n_keep: int
+    best: np.ndarray
+    rel: np.ndarray
+    origin: np.ndarray
+
+
+def _usable_order(run: LuckyRun) -> np.ndarray:
+    table = run.table
+    cand = np.nonzero(table.status == OK)[0]
+    return cand[np.lexsort((cand, -table.quality[cand]))]
+
+
+def select(run: LuckyRun, mode: str) -> Ranking:
+    """Order the usable frames, find the reference frames, drop those drifted out of the
+    field and size the kept set from ``--keep``."""
+    table, opts, source = run.table, run.opts, run.source
+    order = _usable_order(run)
+    if order.size == 0:
+        raise RegistrationError(f"{source}: no frame could be located ({table.first_reason()})")
+    keep = parse_keep(opts.keep)
+    n_ref = opts.reference_frames or min(50, max(5, keep.count(int(order.size)) // 2))
+    n_ref = max(1, min(n_ref, order.size))
+    best = order[:n_ref]
+    origin = np.median(table.coarse[best], axis=0)
+    rel = table.coarse - origin  # displacement vs the reference, coarse
+    _mark_out_of_field(run, rel, mode)
+    order = _usable_order(run)
+    if order.size == 0:
+        raise RegistrationError(f"{source}: every frame drifted out of the field")
+    n_keep, requested = keep.count(int(order.size)), keep.requested
+    if requested is not None and requested > order.size:
+        run.say(f"{source}: only {order.size} usable frames, fewer than --keep {opts.keep}; "
+                f"stacking all {order.size}")
+    rank = np.zeros(table.n, dtype=np.int64)
+    rank[order] = np.arange(1, order.size + 1)
+    return Ranking(order=order, rank=rank, n_keep=n_keep, best=order[:min(n_ref, order.size)], rel=rel,
+                   origin=origin)
+
+
+# -- quality from the cells -------------------------------------------------------------------
+
+_CHUNK_FRAMES = 2048  # frames sampled at once (bounds the temporaries of long videos)
+_MEDIAN_FRAMES = 2048  # frames whose cells fit the cell model (and the per-point medians) of a long video
+_LOCAL_SMOOTH = 0.7  # cells: the Gaussian that averages a region's noisy cell energies
+# The weight of the local residual against the global quality is the residual's share of
+# local signal (neighbour covariance over smoothed variance; measured on the shared
+# benchmark videos: 0.0-0.02 with uniform seeing, 0.63 for the planet, 1.1-1.3 for the
+# patchy Moon) times _LOCAL_SHRINK, at most _LOCAL_MAX. Measured detail on the patchy Moon
+# is flat for weights 0.5-0.8 while the frames read grow from 420 to 730 (1000-frame
+# video); beyond 1.0 it falls.
+_LOCAL_SHRINK = 0.5
+_LOCAL_MAX = 0.6
+
+
+@dataclass(frozen=True)
+class Sharpness:
+    """From the global ranking, what the local qualities need: the cell grid and its
+    cell side in frame pixels, the coarse position ``anchor`` at which the cells tile a
+    frame exactly (cell positions are object positions: a point ``p`` of the reference
+    sits on cell coordinates ``(p − origin + anchor) / cell_px − ½``), the fitted
+    :class:`~skystack.quality.metrics.CellModel` and the estimated variance of the
+    residual cells' local (seeing) part, ``local_signal``."""
+
+    grid: CellGrid
+    cell_px: float
+    anchor: tuple[float, float]
+    model: CellModel | None
+    local_signal: float
+
+
+def _spread(rows: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` of ``rows``, evenly spread."""
+    if rows.size <= limit:
+        return rows
+    return rows[np.linspace(0, rows.size - 1, limit).astype(int)]
+
+
+def _lag_covariance(residual: np.ndarray, lag: int) -> float:
+    """Mean product of residuals ``lag`` cells apart (along x and y)."""
+    prods = []
+    if residual.shape[2] > lag:
+        prods.append((residual[:, :, lag:] * residual[:, :, :-lag]).ravel())
+    if residual.shape[1] > lag:
+        prods.append((residual[:, lag:, :] * residual[:, :-lag, :]).ravel())
+    if not prods:
+        return 0.0
+    p = np.concatenate(prods)
+    p = p[np.isfinite(p)]
+    return float(p.mean()) if p.size else 0.0
+
+
+def score_frames(run: LuckyRun, ranker: Ranker) -> Sharpness:
+    """Every measured frame's global quality (:func:`skystack.quality.metrics.global_quality`)
+    from its cells, with the cell model fitted on (a sample of) the located frames."""
+    table, grid = run.table, ranker.grid
+    cell_px = float(ranker.f * grid.size)
+    flat = (table.n, grid.ny * grid.nx)
+    energy, level = table.log_energy.reshape(flat), table.log_level.reshape(flat)
+    located = np.nonzero((table.status == OK) & np.isfinite(table.coarse[:, 0]))[0]
+    if located.size == 0:
+        return Sharpness(grid, cell_px, ranker.anchor, None, 0.0)
+    sample = _spread(located, _MEDIAN_FRAMES)
+    e, lv = energy[sample].astype(np.float32), level[sample].astype(np.float32)
+    model = fit_cells(e, lv)
+    res = global_quality(e, lv, model).residual
+    res = np.where(model.weight > 0, res, np.nan).reshape(sample.size, grid.ny, grid.nx)
+    # neighbouring cells share the local seeing but not the noise (cells do not overlap);
+    # the residual's weighted mean over cells is zero by construction, which biases every
+    # pair's product by about -var/cells: the far pairs measure that bias
+    signal = max(0.0, _lag_covariance(res, 1) - _lag_covariance(res, max(4, min(grid.ny, grid.nx) // 2)))
+    measured = np.nonzero((table.status != UNREADABLE) & (table.status != BLANK))[0]
+    for a in range(0, measured.size, _CHUNK_FRAMES):
+        rows = measured[a:a + _CHUNK_FRAMES]
+        gq = global_quality(energy[rows].astype(np.float32), level[rows].astype(np.float32), model)
+        table.quality[rows] = gq.quality
+        table.log_gain[rows] = gq.log_gain
+    return Sharpness(grid, cell_px, ranker.anchor, model, signal)
+
+
+@dataclass(frozen=True)
+class PointChoice:
+    """Which frames stack where: ``frames`` (sorted indices) to read in the stacking pass,
+    ``sel`` (len(frames), n_ap) where each is among the best ``keep`` of an alignment
+    point, ``gkeep`` (len(frames),) whether it is among the best ``keep`` globally (these
+    fill the nodes without an AP); ``local_weight`` how much the local quality counted
+    against the global one (0: selection by the global quality alone) and ``beyond`` how
+    many frames a point took from outside the global pool of twice the kept count."""
+
+    frames: np.ndarray
+    sel: np.ndarray
+    gkeep: np.ndarray
+    local_weight: float
+    beyond: int
+
+
+def _smoothed(maps: np.ndarray) -> np.ndarray:
+    """Each frame's cell map smoothed by a Gaussian of :data:`_LOCAL_SMOOTH` cells, NaN
+    cells (outside the frame) left out of the average and given the average of their
+    measured neighbours (NaN only far from any)."""
+    out = np.empty(maps.shape, np.float32)
+    for j, m in enumerate(maps.astype(np.float32)):
+        ok = np.isfinite(m)
+        num = cv2.GaussianBlur(np.where(ok, m, 0).astype(np.float32), (0, 0), _LOCAL_SMOOTH,
+                               borderType=cv2.BORDER_CONSTANT)
+        den = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), _LOCAL_SMOOTH, borderType=cv2.BORDER_CONSTANT)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[j] = np.where(den > 0.05, num / den, np.nan)
+    return out
+
+
+class _LocalScores:
+    """Frames' local residuals at the alignment points, chunk by chunk."""
+
+    def __init__(self, run: LuckyRun, ranking: Ranking, sharp: Sharpness, grid: APGrid):
+        self.table, self.ranking = run.table, ranking
+        centres = grid.centers
+        origin = ranking.origin
+        # the points' fixed places on the object, in cell coordinates
+        self.points = (centres - origin + np.asarray(sharp.anchor)) / sharp.cell_px - 0.5
+        self.centres = centres
+        self.half = grid.size / 2.0
+        self.shape = run.shape
+        n_ap = centres.shape[0]
+        self.median = np.zeros(n_ap, np.float32)
+        self.loading = np.ones(n_ap, np.float32)
+
+    def inside(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), n_ap): whether each point's box lies inside each frame."""
+        h, w = self.shape
+        rel = self.ranking.rel[rows]
+        x = self.centres[None, :, 0] + rel[:, None, 0]
+        y = self.centres[None, :, 1] + rel[:, None, 1]
+        return (x >= self.half) & (x <= w - self.half) & (y >= self.half) & (y <= h - self.half)
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), n_ap) smoothed log energy minus the brightness correction (NaN
+        where the point's box leaves the frame or no cell is known)."""
+        local = sample_cells(_smoothed(self.table.log_energy[rows]), self.points)
+        local[~self.inside(rows)] = np.nan
+        local -= (2.0 * self.table.log_gain[rows]).astype(np.float32)[:, None]
+        return local
+
+    def fit(self, rows: np.ndarray) -> np.ndarray:
+        """Median and loading per point from frames ``rows``; returns their residuals."""
+        local = self.local(rows)
+        self.median = np.nan_to_num(nanmedian(local, 0)).astype(np.float32)
+        q = self.table.quality[rows]
+        ok = np.isfinite(local) & np.isfinite(q)[:, None]
+        qc = np.where(ok, q[:, None] - np.nanmean(q), 0.0)
+        lc = np.where(ok, local - self.median, 0.0)
+        var_q = (qc * qc).sum(axis=0)
+        self.loading = np.where(var_q > 0, (lc * qc).sum(axis=0) / np.maximum(var_q, 1e-12), 1.0).astype(np.float32)
+        return self.residual(rows, local)
+
+    def residual(self, rows: np.ndarray, local: np.ndarray | None = None) -> np.ndarray:
+        if local is None:
+            local = self.local(rows)
+        q = self.table.quality[rows].astype(np.float32)
+        return local - self.median - self.loading * q[:, None]
+
+
+def choose_points(run: LuckyRun, ranking: Ranking, sharp: Sharpness, grid: APGrid) -> PointChoice:
+    """Per alignment point, the best ``keep`` usable frames by local quality.
+
+    A frame's local quality at a point is its global quality plus ``β`` times its
+    residual there: the smoothed cell energies at the point, less what the frame's global
+    quality predicts for that place (the region's own sharpness in this frame). ``β`` is
+    estimated from the data: the variance of the residual that is correlated between
+    neighbouring cells (the local seeing, less the share local warps cause) over the
+    variance of the smoothed residual (signal plus noise); under uniform seeing it is 0
+    and every point takes the globally best frames. Long videos are scored in chunks,
+    keeping a running best ``keep`` per point.
+    """
+    table, order, n_keep = run.table, ranking.order, ranking.n_keep
+    n_ap = grid.n_active
+    k = min(n_keep, order.size)
+    if n_ap == 0 or sharp.model is None:
+        frames = np.sort(order[:k])
+        return PointChoice(frames, np.zeros((frames.size, n_ap), bool), np.ones(frames.size, bool), 0.0, 0)
+    scores = _LocalScores(run, ranking, sharp, grid)
+    resid = scores.fit(order[_spread(np.arange(order.size), _MEDIAN_FRAMES)])
+    v = resid[np.isfinite(resid)].astype(np.float64)
+    var_s = float(np.mean(v * v)) if v.size else 0.0
+    if run.opts.local_weight is not None:
+        beta = float(run.opts.local_weight)
+    else:
+        beta = float(np.clip(_LOCAL_SHRINK * sharp.local_signal / var_s, 0.0, _LOCAL_MAX)) if var_s > 0 else 0.0
+    # running best k per point: row numbers into ``order`` (rank order, so a stable sort
+    # gives ties to the better-ranked frame) and their scores
+    top_rows = np.zeros((0, n_ap), np.int64)
+    top_score = np.zeros((0, n_ap), np.float32)
+    for a in range(0, order.size, _CHUNK_FRAMES):
+        rows = np.arange(a, min(order.size, a + _CHUNK_FRAMES))
+        q = table.quality[order[rows]].astype(np.float32)
+        r = scores.residual(order[rows])
+        # a point inside the frame whose cells are unknown takes the frame's global quality
+        ok = scores.inside(order[rows]) & np.isfinite(q)[:, None]
+        sc = np.where(ok, q[:, None] + np.float32(beta) * np.nan_to_num(r), -np.inf)
+        cand_rows = np.concatenate([top_rows, np.broadcast_to(rows[:, None], sc.shape)])
+        cand = np.concatenate([top_score, sc.astype(np.float32)])
+        best = np.argsort(-cand, axis=0, kind="stable")[:k]
+        top_rows = np.take_along_axis(cand_rows, best, 0)
+        top_score = np.take_along_axis(cand, best, 0)
+    ok = np.isfinite(top_score)
+    chosen_rows = np.unique(np.concatenate([top_rows[ok], np.arange(k)]))
+    lookup = np.full(order.size, -1, np.int64)
+    lookup[chosen_rows] = np.arange(chosen_rows.size)
+    sel = np.zeros((chosen_rows.size, n_ap), bool)
+    sel[lookup[top_rows[ok]], np.broadcast_to(np.arange(n_ap), top_rows.shape)[ok]] = True
+    frames = order[chosen_rows]
+    srt = np.argsort(frames, kind="stable")
+    beyond = int((sel.any(axis=1) & (chosen_rows >= 2 * n_keep)).sum())
+    return PointChoice(frames[srt], sel[srt], (chosen_rows < k)[srt], beta, beyond)
