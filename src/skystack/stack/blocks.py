@@ -35,8 +35,17 @@ def run_blocks(task: Callable[..., np.ndarray], blocks: Sequence[tuple], n_frame
             on_block(k, counts)
         bar.update()
 
+    blocks = list(blocks)
     try:
-        run_tasks(task, list(blocks), workers=workers, scheduler=scheduler, on_result=on_result)
+        if blocks and workers > 1 and not scheduler:
+            # the first block alone, in this thread: Numba loads each kernel from its cache on
+            # its first call, and threads making that first call at once can crash the
+            # process (seen with detection's kernels: SIGSEGV in 1 run of 5 on 2 threads)
+            on_result(0, task(*blocks[0]))
+            run_tasks(task, blocks[1:], workers=workers, scheduler=scheduler,
+                      on_result=lambda k, counts: on_result(k + 1, counts))
+        else:
+            run_tasks(task, blocks, workers=workers, scheduler=scheduler, on_result=on_result)
     finally:
         bar.close()
     return rejected

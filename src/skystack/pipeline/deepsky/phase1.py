@@ -242,6 +242,13 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
     task = MeasureTask(Workspace(frames.spec), options, tuple(frames.shape))
     want = options.reference_candidates
     nxt = 0
+    # The first frame is measured here, alone: Numba loads each kernel from its cache on its
+    # first call, and two threads making that first call at once crashed the process
+    # (SIGSEGV in detection's measure_stars, 1 run in 5 with 2 workers); once loaded, the
+    # kernels run in any number of threads.
+    while nxt < n and not any(isinstance(v, Measured) for v in seen.values()) and not run.scheduler:
+        seen[nxt] = measure_task(task, nxt)
+        nxt += 1
     while nxt < n and sum(isinstance(v, Measured) for v in seen.values()) < want:
         batch = list(range(nxt, min(n, nxt + want - sum(isinstance(v, Measured) for v in seen.values()))))
         nxt = batch[-1] + 1
@@ -363,6 +370,11 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
     todo = [i for i in range(len(frames)) if i not in results and (i not in seen or i in again)]
     task = RegisterTask(Workspace(frames.spec), reference, ref_shape, ref_index, options)
     try:
+        if todo and workers > 1 and not run.scheduler:
+            # one frame alone first, as in choose_reference: every kernel registration uses
+            # (the triangle matcher's too) is then loaded before two threads call it at once
+            on_result(0, register_task(task, todo[0]))
+            todo = todo[1:]
         run_tasks(register_task, [(task, i) for i in todo], workers=workers, scheduler=run.scheduler,
                   on_result=on_result)
     finally:
