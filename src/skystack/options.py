@@ -18,16 +18,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from _skystack_kernels import codes
 
 from .errors import UsageError
-from .optionfields import (Checked, Flag, KeepRule, MinRegistered, api_only, choices, cli_flag,  # noqa: F401
-                           default_of, finite, flag, min_registered_text, parse_floats, parse_keep, parse_memory,
-                           parse_min_registered, parse_white_balance, paths, positive_int, public_name)
+from .optionfields import (  # noqa: F401  (re-exported: callers import options from here)
+    Checked, Flag, KeepRule, MinRegistered, api_only, build, build_job, choices, cli_flag, default_of,
+    finite, flag, job_groups, keywords, min_registered_text, parse_drizzle, parse_floats, parse_frame_size,
+    parse_keep, parse_memory, parse_min_registered, parse_white_balance, paths, positive_int, public_name)
 from .types import Model
 
 # -- choice lists ---------------------------------------------------------------------
@@ -65,16 +65,6 @@ BenchBackend = Literal["all", "cpu", "cupy", "cv2cuda"]
 
 
 # -- stages ---------------------------------------------------------------------------
-def _parse_drizzle(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--drizzle {value!r}: expected a scale such as 1.5, 2 or 3") from None
-    return v
-
-
 @dataclass(frozen=True, kw_only=True)
 class ReadOptions(Checked):
     """How frames are decoded (demosaicing of colour-filter-array frames)."""
@@ -191,7 +181,7 @@ class StackOptions(Checked):
     strip_cols: int | None = field(default=None, metadata=flag(
         "--strip-cols", parse=int, hidden=True, help="cut the columns into strips of about this width (tests)"))
     drizzle: float | None = field(default=None, metadata=flag(
-        "--drizzle", metavar="SCALE", parse=_parse_drizzle,
+        "--drizzle", metavar="SCALE", parse=parse_drizzle,
         help="drizzle onto a SCALE times finer grid (e.g. 2) instead of warping: for undersampled, dithered "
              "subs (stars under ~2 px FWHM); colour (CFA) frames are drizzled from their mosaics "
              "(Bayer drizzle)"))
@@ -462,7 +452,7 @@ class LuckyOptions(Checked):
     local_weight: float | None = None
     reference_frames: int | None = None
     drizzle: float | None = field(default=None, metadata=flag(
-        "--drizzle", metavar="SCALE", parse=_parse_drizzle,
+        "--drizzle", metavar="SCALE", parse=parse_drizzle,
         help="drizzle onto a 1.5, 2 or 3 times finer grid (undersampled captures)"))
     pixfrac: float = field(default=0.7, metadata=flag(
         "--pixfrac", parse=float, help="drizzle drop size, fraction of a pixel"))
@@ -510,22 +500,6 @@ class MasterOptions(Checked):
             finite(k, "--kappa", lo=0)
 
 
-def _parse_frame_size(value: Any) -> str:
-    """``"1024x768"`` (CLI) or ``(1024, 768)`` (API): width × height → ``"1024x768"``."""
-    if isinstance(value, str):
-        parts = value.lower().replace(" ", "").split("x")
-    else:
-        try:
-            parts = list(value)
-        except TypeError:
-            parts = []
-    try:
-        w, h = (int(v) for v in parts)
-    except (TypeError, ValueError):
-        raise UsageError(f"--size {value!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160") from None
-    return f"{w}x{h}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class BenchOptions(Checked):
     """``skystack bench``: which backends are measured, on which frames.
@@ -545,7 +519,7 @@ class BenchOptions(Checked):
     frames: int = field(default=16, metadata=flag(
         "--frames", metavar="N", parse=int, help="synthetic frames to generate (not with INPUT)"))
     size: str = field(default="3840x2160", metadata=flag(
-        "--size", metavar="WxH", parse=_parse_frame_size, help="synthetic frame size in pixels (not with INPUT)"))
+        "--size", metavar="WxH", parse=parse_frame_size, help="synthetic frame size in pixels (not with INPUT)"))
     dtype: Literal["uint16", "float32"] = field(default="uint16", metadata=flag(
         "--dtype", help="sample type of the synthetic FITS frames (not with INPUT)"))
     data_dir: str | None = field(default=None, metadata=flag(
@@ -562,7 +536,7 @@ class BenchOptions(Checked):
 
     def check(self) -> None:
         positive_int(self.frames, "--frames", allow_none=False)
-        object.__setattr__(self, "size", _parse_frame_size(self.size))
+        object.__setattr__(self, "size", parse_frame_size(self.size))
         w, h = self.width_height
         if w < 96 or h < 96:
             raise UsageError(f"--size {self.size}: at least 96x96 pixels (a smaller synthetic frame has too few "
@@ -647,103 +621,3 @@ class BenchJob:
     register: RegisterOptions = RegisterOptions()
     stack: StackOptions = StackOptions(method="sigma")
     quiet: bool = False
-
-
-def job_groups(job: type) -> dict[str, type]:
-    """``{group name: options class}`` of a job dataclass."""
-    hints = typing.get_type_hints(job)
-    out = {}
-    for f in dataclasses.fields(job):
-        t = hints[f.name]
-        args = [a for a in typing.get_args(t) if a is not type(None)] or [t]
-        if dataclasses.is_dataclass(args[0]):
-            out[f.name] = args[0]
-    return out
-
-
-def keywords(cls: type) -> dict[str, tuple[str, ...]]:
-    """``{API keyword: (field, ...)}`` for an options class (a paired flag sets two fields).
-
-    Fields without :func:`flag` or :func:`api_only` metadata are internal tuning, not
-    keywords."""
-    out: dict[str, tuple[str, ...]] = {}
-    for f in dataclasses.fields(cls):
-        fl = cli_flag(f)
-        if fl is None:
-            continue  # internal tuning: not a keyword (pass the dataclass to change it)
-        if any(f.name == (cli_flag(g).pair if cli_flag(g) else None) for g in dataclasses.fields(cls)):
-            continue  # set through its pair's keyword
-        out[public_name(f)] = (f.name, fl.pair) if fl is not None and fl.pair else (f.name,)
-    return out
-
-
-def build(cls: type, values: dict[str, Any], *, base: Any = None) -> Any:
-    """An instance of options class ``cls`` from API keywords / CLI dests in ``values``
-    (consumed: every key used is removed); missing ones keep ``base``'s values, else the
-    defaults. Values go through each flag's ``parse``."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw: dict[str, Any] = {}
-    for key, names in keywords(cls).items():
-        if key not in values:
-            continue
-        value = values.pop(key)
-        fl = cli_flag(fields[names[0]])
-        if len(names) == 2:  # a pair: (low, high)
-            try:
-                lo, hi = value
-            except (TypeError, ValueError):
-                raise UsageError(f"{_label(fl, key)} {value!r}: expected two values") from None
-            pair = (lo, hi)
-            if fl is not None and fl.parse is not None:
-                pair = tuple(_apply(fl, v, key) for v in pair)
-            kw[names[0]], kw[names[1]] = pair
-        else:
-            kw[names[0]] = _apply(fl, value, key) if fl is not None and fl.parse is not None and value is not None \
-                else value
-    if base is not None:
-        return dataclasses.replace(base, **kw)
-    return cls(**kw)
-
-
-def _label(fl: Flag | None, key: str) -> str:
-    """How the user names an option: its flag, or the API keyword of an API-only one."""
-    return fl.flags[0] if fl is not None and fl.flags else key
-
-
-def _apply(fl: Flag, value: Any, key: str) -> Any:
-    try:
-        return fl.parse(value)  # type: ignore[misc]
-    except UsageError:
-        raise
-    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
-        raise UsageError(f"{_label(fl, key)} {value!r}: not a valid value") from None
-
-
-def build_job(job: type, values: dict[str, Any], **fixed: Any) -> Any:
-    """A job dataclass from keyword arguments: each keyword goes to the one option group
-    that declares it; ``fixed`` are group instances or job fields given directly.
-
-    Raises
-    ------
-    UsageError
-        A keyword no group of this job knows (the message lists the known ones).
-    """
-    values = dict(values)
-    kw: dict[str, Any] = {}
-    defaults = job()
-    for name, cls in job_groups(job).items():
-        if name in fixed:
-            continue
-        base = getattr(defaults, name)
-        if base is None:
-            mine = {k: values.pop(k) for k in list(values) if k in keywords(cls)}
-            kw[name] = build(cls, mine) if mine else None
-        else:
-            kw[name] = build(cls, values, base=base)
-    for f in dataclasses.fields(job):
-        if f.name in values and f.name not in kw:
-            kw[f.name] = values.pop(f.name)
-    if values:
-        known = sorted(k for cls in job_groups(job).values() for k in keywords(cls))
-        raise UsageError(f"unknown option(s) {', '.join(sorted(values))}; known: {', '.join(known)}")
-    return job(**kw, **fixed)

@@ -9,6 +9,7 @@ through the scheduler.
 from __future__ import annotations
 
 import functools
+import importlib
 import socket
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import dask.threaded
 from dask.callbacks import Callback
 
 from ..errors import ClusterError
+from .memory import current_rss
 
 # Threads are the default: OpenCV and Numba kernels (nogil) release the GIL, and threads
 # share the decoded-frame caches and compiled kernels instead of each process recompiling.
@@ -178,20 +180,19 @@ class ClusterShape:
 _WORKER_USABLE = 0.8
 
 
-def _worker_facts() -> dict[str, Any]:
-    """Run on every worker: skystack's version there, and the worker's RSS once the
-    pipeline's modules are loaded (its tasks load them anyway)."""
-    import skystack
-    import skystack.pipeline.deepsky.phase2  # noqa: F401
-
-    from .memory import current_rss
-
-    return {"version": skystack.__version__, "rss": current_rss()}
+def _worker_facts(modules: Sequence[str]) -> dict[str, Any]:
+    """Run on every worker: skystack's version there, and the worker's RSS once
+    ``modules`` (the ones its tasks run) are loaded: named by the caller, so this layer
+    imports nothing above it."""
+    for name in modules:
+        importlib.import_module(name)
+    return {"version": importlib.import_module("skystack").__version__, "rss": current_rss()}
 
 
-def cluster_shape(scheduler: str, version: str) -> ClusterShape:
+def cluster_shape(scheduler: str, version: str, modules: Sequence[str] = ()) -> ClusterShape:
     """Ask the cluster at ``scheduler`` for its workers (``Client.scheduler_info()``) and
-    check that every one runs skystack ``version``.
+    check that every one runs skystack ``version`` (``modules``: what its tasks import,
+    loaded before each worker's memory is measured).
 
     Raises
     ------
@@ -204,7 +205,7 @@ def cluster_shape(scheduler: str, version: str) -> ClusterShape:
         info = client.scheduler_info(n_workers=-1)["workers"]
         if not info:
             raise ClusterError(f"--scheduler {scheduler}: the cluster has no worker")
-        facts = client.run(_worker_facts, on_error="return")
+        facts = client.run(_worker_facts, tuple(modules), on_error="return")
     finally:
         client.close()
     odd = []

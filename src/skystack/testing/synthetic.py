@@ -56,7 +56,7 @@ from _skystack_kernels.cpu.stars import render_gaussians, render_moffat
 from ..types import Transform
 from .sensor import (DeepSkyParams, Sensor, StarField, _Blob, _FrameConditions, _shot_noise,  # noqa: F401
                      moffat_alpha)
-from .setfiles import SetFiles
+from .setfiles import CalibrationFrames, Observation, SetFiles
 
 __all__ = ["DeepSkyParams", "SEESTAR_CARDS", "Sensor", "StarField", "SyntheticSet", "make_deepsky",
            "make_seestar_like", "moffat_alpha", "with_params"]
@@ -72,7 +72,7 @@ _QCORE = 6.25
 # --------------------------------------------------------------------------- the set
 
 
-class SyntheticSet(SetFiles):
+class SyntheticSet(SetFiles, Observation, CalibrationFrames):
     """A lazily rendered synthetic deep-sky set with its exact truth.
 
     Attributes
@@ -485,63 +485,6 @@ class SyntheticSet(SetFiles):
         for i in range(len(self)):
             yield self.frame(i)
 
-    # -- calibration frames and their truth -----------------------------------------------
-    # Each kind has its own noise stream, [seed, 10 + kind, k]: calibration frames never
-    # change the lights, and frame k of a kind is the same whatever else was rendered.
-    def bias_frame(self, k: int = 0) -> np.ndarray:
-        """Bias (offset) frame ``k``: no light, zero exposure (uint16)."""
-        rng = np.random.default_rng([self.params.seed, 10, k]) if self.params.noise else None
-        return self.sensor.expose(np.zeros(self.shape), exptime=0.0, rng=rng)
-
-    def dark_frame(self, k: int = 0, *, exptime: float | None = None) -> np.ndarray:
-        """Dark frame ``k`` of ``exptime`` seconds (default: the lights'): no light; bias,
-        dark current, amplifier glow and hot pixels, read noise and cosmic rays (uint16)."""
-        p = self.params
-        t = p.exptime if exptime is None else float(exptime)
-        ms = int(round(t * 1000))
-        rng = np.random.default_rng([p.seed, 11, k, ms]) if p.noise else None
-        cos = self._draw_cosmics(np.random.default_rng([p.seed, 15, k, ms]))
-        return self.sensor.expose(np.zeros(self.shape), exptime=t, rng=rng, cosmics=cos)
-
-    def flat_frame(self, k: int = 0, *, level: float | None = None) -> np.ndarray:
-        """Flat frame ``k``: a uniform panel of ``params.flat_colour`` through the optics
-        (vignetting, dust) and the sensor, ``params.flat_exptime`` seconds (uint16).
-        ``level``: e- of a green photosite at full response (default ``params.flat_level``)."""
-        p = self.params
-        lvl = p.flat_level if level is None else float(level)
-        rng = np.random.default_rng([p.seed, 12, k]) if p.noise else None
-        h, w = self.shape
-        if self.is_colour:
-            light = np.broadcast_to(np.asarray(p.flat_colour, dtype=np.float64) * lvl, (h, w, 3))
-        else:
-            light = np.full((h, w), lvl)
-        return self.sensor.expose(np.array(light), exptime=p.flat_exptime, rng=rng)
-
-    def dark_flat_frame(self, k: int = 0) -> np.ndarray:
-        """Dark frame ``k`` of the flats' exposure (``params.flat_exptime``), uint16."""
-        p = self.params
-        rng = np.random.default_rng([p.seed, 13, k]) if p.noise else None
-        return self.sensor.expose(np.zeros(self.shape), exptime=p.flat_exptime, rng=rng)
-
-    def flat_response(self) -> np.ndarray:
-        """The true relative response to light (H, W), float64: vignetting × dust × PRNU
-        (ones when none is set). Cold pixels are defects, not part of it."""
-        r = self.sensor.response
-        return np.ones(self.shape) if r is None else r.copy()
-
-    def bias_level(self) -> np.ndarray:
-        """The true noise-free bias (H, W) in ADU."""
-        b = self.sensor.bias_map
-        return np.full(self.shape, float(self.params.pedestal)) if b is None else b.copy()
-
-    def dark_rate(self, *, hot: bool = True) -> np.ndarray:
-        """The true dark current (H, W) in e- per second: uniform + glow, and with
-        ``hot=True`` the hot pixels."""
-        d = np.zeros(self.shape) if self.sensor.dark_rate is None else self.sensor.dark_rate.copy()
-        if hot and len(self.hot_pixels):
-            d[self.hot_pixels[:, 1], self.hot_pixels[:, 0]] += self.sensor.hot_rate
-        return d
-
     # -- the ideal stack --------------------------------------------------------------
     def ideal(self, *, background: bool = False, frames: list[int] | None = None) -> np.ndarray:
         """The noise-free ideal stack on the reference grid (float64, ADU).
@@ -611,77 +554,6 @@ class SyntheticSet(SetFiles):
         if background:
             img += p.pedestal
         return img
-
-    # -- observation metadata: the sky coordinates and times of the frames -----------------
-    def _layout_wcs(self):
-        """The TAN WCS of the layout grid (frame 0's grid when ``first_identity``)."""
-        from astropy.wcs import WCS
-
-        p = self.params
-        h, w = self.shape
-        wcs = WCS(naxis=2)
-        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        wcs.wcs.crval = list(p.wcs_centre)
-        wcs.wcs.crpix = [(w - 1) / 2.0 + 1.0, (h - 1) / 2.0 + 1.0]  # 1-based
-        deg = p.pixel_scale_arcsec / 3600.0
-        wcs.wcs.cdelt = [-deg, deg]  # east to the left, north up, before the rotation
-        pa = math.radians(p.sky_pa_deg)
-        wcs.wcs.pc = [[math.cos(pa), -math.sin(pa)], [math.sin(pa), math.cos(pa)]]
-        return wcs
-
-    def wcs_header(self, i: int) -> dict[str, object]:
-        """FITS WCS cards (TAN projection, PC matrix) of frame ``i``, exact for its
-        transform: pixel ``p`` of the frame shows the sky the layout grid shows at
-        ``transforms[i].apply(p)``. Empty without ``params.wcs_centre``."""
-        self._check(i)
-        if self.params.wcs_centre is None:
-            return {}
-        lw = self._layout_wcs()
-        m = self.transforms[i].matrix
-        a, t = m[:, :2], m[:, 2]
-        # layout offsets from CRPIX: p_r - c_r = A p_f + t - c_r = A (p_f - c_f)
-        c_r = np.asarray(lw.wcs.crpix) - 1.0
-        c_f = np.linalg.solve(a, c_r - t)
-        pc = np.asarray(lw.wcs.get_pc()) @ a
-        cards: dict[str, object] = {"WCSAXES": 2, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
-                                    "CUNIT1": "deg", "CUNIT2": "deg",
-                                    "CRVAL1": float(lw.wcs.crval[0]), "CRVAL2": float(lw.wcs.crval[1]),
-                                    "CRPIX1": float(c_f[0] + 1.0), "CRPIX2": float(c_f[1] + 1.0),
-                                    "CDELT1": float(lw.wcs.cdelt[0]), "CDELT2": float(lw.wcs.cdelt[1]),
-                                    "PC1_1": float(pc[0, 0]), "PC1_2": float(pc[0, 1]),
-                                    "PC2_1": float(pc[1, 0]), "PC2_2": float(pc[1, 1]),
-                                    "RADESYS": "ICRS", "EQUINOX": 2000.0}
-        return cards
-
-    def sky_of_layout(self, xy: np.ndarray) -> np.ndarray:
-        """(RA, Dec) in degrees of layout-grid pixels ``xy`` (n, 2), 0-based: the truth a
-        stack's WCS is checked against (``stars.xy`` are layout pixels)."""
-        if self.params.wcs_centre is None:
-            raise ValueError("this set has no WCS (params.wcs_centre is None)")
-        return np.asarray(self._layout_wcs().wcs_pix2world(np.asarray(xy, dtype=np.float64), 0))
-
-    def start_mjd(self, i: int) -> float | None:
-        """Start of frame ``i``'s exposure (MJD, UTC), or None without ``params.date_obs``."""
-        self._check(i)
-        p = self.params
-        if p.date_obs is None:
-            return None
-        from datetime import datetime, timezone
-
-        t0 = datetime.fromisoformat(p.date_obs).replace(tzinfo=timezone.utc)
-        mjd0 = (t0 - datetime(1858, 11, 17, tzinfo=timezone.utc)).total_seconds() / 86400.0
-        return mjd0 + i * (p.exptime + p.frame_gap_s) / 86400.0
-
-    def date_obs(self, i: int) -> str | None:
-        """Frame ``i``'s DATE-OBS (ISO, UTC, microseconds), or None without ``params.date_obs``."""
-        self._check(i)
-        p = self.params
-        if p.date_obs is None:
-            return None
-        from datetime import datetime, timedelta
-
-        t = datetime.fromisoformat(p.date_obs) + timedelta(seconds=i * (p.exptime + p.frame_gap_s))
-        return t.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):

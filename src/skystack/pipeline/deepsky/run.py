@@ -138,7 +138,8 @@ def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
     cluster = None
     if job.run.scheduler:
         check_scheduler(job.run.scheduler)
-        cluster = cluster_shape(job.run.scheduler, __version__)  # every worker runs this version
+        # every worker runs this version; its memory is measured with the tile task's modules loaded
+        cluster = cluster_shape(job.run.scheduler, __version__, modules=(run_tiles.__module__,))
     out_path = Path(job.output.output) if job.output.output is not None else None
     anchor = out_path or (Path(job.output.report) if job.output.report else Path.cwd() / "skystack")
     cache_dir = Path(job.run.cache_dir) if job.run.cache_dir else anchor.parent / ".skystack-cache"
