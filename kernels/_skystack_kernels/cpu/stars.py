@@ -18,7 +18,9 @@ Detection
 ---------
 ``mesh_stats``: per-cell clipped median and σ (from a fine histogram, O(n)); ``bin_rows``:
 rows of the 2×2-binned view with sharp pixels repaired; ``strip_peaks``: thresholded local
-maxima of a smoothed strip of it; ``measure_stars``: per candidate, a full-resolution window
+maxima of a smoothed strip of it, placed within their bin; ``strip_differences`` and
+``clipped_sigma``: the smoothed strip's own noise, from differences of bins farther apart
+than the filter reaches; ``measure_stars``: per candidate, a full-resolution window
 (repaired, background removed), hot-pixel and saturation tests and an iterative
 Gaussian-windowed centroid (SExtractor's XWIN/YWIN) with windowed second moments. The frame
 is read in its own dtype and nothing frame-sized is allocated.

@@ -12,19 +12,28 @@ The steps, and why each is there:
    *smoothed* noise. The binned view is a quarter of the pixels and is built a strip of
    rows at a time. Binning costs a star that straddles bins some of its peak, so the binned
    search runs at 0.8 × the threshold and each candidate is confirmed at full resolution
-   with a σ = 1 px Gaussian in its window. When the stars turn out broader than 3.5 px
-   FWHM, detection runs again with a Gaussian matched to their measured FWHM, until that
-   FWHM settles (the real M13 frames: ~10 px stars at a few σ per pixel, where the 1 px
-   filter mostly finds noise).
+   with a σ = 1 px Gaussian in its window. The smoothed noise is measured, not only
+   predicted from the pixel noise: a demosaiced colour frame's luminance has correlated
+   noise, and a 1 px filter leaves ~1.9 × what the white-noise formula says (the Seestar
+   subs: a "5 σ" threshold that was really ~2.6 σ found ~1 500 noise peaks per sub besides
+   its ~85 stars). Differences of smoothed bins farther apart than the filter reaches
+   measure it; the sky, gradients and a cluster's light cancel in them. Each peak is placed
+   within its bin (a parabola through its neighbours), and its brightest pixel sought in
+   the 3×3 around that. When the stars turn out broader than 3.5 px FWHM, detection runs
+   again with a Gaussian matched to their measured FWHM, until the stars' FWHM (the lower
+   quartile of the peaks': blends broaden with every wider window) settles (the real M13
+   frames: ~10 px stars at ~1 σ per pixel, where the 1 px filter mostly finds noise).
 3. **Sharp pixels repaired, then rejections** on the unsmoothed pixels. A pixel far above
    the median of its 3×3 neighbourhood — by 5σ and by most of its height above the sky —
    is a hot pixel or a cosmic-ray hit (a star lights its neighbours: even a 1.5 px FWHM
    star keeps that median above ~0.2 of its peak; a streak of up to 4 pixels still has a
    dark median): it is replaced by that median, in the binned view and in each star's
    window, so that it neither becomes a candidate nor pulls the centroid of a star whose
-   window it falls in. Peaks that are still single-pixel, flat-topped (saturated), touching
-   the edge or a NaN, elongated (trails) or much broader than the frame's stars (galaxies)
-   are rejected.
+   window it falls in. Peaks that are still single-pixel or flat-topped (saturated) —
+   tested only where the peak stands 5σ above its surroundings: a faint broad star's
+   brightest pixel is a noise spike over neighbours at a fraction of σ — touching the edge
+   or a NaN, elongated (trails) or much broader than the frame's stars (galaxies) are
+   rejected.
 4. **Centroid**: the iterative Gaussian-windowed first moment (SExtractor's XWIN/YWIN), with
    the window matched to the frame's median FWHM, on a full-resolution copy of a small
    window around each candidate. It reaches ~0.01–0.02 px on bright stars — close to a PSF
@@ -381,6 +390,14 @@ class _Detector:
         :func:`_skystack_kernels.cpu.stars.measure_stars`). The binned view (a quarter of
         the pixels) is built on the first call and smoothed in strips of ``_STRIP_BINS`` bin
         rows plus a halo, into one strip-sized buffer.
+
+        The threshold is first that of white noise; the differences of smoothed bins farther
+        apart than the filter reaches measure the smoothed noise itself, and the candidates
+        that do not clear its excess over the white-noise prediction are dropped (a
+        demosaiced frame's luminance: ~1.9 × after a 1 px filter). The sky, gradients and a
+        cluster's or a galaxy's light cancel in the differences, the stars are clipped;
+        stars too many to clip (broad ones, densely) raise the estimate by a few %: the
+        threshold errs on the high side.
         """
         img, bg = self.img, self.bg
         gk = _binned_kernel(max(smooth_sigma, _BINNED_MIN_SIGMA))
@@ -654,10 +671,11 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
 # assumes that a frame has as many good stars as it may have candidates, ~8× what the
 # synthetic frames have.
 _WORK_FIXED = 1 << 20  # Python objects, small kernel buffers, the measuring table of one chunk
+_WORK_NOISE = 8 * _NOISE_SAMPLES * 11 // 10  # the smoothed noise's samples, float64 (a few % over)
 _WORK_PER_AXIS_PX = 40  # interpolation weights per row and column, pixels and bins (int64 + float64)
 _WORK_PER_TABLE_VALUE = 24  # background + noise per mesh row × (pixel + bin) column, float64
-_WORK_PER_CANDIDATE = 320  # its bin and value (16), a good star's 9 columns and their sorted copies
-# and k-d tree for deduplication (~300)
+_WORK_PER_CANDIDATE = 328  # its pixel, value and threshold ratio (24), a good star's 9 columns
+# and their sorted copies and k-d tree for deduplication (~300)
 # the repaired pixels' index and value (16 bytes each), for up to 1 % of the pixels (the
 # synthetic 6 Mpx frames, with hot pixels and cosmic rays: 0.012 %; beyond 1 % the list
 # still grows, at 16 bytes a pixel)
@@ -695,5 +713,5 @@ def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
     strip = min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # smoothed, float32
     candidates = _WORK_PER_CANDIDATE * _max_candidates((h, w))
     repairs = _WORK_PER_REPAIR * _REPAIRED_FRACTION * h * w
-    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip + candidates
-               + repairs)
+    return int(conversion + _WORK_FIXED + _WORK_NOISE + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip
+               + candidates + repairs)
