@@ -858,24 +858,24 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
 
     Each candidate is measured in a small window at full resolution, copied with its
     sharp pixels repaired and the background removed (:func:`_fill_window`). In it: the
-    brightest pixel ``p`` within ``search`` px of the candidate's pixel (0: that pixel; a
-    star broad or faint enough for noise to outshine its core pixel is placed better by its
-    smoothed peak); the candidate is SHARP when the median of p's 8 neighbours is below
-    ``sharp_frac * peak`` (a star lights its neighbours — even a 1.5 px FWHM star keeps
-    that median above ~0.2 of the peak; a hot pixel or a cosmic-ray track does not) and p
-    stands above that median by more than ``hot_sigma`` σ (the test :func:`bin_rows`
+    brightest pixel ``p`` within ``search`` px of the candidate's pixel (its smoothed peak,
+    :func:`strip_peaks`); the candidate is SHARP when the median of p's 8 neighbours is
+    below ``sharp_frac * peak`` (a star lights its neighbours — even a 1.5 px FWHM star
+    keeps that median above ~0.2 of the peak; a hot pixel or a cosmic-ray track does not)
+    and p stands above that median by more than ``hot_sigma`` σ (the test :func:`bin_rows`
     repairs by: within the noise, a pixel cannot be told from its neighbours, and a faint
     broad star's brightest pixel is a noise spike above neighbours at ~0.3 σ); SATURATED
     when the raw peak reaches ``saturation`` or at least 3 of its neighbours are within
     ``flat_frac * peak`` of it (a clipped, flat top) while it stands ``hot_sigma`` σ above
-    the background (p is the brightest of the 3×3 around the candidate, not always a local
-    maximum: the neighbours of a noise-dominated p outside that 3×3 may exceed it). Then the Gaussian-windowed centroid (weight σ = ``sigma_w``,
-    SExtractor's XWIN/YWIN) is iterated to the point where the windowed first moment
-    vanishes (:func:`_centroid`); for a symmetric star that is its centre, with a precision
-    close to a PSF fit at a fraction of the cost. ``n_iter`` counts its iterations. FWHM and
-    roundness come from the windowed second moments with the Gaussian window deconvolved
-    (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's 1/12 px² removed; they are Gaussian-equivalent
-    values. A window that touches the frame edge or a NaN: EDGE.
+    the background (p, the brightest of the pixels searched, is not always a local
+    maximum: the neighbours of a noise-dominated p beyond them may exceed it). Then the
+    Gaussian-windowed centroid (weight σ = ``sigma_w``, SExtractor's XWIN/YWIN) is iterated
+    to the point where the windowed first moment vanishes (:func:`_centroid`); for a
+    symmetric star that is its centre, with a precision close to a PSF fit at a fraction of
+    the cost. ``n_iter`` counts its iterations. FWHM and roundness come from the windowed
+    second moments with the Gaussian window deconvolved (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's
+    1/12 px² removed; they are Gaussian-equivalent values. A window that touches the frame
+    edge or a NaN: EDGE.
     """
     h, w = img.shape
     r = int(math.ceil(4.0 * sigma_w))

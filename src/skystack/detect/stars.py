@@ -461,7 +461,7 @@ class _Detector:
         keep = ratios > excess
         ys, xs, vals = ys[keep], xs[keep], vals[keep]
         order = np.argsort(-vals, kind="stable")
-        return _Candidates(ys[order], xs[order], confirm, confirm_factor * excess, floor, excess)
+        return _Candidates(ys[order], xs[order], confirm, confirm_factor * excess, floor)
 
     def measure(self, cand: _Candidates, window_fwhm: float, saturation: float, start: int = 0,
                 stop: int | None = None) -> np.ndarray:
@@ -473,8 +473,8 @@ class _Detector:
         raster = np.lexsort((xs, ys))
         out = np.empty((ys.size, 12))
         kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, *self.repaired, ys[raster],
-                           xs[raster], _PEAK_SEARCH_PX, window_fwhm / _FWHM_PER_SIGMA, _SHARP_FRAC, _HOT_SIGMA, _FLAT_FRAC,
-                           saturation, cand.confirm, cand.factor, cand.floor, out)
+                           xs[raster], _PEAK_SEARCH_PX, window_fwhm / _FWHM_PER_SIGMA, _SHARP_FRAC, _HOT_SIGMA,
+                           _FLAT_FRAC, saturation, cand.confirm, cand.factor, cand.floor, out)
         back = np.empty_like(raster)
         back[raster] = np.arange(raster.size)
         return out[back]
@@ -488,7 +488,6 @@ class _Candidates(NamedTuple):
     confirm: np.ndarray  # 1-D Gaussian taps (empty: no confirmation)
     factor: float  # threshold = background + max(σ · factor, floor)
     floor: float
-    noise_excess: float  # the smoothed noise over its white-noise prediction (at least 1)
 
     @property
     def size(self) -> int:
