@@ -565,8 +565,8 @@ def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floo
     ``csg`` as in :func:`bin_rows`), at least one bin from every frame edge (``hb``: bin
     rows in the frame). Ties go to the first in raster order (``>`` against the neighbours
     before, ``>=`` against those after: a plateau gives one candidate). The threshold is
-    tested first: it rejects almost every bin in a predictable branch, where the
-    local-maximum test alone passes one bin in nine of pure noise.
+    tested first, a row at a time: it rejects almost every bin, where the local-maximum
+    test alone passes one bin in nine of pure noise.
 
     Each peak is placed within its bin by a parabola through it and its two neighbours
     along each axis (at most half a bin away): the smoothed peak of a star too faint or too
@@ -584,6 +584,7 @@ def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floo
     xs = np.empty(size, dtype=np.int32)
     vals = np.empty(size, dtype=np.float64)
     ratios = np.empty(size, dtype=np.float64)
+    above = np.empty(ws, dtype=np.bool_)
     n = 0
     for j in range(r0, r1):
         by = by0 + j
@@ -598,12 +599,17 @@ def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floo
         b1 = cbg[k0 + 1]
         s0 = csg[k0]
         s1 = csg[k0 + 1]
+        # the threshold first, for the whole row: a branch-free loop the compiler
+        # vectorises; the few bins above it are then tested one by one
+        for x in range(ws):
+            above[x] = mid[x] - (b0[x] + (b1[x] - b0[x]) * f0) > max(
+                max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor) * factor, floor)
         for x in range(1, ws - 1):
+            if not above[x]:
+                continue
             v = mid[x]
             bg = b0[x] + (b1[x] - b0[x]) * f0
             t = max(max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor) * factor, floor)
-            if not (v - bg > t):
-                continue
             if not (v > up[x - 1] and v > up[x] and v > up[x + 1] and v > mid[x - 1] and v >= mid[x + 1]
                     and v >= dn[x - 1] and v >= dn[x] and v >= dn[x + 1]):
                 continue
