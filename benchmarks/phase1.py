@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Phase 1 per frame, stage by stage: CPU ms per frame and per megapixel, old vs new.
 
-    python benchmarks/phase1.py                      # this checkout vs the commit before detect-speed
-    python benchmarks/phase1.py --old c322793 --n 4 --repeat 5
+    python benchmarks/phase1.py                      # this checkout vs main before detect2
+    python benchmarks/phase1.py --old c322793 --n 4 --repeat 5   # vs before detect-speed
     python benchmarks/phase1.py --old ""             # this checkout only
 
 Phase 1 registers each frame and measures it: star detection (background mesh, candidates,
@@ -21,8 +21,10 @@ thread; the Numba kernels are serial), on the same frames:
 Times are ``time.process_time`` per stage (functions wrapped by name), the minimum over
 ``--repeat`` runs of each frame, then the median over frames; "ms/MP" divides by the frame's
 megapixels. Registration RMS against the generator's exact transforms is printed for the
-synthetic frames; for the real ones, the residual and matches (no truth exists). Figures on a
-shared machine vary by ±20 %: compare the two columns of one run.
+synthetic frames; for the real ones, the residual and matches (no truth exists) and the stars
+detected (on the Seestar subs before detect2: ~1 500, of which ~85 are stars that reappear in
+the next sub, the rest noise). Figures on a shared machine vary by ±20 %: compare the two
+columns of one run.
 """
 from __future__ import annotations
 
@@ -38,7 +40,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OLD = "c322793"  # main when detect-speed branched off
+# main when detect2 branched off (the measured smoothed noise, faint broad stars); c322793:
+# before detect-speed
+DEFAULT_OLD = "f1e50d2"
 
 # stage -> functions whose CPU time it is, as (module, attribute[, class]); a name missing in
 # a version is skipped. "skystack.register" stands for the deep-sky registration module:

@@ -18,7 +18,9 @@ Detection
 ---------
 ``mesh_stats``: per-cell clipped median and σ (from a fine histogram, O(n)); ``bin_rows``:
 rows of the 2×2-binned view with sharp pixels repaired; ``strip_peaks``: thresholded local
-maxima of a smoothed strip of it; ``measure_stars``: per candidate, a full-resolution window
+maxima of a smoothed strip of it, placed within their bin; ``strip_differences`` and
+``clipped_sigma``: the smoothed strip's own noise, from differences of bins farther apart
+than the filter reaches; ``measure_stars``: per candidate, a full-resolution window
 (repaired, background removed), hot-pixel and saturation tests and an iterative
 Gaussian-windowed centroid (SExtractor's XWIN/YWIN) with windowed second moments. The frame
 is read in its own dtype and nothing frame-sized is allocated.
@@ -398,6 +400,11 @@ def mesh_stats(img, edges_y, edges_x, step, kappa, n_iter, sub, rk, rf, ck, cf, 
             out_sigma[j, i] = sig
 
 
+# the 8 neighbours of a pixel, the 4 direct ones first (the likelier to settle a test early)
+_NB_DY = np.array([-1, 1, 0, 0, -1, -1, 1, 1])
+_NB_DX = np.array([0, 0, -1, 1, -1, 1, -1, 1])
+
+
 @numba.njit(nogil=True, cache=True)
 def _median9(buf):
     """Median of ``buf[:9]`` (reorders it)."""
@@ -418,34 +425,10 @@ _MEDIAN_DIP = 2.0
 
 
 @numba.njit(nogil=True, cache=True)
-def _repaired(img, y, x, bg, sig, hot_sigma, sharp_frac, nb):
-    """The value of pixel (y, x) with sharp pixels repaired, and whether it was one.
-
-    A pixel that stands more than ``hot_sigma`` σ above the median of its 3×3
-    neighbourhood, by most of its height above the background ``bg`` (all but
-    ``sharp_frac``), is a hot pixel or a cosmic-ray hit: its value is that median. Only
-    pixels ``hot_sigma`` − ``_MEDIAN_DIP`` σ above the background are tested (the others
-    cannot be sharp unless their neighbourhood lies far below the sky). NaN pixels, also in
-    the neighbourhood, count as ``bg``; beyond the frame edge the edge pixel repeats.
-    ``nb`` is a scratch array of 9.
-    """
+def _median_of_9(img, y, x, bg, nb):
+    """The median of the 3×3 neighbourhood of pixel (y, x): NaN pixels count as ``bg``,
+    beyond the frame edge the edge pixel repeats. ``nb`` is a scratch array of 9."""
     h, w = img.shape
-    v = float(img[y, x])
-    if v != v:
-        return bg, False
-    if not (v - bg > (hot_sigma - _MEDIAN_DIP) * sig):
-        return v, False
-    # the pixel is sharp only if the median m of the 9 stays below
-    # lim = min(v − hot_sigma·σ, bg + sharp_frac·(v − bg)); when its 4 direct neighbours
-    # reach lim, 5 of the 9 do and m cannot (a star's core pixel: no sort needed)
-    lim = min(v - hot_sigma * sig, bg + sharp_frac * (v - bg))
-    ym = max(y - 1, 0)
-    yp = min(y + 1, h - 1)
-    xm = max(x - 1, 0)
-    xp = min(x + 1, w - 1)
-    if float(img[ym, x]) >= lim and float(img[yp, x]) >= lim and float(img[y, xm]) >= lim \
-            and float(img[y, xp]) >= lim:
-        return v, False
     k = 0
     for yy in range(y - 1, y + 2):
         yc = min(max(yy, 0), h - 1)
@@ -454,11 +437,7 @@ def _repaired(img, y, x, bg, sig, hot_sigma, sharp_frac, nb):
             u = float(img[yc, xc])
             nb[k] = u if u == u else bg
             k += 1
-    m = _median9(nb)
-    e = v - m
-    if e > hot_sigma * sig and e > (1.0 - sharp_frac) * (v - bg):
-        return m, True
-    return v, False
+    return _median9(nb)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -479,8 +458,15 @@ def _at_bin(cm, k0, f0, bx):
 @numba.njit(nogil=True, cache=True)
 def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
     """The 2×2-binned view of ``img`` into ``out`` (float32, ``H // 2`` × ``W // 2``): the
-    mean of four pixels, sharp pixels repaired (see :func:`_repaired`; background and σ of
-    the test taken at the bin's centre), NaN pixels replaced by the background.
+    mean of four pixels, sharp pixels repaired, NaN pixels replaced by the background.
+
+    A pixel that stands more than ``hot_sigma`` σ above the median of its 3×3
+    neighbourhood, by most of its height above the background (all but ``sharp_frac``),
+    is a hot pixel or a cosmic-ray hit: its value becomes that median (NaN pixels in the
+    neighbourhood count as background, beyond the frame edge the edge pixel repeats; the
+    background and σ of the test are taken at the bin's centre). Only pixels
+    ``hot_sigma`` − ``_MEDIAN_DIP`` σ above the background are tested (the others cannot
+    be sharp unless their neighbourhood lies far below the sky).
 
     ``cbg``, ``csg``: background and noise meshes interpolated to the bin columns
     (mesh rows × ``W // 2``), so that a bin's value is one interpolation between two rows.
@@ -492,7 +478,7 @@ def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
     their repaired values, so that measuring windows repair exactly the same pixels.
     """
     hb, wb = out.shape
-    w = img.shape[1]
+    h, w = img.shape
     flag = np.empty(wb, dtype=np.bool_)
     nb = np.empty(9, dtype=np.float64)
     size = 64
@@ -529,19 +515,38 @@ def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
             s = 0.0
             for yy in range(y0, y0 + 2):
                 for xx in range(2 * x, 2 * x + 2):
-                    v, rep = _repaired(img, yy, xx, bg, sg, hot_sigma, sharp_frac, nb)
-                    if rep:
-                        if n_rep == size:
-                            size *= 2
-                            i2 = np.empty(size, dtype=np.int64)
-                            v2 = np.empty(size, dtype=np.float64)
-                            i2[:n_rep] = rep_idx[:n_rep]
-                            v2[:n_rep] = rep_val[:n_rep]
-                            rep_idx = i2
-                            rep_val = v2
-                        rep_idx[n_rep] = yy * w + xx
-                        rep_val[n_rep] = v
-                        n_rep += 1
+                    v = float(img[yy, xx])
+                    if v != v:
+                        s += bg
+                        continue
+                    if not (v - bg > (hot_sigma - _MEDIAN_DIP) * sg):
+                        s += v
+                        continue
+                    # sharp exactly when the median m of the 3×3 stays below
+                    # lim = min(v − hot_sigma·σ, bg + sharp_frac·(v − bg)), i.e. when at
+                    # most 4 of the 9 reach lim; v does, so it is a count of the 8
+                    # neighbours (NaN as bg), and a sort only for the few sharp pixels
+                    lim = min(v - hot_sigma * sg, bg + sharp_frac * (v - bg))
+                    reach = 0
+                    for d in range(8):
+                        u = float(img[min(max(yy + _NB_DY[d], 0), h - 1), min(max(xx + _NB_DX[d], 0), w - 1)])
+                        if u >= lim or (u != u and bg >= lim):
+                            reach += 1
+                    if reach >= 4:
+                        s += v
+                        continue
+                    v = _median_of_9(img, yy, xx, bg, nb)
+                    if n_rep == size:
+                        size *= 2
+                        i2 = np.empty(size, dtype=np.int64)
+                        v2 = np.empty(size, dtype=np.float64)
+                        i2[:n_rep] = rep_idx[:n_rep]
+                        v2[:n_rep] = rep_val[:n_rep]
+                        rep_idx = i2
+                        rep_val = v2
+                    rep_idx[n_rep] = yy * w + xx
+                    rep_val[n_rep] = v
+                    n_rep += 1
                     s += v
             o[x] = 0.25 * s
         # this bin row's repairs alternate between its two frame rows: sort them
@@ -553,24 +558,33 @@ def bin_rows(img, cbg, csg, sig_floor, rkb, rfb, hot_sigma, sharp_frac, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floor, hb):
-    """Candidates in rows ``r0:r1`` of ``smooth`` (a smoothed strip of the binned view whose
-    row 0 is bin row ``by0``): local maxima above ``bg + max(σ · factor, floor)``, the
-    background and σ at the bin centre (``cbg``, ``csg`` as in :func:`bin_rows`), at least
-    one bin from every frame edge (``hb``: bin rows in the frame). Ties go to the first in
-    raster order (``>`` against the neighbours before, ``>=`` against those after: a
-    plateau gives one candidate). The threshold is tested first: it rejects almost every
-    bin in a predictable branch, where the local-maximum test alone passes one bin in nine
-    of pure noise.
+def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floor, hb, scale):
+    """Candidates in rows ``r0:r1`` of ``smooth`` (a smoothed strip of a binned view whose
+    row 0 is bin row ``by0``; bins of ``scale`` × ``scale`` pixels): local maxima above
+    ``bg + max(σ · factor, floor)``, the background and σ at the bin centre (``cbg``,
+    ``csg`` as in :func:`bin_rows`), at least one bin from every frame edge (``hb``: bin
+    rows in the frame). Ties go to the first in raster order (``>`` against the neighbours
+    before, ``>=`` against those after: a plateau gives one candidate). The threshold is
+    tested first, a row at a time: it rejects almost every bin, where the local-maximum
+    test alone passes one bin in nine of pure noise.
 
-    Returns ``(by, bx, value)``: bin coordinates (int32, raster order) and the smoothed value
-    above the background (float64).
+    Each peak is placed within its bin by a parabola through it and its two neighbours
+    along each axis (at most half a bin away): the smoothed peak of a star too faint or too
+    broad for its brightest pixel to mark its centre (a noise spike can outshine the star's
+    core by 2-3 σ anywhere in its bin) still starts the centroid within a pixel or two.
+
+    Returns ``(y, x, value, ratio)``: the full-resolution pixel (int32) nearest that refined
+    peak (bins in raster order), the smoothed value above the background and its ratio to
+    the threshold (float64; the caller may raise the threshold once it has measured the
+    smoothed noise: :func:`strip_differences`).
     """
     ws = smooth.shape[1]
     size = 256
     ys = np.empty(size, dtype=np.int32)
     xs = np.empty(size, dtype=np.int32)
     vals = np.empty(size, dtype=np.float64)
+    ratios = np.empty(size, dtype=np.float64)
+    above = np.empty(ws, dtype=np.bool_)
     n = 0
     for j in range(r0, r1):
         by = by0 + j
@@ -585,12 +599,17 @@ def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floo
         b1 = cbg[k0 + 1]
         s0 = csg[k0]
         s1 = csg[k0 + 1]
+        # the threshold first, for the whole row: a branch-free loop the compiler
+        # vectorises; the few bins above it are then tested one by one
+        for x in range(ws):
+            above[x] = mid[x] - (b0[x] + (b1[x] - b0[x]) * f0) > max(
+                max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor) * factor, floor)
         for x in range(1, ws - 1):
+            if not above[x]:
+                continue
             v = mid[x]
             bg = b0[x] + (b1[x] - b0[x]) * f0
             t = max(max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor) * factor, floor)
-            if not (v - bg > t):
-                continue
             if not (v > up[x - 1] and v > up[x] and v > up[x + 1] and v > mid[x - 1] and v >= mid[x + 1]
                     and v >= dn[x - 1] and v >= dn[x] and v >= dn[x + 1]):
                 continue
@@ -599,17 +618,82 @@ def strip_peaks(smooth, by0, r0, r1, cbg, csg, sig_floor, rkb, rfb, factor, floo
                 ys2 = np.empty(size, dtype=np.int32)
                 xs2 = np.empty(size, dtype=np.int32)
                 vals2 = np.empty(size, dtype=np.float64)
+                ratios2 = np.empty(size, dtype=np.float64)
                 ys2[:n] = ys[:n]
                 xs2[:n] = xs[:n]
                 vals2[:n] = vals[:n]
+                ratios2[:n] = ratios[:n]
                 ys = ys2
                 xs = xs2
                 vals = vals2
-            ys[n] = by
-            xs[n] = x
+                ratios = ratios2
+            ys[n] = _refined_pixel(up[x], v, dn[x], by, scale)
+            xs[n] = _refined_pixel(mid[x - 1], v, mid[x + 1], x, scale)
             vals[n] = v - bg
+            ratios[n] = (v - bg) / t
             n += 1
-    return ys[:n].copy(), xs[:n].copy(), vals[:n].copy()
+    return ys[:n].copy(), xs[:n].copy(), vals[:n].copy(), ratios[:n].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def _refined_pixel(a, b, c, k, scale):
+    """The full-resolution pixel of the vertex of the parabola through the values ``a``,
+    ``b``, ``c`` of bins ``k`` − 1, ``k``, ``k`` + 1 (bins of ``scale`` pixels; bin ``k``
+    a local maximum), the vertex clamped to half a bin from ``k``'s centre."""
+    curv = a - 2.0 * b + c
+    d = 0.5 * (a - c) / curv if curv < 0.0 else 0.0
+    d = min(max(d, -0.5), 0.5)
+    # bin k covers pixels scale·k ... scale·k + scale − 1: its centre is scale·k + (scale − 1)/2
+    return int(math.floor(scale * (k + d) + 0.5 * (scale - 1) + 0.5))
+
+
+@numba.njit(nogil=True, cache=True)
+def strip_differences(smooth, by0, r0, r1, csg, sig_floor, rkb, rfb, lag, step, out, n):
+    """Sample the noise of a smoothed strip (as in :func:`strip_peaks`): for the bins of
+    rows ``r0:r1`` whose bin row and column are multiples of ``step``, the difference to
+    the bin ``lag`` columns to the right, over the noise σ at the bin; appended to
+    ``out`` from ``out[n]`` (as far as it has room). Returns the new count.
+
+    With ``lag`` beyond the filter's reach the two values' noise is independent, so the
+    differences scatter by √2 × the smoothed noise, correlated pixel noise included, while
+    the sky and any signal smooth on the scale of the lag cancel (a cluster's or a galaxy's
+    light, which a direct measurement of the smoothed scatter would count as noise). Rows
+    are chosen by their frame row, so the samples do not depend on how the frame is cut
+    into strips.
+    """
+    ws = smooth.shape[1]
+    cap = out.shape[0]
+    for j in range(r0, r1):
+        by = by0 + j
+        if by % step != 0:
+            continue
+        k0 = rkb[by]
+        f0 = rfb[by]
+        s0 = csg[k0]
+        s1 = csg[k0 + 1]
+        row = smooth[j]
+        for x in range(0, ws - lag, step):
+            if n >= cap:
+                return n
+            sg = max(s0[x] + (s1[x] - s0[x]) * f0, sig_floor)
+            v = (row[x + lag] - row[x]) / sg
+            if v == v:
+                out[n] = v
+                n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def clipped_sigma(v, kappa, n_iter):
+    """The clipped σ of ``v`` (:func:`_clipped_stats`: iterative κ-σ clipping, σ from the
+    15.87/84.13 percentiles); reorders ``v``. NaN for fewer than 3 values."""
+    hist = np.empty(2 * _HIST_HALF, dtype=np.float64)
+    cum = np.empty(2 * _HIST_HALF + 1, dtype=np.float64)
+    hint = np.empty(_HINT_SAMPLES, dtype=np.float64)
+    if v.shape[0] < 3:
+        return np.nan
+    med, sig = _clipped_stats(v, v.shape[0], kappa, n_iter, 0.0, 0.0, hist, cum, hint)
+    return sig
 
 
 # status codes of measure_stars (0 = a good star)
@@ -759,9 +843,9 @@ def _fill_window(img, patch, oy, ox, j0, j1, i0, i1, pbg, rk, rf, rep_idx, rep_v
 
 
 @numba.njit(nogil=True, cache=True)
-def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, cand_x, sigma_w, sharp_frac,
-                  flat_frac, saturation, confirm, factor, floor, out):
-    """Measure the candidates in bins (cand_y, cand_x) of :func:`strip_peaks`.
+def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, cand_x, search, sigma_w, sharp_frac,
+                  hot_sigma, flat_frac, saturation, confirm, factor, floor, out):
+    """Measure the candidates at pixels (cand_y, cand_x) of :func:`strip_peaks`.
 
     ``out`` is (n, 12): x, y, flux, fwhm, roundness, peak, status, n_iter, err, and the
     deconvolved second moments c11 (xx), c22 (yy), c12 (xy) in px². ``err`` is the 1-σ
@@ -780,18 +864,24 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
 
     Each candidate is measured in a small window at full resolution, copied with its
     sharp pixels repaired and the background removed (:func:`_fill_window`). In it: the
-    brightest pixel ``p`` of the 4×4 pixels around the bin; the candidate is SHARP when the
-    median of p's 8 neighbours is below ``sharp_frac * peak`` (a star lights its
-    neighbours — even a 1.5 px FWHM star keeps that median above ~0.2 of the peak; a hot
-    pixel or a cosmic-ray track does not); SATURATED when the raw peak reaches
-    ``saturation`` or at least 3 of its neighbours are within ``flat_frac * peak`` of it (a
-    clipped, flat top). Then the Gaussian-windowed centroid (weight σ = ``sigma_w``,
-    SExtractor's XWIN/YWIN) is iterated to the point where the windowed first moment
-    vanishes (:func:`_centroid`); for a symmetric star that is its centre, with a precision
-    close to a PSF fit at a fraction of the cost. ``n_iter`` counts its iterations. FWHM and
-    roundness come from the windowed second moments with the Gaussian window deconvolved
-    (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's 1/12 px² removed; they are Gaussian-equivalent
-    values. A window that touches the frame edge or a NaN: EDGE.
+    brightest pixel ``p`` within ``search`` px of the candidate's pixel (its smoothed peak,
+    :func:`strip_peaks`); the candidate is SHARP when the median of p's 8 neighbours is
+    below ``sharp_frac * peak`` (a star lights its neighbours — even a 1.5 px FWHM star
+    keeps that median above ~0.2 of the peak; a hot pixel or a cosmic-ray track does not)
+    and p stands above that median by more than ``hot_sigma`` σ (the test :func:`bin_rows`
+    repairs by: within the noise, a pixel cannot be told from its neighbours, and a faint
+    broad star's brightest pixel is a noise spike above neighbours at ~0.3 σ); SATURATED
+    when the raw peak reaches ``saturation`` or at least 3 of its neighbours are within
+    ``flat_frac * peak`` of it (a clipped, flat top) while it stands ``hot_sigma`` σ above
+    the background (p, the brightest of the pixels searched, is not always a local
+    maximum: the neighbours of a noise-dominated p beyond them may exceed it). Then the
+    Gaussian-windowed centroid (weight σ = ``sigma_w``, SExtractor's XWIN/YWIN) is iterated
+    to the point where the windowed first moment vanishes (:func:`_centroid`); for a
+    symmetric star that is its centre, with a precision close to a PSF fit at a fraction of
+    the cost. ``n_iter`` counts its iterations. FWHM and roundness come from the windowed
+    second moments with the Gaussian window deconvolved (C = (M⁻¹ − W⁻¹)⁻¹) and the pixel's
+    1/12 px² removed; they are Gaussian-equivalent values. A window that touches the frame
+    edge or a NaN: EDGE.
     """
     h, w = img.shape
     r = int(math.ceil(4.0 * sigma_w))
@@ -809,14 +899,14 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
     for c in range(cand_y.shape[0]):
         for k in range(12):
             out[c, k] = np.nan
-        # the brightest repaired pixel of the 4×4 around the bin
+        # the brightest repaired pixel within ``search`` of the candidate's
         py = -1
         px = -1
         best = -np.inf
         raw_peak = 0.0
-        x0 = max(2 * cand_x[c] - 1, 0)
-        x1 = min(2 * cand_x[c] + 3, w)
-        for yy in range(max(2 * cand_y[c] - 1, 0), min(2 * cand_y[c] + 3, h)):
+        x0 = max(cand_x[c] - search, 0)
+        x1 = min(cand_x[c] + search + 1, w)
+        for yy in range(max(cand_y[c] - search, 0), min(cand_y[c] + search + 1, h)):
             k0 = rk[yy]
             f0 = rf[yy]
             # the next repaired pixel at or after this row's first one
@@ -836,6 +926,7 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
         if py < 1 or px < 1 or py > h - 2 or px > w - 2 or not (best > 0.0):
             out[c, 6] = EDGE
             continue
+        noise_p = max(_at_bin(psg, rk[py], rf[py], px), sig_floor)
         # the window around p (:func:`_fill_window`): first the core that the
         # confirmation and the tests around p read, the rest only for a candidate that
         # passes them
@@ -862,7 +953,7 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
                     for t in range(-rc, rc + 1):
                         a += confirm[t + rc] * hsum[half - 1 + q0 + t, q]
                     peak_s = max(peak_s, a)
-            t = max(max(_at_bin(psg, rk[py], rf[py], px), sig_floor) * factor, floor)
+            t = max(noise_p * factor, floor)
             if not (peak_s > t):
                 out[c, 6] = FAINT
                 continue
@@ -881,10 +972,12 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
                     nflat += 1
                 k += 1
         nb8.sort()
-        if 0.5 * (nb8[3] + nb8[4]) < sharp_frac * best:
+        nb_median = 0.5 * (nb8[3] + nb8[4])
+        if nb_median < sharp_frac * best and \
+                best - nb_median > hot_sigma * noise_p:
             out[c, 6] = SHARP
             continue
-        if raw_peak >= saturation or nflat >= 3:
+        if raw_peak >= saturation or (nflat >= 3 and best > hot_sigma * noise_p):
             out[c, 6] = SATURATED
             continue
         lo = half - core
@@ -893,7 +986,7 @@ def measure_stars(img, pbg, psg, sig_floor, rk, rf, rep_idx, rep_val, cand_y, ca
         _fill_window(img, patch, oy, ox, hi, side, 0, side, pbg, rk, rf, rep_idx, rep_val)
         _fill_window(img, patch, oy, ox, lo, hi, 0, lo, pbg, rk, rf, rep_idx, rep_val)
         _fill_window(img, patch, oy, ox, lo, hi, hi, side, pbg, rk, rf, rep_idx, rep_val)
-        tol = max(_CONVERGED_PX, _CONVERGED_FRAC * sigma_w * max(_at_bin(psg, rk[py], rf[py], px), sig_floor) / best)
+        tol = max(_CONVERGED_PX, _CONVERGED_FRAC * sigma_w * noise_p / best)
         x, y, status, it1 = _centroid(patch, ox, oy, h, w, float(half), float(half), r, inv2s2, tol, _MAX_ITER,
                                       gx, gy)
         out[c, 7] = it1

@@ -12,19 +12,28 @@ The steps, and why each is there:
    *smoothed* noise. The binned view is a quarter of the pixels and is built a strip of
    rows at a time. Binning costs a star that straddles bins some of its peak, so the binned
    search runs at 0.8 × the threshold and each candidate is confirmed at full resolution
-   with a σ = 1 px Gaussian in its window. When the stars turn out broader than 3.5 px
-   FWHM, detection runs again with a Gaussian matched to their measured FWHM, until that
-   FWHM settles (the real M13 frames: ~10 px stars at a few σ per pixel, where the 1 px
-   filter mostly finds noise).
+   with a σ = 1 px Gaussian in its window. The smoothed noise is measured, not only
+   predicted from the pixel noise: a demosaiced colour frame's luminance has correlated
+   noise, and a 1 px filter leaves ~1.9 × what the white-noise formula says (the Seestar
+   subs: a "5 σ" threshold that was really ~2.6 σ found ~1 500 noise peaks per sub besides
+   its ~85 stars). Differences of smoothed bins farther apart than the filter reaches
+   measure it; the sky, gradients and a cluster's light cancel in them. Each peak is placed
+   within its bin (a parabola through its neighbours), and its brightest pixel sought in
+   the 3×3 around that. When the stars turn out broader than 3.5 px FWHM, detection runs
+   again with a Gaussian matched to their measured FWHM, until the stars' FWHM (the lower
+   quartile of the peaks': blends broaden with every wider window) settles (the real M13
+   frames: ~10 px stars at ~1 σ per pixel, where the 1 px filter mostly finds noise).
 3. **Sharp pixels repaired, then rejections** on the unsmoothed pixels. A pixel far above
    the median of its 3×3 neighbourhood — by 5σ and by most of its height above the sky —
    is a hot pixel or a cosmic-ray hit (a star lights its neighbours: even a 1.5 px FWHM
    star keeps that median above ~0.2 of its peak; a streak of up to 4 pixels still has a
    dark median): it is replaced by that median, in the binned view and in each star's
    window, so that it neither becomes a candidate nor pulls the centroid of a star whose
-   window it falls in. Peaks that are still single-pixel, flat-topped (saturated), touching
-   the edge or a NaN, elongated (trails) or much broader than the frame's stars (galaxies)
-   are rejected.
+   window it falls in. Peaks that are still single-pixel or flat-topped (saturated) —
+   tested only where the peak stands 5σ above its surroundings: a faint broad star's
+   brightest pixel is a noise spike over neighbours at a fraction of σ — touching the edge
+   or a NaN, elongated (trails) or much broader than the frame's stars (galaxies) are
+   rejected.
 4. **Centroid**: the iterative Gaussian-windowed first moment (SExtractor's XWIN/YWIN), with
    the window matched to the frame's median FWHM, on a full-resolution copy of a small
    window around each candidate. It reaches ~0.01–0.02 px on bright stars — close to a PSF
@@ -69,6 +78,7 @@ _MAX_WINDOW_FWHM = 24.0  # px, the widest centroid window
 # window wider than the stars only costs crowded stars (their neighbours fall into it)
 _REDETECT_GROWTH = 1.25
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548: a Gaussian's FWHM / σ
+_FWHM_PEAKS = 200  # the strongest peaks measure the frame's FWHM
 # candidates kept (the strongest): one per 20×20 px, at least 1000. Far more than any
 # frame has stars that could be told apart (a 6 Mpx frame of the synthetic sets has
 # ~2 200 candidates for ~1 800 stars), and it bounds detection's memory on a frame of noise
@@ -87,6 +97,11 @@ _BINNED_SLACK = 0.8
 _BINNED_MIN_SIGMA = 1.3
 _CONFIRM_BELOW_SIGMA = 2.0
 _STRIP_BINS = 128  # bin rows per smoothed strip of the binned view (~0.8 MB at W = 3000)
+# differences of the smoothed binned view sampled to measure its noise: the clipped σ of n
+# values scatters by ~1/√n, 0.5 % here
+_NOISE_SAMPLES = 40000
+# a candidate's peak pixel is the brightest within this many px of its smoothed peak
+_PEAK_SEARCH_PX = 1
 
 
 @dataclass(frozen=True)
@@ -375,6 +390,14 @@ class _Detector:
         :func:`_skystack_kernels.cpu.stars.measure_stars`). The binned view (a quarter of
         the pixels) is built on the first call and smoothed in strips of ``_STRIP_BINS`` bin
         rows plus a halo, into one strip-sized buffer.
+
+        The threshold is first that of white noise; the differences of smoothed bins farther
+        apart than the filter reaches measure the smoothed noise itself, and the candidates
+        that do not clear its excess over the white-noise prediction are dropped (a
+        demosaiced frame's luminance: ~1.9 × after a 1 px filter). The sky, gradients and a
+        cluster's or a galaxy's light cancel in the differences, the stars are clipped;
+        stars too many to clip (broad ones, densely) raise the estimate by a few %: the
+        threshold errs on the high side.
         """
         img, bg = self.img, self.bg
         gk = _binned_kernel(max(smooth_sigma, _BINNED_MIN_SIGMA))
@@ -390,9 +413,10 @@ class _Detector:
             k_binned = _BINNED_SLACK * k_sigma
         else:
             confirm, confirm_factor, k_binned = np.zeros(0), 0.0, k_sigma
-        # each bin weight g_i·g_j covers 4 pixels at a quarter each: the noise factor is
-        # sqrt(4 · Σ (g_i g_j / 4)²) = (Σ g²) / 2
-        factor = float(k_binned * np.sum(gk ** 2) / 2.0)
+        # each bin weight g_i·g_j covers 4 pixels at a quarter each: for white noise the
+        # filter leaves sqrt(4 · Σ (g_i g_j / 4)²) = (Σ g²) / 2 of σ
+        white = float(np.sum(gk ** 2) / 2.0)
+        factor = k_binned * white
         hb, wb = img.shape[0] // 2, img.shape[1] // 2
         if self.binned is None:
             # the binned view is the same for every filter: built once (a quarter of the
@@ -404,7 +428,13 @@ class _Detector:
         halo = (gk.size - 1) // 2 + 1  # the filter's reach, plus the local-maximum test's row
         smooth = np.empty((min(_STRIP_BINS + 2 * halo, hb), wb), np.float32)
         g32 = gk.astype(np.float32)
-        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # noise samples: differences between bins farther apart than the filter's reach
+        # (and the ~1 bin that demosaicing correlates)
+        lag = min(gk.size + 1, max(wb - 1, 1))
+        step = max(1, math.ceil(math.sqrt(hb * max(wb - lag, 1) / _NOISE_SAMPLES)))
+        diffs = np.empty(-(-hb // step) * -(-max(wb - lag, 0) // step))
+        n_diffs = 0
+        found: list[tuple[np.ndarray, ...]] = []
         n_found = 0
         cap = _max_candidates(img.shape)
         for s0 in range(0, hb, _STRIP_BINS):
@@ -414,15 +444,24 @@ class _Detector:
             # inside the halo elsewhere
             cv2.sepFilter2D(self.binned[a:b], cv2.CV_32F, g32, g32, dst=smooth[:b - a], borderType=cv2.BORDER_REFLECT)
             part = kern.strip_peaks(smooth[:b - a], a, s0 - a, s1 - a, self.cbg, self.csg, bg.noise_floor,
-                                    *self.rows_b, factor, floor, hb)
+                                    *self.rows_b, factor, floor, hb, 2)
+            n_diffs = kern.strip_differences(smooth[:b - a], a, s0 - a, s1 - a, self.csg, bg.noise_floor,
+                                             *self.rows_b, lag, step, diffs, n_diffs)
             found.append(part)
             n_found += part[0].size
             if n_found > 2 * cap:
                 found = [_strongest(found, cap)]
                 n_found = found[0][0].size
-        ys, xs, vals = _strongest(found, cap)
+        ys, xs, vals, ratios = _strongest(found, cap)
+        # the threshold above assumed white noise; correlated noise (a demosaiced frame's
+        # luminance) leaves more after the filter: the measured excess raises the threshold
+        # (never lowers it: the search has already run at the white-noise one)
+        excess = kern.clipped_sigma(diffs[:n_diffs], 3.0, 5) / (math.sqrt(2.0) * white)
+        excess = float(excess) if excess > 1.0 else 1.0  # also for NaN (no noise, or no samples)
+        keep = ratios > excess
+        ys, xs, vals = ys[keep], xs[keep], vals[keep]
         order = np.argsort(-vals, kind="stable")
-        return _Candidates(ys[order], xs[order], confirm, confirm_factor, floor)
+        return _Candidates(ys[order], xs[order], confirm, confirm_factor * excess, floor)
 
     def measure(self, cand: _Candidates, window_fwhm: float, saturation: float, start: int = 0,
                 stop: int | None = None) -> np.ndarray:
@@ -434,15 +473,15 @@ class _Detector:
         raster = np.lexsort((xs, ys))
         out = np.empty((ys.size, 12))
         kern.measure_stars(self.img, self.pbg, self.psg, self.bg.noise_floor, *self.rows, *self.repaired, ys[raster],
-                           xs[raster], window_fwhm / _FWHM_PER_SIGMA, _SHARP_FRAC, _FLAT_FRAC, saturation, cand.confirm,
-                           cand.factor, cand.floor, out)
+                           xs[raster], _PEAK_SEARCH_PX, window_fwhm / _FWHM_PER_SIGMA, _SHARP_FRAC, _HOT_SIGMA,
+                           _FLAT_FRAC, saturation, cand.confirm, cand.factor, cand.floor, out)
         back = np.empty_like(raster)
         back[raster] = np.arange(raster.size)
         return out[back]
 
 
 class _Candidates(NamedTuple):
-    """Candidate bins (strongest first) and the full-resolution test that confirms them."""
+    """Candidate pixels (strongest first) and the full-resolution test that confirms them."""
 
     ys: np.ndarray
     xs: np.ndarray
@@ -466,16 +505,15 @@ def _at_columns(m: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
     return out
 
 
-def _strongest(parts, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``cap`` strongest candidates of raster-ordered parts, still in raster order
-    (ties broken by raster order, so the result does not depend on how the frame was cut)."""
-    ys = np.concatenate([p[0] for p in parts])
-    xs = np.concatenate([p[1] for p in parts])
-    vals = np.concatenate([p[2] for p in parts])
-    if vals.size > cap:
-        keep = np.sort(np.argsort(-vals, kind="stable")[:cap])
-        ys, xs, vals = ys[keep], xs[keep], vals[keep]
-    return ys, xs, vals
+def _strongest(parts, cap: int) -> tuple[np.ndarray, ...]:
+    """The ``cap`` strongest candidates of raster-ordered parts (tuples of arrays, the
+    value third), still in raster order (ties broken by raster order, so the result does
+    not depend on how the frame was cut)."""
+    cols = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+    if cols[2].size > cap:
+        keep = np.sort(np.argsort(-cols[2], kind="stable")[:cap])
+        cols = tuple(c[keep] for c in cols)
+    return cols
 
 
 def _binned_kernel(smooth_sigma: float) -> np.ndarray:
@@ -533,17 +571,18 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
         # the window must be wider than the stars for the moments to deconvolve: widen it
         # until most measurable peaks give a finite FWHM (defocused or oversampled data)
         guess = _DEFAULT_FWHM
-        fw = _DEFAULT_FWHM
+        fw = low = _DEFAULT_FWHM
         while guess <= _MAX_WINDOW_FWHM:
             est = _fwhm_of_peaks(det, cand, guess, sat)
             if est is not None:
-                fw = est
+                fw, low = est
                 break
             guess *= 2.0
         # broad stars (poor seeing, defocus, fine sampling): the 1 px filter is far from
         # matched, most of its peaks are noise and their FWHM pulls the estimate down.
         # Detect again with a filter matched to the estimate and re-measure, until the
-        # FWHM stops growing (M13: 5 → 9 → 12.5 px; a matched filter gains ~√(σ★/1 px))
+        # stars' FWHM (the peaks' lower quartile) stops growing (M13: 5 → 10 px; a matched
+        # filter gains ~√(σ★/1 px))
         for _ in range(4):
             if fw <= _REDETECT_FWHM:
                 break
@@ -551,9 +590,9 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
             if cand.size == 0:
                 return empty
             est = _fwhm_of_peaks(det, cand, fw, sat)
-            if est is None or est < _REDETECT_GROWTH * fw:
+            if est is None or est[1] < _REDETECT_GROWTH * low:
                 break
-            fw = est
+            fw, low = est
     elif fw > _REDETECT_FWHM:
         cand = det.candidates(min(fw, _MAX_WINDOW_FWHM) / _FWHM_PER_SIGMA, sigma)
         if cand.size == 0:
@@ -589,15 +628,22 @@ def detect_stars(lum: np.ndarray, *, max_stars: int = 100, sigma: float = 5.0,
     )
 
 
-def _fwhm_of_peaks(det: _Detector, cand: _Candidates, window_fwhm: float, sat: float) -> float | None:
-    """Median FWHM of the strongest 200 peaks measured with a window of ``window_fwhm``,
-    or None when under half of the centroided ones give a finite, round shape (the window
-    is too narrow for them)."""
-    out1 = det.measure(cand, window_fwhm, sat, 0, 200)
+def _fwhm_of_peaks(det: _Detector, cand: _Candidates, window_fwhm: float,
+                   sat: float) -> tuple[float, float] | None:
+    """The median and the lower quartile of the FWHM of the strongest ``_FWHM_PEAKS``
+    peaks measured with a window of ``window_fwhm``, or None when under half of the
+    centroided ones give a finite, round shape (the window is too narrow for them).
+
+    The median sizes the centroid window. The lower quartile follows the stars alone: a
+    blend, or a peak of a globular cluster's crowded core, looks broader the wider the
+    window (M13: ~14-37 px against ~10 px for the stars around the core), and where such
+    peaks are most of the strongest, their median grows with every re-detection.
+    """
+    out1 = det.measure(cand, window_fwhm, sat, 0, _FWHM_PEAKS)
     cent = out1[:, 6] == kern.OK
     ok1 = cent & np.isfinite(out1[:, 3]) & (out1[:, 4] < _MAX_ROUNDNESS)
     if ok1.sum() >= 3 and ok1.sum() >= 0.5 * cent.sum():
-        return float(np.median(out1[ok1, 3]))
+        return float(np.median(out1[ok1, 3])), float(np.percentile(out1[ok1, 3], 25))
     return None
 
 
@@ -624,10 +670,11 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
 # assumes that a frame has as many good stars as it may have candidates, ~8× what the
 # synthetic frames have.
 _WORK_FIXED = 1 << 20  # Python objects, small kernel buffers, the measuring table of one chunk
+_WORK_NOISE = 8 * _NOISE_SAMPLES * 11 // 10  # the smoothed noise's samples, float64 (a few % over)
 _WORK_PER_AXIS_PX = 40  # interpolation weights per row and column, pixels and bins (int64 + float64)
 _WORK_PER_TABLE_VALUE = 24  # background + noise per mesh row × (pixel + bin) column, float64
-_WORK_PER_CANDIDATE = 320  # its bin and value (16), a good star's 9 columns and their sorted copies
-# and k-d tree for deduplication (~300)
+_WORK_PER_CANDIDATE = 328  # its pixel, value and threshold ratio (24), a good star's 9 columns
+# and their sorted copies and k-d tree for deduplication (~300)
 # the repaired pixels' index and value (16 bytes each), for up to 1 % of the pixels (the
 # synthetic 6 Mpx frames, with hot pixels and cosmic rays: 0.012 %; beyond 1 % the list
 # still grows, at 16 bytes a pixel)
@@ -665,5 +712,5 @@ def detection_working_bytes(shape: tuple[int, ...], dtype=np.float32) -> int:
     strip = min(_STRIP_BINS + 2 * halo, h // 2 + 1) * (w // 2) * 4  # smoothed, float32
     candidates = _WORK_PER_CANDIDATE * _max_candidates((h, w))
     repairs = _WORK_PER_REPAIR * _REPAIRED_FRACTION * h * w
-    return int(conversion + _WORK_FIXED + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip + candidates
-               + repairs)
+    return int(conversion + _WORK_FIXED + _WORK_NOISE + _WORK_PER_AXIS_PX * (h + w) + tables + binned + strip
+               + candidates + repairs)
