@@ -46,8 +46,8 @@ DEFAULT_OLD = "f1e50d2"
 
 # stage -> functions whose CPU time it is, as (module, attribute[, class]); a name missing in
 # a version is skipped. "skystack.register" stands for the deep-sky registration module:
-# skystack.register itself up to c322793, skystack.register.deepsky since the restructuring. "matching" is match_stars less the estimation nested in it, "other"
-# is the rest of detection (conversion, FWHM passes' bookkeeping, deduplication, ...).
+# skystack.register itself up to c322793, skystack.register.deepsky since the restructuring.
+# "matching" is match_stars less the estimation nested in it, "other" is the rest of detection (conversion, FWHM passes' bookkeeping, deduplication, ...).
 STAGES = {
     "conversion": [("skystack.register", "_as_lum")],
     "background": [("skystack.detect.stars", "background_mesh")],
