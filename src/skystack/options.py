@@ -59,6 +59,7 @@ Normalization = Literal["auto", "none", "add", "mul", "addscale", "mulscale"]
 Weighting = Literal["none", "noise", "stars", "fwhm"]
 DebayerMethod = Literal["bilinear", "ea", "vng"]
 Backend = Literal["auto", "cpu", "cupy", "cv2cuda"]
+LuckyBackend = Literal["auto", "cpu", "cupy"]  # cv2.cuda has nothing for lucky imaging
 TiffDtype = Literal["float32", "uint16"]
 StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
 BenchBackend = Literal["all", "cpu", "cupy", "cv2cuda"]
@@ -435,6 +436,9 @@ class LuckyOptions(Checked):
         The area-average factor of the view the quality is measured on.
     workers
         Threads for per-frame work (default: all cores).
+    backend
+        Where the ranking pass runs: ``"auto"`` (a CUDA GPU through CuPy when usable,
+        else the CPU), ``"cpu"`` or ``"cupy"`` (see :mod:`skystack.backends.lucky_gpu`).
     """
 
     keep: str = field(default="10%", metadata=flag(
@@ -465,6 +469,9 @@ class LuckyOptions(Checked):
     quality_downsample: int = 2
     workers: int | None = field(default=None, metadata=flag(
         "--workers", metavar="N", parse=int, help="threads (default: all cores)"))
+    backend: LuckyBackend = field(default="auto", metadata=flag(
+        "--backend",
+        help="where frames are ranked: auto (a CUDA GPU through CuPy when usable, else the CPU), cpu or cupy"))
 
     def check(self) -> None:
         parse_keep(self.keep)

@@ -131,9 +131,10 @@ class Ranker:
                 r.coarse = (self.key_offset[0] + k * s.sx, self.key_offset[1] + k * s.sy)
 
 
-def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
+def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
     """Pass 1 over every frame: fill the table's sharpness cells, peak and coarse
-    position, and mark unreadable, blank, lost and out-of-field frames."""
+    position, and mark unreadable, blank, lost and out-of-field frames (``gpu``: a
+    :class:`.gpu.GpuRanker` measuring each chunk at once, else ``ranker`` frame by frame)."""
     table, reader = run.table, run.reader
     n = table.n
     table.cells((ranker.grid.ny, ranker.grid.nx))
@@ -143,7 +144,7 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
             idx = range(c0, min(n, c0 + _CHUNK))
             items = ((i, reader.raw(i) if raw_path else reader.read(i, False)) for i in idx)
             last_ok = None
-            for r in run.map(ranker, items):
+            for r in (gpu(items) if gpu is not None else run.map(ranker, items)):
                 i = r.i
                 bar.update()
                 if r.error is not None:

@@ -52,6 +52,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from ...backends.registry import resolve_lucky
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...options import LuckyJob
@@ -60,6 +61,7 @@ from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
 from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video
+from .gpu import GpuRanker
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
 from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
@@ -137,7 +139,8 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     raw_path = has_raw_fast_path(run.frames) and opts.quality_downsample % 2 == 0
     ranker = Ranker(opts, run.shape)
     mode = ranker.start(run, src.first_image)
-    rank_all(run, ranker, raw_path)
+    device = resolve_lucky(opts.backend)  # the backend switch, resolved once: None = CPU
+    rank_all(run, ranker, raw_path, GpuRanker(ranker, device) if device is not None else None)
     report_unreadable(run)
     check_signal(run)
     sharp = score_frames(run, ranker)
