@@ -14,6 +14,8 @@ bits; cell means are float64 sums of those float32 values.
 """
 from __future__ import annotations
 
+import math
+
 from numba import cuda
 
 BLOCK_2D = (32, 8)  # 32 threads along x: a warp reads one row segment of one frame
@@ -33,19 +35,30 @@ def _reflect(i, n):
 
 
 @cuda.jit
-def _area_kernel(src, factor, out):
-    """``out[b, y, x]``: mean of the ``factor × factor`` block of ``src[b]`` at
-    ``(factor·y, factor·x)`` (``cv2.resize(..., INTER_AREA)`` for an integer factor; a
-    remainder of rows/columns is dropped, as OpenCV's ``W // f`` output size does)."""
+def _area_kernel(src, scale_y, scale_x, out):
+    """``out[b, y, x]``: the area-weighted mean of ``src[b]`` over the source rectangle
+    ``[y·scale_y, (y+1)·scale_y) × [x·scale_x, (x+1)·scale_x)``: ``cv2.resize(...,
+    INTER_AREA)`` when shrinking, a plain block mean for an integer scale, fractional edge
+    weights otherwise (an odd-sized view halved), slivers under 1e-3 pixel dropped as
+    OpenCV's area tables drop them."""
     x, y, b = cuda.grid(3)
     if b < out.shape[0] and y < out.shape[1] and x < out.shape[2]:
+        h, w = src.shape[1], src.shape[2]
+        fy1 = y * scale_y
+        fy2 = min(fy1 + scale_y, float(h))
+        fx1 = x * scale_x
+        fx2 = min(fx1 + scale_x, float(w))
         s = 0.0
-        y0 = y * factor
-        x0 = x * factor
-        for dy in range(factor):
-            for dx in range(factor):
-                s += float(src[b, y0 + dy, x0 + dx])
-        out[b, y, x] = s / (factor * factor)
+        for i in range(int(math.floor(fy1)), min(int(math.ceil(fy2)), h)):
+            wy = min(i + 1.0, fy2) - max(float(i), fy1)
+            if wy > 1e-3:
+                r = 0.0
+                for j in range(int(math.floor(fx1)), min(int(math.ceil(fx2)), w)):
+                    wx = min(j + 1.0, fx2) - max(float(j), fx1)
+                    if wx > 1e-3:
+                        r += wx * float(src[b, i, j])
+                s += wy * r
+        out[b, y, x] = s / ((fy2 - fy1) * (fx2 - fx1))
 
 
 @cuda.jit
@@ -112,15 +125,20 @@ def _grid3(shape) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return ((w + BLOCK_2D[0] - 1) // BLOCK_2D[0], (h + BLOCK_2D[1] - 1) // BLOCK_2D[1], b), (BLOCK_2D[0], BLOCK_2D[1], 1)
 
 
-def area_downsample_gpu(src, factor: int, out, stream=0) -> None:
-    """Area-average each frame of ``src`` (B, H, W; uint8, uint16 or float32) by the
-    integer ``factor`` into ``out`` (B, H // factor, W // factor) float32."""
-    if out.shape[0] != src.shape[0] or out.shape[1] * factor > src.shape[1] or out.shape[2] * factor > src.shape[2]:
-        raise ValueError(f"cannot area-average {src.shape} by {factor} into {out.shape}")
-    if out.size == 0:
-        return
+def area_downsample_gpu(src, out, stream=0) -> None:
+    """Area-average each frame of ``src`` (B, H, W; uint8, uint16 or float32) onto the
+    smaller grid of ``out`` (B, h, w) float32, as ``cv2.resize(frame, (w, h),
+    interpolation=cv2.INTER_AREA)``."""
+    if out.shape[0] != src.shape[0] or not (0 < out.shape[1] <= src.shape[1] and 0 < out.shape[2] <= src.shape[2]):
+        raise ValueError(f"cannot area-average {src.shape} onto {out.shape}")
     grid, block = _grid3(out.shape)
-    _area_kernel[grid, block, stream](src, int(factor), out)
+    _area_kernel[grid, block, stream](*area_launch_args(src, out))
+
+
+def area_launch_args(src, out) -> tuple:
+    """``_area_kernel``'s arguments: the source/output size ratios as float64 (shared with
+    the PTX compilation test, so it compiles the signature that runs)."""
+    return src, src.shape[1] / out.shape[1], src.shape[2] / out.shape[2], out
 
 
 def blur_gpu(src, weights, axis: int, out, stream=0) -> None:

@@ -143,10 +143,8 @@ class LuckyDevice:
         if f <= 1:
             with self._layer.on(self._stream):
                 return self.xp.ascontiguousarray(src, dtype=np.float32)
-        if h < f or w < f:
-            raise ValueError(f"a {h}x{w} frame cannot be area-averaged by {f}")
-        out = self._layer.empty((b, h // f, w // f), np.float32)
-        self._launch(_kernels().area_downsample_gpu, src, f, out)
+        out = self._layer.empty((b, max(1, h // f), max(1, w // f)), np.float32)
+        self._launch(_kernels().area_downsample_gpu, src, out)
         return out
 
     def views(self, frames: Sequence[np.ndarray], factor: int) -> ViewBatch:
