@@ -9,11 +9,14 @@ correlation of a surface against the current key frame, the LoG energy and the c
 on the host, as on the CPU path: luminance of colour frames, a planet's disk centroid
 (connected components) and the last few arithmetic steps of the cells.
 
+:func:`premeasured` measures the global shifts of the kept frames against the reference
+in batches on the device before the stacking threads shift and add them.
+
 The device is chosen once per run by :func:`skystack.backends.registry.resolve_lucky`.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from ...backends.lucky_gpu import DeviceCorrelator, LuckyDevice
 from ...errors import BadFrameError
 from ...io import luminance
 from ...quality.metrics import _TINY, BLANK_SPAN, ViewSharpness
-from ...register.planetary import disk_centroid
+from ...register.planetary import GlobalAligner, Shift, disk_centroid
 from .rank import _COARSE_MIN_RESPONSE, Ranker, _Rank
 
 
@@ -123,3 +126,35 @@ class GpuRanker:
         for k in np.nonzero(blank)[0]:
             z = np.zeros(shape, np.float32)
             ranks[k].cells = ViewSharpness(z, z, float(hi[k]), True)
+
+
+def premeasured(device: LuckyDevice, aligner: GlobalAligner, items: Iterable[tuple], rel: np.ndarray, batch: int,
+                which: np.ndarray | None = None) -> Iterator[tuple]:
+    """Items ending in ``(i, frame)`` (frame index, image or :class:`BadFrameError`), ``batch``
+    at a time, each with the frame's global shift against the reference appended, measured
+    on the device (:class:`~skystack.backends.lucky_gpu.DeviceAligner`, from its coarse
+    displacement ``rel[i]`` as :func:`.align.global_measure` does). Only the frames in
+    ``which`` (default: all) are measured; the others, and unreadable frames, get ``None``.
+    Holds ``batch`` frames."""
+    dev_aligner = device.aligner(aligner)
+    wanted = None if which is None else {int(i) for i in which}
+    pending: list[tuple] = []
+
+    def flush() -> Iterator[tuple]:
+        good = [k for k, item in enumerate(pending) if not isinstance(item[-1], BadFrameError)
+                and (wanted is None or item[-2] in wanted)]
+        lums = [luminance(pending[k][-1]) if pending[k][-1].ndim == 3 else pending[k][-1] for k in good]
+        coarse = [rel[pending[k][-2]] for k in good]
+        coarse = np.array([c if np.all(np.isfinite(c)) else (0.0, 0.0) for c in coarse], np.float64).reshape(-1, 2)
+        shifts, _ = dev_aligner.measure_many(lums, coarse)
+        found = dict(zip(good, shifts))
+        for k, item in enumerate(pending):
+            yield tuple(item) + (found.get(k),)
+
+    for item in items:
+        pending.append(item)
+        if len(pending) >= batch:
+            yield from flush()
+            pending = []
+    if pending:
+        yield from flush()

@@ -159,10 +159,10 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
         grid = place_points(run, ranking, ref)
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
-        stacked = stack_points(run, ranking, ref, grid, choice, colour, mode)
+        stacked = stack_points(run, ranking, ref, grid, choice, colour, mode, device)
         outside = f"outside --keep {opts.keep} and not among the best {ranking.n_keep} at any alignment point"
     else:
-        stacked = stack_global(run, ranking, ref, colour)
+        stacked = stack_global(run, ranking, ref, colour, device)
         timings["align_stack_s"] = time.perf_counter() - t0
         outside = f"outside --keep {opts.keep}"
     n_used = int(table.used.sum())

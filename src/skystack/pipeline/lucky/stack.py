@@ -21,6 +21,7 @@ from ...runtime.progress import Progress
 from ...types import Fate
 from .align import PointAligner, Reference, global_measure
 from .frames import NO_MATCH, UNREADABLE, LuckyRun
+from .gpu import premeasured
 from .rank import PointChoice, Ranking
 
 if TYPE_CHECKING:
@@ -120,8 +121,9 @@ def _finish_drizzle(drz: Drizzle) -> tuple[np.ndarray, np.ndarray, int]:
     return image, wmap, filled
 
 
-def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) -> Stacked:
-    """Align the kept frames globally and shift-and-add them (or drizzle them)."""
+def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, device=None) -> Stacked:
+    """Align the kept frames globally and shift-and-add them (or drizzle them); with a
+    ``device`` (:mod:`.gpu`) the shifts are measured there, in batches."""
     opts, table, rel, rank = run.opts, run.table, ranking.rel, ranking.rank
     kept = np.sort(ranking.order[:ranking.n_keep])
     h, w = shape = run.shape
@@ -133,11 +135,11 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
     best_aligned = None
 
     def work(item):
-        i, img = item
+        i, img, *pre = item  # pre: the shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return i, img, None, None
-        lum = luminance(img)
-        s, ok = global_measure(ref.aligner, lum, rel[i], opts.min_response)
+        s, ok = ((pre[0], pre[0].response >= opts.min_response) if pre and pre[0] is not None
+                 else global_measure(ref.aligner, luminance(img), rel[i], opts.min_response))
         if not ok:
             return i, None, s, None
         if drz is not None:
@@ -145,6 +147,8 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
         return i, shift_image(img, s.sx, s.sy), s, valid_rect(shape, s.sx, s.sy)
 
     items = ((int(i), run.reader.read(int(i), colour)) for i in kept)
+    if device is not None:
+        items = premeasured(device, ref.aligner, items, rel, run.inflight)
     with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
         for i, img, s, rect in run.map(work, items):
             bar.update()
@@ -235,8 +239,8 @@ class _PointStacker:
         self.yb, self.xb = _bounds(grid.ys, h), _bounds(grid.xs, w)
         self.n_ap = grid.n_active
 
-    def __call__(self, item: tuple[int, int, np.ndarray | BadFrameError]) -> _FrameStack:
-        k, i, img = item
+    def __call__(self, item: tuple) -> _FrameStack:
+        k, i, img, *pre = item  # pre: the global shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return _FrameStack(k, i, error=img)
         lum = luminance(img) if img.ndim == 3 else img
@@ -244,7 +248,7 @@ class _PointStacker:
         gk = bool(ch.gkeep[k])
         # only the APs where the frame is stacked: elsewhere its weight is zero, and the
         # field between a measured AP and an unmeasured neighbour continues the measured one
-        fa = self.aligner(i, lum, np.nonzero(ch.sel[k])[0], gk)
+        fa = self.aligner(i, lum, np.nonzero(ch.sel[k])[0], gk, *pre)
         pm = fa.points
         valid = np.zeros(self.n_ap, bool)
         valid[pm.which] = pm.valid
@@ -294,10 +298,11 @@ class _PointStacker:
 
 
 def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, choice: PointChoice,
-                 colour: bool, mode: str) -> Stacked:
+                 colour: bool, mode: str, device=None) -> Stacked:
     """The multi-point stack: every frame of ``choice`` read once, aligned at its
     selected APs (all of them, and globally, for the globally kept frames), de-warped where
-    it carries weight and blended with its interpolated selection weights."""
+    it carries weight and blended with its interpolated selection weights (with a
+    ``device``, :mod:`.gpu`, the global shifts are measured there, in batches)."""
     t0 = time.perf_counter()
     opts, table = run.opts, run.table
     h, w = shape = run.shape
@@ -310,6 +315,8 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
     best_aligned = None
     stacker = _PointStacker(run, ranking, ref, grid, choice, drz, best_i, mode)
     items = ((k, int(i), run.reader.read(int(i), colour)) for k, i in enumerate(choice.frames))
+    if device is not None:
+        items = premeasured(device, ref.aligner, items, ranking.rel, run.inflight, gk)
     with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
         for r in run.map(stacker, items):
             bar.update()
