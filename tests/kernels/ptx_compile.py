@@ -51,6 +51,7 @@ def kernel_cases() -> dict:
     # LuckyDevice (backends/lucky_gpu.py): a batch of frames uploaded in their own dtype,
     # (B, H, W) C-contiguous; views, blur and energy buffers (B, h, w) float32; the Gaussian
     # taps float64; per-frame cell offsets int64; cell sums (B, cells) float64 / int64
+    raw_shape = (n, 2 * hs + 1, 2 * ws)  # an odd height: the views of odd-sized frames
     lucky_views = np.zeros((n, hs, ws), np.float32)
     taps = np.zeros(5, np.float64)
     offsets = np.zeros(n, np.int64)
@@ -67,9 +68,9 @@ def kernel_cases() -> dict:
         "warp_affine_3d": (gw._warp_kernel_3d, gw.warp_launch_args(frame_rgb, matrix, np.zeros((h, w, c), np.float32),
                                                                    "bilinear")),
         # LuckyDevice.area: raw 8- and 16-bit frames, float32 crops / coarse views
-        "lucky_area_u8": (gl._area_kernel, gl.area_launch_args(np.zeros((n, 2 * hs + 1, 2 * ws), np.uint8), lucky_views)),
-        "lucky_area_u16": (gl._area_kernel, gl.area_launch_args(np.zeros((n, 2 * hs + 1, 2 * ws), np.uint16), lucky_views)),
-        "lucky_area_f32": (gl._area_kernel, gl.area_launch_args(np.zeros((n, 2 * hs + 1, 2 * ws), np.float32), lucky_views)),
+        "lucky_area_u8": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.uint8), lucky_views)),
+        "lucky_area_u16": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.uint16), lucky_views)),
+        "lucky_area_f32": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.float32), lucky_views)),
         "lucky_blur": (gl._blur_kernel, (lucky_views, taps, 2, lucky_views.copy())),
         "lucky_log_energy": (gl._log_energy_kernel, (lucky_views, lucky_views.copy())),
         "lucky_cells": (gl._cells_kernel, (lucky_views, lucky_views.copy(), offsets, offsets.copy(), 16, 3, cell_means,

@@ -122,7 +122,8 @@ def _cells_kernel(energy, view, dx, dy, size, nx, energy_mean, level_mean, area)
 
 def _grid3(shape) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     b, h, w = shape
-    return ((w + BLOCK_2D[0] - 1) // BLOCK_2D[0], (h + BLOCK_2D[1] - 1) // BLOCK_2D[1], b), (BLOCK_2D[0], BLOCK_2D[1], 1)
+    grid = ((w + BLOCK_2D[0] - 1) // BLOCK_2D[0], (h + BLOCK_2D[1] - 1) // BLOCK_2D[1], b)
+    return grid, (BLOCK_2D[0], BLOCK_2D[1], 1)
 
 
 def area_downsample_gpu(src, out, stream=0) -> None:

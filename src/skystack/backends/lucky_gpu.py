@@ -85,7 +85,6 @@ class LuckyDevice:
         self._stream = self._layer.stream()
         L = self._layer
         self._stage = GrowBuffer(L.pinned, lambda: L.sync(self._stream))
-        self._raw = GrowBuffer(lambda n: L.empty((n,), np.uint8), lambda: L.sync(self._stream))
         self._out_host = GrowBuffer(L.pinned, lambda: L.sync(self._stream))
         self._gauss: dict[float, Any] = {}
 
@@ -121,7 +120,9 @@ class LuckyDevice:
     def download(self, dev) -> np.ndarray:
         """A host copy of a (small) device array."""
         L = self._layer
-        dev = self.xp.ascontiguousarray(dev) if not dev.flags.c_contiguous else dev
+        if not dev.flags.c_contiguous:
+            with L.on(self._stream):
+                dev = self.xp.ascontiguousarray(dev)
         host = self._out_host.view(dev.shape, dev.dtype)
         L.d2h(host, dev, self._stream)
         L.sync(self._stream)
@@ -308,7 +309,8 @@ class DeviceAligner:
         self.downsample = aligner.downsample
         self._corr = DeviceCorrelator(device, aligner._corr)
 
-    def _measure_at(self, lums: Sequence[np.ndarray], cx: np.ndarray, cy: np.ndarray) -> tuple[list[Shift], np.ndarray]:
+    def _measure_at(self, lums: Sequence[np.ndarray], cx: np.ndarray,
+                    cy: np.ndarray) -> tuple[list[Shift], np.ndarray]:
         crops, inside = [], np.empty(len(lums))
         for k, lum in enumerate(lums):
             crop, inside[k] = crop_shifted(lum, self.roi, int(cx[k]), int(cy[k]))
@@ -318,7 +320,8 @@ class DeviceAligner:
         s, r = self._corr.measure_many(reduced)
         f = self.downsample
         # area averaging keeps pixel centres aligned: a shift of d reduced pixels is f*d
-        return [Shift(float(f * s[k, 0] + cx[k]), float(f * s[k, 1] + cy[k]), float(r[k])) for k in range(len(lums))], inside
+        shifts = [Shift(float(f * s[k, 0] + cx[k]), float(f * s[k, 1] + cy[k]), float(r[k])) for k in range(len(lums))]
+        return shifts, inside
 
     def measure_many(self, lums: Sequence[np.ndarray], coarse: np.ndarray) -> tuple[list[Shift], np.ndarray]:
         """The displacements of the luminance frames ``lums`` (same shape) from their

@@ -24,7 +24,7 @@ from ...backends.lucky_gpu import DeviceCorrelator, LuckyDevice
 from ...errors import BadFrameError
 from ...io import luminance
 from ...quality.metrics import _TINY, BLANK_SPAN, ViewSharpness
-from ...register.planetary import GlobalAligner, Shift, disk_centroid
+from ...register.planetary import GlobalAligner, disk_centroid
 from .rank import _COARSE_MIN_RESPONSE, Ranker, _Rank
 
 
