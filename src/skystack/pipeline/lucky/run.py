@@ -44,12 +44,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import cv2
 import numpy as np
 
 from ...enhance.wavelets import enhance as sharpen
@@ -59,7 +56,8 @@ from ...output.write import write_json
 from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
-from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video
+from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video, tasks_can_read
+from .pool import Workers
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
 from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
@@ -99,34 +97,23 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         An output could not be written (nothing half-written is left behind).
     """
     t_start = time.perf_counter()
-    prepare_writer(job.output.output)
-    out = Path(job.output.output) if job.output.output is not None else None
-    cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
-    src = open_video(inputs, job, cache)
-    workers = max(1, job.lucky.workers or os.cpu_count() or 1)
-    with _thread_pool(workers) as pool:
+    workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=True)
+    try:
+        prepare_writer(job.output.output, workers)
+        out = Path(job.output.output) if job.output.output is not None else None
+        cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
+        src = open_video(inputs, job, cache)
+        reads_in_task = tasks_can_read(src.frames, workers)
+        if not reads_in_task:
+            workers.without_processes()  # the frames would travel to the workers: threads
         run = LuckyRun(frames=src.frames, reader=Reader(src.frames, src.shape), table=FrameTable(len(src.frames)),
-                       opts=job.lucky, source=frame_path(src.frames, 0), pool=pool, inflight=2 * workers,
-                       quiet=job.quiet, messages=src.messages)
+                       opts=job.lucky, source=frame_path(src.frames, 0), workers=workers, quiet=job.quiet,
+                       messages=src.messages, reads_in_task=reads_in_task)
         result = _conduct(run, job, src)
+    finally:
+        workers.close()
     result.timings["total_s"] = time.perf_counter() - t_start
     return _finish(result, src, t_start)
-
-
-@contextmanager
-def _thread_pool(workers: int) -> Iterator[ThreadPoolExecutor | None]:
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lucky") if workers > 1 else None
-    cv_threads = cv2.getNumThreads()
-    if pool is not None:
-        # frames are processed in parallel already; OpenCV's own threads on top of that
-        # only fight over the same cores (restored when the run ends)
-        cv2.setNumThreads(1)
-    try:
-        yield pool
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-            cv2.setNumThreads(cv_threads)
 
 
 def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
@@ -136,7 +123,7 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     t0 = time.perf_counter()
     raw_path = has_raw_fast_path(run.frames) and opts.quality_downsample % 2 == 0
     ranker = Ranker(opts, run.shape)
-    mode = ranker.start(run, src.first_image)
+    mode = ranker.start(run, src.first_image, src.first)
     rank_all(run, ranker, raw_path)
     report_unreadable(run)
     check_signal(run)

@@ -1,0 +1,206 @@
+"""Where the per-frame work of a lucky run executes: inline (one worker), a thread pool, or
+forked worker processes.
+
+A lucky frame costs about a millisecond, and much of that millisecond is Python holding the
+GIL (small NumPy arrays, per-point bookkeeping): threads then share one core for that part,
+and two of them gave ~1.0-1.2× over one (measured on the project's 2-core machine). So when
+the frames can be read anywhere (a memory-mapped SER/FITS set) and the platform forks,
+``workers ≥ 2`` runs tasks in forked processes: they inherit the run's state (reference,
+alignment points, reader) without pickling, read their own frames, and send back small
+results (a chunk's partial sums, per-frame numbers). Forking two workers costs ~5 ms.
+A video decoder must be read in order on one thread: then the frames are read by the
+calling thread and the tasks run on a thread pool, as do drizzled stacks (whose per-frame
+inputs are too big to send between processes).
+
+Tasks are chunks of frames whose boundaries do not depend on the worker count, and their
+results are consumed in order, so a run's output is the same for any number of workers.
+"""
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+
+
+def can_fork() -> bool:
+    """Forked workers are safe here: Linux (macOS forks, but its system libraries do not
+    support a fork without exec)."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def _serve(fn: Callable[[Any], Any], tasks: Any, results: Any) -> None:
+    """A forked worker: run ``fn`` on tasks until the ``None`` sentinel; failures travel back
+    as values (an unpicklable exception as its traceback text)."""
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        seq, task = item
+        try:
+            results.put((seq, True, fn(task)))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the parent
+            try:
+                results.put((seq, False, e))
+            except Exception:
+                results.put((seq, False, RuntimeError(traceback.format_exc())))
+
+
+class Workers:
+    """Runs ``fn`` over tasks, in order, on ``workers`` threads or forked processes (or
+    inline for one worker).
+
+    Parameters
+    ----------
+    workers
+        Parallel workers (1: everything on the calling thread).
+    processes
+        Use forked processes for :meth:`map` calls that allow them.
+    """
+
+    def __init__(self, workers: int, processes: bool):
+        self.workers = max(1, int(workers))
+        self.processes = processes and self.workers > 1 and can_fork()
+        self._threads: ThreadPoolExecutor | None = None
+        self._background: list[threading.Thread] = []  # started, joined before a fork
+        self._deferred: list[threading.Thread] = []  # started once workers are forked
+        self._cv_threads = cv2.getNumThreads()
+        # one core per worker: OpenCV's own thread pool on top would make --workers 1 use
+        # every core and make forked workers fight over them (restored by close())
+        cv2.setNumThreads(1)
+
+    @property
+    def threads(self) -> ThreadPoolExecutor | None:
+        if self._threads is None and self.workers > 1:
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="lucky")
+        return self._threads
+
+    def background(self, fn: Callable[[], Any], name: str) -> None:
+        """Run ``fn`` on a background thread to overlap the work. A process is forked only
+        while no other thread runs (a fork copies locks a thread may hold, the import lock
+        among them), so with forked workers the thread starts once they are running and is
+        joined before the next fork."""
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        if self.processes:
+            self._deferred.append(t)
+        else:
+            t.start()
+
+    def without_processes(self) -> None:
+        """Use threads after all (the frames cannot be read in the workers)."""
+        self.processes = False
+        self._after_fork()
+
+    def _before_fork(self) -> None:
+        for t in self._background:
+            t.join()
+        self._background.clear()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        # objects that exist now are never collected in the workers: the collector would
+        # write to every page it visits and copy the whole heap into each worker
+        gc.freeze()
+
+    def _after_fork(self) -> None:
+        gc.unfreeze()
+        for t in self._deferred:
+            t.start()
+        self._background += self._deferred
+        self._deferred.clear()
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        cv2.setNumThreads(self._cv_threads)
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any], *, inflight: int | None = None,
+            fork: bool = True) -> Iterator[Any]:
+        """``map(fn, tasks)`` in order with at most ``inflight`` tasks submitted and not yet
+        consumed (default: twice the workers); ``tasks`` is consumed lazily on the calling
+        thread, a task only after the result ``inflight`` places before it was consumed.
+        ``fork=False`` keeps the work in this process (results too big to send)."""
+        inflight = max(1, inflight or 2 * self.workers)
+        if self.workers == 1:
+            return (fn(t) for t in tasks)
+        if self.processes and fork:
+            return _forked(fn, tasks, self.workers, inflight, self)
+        return _threaded(fn, tasks, self.threads, inflight)
+
+
+def _threaded(fn, tasks, pool, inflight) -> Iterator[Any]:
+    q: deque = deque()
+    for t in tasks:
+        q.append(pool.submit(fn, t))
+        if len(q) >= inflight:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
+
+
+def _forked(fn, tasks, workers, inflight, owner: Workers) -> Iterator[Any]:
+    owner._before_fork()
+    ctx = mp.get_context("fork")
+    tq, rq = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_serve, args=(fn, tq, rq), daemon=True, name=f"lucky-{k}")
+             for k in range(workers)]
+    for p in procs:
+        p.start()
+    owner._after_fork()
+    done: dict[int, tuple[bool, Any]] = {}
+    sent = received = 0
+    it = iter(tasks)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and sent - received < inflight:
+                try:
+                    t = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                tq.put((sent, t))
+                sent += 1
+            if received == sent:
+                break
+            while received not in done:
+                try:
+                    seq, ok, value = rq.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p for p in procs if not p.is_alive()]
+                    if dead:
+                        raise RuntimeError(f"lucky worker process {dead[0].name} died "
+                                           f"(exit code {dead[0].exitcode})") from None
+                    continue
+                done[seq] = (ok, value)
+            ok, value = done.pop(received)
+            received += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        for _ in procs:
+            tq.put(None)
+        # a worker exits only once its queued results are read (after an error in the
+        # parent some may be left): drain them while waiting
+        deadline = time.monotonic() + 10.0
+        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+            try:
+                rq.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        tq.close()
+        rq.close()
