@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("global", ["--no-multipoint"]))
     base_args = shlex.split(a.extra) + (["--workers", str(a.workers)] if a.workers else [])
     print(f"{'video':<12} {'config':<9} {'detail':>7} {'frames/s':>8} {'cpu fps':>8} {'peak MB':>8} "
-          f"{'used':>5}  phases (s)")
+          f"{'used':>5}  phases (wall/CPU s; CPU includes forked workers)")
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             d = video(kind, seed, a.frames, cache, gen)
@@ -232,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                 n = r["report"]["summary"]["frames"]
                 det = score.detail(score.load(str(out)), truth)[0]
                 t = r["report"]["timings"]
-                phases = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in t.items() if k != "total_s")
+                cpu = r["report"].get("cpu_timings") or {}
+                phases = ", ".join(f"{k[:-2]} {v:.2f}" + (f"/{cpu[k]:.2f}" if k in cpu else "")
+                                   for k, v in t.items() if k != "total_s")
+                if "total_s" in cpu:
+                    phases += f" (pipeline {t['total_s']:.2f}/{cpu['total_s']:.2f})"
                 row = {"video": d.name, "config": cname, "detail": det, "fps": n / r["wall"],
                        "cpu_fps": n / (r["cpu"] / cores), "rss": r["rss"], "used": r["report"]["summary"]["used"],
                        "timings": t, "load": os.getloadavg()[0]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -292,6 +293,7 @@ class LuckyRun:
     quiet: bool
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
     reads_in_task: bool = True
 
     @property
@@ -302,6 +304,14 @@ class LuckyRun:
         """Tell the user (and keep the line for the report)."""
         self.messages.append(msg)
         log.log(level, "%s", msg)
+
+    def lap(self, name: str, cpu_start: float) -> tuple[float, float]:
+        """Record the CPU seconds (this process and its forked workers) a phase used since
+        ``cpu_start``; returns the wall clock and CPU seconds now, where the next phase
+        starts."""
+        now = self.workers.cpu_s()
+        self.cpu_timings[name] = round(now - cpu_start, 4)
+        return time.perf_counter(), now
 
     def tasks(self, chunks: Iterable[np.ndarray], read: Callable[[int], Any]) -> Iterator[FrameChunk]:
         """One :class:`FrameChunk` per chunk; the frames read here unless tasks read them."""

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
+_BYE = -1  # a forked worker's last message: the CPU seconds it used
+
 
 def can_fork() -> bool:
     """Forked workers are safe here: Linux (macOS forks, but its system libraries do not
@@ -38,11 +40,16 @@ def can_fork() -> bool:
 
 
 def _serve(fn: Callable[[Any], Any], tasks: Any, results: Any) -> None:
-    """A forked worker: run ``fn`` on tasks until the ``None`` sentinel; failures travel back
-    as values (an unpicklable exception as its traceback text)."""
+    """A forked worker: run ``fn`` on tasks until the ``None`` sentinel, then say goodbye
+    with the CPU seconds it used; failures travel back as values (an unpicklable exception
+    as its traceback text)."""
     while True:
         item = tasks.get()
         if item is None:
+            import resource  # Unix only, as are forked workers
+
+            use = resource.getrusage(resource.RUSAGE_SELF)
+            results.put((_BYE, True, use.ru_utime + use.ru_stime))
             return
         seq, task = item
         try:
@@ -70,6 +77,7 @@ class Workers:
         self.workers = max(1, int(workers))
         self.processes = processes and self.workers > 1 and can_fork()
         self._threads: ThreadPoolExecutor | None = None
+        self.worker_cpu_s = 0.0  # CPU seconds of the forked workers that have finished
         self._background: list[threading.Thread] = []  # started, joined before a fork
         self._deferred: list[threading.Thread] = []  # started once workers are forked
         self._cv_threads = cv2.getNumThreads()
@@ -82,6 +90,11 @@ class Workers:
         if self._threads is None and self.workers > 1:
             self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="lucky")
         return self._threads
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by this process (all its threads) and the finished
+        forked workers."""
+        return time.process_time() + self.worker_cpu_s
 
     def background(self, fn: Callable[[], Any], name: str) -> None:
         """Run ``fn`` on a background thread to overlap the work. A process is forked only
@@ -191,13 +204,19 @@ def _forked(fn, tasks, workers, inflight, owner: Workers) -> Iterator[Any]:
         for _ in procs:
             tq.put(None)
         # a worker exits only once its queued results are read (after an error in the
-        # parent some may be left): drain them while waiting
+        # parent some may be left): read up to every worker's goodbye
+        byes = 0
         deadline = time.monotonic() + 10.0
-        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        while byes < len(procs) and time.monotonic() < deadline:
             try:
-                rq.get(timeout=0.05)
+                seq, _, value = rq.get(timeout=0.2)
             except queue.Empty:
-                pass
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if seq == _BYE:
+                byes += 1
+                owner.worker_cpu_s += value
         for p in procs:
             if p.is_alive():
                 p.terminate()

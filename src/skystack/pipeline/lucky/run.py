@@ -97,6 +97,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         An output could not be written (nothing half-written is left behind).
     """
     t_start = time.perf_counter()
+    c_start = time.process_time()
     workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=True)
     try:
         prepare_writer(job.output.output, workers)
@@ -112,6 +113,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         result = _conduct(run, job, src)
     finally:
         workers.close()
+    result.report["cpu_timings"]["total_s"] = round(workers.cpu_s() - c_start, 4)
     result.timings["total_s"] = time.perf_counter() - t_start
     return _finish(result, src, t_start)
 
@@ -120,7 +122,7 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     """The steps, in order."""
     opts, timings, table = run.opts, run.timings, run.table
     # pass 1: rank every frame
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), run.workers.cpu_s()
     raw_path = has_raw_fast_path(run.frames) and opts.quality_downsample % 2 == 0
     ranker = Ranker(opts, run.shape)
     mode = ranker.start(run, src.first_image, src.first)
@@ -130,19 +132,20 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     sharp = score_frames(run, ranker)
     ranking = select(run, mode)
     timings["rank_s"] = time.perf_counter() - t0
+    t0, c0 = run.lap("rank_s", c0)
 
     # the reference
-    t0 = time.perf_counter()
     colour = decide_colour(run, src.first)
     ref = build_reference(run, ranking, mode)
     timings["reference_s"] = time.perf_counter() - t0
+    t0, c0 = run.lap("reference_s", c0)
 
     # pass 2: align and stack (multi-point: select per point first)
-    t0 = time.perf_counter()
     if opts.multipoint:
         grid = place_points(run, ranking, ref)
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
+        t0, c0 = run.lap("select_s", c0)
         stacked = stack_points(run, ranking, ref, grid, choice, colour, mode)
         outside = f"outside --keep {opts.keep} and not among the best {ranking.n_keep} at any alignment point"
     else:
@@ -163,8 +166,9 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     outcome = Outcome(mode, colour, stacked, ref.disk, rgb_shifts, sharpened, n_used,
                       capture_times(run.frames, np.nonzero(table.used)[0]))
 
+    t0, c0 = run.lap("align_stack_s", c0)  # with the R/B dispersion and sharpening
+
     # outputs
-    t0 = time.perf_counter()
     results = frame_results(run, ranking, mode)
     rep = build_report(run, src.input_paths, job.enhance, ranking, outcome, results)
     rep["input_problems"] = [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in src.problems]
@@ -175,6 +179,8 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     if job.output.output is not None:
         outputs, report_path = write_outputs(run, Path(job.output.output), outcome, job.output, rep)
     timings["write_s"] = time.perf_counter() - t0
+    run.lap("write_s", c0)
+    rep["cpu_timings"] = run.cpu_timings
     return LuckyResult(image=stacked.image, weight=stacked.weight, sharpened=sharpened, mode=mode, frames=results,
                        n_frames=table.n, n_used=n_used, timings=timings, peak_rss_mb=0.0, outputs=outputs,
                        report_path=report_path, report=rep, messages=run.messages, rgb_shifts=rgb_shifts,
