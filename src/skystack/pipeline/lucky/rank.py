@@ -64,6 +64,7 @@ class _Rank:
     response: float = float("nan")
     touches_edge: bool = False
     keyable: bool = False  # a surface frame located by correlation: may become a key frame
+    coarse_view: np.ndarray | None = None  # its coarse view, kept by Ranker.keep_views
 
 
 class Ranker:
@@ -76,6 +77,9 @@ class Ranker:
         self.mode: str = "surface"
         self.first_key: KeyFrame | None = None
         self._keys: dict[int, PhaseCorrelator] = {}
+        # results keep their coarse view for the next key frame (free within a process);
+        # forked workers read a new key frame themselves instead of sending every view
+        self.keep_views = True
         # the coarse position at which the cells tile the view exactly (the first frame's)
         self.anchor = (0.0, 0.0)
 
@@ -136,7 +140,7 @@ class Ranker:
                 view = key.view
             elif key.no == self.first_key.no:
                 view = self.first_key.view
-            else:
+            else:  # a forked worker: the frame is memory-mapped, read anywhere
                 view = self.coarse_view(self.view(read(key.index)))
             corr = PhaseCorrelator(view, peak_sigma=1.0, window="tukey")
             self._keys = {key.no: corr}  # one key alive: replaced, never mutated
@@ -177,6 +181,7 @@ class Ranker:
             return
         cv = self.coarse_view(view)
         r.keyable = True
+        r.coarse_view = cv if self.keep_views else None
         if corr is not None:
             s = corr.measure(cv)
             r.response = s.response
@@ -193,8 +198,9 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
     table.cells((ranker.grid.ny, ranker.grid.nx))
     read = reader.raw if raw_path else (lambda i: reader.read(i, False))
     # keys[c]: the key frame after chunk c's results (chunks _KEY_LAG later use it)
-    keys: list[KeyFrame | None] = []  # views stripped as for ``first`` below
+    keys: list[KeyFrame | None] = []
     key_limit = min(reader.shape) / 8.0
+    ranker.keep_views = not (run.workers.processes and run.reads_in_task)
 
     def tasks():
         for chunk in run.tasks(chunked(np.arange(n), _CHUNK), read):
@@ -241,10 +247,7 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
                 dx = last_ok.coarse[0] - current.offset[0]
                 dy = last_ok.coarse[1] - current.offset[1]
                 if math.hypot(dx, dy) > key_limit:
-                    # tasks that read their frames read the key frame too; otherwise it is
-                    # read here, in order
-                    view = None if run.reads_in_task else ranker.coarse_view(ranker.view(read(last_ok.i)))
-                    current = KeyFrame(len(keys), last_ok.i, last_ok.coarse, view)
+                    current = KeyFrame(len(keys), last_ok.i, last_ok.coarse, last_ok.coarse_view)
             keys.append(current if current is None or current.no != -1 else first)
 
 

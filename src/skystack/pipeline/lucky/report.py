@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ...output.header import lucky_header
 from ...output.plots import plot_lucky
 from ...output.products import (before_after_path, compare_path, preview_path, quality_plot_path, report_path,
                                sharpened_path, write_stack)
-from ...output.write import write_image, write_png
+from ...output.write import atomic_path, write_image, write_png
 from ...register.planetary import Disk
 from ...types import Fate, FrameResult, Transform
 from .frames import BLANK, OK, OUT_OF_FIELD, UNREADABLE, LuckyRun, frame_path
@@ -144,6 +145,22 @@ def prepare_writer(output: str | None, workers: Workers) -> None:
     finds it done."""
     if output is not None and Path(output).suffix.lower() in (".fits", ".fit", ".fts"):
         workers.background(lambda: importlib.import_module("astropy.io.fits"), "lucky-fits-import")
+
+
+_FRAMES = "\0frames\0"  # stands for the frame list while the rest is indented
+
+
+def write_report(path: Path, report: dict[str, Any]) -> Path:
+    """report.json: indented, except each frame's entry, which takes one line. Python's
+    JSON encoder indents in Python, one call per value: 0.1 s for a 1000-frame report,
+    the C encoder writes the compact frame lines ten times faster."""
+    head = dict(report, frames=_FRAMES)
+    text = json.dumps(head, indent=2, allow_nan=False)
+    rows = ",\n".join("    " + json.dumps(f, allow_nan=False) for f in report.get("frames", []))
+    text = text.replace(json.dumps(_FRAMES), "[\n" + rows + "\n  ]" if rows else "[]", 1)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    return Path(path)
 
 
 def _iso(t: float) -> str:

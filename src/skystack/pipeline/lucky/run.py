@@ -52,14 +52,13 @@ import numpy as np
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...options import LuckyJob
-from ...output.write import write_json
 from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
 from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video, tasks_can_read
 from .pool import Workers
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
-from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
+from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs, write_report
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 
 log = logging.getLogger("skystack")
@@ -197,5 +196,5 @@ def _finish(result: LuckyResult, src: Source, t_start: float) -> LuckyResult:
     rep["timings"] = {k: round(v, 4) for k, v in t.items()}
     rep["frames_per_s"] = round(result.n_frames / t["total_s"], 2) if t["total_s"] > 0 else None
     if result.report_path is not None:
-        write_json(result.report_path, rep)
+        write_report(result.report_path, rep)
     return result
