@@ -374,6 +374,7 @@ def select(run: LuckyRun, mode: str) -> Ranking:
 
 _CHUNK_FRAMES = 2048  # frames sampled at once (bounds the temporaries of long videos)
 _MEDIAN_FRAMES = 2048  # frames whose cells fit the cell model (and the per-point medians) of a long video
+_BLUR_CHANNELS = 128  # the most channels OpenCV's Python binding takes
 _LOCAL_SMOOTH = 0.7  # cells: the Gaussian that averages a region's noisy cell energies
 # The weight of the local residual against the global quality is the residual's share of
 # local signal (neighbour covariance over smoothed variance; measured on the shared
@@ -470,14 +471,21 @@ def _smoothed(maps: np.ndarray) -> np.ndarray:
     """Each frame's cell map smoothed by a Gaussian of :data:`_LOCAL_SMOOTH` cells, NaN
     cells (outside the frame) left out of the average and given the average of their
     measured neighbours (NaN only far from any)."""
-    out = np.empty(maps.shape, np.float32)
-    for j, m in enumerate(maps.astype(np.float32)):
-        ok = np.isfinite(m)
-        num = cv2.GaussianBlur(np.where(ok, m, 0).astype(np.float32), (0, 0), _LOCAL_SMOOTH,
-                               borderType=cv2.BORDER_CONSTANT)
-        den = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), _LOCAL_SMOOTH, borderType=cv2.BORDER_CONSTANT)
+    m = maps.astype(np.float32)
+    ok = np.isfinite(m)
+    num_in = np.where(ok, m, np.float32(0))
+    den_in = ok.astype(np.float32)
+    out = np.empty(m.shape, np.float32)
+    n, ny, nx = m.shape
+    # the frames as the channels of one image (at most _BLUR_CHANNELS at once): one
+    # OpenCV call per 128 frames instead of two per frame (4x faster)
+    for a in range(0, n, _BLUR_CHANNELS):
+        b = min(n, a + _BLUR_CHANNELS)
+        num, den = (cv2.GaussianBlur(np.ascontiguousarray(x[a:b].transpose(1, 2, 0)), (0, 0), _LOCAL_SMOOTH,
+                                     borderType=cv2.BORDER_CONSTANT).reshape(ny, nx, b - a)
+                    for x in (num_in, den_in))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[j] = np.where(den > 0.05, num / den, np.nan)
+            out[a:b] = np.where(den > 0.05, num / den, np.nan).transpose(2, 0, 1)
     return out
 
 
