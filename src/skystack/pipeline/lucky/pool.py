@@ -17,6 +17,7 @@ results are consumed in order, so a run's output is the same for any number of w
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing as mp
 import queue
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 
 _BYE = -1  # a forked worker's last message: the CPU seconds it used
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def can_fork() -> bool:
@@ -39,10 +41,25 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
 
 
+def _keep_freed_memory() -> None:
+    """Let a forked worker's allocator keep and reuse what it frees (glibc; elsewhere
+    nothing changes). Frame-sized arrays are otherwise mapped fresh and unmapped again
+    every time, a page fault per 4 KiB: on the project's 2-core machine the stacking
+    workers spent 0.25 s of system time on that in a 1000-frame run, half as much
+    with this. The worker exits at the end of the pass, so nothing is held longer."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 28)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 29)
+    except (OSError, AttributeError):
+        pass
+
+
 def _serve(fn: Callable[[Any], Any], tasks: Any, results: Any) -> None:
     """A forked worker: run ``fn`` on tasks until the ``None`` sentinel, then say goodbye
     with the CPU seconds it used; failures travel back as values (an unpicklable exception
     as its traceback text)."""
+    _keep_freed_memory()
     while True:
         item = tasks.get()
         if item is None:
