@@ -191,20 +191,23 @@ def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOpti
     starts = [t / 86400.0 + 40587.0 for t in outcome.times] if outcome.times else ()
     header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n, starts_mjd=starts,
                                    debayered=outcome.colour)
-    written = write_stack(out, image, header=header, history=history, output=replace(output, preview=False))
+    jobs = [lambda: write_stack(out, image, header=header, history=history, output=replace(output, preview=False))]
     if output.preview:
         if out.suffix.lower() != ".png":
-            written.append(write_png(preview_path(out), display_object(image, outcome.mode)))
+            jobs.append(lambda: [write_png(preview_path(out), display_object(image, outcome.mode))])
         best_aligned = outcome.stacked.best_aligned
         if best_aligned is not None:
-            written.append(write_png(compare_path(out), _compare(image, best_aligned, outcome.mode)))
-        written.append(plot_lucky(quality_plot_path(out), table.quality, table.used, table.status != OK,
-                                  table.status == UNREADABLE, table.coarse, table.shift, outcome.mode))
+            jobs.append(lambda: [write_png(compare_path(out), _compare(image, best_aligned, outcome.mode))])
+        jobs.append(lambda: [plot_lucky(quality_plot_path(out), table.quality, table.used, table.status != OK,
+                                        table.status == UNREADABLE, table.coarse, table.shift, outcome.mode)])
     if outcome.sharpened is not None:
         sp = sharpened_path(out)
-        written.append(write_image(sp, outcome.sharpened, header=header, history=history + ["wavelet sharpened"],
-                                   tiff_dtype=output.tiff_dtype))
-        written.append(write_png(before_after_path(sp), before_after(image, outcome.sharpened)))
+        jobs.append(lambda: [write_image(sp, outcome.sharpened, header=header,
+                                         history=history + ["wavelet sharpened"], tiff_dtype=output.tiff_dtype),
+                             write_png(before_after_path(sp), before_after(image, outcome.sharpened))])
+    # the files are independent (stretches, PNG compression and FITS writing release the
+    # GIL for most of their time): on the workers' threads, listed in this order
+    written = [p for paths in run.map(lambda job: job(), jobs, fork=False) for p in paths]
     rep_path = report_path(output)
     report["outputs"] = [str(p) for p in written]
     return written, rep_path
