@@ -1,7 +1,7 @@
 """Lucky imaging of long videos (Moon, Sun, planets): rank, align, stack the best, sharpen.
 
-:func:`run_lucky` streams the video twice; it never holds more than a few frames
-(``2 × workers`` in flight) and small per-frame numbers:
+:func:`run_lucky` streams the video twice; it never holds more than a few tasks' frames
+and partial sums (about ``workers + 1`` tasks in flight) and small per-frame numbers:
 
 1. **open** the video; with ``--darks/--flats/--bias`` the masters are built (or reused)
    and applied to each raw frame before demosaicing (:mod:`skystack.calibrate`).
@@ -28,16 +28,24 @@
    object, the best frame beside the stack, the quality plot, report.json, and with
    wavelet options a sharpened copy and a before/after preview.
 
-Accumulation happens in frame order on the calling thread, so the result does not depend
-on the worker count.
+Work goes in tasks of a few frames whose boundaries depend on the video alone (4 frames per
+ranking task, up to 32 per stacking task, each summed into its own partial stack), and the
+calling thread consumes the results and adds the partial sums in task order, so the result
+does not depend on the worker count (a surface's key frame for a ranking task is the one
+chosen four tasks before it).
 
 The steps live in :mod:`.rank`, :mod:`.align`, :mod:`.stack` and :mod:`.report`;
 :mod:`.frames` holds what they share (opening, the per-frame table, the reader, the run
-context); :mod:`.batch` runs many videos into one folder.
+context, chunk tasks); :mod:`.pool` runs the tasks; :mod:`.batch` runs many videos into
+one folder.
 
-Parallelism is a thread pool, not Dask as in the deep-sky pipeline: a frame here costs about
-a millisecond of work (OpenCV, SciPy's FFT and NumPy release the GIL), less than scheduling
-a Dask task, and the video decoder must be read sequentially from one thread anyway.
+Parallelism is not Dask as in the deep-sky pipeline: a frame here costs about a
+millisecond, less than scheduling a Dask task. ``--workers 1`` runs everything on the
+calling thread with OpenCV single-threaded (one core, honestly). With more workers and a
+memory-mapped input (SER, FITS), the passes over the video run in forked worker processes
+that read their own frames: much of a frame's millisecond is Python holding the GIL, and
+threads gave ~1.0-1.2x on two cores. A video decoder must be read in order on one thread:
+then that thread reads and the tasks run on a thread pool (:mod:`.pool`).
 """
 from __future__ import annotations
 
