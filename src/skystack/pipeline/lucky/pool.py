@@ -158,12 +158,14 @@ class Workers:
         """``map(fn, tasks)`` in order with at most ``inflight`` tasks submitted and not yet
         consumed (default: twice the workers); ``tasks`` is consumed lazily on the calling
         thread, a task only after the result ``inflight`` places before it was consumed.
-        ``fork=False`` keeps the work in this process (results too big to send)."""
+        ``fork=False`` keeps the work in this process (results too big to send). Forked
+        workers start at this call: iterate the result (to its end, or until it raises),
+        which also ends them."""
         inflight = max(1, inflight or 2 * self.workers)
         if self.workers == 1:
             return (fn(t) for t in tasks)
         if self.processes and fork:
-            return _forked(fn, tasks, self.workers, inflight, self)
+            return _forked(fn, tasks, self.workers, inflight, self)  # forks now
         return _threaded(fn, tasks, self.threads, inflight)
 
 
@@ -178,6 +180,8 @@ def _threaded(fn, tasks, pool, inflight) -> Iterator[Any]:
 
 
 def _forked(fn, tasks, workers, inflight, owner: Workers) -> Iterator[Any]:
+    """Fork the workers now (before the caller starts a progress bar, whose monitor is a
+    thread) and return the generator of their results, which the caller must iterate."""
     owner._before_fork()
     ctx = mp.get_context("fork")
     tq, rq = ctx.Queue(), ctx.Queue()
@@ -186,6 +190,10 @@ def _forked(fn, tasks, workers, inflight, owner: Workers) -> Iterator[Any]:
     for p in procs:
         p.start()
     owner._after_fork()
+    return _results(procs, tq, rq, tasks, inflight, owner)
+
+
+def _results(procs, tq, rq, tasks, inflight, owner: Workers) -> Iterator[Any]:
     done: dict[int, tuple[bool, Any]] = {}
     sent = received = 0
     it = iter(tasks)

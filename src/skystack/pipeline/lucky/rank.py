@@ -210,8 +210,9 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
     current = ranker.first_key
     # tasks name the first key frame, whose view every worker has (it travels once)
     first = dataclasses.replace(current, view=None) if current is not None else None
+    results = run.map(lambda t: ranker.chunk(t, read), tasks(), inflight=_KEY_LAG)  # before the bar's thread
     with Progress(n, "lucky: rank", run.quiet) as bar:
-        for rs in run.map(lambda t: ranker.chunk(t, read), tasks(), inflight=_KEY_LAG):
+        for rs in results:
             last_ok = None
             for r in rs:
                 i = r.i

@@ -191,7 +191,10 @@ def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOpti
     starts = [t / 86400.0 + 40587.0 for t in outcome.times] if outcome.times else ()
     header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n, starts_mjd=starts,
                                    debayered=outcome.colour)
-    jobs = [lambda: write_stack(out, image, header=header, history=history, output=replace(output, preview=False))]
+    # the FITS writer byteswaps its array in place while it writes: it gets a copy, which
+    # the other jobs do not read
+    jobs = [lambda: write_stack(out, image.copy(), header=header, history=history,
+                                output=replace(output, preview=False))]
     if output.preview:
         if out.suffix.lower() != ".png":
             jobs.append(lambda: [write_png(preview_path(out), display_object(image, outcome.mode))])
@@ -202,7 +205,7 @@ def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOpti
                                         table.status == UNREADABLE, table.coarse, table.shift, outcome.mode)])
     if outcome.sharpened is not None:
         sp = sharpened_path(out)
-        jobs.append(lambda: [write_image(sp, outcome.sharpened, header=header,
+        jobs.append(lambda: [write_image(sp, outcome.sharpened.copy(), header=header,
                                          history=history + ["wavelet sharpened"], tiff_dtype=output.tiff_dtype),
                              write_png(before_after_path(sp), before_after(image, outcome.sharpened))])
     # the files are independent (stretches, PNG compression and FITS writing release the

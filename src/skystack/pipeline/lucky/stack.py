@@ -188,8 +188,9 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
 
     acc = cnt = None
     chunks = chunked(kept, chunk_frames(shape, nc))
+    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
     with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
-        for part in run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None):
+        for part in parts:
             acc, cnt = _merge(acc, part.acc), _merge(cnt, part.weight)
             for i, img, s, rect in part.frames:
                 bar.update()
@@ -369,8 +370,9 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
 
     acc = wsum = None
     chunks = chunked(choice.frames, chunk_frames(shape, nc))
+    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
     with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
-        for part in run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None):
+        for part in parts:
             acc, wsum = _merge(acc, part.acc), _merge(wsum, part.weight)
             for r in part.frames:
                 bar.update()
