@@ -16,7 +16,10 @@ with the default options (previews, plot and report included), in a fresh proces
 * ``cpu fps``: video frames / (process CPU time / cores): what an idle machine would give
   at best; on a shared machine the wall time also counts waiting for cores;
 * ``peak MB``: the process's maximum resident set;
-* ``detail``: ``score_lucky.py``'s band-pass correlation of the stack with the truth.
+* ``detail``: ``score_lucky.py``'s band-pass correlation of the stack with the truth;
+* ``phases``: the report's wall / CPU seconds per phase (CPU of the process and its forked
+  workers, ``cpu_timings``): on a shared machine the CPU figures say what the wall would be
+  alone, and CPU over wall how many cores a phase kept busy.
 
 ``global`` runs add ``--no-multipoint``. ``--scaling`` times ``--workers 1`` against
 ``--workers 2``, for the whole command and for the pipeline alone (the report's
