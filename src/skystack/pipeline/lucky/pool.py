@@ -96,7 +96,7 @@ class Workers:
         self._threads: ThreadPoolExecutor | None = None
         self.worker_cpu_s = 0.0  # CPU seconds of the forked workers that have finished
         self._background: list[threading.Thread] = []  # started, joined before a fork
-        self._deferred: list[threading.Thread] = []  # started once workers are forked
+        self._deferred: list[threading.Thread] = []  # started by release_background()
         self._cv_threads = cv2.getNumThreads()
         # one core per worker: OpenCV's own thread pool on top would make --workers 1 use
         # every core and make forked workers fight over them (restored by close())
@@ -116,8 +116,8 @@ class Workers:
     def background(self, fn: Callable[[], Any], name: str) -> None:
         """Run ``fn`` on a background thread to overlap the work. A process is forked only
         while no other thread runs (a fork copies locks a thread may hold, the import lock
-        among them), so with forked workers the thread starts once they are running and is
-        joined before the next fork."""
+        among them), so with forked workers the thread waits for :meth:`release_background`
+        and is joined before any later fork."""
         t = threading.Thread(target=fn, name=name, daemon=True)
         if self.processes:
             self._deferred.append(t)
@@ -127,7 +127,16 @@ class Workers:
     def without_processes(self) -> None:
         """Use threads after all (the frames cannot be read in the workers)."""
         self.processes = False
-        self._after_fork()
+        self.release_background()
+
+    def release_background(self) -> None:
+        """Start the background threads held back for the forks (call it once the workers
+        of a pass with big tasks run: the ranking pass's small tasks need this process's
+        answers, and its GIL, without delay)."""
+        for t in self._deferred:
+            t.start()
+        self._background += self._deferred
+        self._deferred.clear()
 
     def _before_fork(self) -> None:
         for t in self._background:
@@ -142,10 +151,6 @@ class Workers:
 
     def _after_fork(self) -> None:
         gc.unfreeze()
-        for t in self._deferred:
-            t.start()
-        self._background += self._deferred
-        self._deferred.clear()
 
     def close(self) -> None:
         if self._threads is not None:

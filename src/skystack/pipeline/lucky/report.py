@@ -141,7 +141,8 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
 def prepare_writer(output: str | None, workers: Workers) -> None:
     """Import the FITS writer (astropy.io.fits: 0.30 s, measured on the project's 2-core
     machine, a tenth of a 1000-frame run) on a background thread, so that it overlaps the
-    ranking pass instead of delaying the end of the run; the import at write time then
+    passes over the video instead of delaying the end of the run (with forked workers the
+    stacking pass, see :meth:`.Workers.release_background`); the import at write time then
     finds it done."""
     if output is not None and Path(output).suffix.lower() in (".fits", ".fit", ".fts"):
         workers.background(lambda: importlib.import_module("astropy.io.fits"), "lucky-fits-import")

@@ -189,6 +189,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
     acc = cnt = None
     chunks = chunked(kept, chunk_frames(shape, nc))
     parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
         for part in parts:
             acc, cnt = _merge(acc, part.acc), _merge(cnt, part.weight)
@@ -371,6 +372,7 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
     acc = wsum = None
     chunks = chunked(choice.frames, chunk_frames(shape, nc))
     parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
         for part in parts:
             acc, wsum = _merge(acc, part.acc), _merge(wsum, part.weight)
