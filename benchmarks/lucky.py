@@ -16,7 +16,10 @@ with the default options (previews, plot and report included), in a fresh proces
 * ``cpu fps``: video frames / (process CPU time / cores): what an idle machine would give
   at best; on a shared machine the wall time also counts waiting for cores;
 * ``peak MB``: the process's maximum resident set;
-* ``detail``: ``score_lucky.py``'s band-pass correlation of the stack with the truth.
+* ``detail``: ``score_lucky.py``'s band-pass correlation of the stack with the truth;
+* ``phases``: the report's wall / CPU seconds per phase (CPU of the process and its forked
+  workers, ``cpu_timings``): on a shared machine the CPU figures say what the wall would be
+  alone, and CPU over wall how many cores a phase kept busy.
 
 ``global`` runs add ``--no-multipoint``. ``--scaling`` times ``--workers 1`` against
 ``--workers 2``, for the whole command and for the pipeline alone (the report's
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("global", ["--no-multipoint"]))
     base_args = shlex.split(a.extra) + (["--workers", str(a.workers)] if a.workers else [])
     print(f"{'video':<12} {'config':<9} {'detail':>7} {'frames/s':>8} {'cpu fps':>8} {'peak MB':>8} "
-          f"{'used':>5}  phases (s)")
+          f"{'used':>5}  phases (wall/CPU s; CPU includes forked workers)")
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             d = video(kind, seed, a.frames, cache, gen)
@@ -232,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                 n = r["report"]["summary"]["frames"]
                 det = score.detail(score.load(str(out)), truth)[0]
                 t = r["report"]["timings"]
-                phases = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in t.items() if k != "total_s")
+                cpu = r["report"].get("cpu_timings") or {}
+                phases = ", ".join(f"{k[:-2]} {v:.2f}" + (f"/{cpu[k]:.2f}" if k in cpu else "")
+                                   for k, v in t.items() if k != "total_s")
+                if "total_s" in cpu:
+                    phases += f" (pipeline {t['total_s']:.2f}/{cpu['total_s']:.2f})"
                 row = {"video": d.name, "config": cname, "detail": det, "fps": n / r["wall"],
                        "cpu_fps": n / (r["cpu"] / cores), "rss": r["rss"], "used": r["report"]["summary"]["used"],
                        "timings": t, "load": os.getloadavg()[0]}

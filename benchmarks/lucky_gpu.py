@@ -21,20 +21,26 @@ from skystack.errors import BackendUnavailableError
 from skystack.options import LuckyOptions
 from skystack.pipeline.lucky.frames import FrameTable, LuckyRun, Reader
 from skystack.pipeline.lucky.gpu import GpuRanker
+from skystack.pipeline.lucky.pool import Workers
 from skystack.pipeline.lucky.rank import Ranker, rank_all
 from skystack.register.planetary import GlobalAligner, shift_image
 from skystack.testing.planetary import ArrayFrames, make_lunar_video
 
 
 def rank(frames, shape, device):
+    """The ranking pass on one worker (chunk tasks inline), on the CPU or the device."""
     opts = LuckyOptions()
-    run = LuckyRun(frames=frames, reader=Reader(frames, shape), table=FrameTable(len(frames)), opts=opts,
-                   source="bench", pool=None, inflight=2, quiet=True)
-    ranker = Ranker(opts, shape)
-    ranker.start(run, frames.read_raw(0).astype(np.float32))
-    t0 = time.perf_counter()
-    rank_all(run, ranker, True, GpuRanker(ranker, device) if device is not None else None)
-    return time.perf_counter() - t0, run.table
+    workers = Workers(1, processes=False)
+    try:
+        run = LuckyRun(frames=frames, reader=Reader(frames, shape), table=FrameTable(len(frames)), opts=opts,
+                       source="bench", workers=workers, quiet=True)
+        ranker = Ranker(opts, shape)
+        ranker.start(run, frames.read_raw(0).astype(np.float32))
+        t0 = time.perf_counter()
+        rank_all(run, ranker, True, GpuRanker(ranker, device) if device is not None else None)
+        return time.perf_counter() - t0, run.table
+    finally:
+        workers.close()
 
 
 def main() -> int:

@@ -176,17 +176,22 @@ def test_gpu_aligner_matches_global_aligner(device, downsample):
 def _rank_table(video, device, *, raw: bool = True, items_hook=None):
     from skystack.pipeline.lucky.frames import FrameTable, LuckyRun, Reader
     from skystack.pipeline.lucky.gpu import GpuRanker
+    from skystack.pipeline.lucky.pool import Workers
     from skystack.pipeline.lucky.rank import Ranker, rank_all, score_frames
 
     frames = video.as_frameset() if items_hook is None else items_hook(video.as_frameset())
     shape = video.shape
     opts = LuckyOptions(keep="3")
-    run = LuckyRun(frames=frames, reader=Reader(frames, shape), table=FrameTable(len(frames)), opts=opts,
-                   source="test", pool=None, inflight=2, quiet=True)
-    ranker = Ranker(opts, shape)
-    mode = ranker.start(run, np.asarray(frames.read_raw(0), np.float32))
-    rank_all(run, ranker, raw, GpuRanker(ranker, device) if device is not None else None)
-    score_frames(run, ranker)
+    workers = Workers(1, processes=False)
+    try:
+        run = LuckyRun(frames=frames, reader=Reader(frames, shape), table=FrameTable(len(frames)), opts=opts,
+                       source="test", workers=workers, quiet=True)
+        ranker = Ranker(opts, shape)
+        mode = ranker.start(run, np.asarray(frames.read_raw(0), np.float32))
+        rank_all(run, ranker, raw, GpuRanker(ranker, device) if device is not None else None)
+        score_frames(run, ranker)
+    finally:
+        workers.close()
     return mode, run.table
 
 
@@ -224,55 +229,73 @@ def test_gpu_ranks_a_16bit_planet_video_as_the_cpu(device):
 
 
 @here
-def test_gpu_ranker_follows_a_renewed_key_frame_and_passes_bad_frames(device):
-    """GpuRanker returns what Ranker returns frame by frame, item for item: an unreadable
-    frame stays an error, and after rank_all renews the key frame the correlation is
-    against the new key."""
+def test_gpu_ranker_chunk_is_the_rankers_for_the_tasks_key_frame(device):
+    """GpuRanker.chunk returns what Ranker.chunk returns for the same task, frame for
+    frame: an unreadable frame stays an error, and each task is correlated against its
+    own key frame (the first one, a later one, and back), whatever the previous task's."""
+    import dataclasses
+
+    from skystack.pipeline.lucky.frames import FrameChunk, FrameTable, LuckyRun, Reader
     from skystack.pipeline.lucky.gpu import GpuRanker
-    from skystack.pipeline.lucky.rank import Ranker
-    from skystack.pipeline.lucky.frames import FrameTable, LuckyRun, Reader
+    from skystack.pipeline.lucky.pool import Workers
+    from skystack.pipeline.lucky.rank import KeyFrame, Ranker, _RankTask
 
     video = make_lunar_video(4, (64, 96), seed=8, seeing=Seeing(jitter_px=3.0))
     frames = video.as_frameset()
     opts = LuckyOptions(mode="surface")
-    run = LuckyRun(frames=frames, reader=Reader(frames, video.shape), table=FrameTable(4), opts=opts, source="t",
-                   pool=None, inflight=2, quiet=True)
-    ranker = Ranker(opts, video.shape)
-    ranker.start(run, frames.read_raw(0).astype(np.float32))
+    workers = Workers(1, processes=False)
+    try:
+        run = LuckyRun(frames=frames, reader=Reader(frames, video.shape), table=FrameTable(4), opts=opts,
+                       source="t", workers=workers, quiet=True)
+        ranker = Ranker(opts, video.shape)
+        ranker.start(run, frames.read_raw(0).astype(np.float32))
+    finally:
+        workers.close()
+    read = frames.read_raw
     gpu = GpuRanker(ranker, device)
-    items = [(0, frames.read_raw(0)), (1, BadFrameError("f", "truncated")), (2, frames.read_raw(2))]
-    for renew in (False, True):
-        if renew:
-            key = ranker(items[2])
-            ranker.key = PhaseCorrelator(key.coarse_view, peak_sigma=1.0, window="tukey")
-            ranker.key_offset = key.coarse
-        got = gpu(iter(items))
-        for g, item in zip(got, items):
-            w = ranker(item)
+    images = [frames.read_raw(0), BadFrameError("f", "truncated"), frames.read_raw(2)]
+    chunk = FrameChunk(3, np.array([0, 1, 2]), images)
+    first = dataclasses.replace(ranker.first_key, view=None)  # as rank_all's tasks name it
+    k2 = ranker.chunk(_RankTask(FrameChunk(0, np.array([2]), [images[2]]), first), read)[0]
+    later = KeyFrame(0, 2, k2.coarse, k2.coarse_view)
+    for key in (first, later, first):
+        task = _RankTask(chunk, key)
+        got, want = gpu.chunk(task, read), ranker.chunk(task, read)
+        assert len(got) == len(want) == 3
+        for g, w in zip(got, want):
             assert g.i == w.i and (g.error is None) == (w.error is None)
             if w.error is not None:
                 continue
+            assert g.keyable == w.keyable
             assert g.coarse == pytest.approx(w.coarse, abs=SHIFT_TOL_PX)
             assert g.response == pytest.approx(w.response, abs=1e-4)
             np.testing.assert_allclose(g.cells.log_energy, w.cells.log_energy, atol=CELL_TOL)
             np.testing.assert_allclose(g.coarse_view, w.coarse_view, rtol=1e-6, atol=1e-4)
-    assert got[2].coarse == pytest.approx(tuple(ranker.key_offset), abs=SHIFT_TOL_PX)  # frame 2 against itself
+        if key is later:
+            assert got[2].coarse == pytest.approx(later.offset, abs=SHIFT_TOL_PX)  # frame 2 against itself
 
 
 @here
-@pytest.mark.parametrize("multipoint", [False, True])
-def test_gpu_lucky_run_through_the_backend_switch(device, monkeypatch, multipoint):
+@pytest.mark.parametrize("multipoint, workers", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_gpu_lucky_run_through_the_backend_switch(device, monkeypatch, multipoint, workers):
     """The whole lucky pipeline with its ranking and global alignment on the device (the
     switch returning the device, as --backend cupy does on a GPU) stacks as the CPU run:
     the same frames used, the same shifts within 1e-3 px, the same image to the rounding
-    those shifts make."""
+    those shifts make. With two workers the tasks run on threads, never forked (a CUDA
+    context is unusable in a forked child)."""
     import skystack
+    from skystack.pipeline.lucky import pool
     from skystack.pipeline.lucky import run as lucky_run
 
     video = make_lunar_video(6, (64, 96), seed=11)
-    kw = dict(keep="3", multipoint=multipoint, ap_size=32, workers=1)
+    kw = dict(keep="3", multipoint=multipoint, ap_size=32, workers=workers)
     cpu = skystack.lucky(video.as_frameset(), None, backend="cpu", **kw)
     monkeypatch.setattr(lucky_run, "resolve_lucky", lambda name: device if name == "cupy" else None)
+
+    def no_fork(*a, **k):
+        raise AssertionError("a lucky run with a device forked its workers")
+
+    monkeypatch.setattr(pool, "_forked", no_fork)
     from skystack.backends.lucky_gpu import DeviceAligner
 
     measured = []

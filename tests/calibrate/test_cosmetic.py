@@ -99,3 +99,14 @@ def test_mono_repairs_use_the_eight_adjacent_pixels():
     tiny = np.ones((1, 1), np.float32)
     fix_defects(tiny, np.array([0]), np.array([0]), None)
     assert np.isnan(tiny[0, 0])
+
+
+def test_a_dark_equal_to_the_bias_finds_nothing_and_warns_nothing(masters, recwarn):
+    # a dark with no thermal signal and no noise left after the bias (here: the bias master
+    # given as both) has a zero noise model; the 0/0 this once produced read as NaN z-scores
+    s, bias, dark, flat = masters
+    defects, info = find_defects(dark=bias, bias=bias)
+    assert len(defects) == 0
+    assert info["hot"] == 0 and info["cold_dark"] == 0
+    assert info["dark_noise_model"]["var0"] > 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

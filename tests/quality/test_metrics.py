@@ -6,8 +6,13 @@ import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
+import warnings
+
+import pytest
+
 from skystack.quality.metrics import (BLANK_SPAN, cell_grid, fit_cells, gaussian_ksize, global_quality,
-                                      local_quality, log_energy_map, measure_view, sample_cells, sharpness_view)
+                                      local_quality, log_energy_map, measure_view, nanmedian, sample_cells,
+                                      sharpness_view)
 from skystack.testing.planetary import Seeing, make_lunar_video
 
 
@@ -70,6 +75,39 @@ def test_cells_follow_the_offset(rng):
     assert np.allclose(m.log_energy[1:-2, 1:-2], base.log_energy[1:-2, 1:-2], atol=1e-4)
     # cells more than half outside the frame are not measured
     assert np.isnan(m.log_energy[-1]).all() and np.isnan(m.log_energy[:, -1]).all()
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (5.4, -9.6), (-20.0, 7.0)])
+def test_cells_are_the_mean_of_their_pixels_inside_the_view(rng, offset):
+    view = cv2.GaussianBlur(rng.normal(100, 20, (96, 128)).astype(np.float32), (0, 0), 1.0)
+    grid = cell_grid(view.shape, size=16)
+    m = measure_view(view, grid, offset)
+    energy = log_energy_map(view).astype(np.float64)
+    ox, oy = int(round(offset[0])), int(round(offset[1]))
+    for j in range(grid.ny):
+        for i in range(grid.nx):
+            y0, x0 = oy + 16 * j, ox + 16 * i
+            box = (slice(max(y0, 0), max(min(y0 + 16, 96), 0)), slice(max(x0, 0), max(min(x0 + 16, 128), 0)))
+            if energy[box].size < 128:  # less than half inside: not measured
+                assert np.isnan(m.log_energy[j, i]) and np.isnan(m.log_level[j, i])
+                continue
+            assert m.log_energy[j, i] == pytest.approx(np.log(energy[box].mean()), abs=1e-5)
+            assert m.log_level[j, i] == pytest.approx(np.log(view[box].astype(np.float64).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_nanmedian_is_numpys(rng, dtype, axis):
+    a = rng.normal(0, 1, (101, 40)).astype(dtype)
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[:, 3] = np.nan  # an all-NaN column
+    a[7, :] = np.nan  # and row
+    a[:, 5] = 1.0  # an all-equal column with no NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(a, axis=axis)
+    got = nanmedian(a, axis)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
 
 
 def test_cells_that_do_not_follow_the_seeing_get_no_weight(rng):

@@ -25,6 +25,7 @@ CPU path is tested in ``tests/backends/test_lucky_gpu.py`` (cell log-energies wi
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -73,8 +74,9 @@ class LuckyDevice:
 
     Notes
     -----
-    One instance serves one calling thread (the lucky pipeline measures batches on its
-    conducting thread): it owns one stream and reusable buffers.
+    One instance serves one thread at a time: it owns one stream and reusable buffers.
+    Callers on several threads (the lucky pipeline's threaded chunk tasks) hold ``lock``
+    around their device work.
     """
 
     name = "cupy"
@@ -87,6 +89,7 @@ class LuckyDevice:
         self._stage = GrowBuffer(L.pinned, lambda: L.sync(self._stream))
         self._out_host = GrowBuffer(L.pinned, lambda: L.sync(self._stream))
         self._gauss: dict[float, Any] = {}
+        self.lock = threading.Lock()
 
     @property
     def device(self) -> str:

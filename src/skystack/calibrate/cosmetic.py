@@ -81,10 +81,13 @@ def _noise_model(level: np.ndarray, res: np.ndarray, bins: int = 16) -> tuple[fl
     """``(a, b)`` of ``σ² = a + b·level``: the residual noise of a dark grows with its
     thermal signal (shot noise), so amplifier glow must not read as a field of hot pixels.
     Fitted on robust σ in bins of the local level."""
+    # the variance has a floor: a dark with no noise left after the bias (a bias given as
+    # the dark, or a synthetic master) must give z = 0 for a zero residual, not 0/0
+    floor = 1e-12
     ok = np.isfinite(level) & np.isfinite(res)
     level, res = level[ok], res[ok]
     if res.size == 0:
-        return 0.0, 0.0
+        return floor, 0.0
     edges = np.unique(np.percentile(level, np.linspace(0, 100, bins + 1)))
     xs, vs = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -93,11 +96,11 @@ def _noise_model(level: np.ndarray, res: np.ndarray, bins: int = 16) -> tuple[fl
             xs.append(float(np.median(level[sel])))
             vs.append(_robust_sigma(res[sel]) ** 2)
     if len(xs) < 2:
-        return _robust_sigma(res) ** 2, 0.0
+        return max(_robust_sigma(res) ** 2, floor), 0.0
     x, v = np.array(xs), np.array(vs)
     # robust line through the bins: most pixels sit at the lowest levels, so anchor a there
     b = max(float(np.polyfit(x, v, 1)[0]), 0.0)
-    a = max(float(np.median(v - b * x)), 1e-12)
+    a = max(float(np.median(v - b * x)), floor)
     return a, b
 
 

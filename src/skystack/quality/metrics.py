@@ -103,13 +103,30 @@ class ViewSharpness:
     blank: bool
 
 
-def _box_means(integral: np.ndarray, x0: np.ndarray, y0: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = integral.shape[0] - 1, integral.shape[1] - 1
-    a0, b0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
-    a1, b1 = np.clip(x0 + size, 0, w), np.clip(y0 + size, 0, h)
-    area = (a1 - a0) * (b1 - b0)
-    s = integral[b1, a1] - integral[b0, a1] - integral[b1, a0] + integral[b0, a0]
-    return s / np.maximum(area, 1), area
+def _overlap(start: int, size: int, count: int, n: int) -> np.ndarray:
+    """Pixels of ``[0, n)`` inside each of ``count`` cells of ``size`` from ``start``."""
+    a = start + size * np.arange(count)
+    return np.clip(np.minimum(a + size, n) - np.maximum(a, 0), 0, size)
+
+
+def _cell_sums(img: np.ndarray, x0: int, y0: int, grid: CellGrid) -> np.ndarray:
+    """``(ny, nx)`` sums of ``img`` over the cells whose top-left corner is ``(x0, y0)``
+    (parts outside the image count 0): the block means of an exact integer area
+    resize, on the image padded with zeros where cells leave it (two OpenCV calls; a
+    64-bit integral image cost 60 µs more per 320×240 view)."""
+    s, ny, nx = grid.size, grid.ny, grid.nx
+    h, w = img.shape
+    xa, ya = min(max(x0, 0), w), min(max(y0, 0), h)
+    xb, yb = max(min(x0 + nx * s, w), xa), max(min(y0 + ny * s, h), ya)
+    crop = img[ya:yb, xa:xb]
+    top, left = ya - y0, xa - x0
+    bottom, right = ny * s - top - (yb - ya), nx * s - left - (xb - xa)
+    if crop.size == 0:
+        return np.zeros((ny, nx), np.float64)
+    if top or left or bottom or right:
+        crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
+    means = cv2.resize(crop, (nx, ny), interpolation=cv2.INTER_AREA) if s > 1 else crop
+    return means.reshape(ny, nx).astype(np.float64) * (s * s)
 
 
 def measure_view(view: np.ndarray, grid: CellGrid, offset: tuple[float, float] = (0.0, 0.0)) -> ViewSharpness:
@@ -120,11 +137,11 @@ def measure_view(view: np.ndarray, grid: CellGrid, offset: tuple[float, float] =
     if hi - lo < BLANK_SPAN:
         z = np.zeros(shape, np.float32)
         return ViewSharpness(z, z, float(hi), True)
-    x0, y0 = grid.origins()
-    x0 = x0 + int(round(offset[0]))
-    y0 = y0 + int(round(offset[1]))
-    e, area = _box_means(cv2.integral(log_energy_map(view), sdepth=cv2.CV_64F), x0, y0, grid.size)
-    lev, _ = _box_means(cv2.integral(view, sdepth=cv2.CV_64F), x0, y0, grid.size)
+    x0, y0 = int(round(offset[0])), int(round(offset[1]))
+    area = np.outer(_overlap(y0, grid.size, grid.ny, view.shape[0]),
+                    _overlap(x0, grid.size, grid.nx, view.shape[1])).astype(np.float64)
+    e = _cell_sums(log_energy_map(view), x0, y0, grid) / np.maximum(area, 1)
+    lev = _cell_sums(view, x0, y0, grid) / np.maximum(area, 1)
     inside = area >= grid.size * grid.size / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         le = np.where(inside, np.log(np.maximum(e, _TINY)), np.nan)
@@ -134,10 +151,23 @@ def measure_view(view: np.ndarray, grid: CellGrid, offset: tuple[float, float] =
 
 
 def nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
-    """``np.nanmedian`` without the warning for an all-NaN slice (which gives NaN)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(a, axis=axis)
+    """``np.nanmedian`` (the same values), NaN for an all-NaN slice without a warning.
+
+    One sort along ``axis`` (NaN sorts last) and the middle of each slice's finite
+    values: 5-8 times faster than NumPy's, which partitions every slice on its own
+    (60 ms of the serial part of a 1000-frame lucky run).
+    """
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return np.median(a, axis=axis)
+    s = np.sort(a, axis=axis)
+    n = (~np.isnan(a)).sum(axis=axis, keepdims=True)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis)
+    hi = np.take_along_axis(s, n // 2, axis)
+    # the mean of the two middle values, computed as np.median does (float16 in float32)
+    with np.errstate(invalid="ignore"):
+        m = np.mean(np.concatenate([lo, hi], axis=axis), axis=axis, keepdims=True)
+    return np.squeeze(np.where(n > 0, m, np.nan).astype(m.dtype), axis=axis)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,14 @@ import numpy as np
 from ...errors import BadFrameError, RegistrationError
 from ...register.multipoint import APGrid, LocalAligner, LocalMeasure, place_alignment_points
 from ...register.planetary import Disk, GlobalAligner, Shift, disk_centroid, shift_image
-from .frames import LuckyRun
+from .frames import LuckyRun, chunked
 from .rank import Ranking
+
+
+# reference frames per task (at most 50 frames: a few tasks per worker). These tasks run
+# on threads even where the passes over the whole video fork: whole-frame warps and FFTs
+# release the GIL, and two forks per pass would cost more than the GIL does here
+_REF_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -52,23 +58,26 @@ def build_reference(run: LuckyRun, ranking: Ranking, mode: str) -> Reference:
     measured against that mean (two streamed passes over at most 50 frames)."""
     idx = np.sort(ranking.best)
     rel, shape, reader = ranking.rel, run.shape, run.reader
+    read = lambda i: reader.read(i, False)  # noqa: E731
+    chunks = chunked(idx, _REF_CHUNK)
 
     def mean_of(shifts: dict[int, tuple[float, float]], interpolation: int) -> np.ndarray:
-        acc = np.zeros(shape, np.float64)
-        k = 0
-
-        def work(item):
-            i, img = item
-            if isinstance(img, BadFrameError):
-                return None
-            sx, sy = shifts[i]
-            return shift_image(img, sx, sy, interpolation=interpolation)
-
-        items = ((int(i), reader.read(int(i), False)) for i in idx if int(i) in shifts)
-        for warped in run.map(work, items):
-            if warped is not None:
-                acc += warped
+        def task(chunk):
+            acc = np.zeros(shape, np.float64)
+            k = 0
+            for i, img in LuckyRun.frames_of(chunk, read):
+                if isinstance(img, BadFrameError):
+                    continue
+                sx, sy = shifts[i]
+                acc += shift_image(img, sx, sy, interpolation=interpolation)
                 k += 1
+            return acc, k
+
+        use = [c[np.isin(c, list(shifts))] for c in chunks]
+        acc, k = np.zeros(shape, np.float64), 0
+        for a, n in run.map(task, run.tasks([c for c in use if c.size], read), fork=False):
+            acc += a
+            k += n
         if k == 0:
             raise RegistrationError("no reference frame could be read")
         return (acc / k).astype(np.float32)
@@ -79,18 +88,19 @@ def build_reference(run: LuckyRun, ranking: Ranking, mode: str) -> Reference:
     roi, disk = _roi(ref0, rel[idx], mode)
     aligner = _aligner(ref0, roi)
 
-    def measure(item):
-        i, img = item
-        if isinstance(img, BadFrameError):
-            return i, None
-        s, _ = aligner.measure(img, (float(rel[i, 0]), float(rel[i, 1])))
-        return i, s
+    def measure(chunk):
+        out = []
+        for i, img in LuckyRun.frames_of(chunk, read):
+            if not isinstance(img, BadFrameError):
+                s, _ = aligner.measure(img, (float(rel[i, 0]), float(rel[i, 1])))
+                out.append((i, s))
+        return out
 
     refined: dict[int, tuple[float, float]] = {}
-    items = ((int(i), reader.read(int(i), False)) for i in idx)
-    for i, s in run.map(measure, items):
-        if s is not None and s.response > 0:
-            refined[i] = (s.sx, s.sy)
+    for part in run.map(measure, run.tasks(chunks, read), fork=False):
+        for i, s in part:
+            if s.response > 0:
+                refined[i] = (s.sx, s.sy)
     if refined:
         # keep the coarse frame of reference: remove the refined shifts' mean offset
         mx = float(np.mean([v[0] for v in refined.values()]))

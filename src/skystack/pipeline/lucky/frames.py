@@ -1,12 +1,10 @@
 """What every lucky-imaging step shares: opening a video (and calibrating it), the
-per-frame table, the frame reader, the ordered thread-pool map and the run's context
-(:class:`LuckyRun`)."""
+per-frame table, the frame reader, chunk tasks and the run's context (:class:`LuckyRun`)."""
 from __future__ import annotations
 
 import logging
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -20,6 +18,7 @@ from ...output.guard import guard_outputs
 from ...output.products import lucky_outputs
 from ...quality.metrics import BLANK_SPAN
 from ...types import Fate
+from .pool import Workers
 
 log = logging.getLogger("skystack")
 
@@ -260,38 +259,42 @@ class Reader:
             return e
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoolExecutor | None,
-                inflight: int) -> Iterator[Any]:
-    """``map(fn, items)`` in order, at most ``inflight`` items alive at once; ``items`` is
-    consumed on the calling thread (reads stay sequential, which video decoders need)."""
-    if pool is None:
-        for it in items:
-            yield fn(it)
-        return
-    q: deque = deque()
-    for it in items:
-        q.append(pool.submit(fn, it))
-        if len(q) >= inflight:
-            yield q.popleft().result()
-    while q:
-        yield q.popleft().result()
+@dataclass(frozen=True)
+class FrameChunk:
+    """The frames one task handles: chunk number ``no``, frame indices ``idx`` and, when
+    the calling thread reads (a video decoder reads in order), the frames themselves
+    (``images``: arrays or the :class:`BadFrameError` of each)."""
+
+    no: int
+    idx: np.ndarray
+    images: list | None = None
+
+
+def chunked(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    """``idx`` cut into consecutive chunks of ``size`` (the last one shorter): fixed by the
+    frames alone, so that partial sums do not depend on the worker count."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return [idx[a:a + size] for a in range(0, idx.size, size)]
 
 
 @dataclass
 class LuckyRun:
     """The state every step of one run shares: the frames and their reader, the per-frame
-    table, the options, the thread pool, and what is said to the user."""
+    table, the options, the workers, and what is said to the user. ``reads_in_task``:
+    tasks read their own frames (one worker, or forked workers on a memory-mapped set);
+    otherwise the calling thread reads them in order."""
 
     frames: Any
     reader: Reader
     table: FrameTable
     opts: LuckyOptions
     source: str
-    pool: ThreadPoolExecutor | None
-    inflight: int
+    workers: Workers
     quiet: bool
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
+    reads_in_task: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -302,6 +305,42 @@ class LuckyRun:
         self.messages.append(msg)
         log.log(level, "%s", msg)
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        """:func:`ordered_map` on this run's pool."""
-        return ordered_map(fn, items, self.pool, self.inflight)
+    def lap(self, name: str, cpu_start: float) -> tuple[float, float]:
+        """Record the CPU seconds (this process and its forked workers) a phase used since
+        ``cpu_start``; returns the wall clock and CPU seconds now, where the next phase
+        starts."""
+        now = self.workers.cpu_s()
+        self.cpu_timings[name] = round(now - cpu_start, 4)
+        return time.perf_counter(), now
+
+    def tasks(self, chunks: Iterable[np.ndarray], read: Callable[[int], Any]) -> Iterator[FrameChunk]:
+        """One :class:`FrameChunk` per chunk; the frames read here unless tasks read them."""
+        for no, idx in enumerate(chunks):
+            images = None if self.reads_in_task else [read(int(i)) for i in idx]
+            yield FrameChunk(no, idx, images)
+
+    @staticmethod
+    def frames_of(chunk: FrameChunk, read: Callable[[int], Any]) -> Iterator[tuple[int, Any]]:
+        """``(index, frame or BadFrameError)`` of a chunk's frames (inside its task)."""
+        if chunk.images is not None:
+            return zip((int(i) for i in chunk.idx), chunk.images)
+        return ((int(i), read(int(i))) for i in chunk.idx)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, inflight: int | None = None,
+            fork: bool = True) -> Iterator[Any]:
+        """:meth:`Workers.map` on this run's workers."""
+        return self.workers.map(fn, items, inflight=inflight, fork=fork)
+
+
+def tasks_can_read(frames: Any, workers: Workers) -> bool:
+    """Whether tasks may read their own frames: always with one worker; with forked
+    workers when every input is memory-mapped or cached (not a video decoder, which must be
+    read in order)."""
+    if workers.workers == 1:
+        return True
+    if not workers.processes or not callable(getattr(frames, "frame_sliceable", None)):
+        return False
+    try:
+        return all(frames.frame_sliceable(i) for i in sample_indices(len(frames)))
+    except Exception:
+        return False

@@ -1,7 +1,7 @@
 """Lucky imaging of long videos (Moon, Sun, planets): rank, align, stack the best, sharpen.
 
-:func:`run_lucky` streams the video twice; it never holds more than a few frames
-(``2 × workers`` in flight) and small per-frame numbers:
+:func:`run_lucky` streams the video twice; it never holds more than a few tasks' frames
+and partial sums (about ``workers + 1`` tasks in flight) and small per-frame numbers:
 
 1. **open** the video; with ``--darks/--flats/--bias`` the masters are built (or reused)
    and applied to each raw frame before demosaicing (:mod:`skystack.calibrate`).
@@ -28,42 +28,50 @@
    object, the best frame beside the stack, the quality plot, report.json, and with
    wavelet options a sharpened copy and a before/after preview.
 
-Accumulation happens in frame order on the calling thread, so the result does not depend
-on the worker count.
+Work goes in tasks of a few frames whose boundaries depend on the video alone (4 frames per
+ranking task, up to 32 per stacking task, each summed into its own partial stack), and the
+calling thread consumes the results and adds the partial sums in task order, so the result
+does not depend on the worker count (a surface's key frame for a ranking task is the one
+chosen four tasks before it).
 
 The steps live in :mod:`.rank`, :mod:`.align`, :mod:`.stack` and :mod:`.report`;
 :mod:`.frames` holds what they share (opening, the per-frame table, the reader, the run
-context); :mod:`.batch` runs many videos into one folder.
+context, chunk tasks); :mod:`.pool` runs the tasks; :mod:`.batch` runs many videos into
+one folder.
 
-Parallelism is a thread pool, not Dask as in the deep-sky pipeline: a frame here costs about
-a millisecond of work (OpenCV, SciPy's FFT and NumPy release the GIL), less than scheduling
-a Dask task, and the video decoder must be read sequentially from one thread anyway.
+Parallelism is not Dask as in the deep-sky pipeline: a frame here costs about a
+millisecond, less than scheduling a Dask task. ``--workers 1`` runs everything on the
+calling thread with OpenCV single-threaded (one core, honestly). With more workers and a
+memory-mapped input (SER, FITS), the passes over the video run in forked worker processes
+that read their own frames: much of a frame's millisecond is Python holding the GIL, and
+threads gave ~1.0-1.2x on two cores. A video decoder must be read in order on one thread:
+then that thread reads and the tasks run on a thread pool (:mod:`.pool`). With a lucky GPU
+(``--backend``, :mod:`.gpu`) the ranking tasks and the stacking tasks' global shifts are
+measured on the device, and the workers are threads (a CUDA context is unusable in a
+forked child).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import cv2
 import numpy as np
 
 from ...backends.registry import resolve_lucky
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...options import LuckyJob
-from ...output.write import write_json
 from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
-from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video
+from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video, tasks_can_read
 from .gpu import GpuRanker
+from .pool import Workers
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
-from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
+from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs, write_report
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 
 log = logging.getLogger("skystack")
@@ -101,64 +109,57 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         An output could not be written (nothing half-written is left behind).
     """
     t_start = time.perf_counter()
-    prepare_writer(job.output.output)
-    out = Path(job.output.output) if job.output.output is not None else None
-    cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
-    src = open_video(inputs, job, cache)
-    workers = max(1, job.lucky.workers or os.cpu_count() or 1)
-    with _thread_pool(workers) as pool:
+    c_start = time.process_time()
+    device = resolve_lucky(job.lucky.backend)  # the backend switch, resolved once: None = CPU
+    # a CUDA context cannot be used in a forked child: with a device the workers are threads
+    workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=device is None)
+    try:
+        prepare_writer(job.output.output, workers)
+        out = Path(job.output.output) if job.output.output is not None else None
+        cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
+        src = open_video(inputs, job, cache)
+        reads_in_task = tasks_can_read(src.frames, workers)
+        if not reads_in_task:
+            workers.without_processes()  # the frames would travel to the workers: threads
         run = LuckyRun(frames=src.frames, reader=Reader(src.frames, src.shape), table=FrameTable(len(src.frames)),
-                       opts=job.lucky, source=frame_path(src.frames, 0), pool=pool, inflight=2 * workers,
-                       quiet=job.quiet, messages=src.messages)
-        result = _conduct(run, job, src)
+                       opts=job.lucky, source=frame_path(src.frames, 0), workers=workers, quiet=job.quiet,
+                       messages=src.messages, reads_in_task=reads_in_task)
+        result = _conduct(run, job, src, device)
+    finally:
+        workers.close()
+    result.report["cpu_timings"]["total_s"] = round(workers.cpu_s() - c_start, 4)
     result.timings["total_s"] = time.perf_counter() - t_start
     return _finish(result, src, t_start)
 
 
-@contextmanager
-def _thread_pool(workers: int) -> Iterator[ThreadPoolExecutor | None]:
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lucky") if workers > 1 else None
-    cv_threads = cv2.getNumThreads()
-    if pool is not None:
-        # frames are processed in parallel already; OpenCV's own threads on top of that
-        # only fight over the same cores (restored when the run ends)
-        cv2.setNumThreads(1)
-    try:
-        yield pool
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-            cv2.setNumThreads(cv_threads)
-
-
-def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
-    """The steps, in order."""
+def _conduct(run: LuckyRun, job: LuckyJob, src: Source, device=None) -> LuckyResult:
+    """The steps, in order (``device``: the lucky GPU, :mod:`.gpu`, or ``None``)."""
     opts, timings, table = run.opts, run.timings, run.table
     # pass 1: rank every frame
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), run.workers.cpu_s()
     raw_path = has_raw_fast_path(run.frames) and opts.quality_downsample % 2 == 0
     ranker = Ranker(opts, run.shape)
-    mode = ranker.start(run, src.first_image)
-    device = resolve_lucky(opts.backend)  # the backend switch, resolved once: None = CPU
+    mode = ranker.start(run, src.first_image, src.first)
     rank_all(run, ranker, raw_path, GpuRanker(ranker, device) if device is not None else None)
     report_unreadable(run)
     check_signal(run)
     sharp = score_frames(run, ranker)
     ranking = select(run, mode)
     timings["rank_s"] = time.perf_counter() - t0
+    t0, c0 = run.lap("rank_s", c0)
 
     # the reference
-    t0 = time.perf_counter()
     colour = decide_colour(run, src.first)
     ref = build_reference(run, ranking, mode)
     timings["reference_s"] = time.perf_counter() - t0
+    t0, c0 = run.lap("reference_s", c0)
 
     # pass 2: align and stack (multi-point: select per point first)
-    t0 = time.perf_counter()
     if opts.multipoint:
         grid = place_points(run, ranking, ref)
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
+        t0, c0 = run.lap("select_s", c0)
         stacked = stack_points(run, ranking, ref, grid, choice, colour, mode, device)
         outside = f"outside --keep {opts.keep} and not among the best {ranking.n_keep} at any alignment point"
     else:
@@ -179,8 +180,9 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     outcome = Outcome(mode, colour, stacked, ref.disk, rgb_shifts, sharpened, n_used,
                       capture_times(run.frames, np.nonzero(table.used)[0]))
 
+    t0, c0 = run.lap("align_stack_s", c0)  # with the R/B dispersion and sharpening
+
     # outputs
-    t0 = time.perf_counter()
     results = frame_results(run, ranking, mode)
     rep = build_report(run, src.input_paths, job.enhance, ranking, outcome, results)
     rep["input_problems"] = [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in src.problems]
@@ -191,6 +193,8 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
     if job.output.output is not None:
         outputs, report_path = write_outputs(run, Path(job.output.output), outcome, job.output, rep)
     timings["write_s"] = time.perf_counter() - t0
+    run.lap("write_s", c0)
+    rep["cpu_timings"] = run.cpu_timings
     return LuckyResult(image=stacked.image, weight=stacked.weight, sharpened=sharpened, mode=mode, frames=results,
                        n_frames=table.n, n_used=n_used, timings=timings, peak_rss_mb=0.0, outputs=outputs,
                        report_path=report_path, report=rep, messages=run.messages, rgb_shifts=rgb_shifts,
@@ -207,5 +211,5 @@ def _finish(result: LuckyResult, src: Source, t_start: float) -> LuckyResult:
     rep["timings"] = {k: round(v, 4) for k, v in t.items()}
     rep["frames_per_s"] = round(result.n_frames / t["total_s"], 2) if t["total_s"] > 0 else None
     if result.report_path is not None:
-        write_json(result.report_path, rep)
+        write_report(result.report_path, rep)
     return result

@@ -20,8 +20,8 @@ from ...register.planetary import PhaseCorrelator, shift_image, valid_rect
 from ...runtime.progress import Progress
 from ...types import Fate
 from .align import PointAligner, Reference, global_measure
-from .frames import NO_MATCH, UNREADABLE, LuckyRun
-from .gpu import premeasured
+from .frames import NO_MATCH, UNREADABLE, LuckyRun, chunked
+from .gpu import GpuShifts
 from .rank import PointChoice, Ranking
 
 if TYPE_CHECKING:
@@ -121,51 +121,102 @@ def _finish_drizzle(drz: Drizzle) -> tuple[np.ndarray, np.ndarray, int]:
     return image, wmap, filled
 
 
+def chunk_frames(shape: tuple[int, int], channels: int) -> int:
+    """Frames per stacking task: each task sums its frames into one frame-sized buffer
+    (sent back from a forked worker, or read ahead by the calling thread for a video
+    decoder): up to 32 frames, fewer for big frames (~32 MB of float32 frames a chunk).
+    Fixed by the video alone, so the partial sums do not depend on the worker count."""
+    return max(1, min(32, (1 << 25) // max(1, shape[0] * shape[1] * 4 * channels)))
+
+
+@dataclass
+class _Partial:
+    """A stacking task's outcome: its frames' results (in order) and their partial sums
+    (``acc`` (h, w, c), ``weight`` (h, w)), or ``None`` when the frames are drizzled (the
+    calling thread adds them)."""
+
+    frames: list
+    acc: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+
+def _merge(total: np.ndarray | None, part: np.ndarray | None) -> np.ndarray | None:
+    if part is None:
+        return total
+    if total is None:
+        return part
+    total += part
+    return total
+
+
 def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, device=None) -> Stacked:
     """Align the kept frames globally and shift-and-add them (or drizzle them); with a
-    ``device`` (:mod:`.gpu`) the shifts are measured there, in batches."""
+    ``device`` (:mod:`.gpu`) each task's shifts are measured there, in one batch."""
     opts, table, rel, rank = run.opts, run.table, ranking.rel, ranking.rank
     kept = np.sort(ranking.order[:ranking.n_keep])
     h, w = shape = run.shape
     nc = 3 if colour else 1
     drz = _drizzle(shape, nc, opts)
-    acc = np.zeros((h, w, nc), np.float64) if drz is None else None
-    cnt = np.zeros((h, w), np.float64) if drz is None else None
     best_i = int(kept[np.argmin(rank[kept])]) if kept.size else -1
     best_aligned = None
+    read = lambda i: run.reader.read(i, colour)  # noqa: E731
 
-    def work(item):
-        i, img, *pre = item  # pre: the shift measured on the device, if any
+    shifts = GpuShifts(device, ref.aligner, rel) if device is not None else None
+
+    def frame(i, img, pre=None):  # pre: the shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return i, img, None, None
-        s, ok = ((pre[0], pre[0].response >= opts.min_response) if pre and pre[0] is not None
-                 else global_measure(ref.aligner, luminance(img), rel[i], opts.min_response))
+        if pre is not None:
+            s, ok = pre, pre.response >= opts.min_response
+        else:
+            lum = luminance(img)
+            s, ok = global_measure(ref.aligner, lum, rel[i], opts.min_response)
         if not ok:
             return i, None, s, None
         if drz is not None:
             return i, img, s, None
         return i, shift_image(img, s.sx, s.sy), s, valid_rect(shape, s.sx, s.sy)
 
-    items = ((int(i), run.reader.read(int(i), colour)) for i in kept)
-    if device is not None:
-        items = premeasured(device, ref.aligner, items, rel, run.inflight)
-    with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
-        for i, img, s, rect in run.map(work, items):
-            bar.update()
-            if not table.record_alignment(i, img, s, opts.min_response):
-                continue
-            table.used[i] = True
-            if drz is not None:
-                drz.add(img, (s.sx, s.sy))
-                if i == best_i:
-                    best_aligned = shift_image(img, s.sx, s.sy)
+    def task(chunk):
+        if shifts is None:
+            out = [frame(i, img) for i, img in LuckyRun.frames_of(chunk, read)]
+        else:
+            out = [frame(i, img, s) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
+        if drz is not None:
+            return _Partial(out)
+        acc = np.zeros((h, w, nc), np.float64)
+        cnt = np.zeros((h, w), np.float64)
+        for k, (i, img, s, rect) in enumerate(out):
+            if rect is None:
                 continue
             y0, y1, x0, x1 = rect
-            v = img if img.ndim == 3 else img[:, :, None]
-            acc[y0:y1, x0:x1] += v[y0:y1, x0:x1]
+            acc[y0:y1, x0:x1] += img[y0:y1, x0:x1] if img.ndim == 3 else img[y0:y1, x0:x1, None]
             cnt[y0:y1, x0:x1] += 1.0
-            if i == best_i:
-                best_aligned = img
+            if i != best_i:
+                out[k] = (i, True, s, rect)  # the frame itself need not travel back
+        return _Partial(out, acc, cnt)
+
+    acc = cnt = None
+    chunks = chunked(kept, chunk_frames(shape, nc))
+    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
+    with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
+        for part in parts:
+            acc, cnt = _merge(acc, part.acc), _merge(cnt, part.weight)
+            for i, img, s, rect in part.frames:
+                bar.update()
+                if not table.record_alignment(i, img, s, opts.min_response):
+                    continue
+                table.used[i] = True
+                if drz is not None:
+                    drz.add(img, (s.sx, s.sy))
+                    if i == best_i:
+                        best_aligned = shift_image(img, s.sx, s.sy)
+                elif i == best_i:
+                    best_aligned = img
+    if drz is None:
+        acc = acc if acc is not None else np.zeros((h, w, nc), np.float64)
+        cnt = cnt if cnt is not None else np.zeros((h, w), np.float64)
     image, wmap, filled = _finish_drizzle(drz) if drz is not None else _finish(acc, cnt)
     return Stacked(image, wmap, best_aligned, filled_px=filled)
 
@@ -302,45 +353,66 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
     """The multi-point stack: every frame of ``choice`` read once, aligned at its
     selected APs (all of them, and globally, for the globally kept frames), de-warped where
     it carries weight and blended with its interpolated selection weights (with a
-    ``device``, :mod:`.gpu`, the global shifts are measured there, in batches)."""
+    ``device``, :mod:`.gpu`, each task's global shifts are measured there, in one batch)."""
     t0 = time.perf_counter()
     opts, table = run.opts, run.table
     h, w = shape = run.shape
     nc = 3 if colour else 1
     drz = _drizzle(shape, nc, opts)
-    acc = np.zeros((h, w, nc), np.float32) if drz is None else None
-    wsum = np.zeros((h, w), np.float32) if drz is None else None
     gk = choice.frames[choice.gkeep]
     best_i = int(gk[np.argmin(ranking.rank[gk])]) if gk.size else -1
     best_aligned = None
     stacker = _PointStacker(run, ranking, ref, grid, choice, drz, best_i, mode)
-    items = ((k, int(i), run.reader.read(int(i), colour)) for k, i in enumerate(choice.frames))
-    if device is not None:
-        items = premeasured(device, ref.aligner, items, ranking.rel, run.inflight, gk)
-    with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
-        for r in run.map(stacker, items):
-            bar.update()
-            if r.error is not None:
-                table.fail(r.i, UNREADABLE, Fate.UNREADABLE, r.error.reason)
-                continue
-            table.shift[r.i] = (r.shift.sx, r.shift.sy)
-            table.response[r.i] = r.shift.response
-            if r.reason:
-                table.fail(r.i, NO_MATCH, Fate.FAILED_REGISTRATION, r.reason)
-                continue
-            table.used[r.i] = True
-            table.ap_used[r.i] = r.ap_used
-            if r.best_aligned is not None:
-                best_aligned = r.best_aligned
-            if r.drizzle is not None:
-                img, fld, wgt = r.drizzle
-                drz.add(img, (0.0, 0.0), field=fld, weight=wgt)
-                continue
+    read = lambda i: run.reader.read(i, colour)  # noqa: E731
+    position = {int(i): k for k, i in enumerate(choice.frames)}
+
+    shifts = GpuShifts(device, ref.aligner, ranking.rel, gk) if device is not None else None
+
+    def task(chunk):
+        if shifts is None:
+            out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
+        else:
+            out = [stacker((position[i], i, img, s)) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
+        if drz is not None:
+            return _Partial(out)
+        acc = np.zeros((h, w, nc), np.float32)
+        wsum = np.zeros((h, w), np.float32)
+        for r in out:
             for p in r.pieces:
                 y0, y1, x0, x1 = p.window
                 acc[y0:y1, x0:x1] += p.value if p.value.ndim == 3 else p.value[:, :, None]
                 wsum[y0:y1, x0:x1] += p.weight
+            r.pieces = []  # summed: they need not travel back
+        return _Partial(out, acc, wsum)
+
+    acc = wsum = None
+    chunks = chunked(choice.frames, chunk_frames(shape, nc))
+    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
+    with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
+        for part in parts:
+            acc, wsum = _merge(acc, part.acc), _merge(wsum, part.weight)
+            for r in part.frames:
+                bar.update()
+                if r.error is not None:
+                    table.fail(r.i, UNREADABLE, Fate.UNREADABLE, r.error.reason)
+                    continue
+                table.shift[r.i] = (r.shift.sx, r.shift.sy)
+                table.response[r.i] = r.shift.response
+                if r.reason:
+                    table.fail(r.i, NO_MATCH, Fate.FAILED_REGISTRATION, r.reason)
+                    continue
+                table.used[r.i] = True
+                table.ap_used[r.i] = r.ap_used
+                if r.best_aligned is not None:
+                    best_aligned = r.best_aligned
+                if r.drizzle is not None:
+                    img, fld, wgt = r.drizzle
+                    drz.add(img, (0.0, 0.0), field=fld, weight=wgt)
     run.timings["align_stack_s"] = time.perf_counter() - t0
+    if drz is None:
+        acc = acc if acc is not None else np.zeros((h, w, nc), np.float32)
+        wsum = wsum if wsum is not None else np.zeros((h, w), np.float32)
     image, wmap, filled = _finish_drizzle(drz) if drz is not None else _finish(acc, wsum)
     return Stacked(image, wmap, best_aligned, grid, filled_px=filled,
                    extra={"local_weight": round(choice.local_weight, 3), "beyond_pool": choice.beyond,

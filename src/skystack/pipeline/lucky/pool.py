@@ -1,0 +1,255 @@
+"""Where the per-frame work of a lucky run executes: inline (one worker), a thread pool, or
+forked worker processes.
+
+A lucky frame costs about a millisecond, and much of that millisecond is Python holding the
+GIL (small NumPy arrays, per-point bookkeeping): threads then share one core for that part,
+and two of them gave ~1.0-1.2× over one (measured on the project's 2-core machine). So when
+the frames can be read anywhere (a memory-mapped SER/FITS set) and the platform forks,
+``workers ≥ 2`` runs tasks in forked processes: they inherit the run's state (reference,
+alignment points, reader) without pickling, read their own frames, and send back small
+results (a chunk's partial sums, per-frame numbers). Forking two workers costs ~5 ms.
+A video decoder must be read in order on one thread: then the frames are read by the
+calling thread and the tasks run on a thread pool, as do drizzled stacks (whose per-frame
+inputs are too big to send between processes).
+
+Tasks are chunks of frames whose boundaries do not depend on the worker count, and their
+results are consumed in order, so a run's output is the same for any number of workers.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing as mp
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+
+_BYE = -1  # a forked worker's last message: the CPU seconds it used
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def can_fork() -> bool:
+    """Forked workers are safe here: Linux (macOS forks, but its system libraries do not
+    support a fork without exec)."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def _keep_freed_memory() -> None:
+    """Let a forked worker's allocator keep and reuse what it frees (glibc; elsewhere
+    nothing changes). Frame-sized arrays are otherwise mapped fresh and unmapped again
+    every time, a page fault per 4 KiB: on the project's 2-core machine the stacking
+    workers spent 0.25 s of system time on that in a 1000-frame run, half as much
+    with this. The worker exits at the end of the pass, so nothing is held longer."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 28)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 29)
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(fn: Callable[[Any], Any], tasks: Any, results: Any) -> None:
+    """A forked worker: run ``fn`` on tasks until the ``None`` sentinel, then say goodbye
+    with the CPU seconds it used; failures travel back as values (an unpicklable exception
+    as its traceback text)."""
+    _keep_freed_memory()
+    while True:
+        item = tasks.get()
+        if item is None:
+            import resource  # Unix only, as are forked workers
+
+            use = resource.getrusage(resource.RUSAGE_SELF)
+            results.put((_BYE, True, use.ru_utime + use.ru_stime))
+            return
+        seq, task = item
+        try:
+            results.put((seq, True, fn(task)))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the parent
+            try:
+                results.put((seq, False, e))
+            except Exception:
+                results.put((seq, False, RuntimeError(traceback.format_exc())))
+
+
+class Workers:
+    """Runs ``fn`` over tasks, in order, on ``workers`` threads or forked processes (or
+    inline for one worker).
+
+    Parameters
+    ----------
+    workers
+        Parallel workers (1: everything on the calling thread).
+    processes
+        Use forked processes for :meth:`map` calls that allow them.
+    """
+
+    def __init__(self, workers: int, processes: bool):
+        self.workers = max(1, int(workers))
+        self.processes = processes and self.workers > 1 and can_fork()
+        self._threads: ThreadPoolExecutor | None = None
+        self.worker_cpu_s = 0.0  # CPU seconds of the forked workers that have finished
+        self._background: list[threading.Thread] = []  # started, joined before a fork
+        self._deferred: list[threading.Thread] = []  # started by release_background()
+        self._cv_threads = cv2.getNumThreads()
+        # one core per worker: OpenCV's own thread pool on top would make --workers 1 use
+        # every core and make forked workers fight over them (restored by close())
+        cv2.setNumThreads(1)
+
+    @property
+    def threads(self) -> ThreadPoolExecutor | None:
+        if self._threads is None and self.workers > 1:
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="lucky")
+        return self._threads
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by this process (all its threads) and the finished
+        forked workers."""
+        return time.process_time() + self.worker_cpu_s
+
+    def background(self, fn: Callable[[], Any], name: str) -> None:
+        """Run ``fn`` on a background thread to overlap the work. A process is forked only
+        while no other thread runs (a fork copies locks a thread may hold, the import lock
+        among them), so with forked workers the thread waits for :meth:`release_background`
+        and is joined before any later fork."""
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        if self.processes:
+            self._deferred.append(t)
+        else:
+            t.start()
+
+    def without_processes(self) -> None:
+        """Use threads after all (the frames cannot be read in the workers)."""
+        self.processes = False
+        self.release_background()
+
+    def release_background(self) -> None:
+        """Start the background threads held back for the forks (call it once the workers
+        of a pass with big tasks run: the ranking pass's small tasks need this process's
+        answers, and its GIL, without delay)."""
+        for t in self._deferred:
+            t.start()
+        self._background += self._deferred
+        self._deferred.clear()
+
+    def _before_fork(self) -> None:
+        for t in self._background:
+            t.join()
+        self._background.clear()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        # objects that exist now are never collected in the workers: the collector would
+        # write to every page it visits and copy the whole heap into each worker
+        gc.freeze()
+
+    def _after_fork(self) -> None:
+        gc.unfreeze()
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        cv2.setNumThreads(self._cv_threads)
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any], *, inflight: int | None = None,
+            fork: bool = True) -> Iterator[Any]:
+        """``map(fn, tasks)`` in order with at most ``inflight`` tasks submitted and not yet
+        consumed (default: twice the workers); ``tasks`` is consumed lazily on the calling
+        thread, a task only after the result ``inflight`` places before it was consumed.
+        ``fork=False`` keeps the work in this process (results too big to send). Forked
+        workers start at this call: iterate the result (to its end, or until it raises),
+        which also ends them."""
+        inflight = max(1, inflight or 2 * self.workers)
+        if self.workers == 1:
+            return (fn(t) for t in tasks)
+        if self.processes and fork:
+            return _forked(fn, tasks, self.workers, inflight, self)  # forks now
+        return _threaded(fn, tasks, self.threads, inflight)
+
+
+def _threaded(fn, tasks, pool, inflight) -> Iterator[Any]:
+    q: deque = deque()
+    for t in tasks:
+        q.append(pool.submit(fn, t))
+        if len(q) >= inflight:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
+
+
+def _forked(fn, tasks, workers, inflight, owner: Workers) -> Iterator[Any]:
+    """Fork the workers now (before the caller starts a progress bar, whose monitor is a
+    thread) and return the generator of their results, which the caller must iterate."""
+    owner._before_fork()
+    ctx = mp.get_context("fork")
+    tq, rq = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_serve, args=(fn, tq, rq), daemon=True, name=f"lucky-{k}")
+             for k in range(workers)]
+    for p in procs:
+        p.start()
+    owner._after_fork()
+    return _results(procs, tq, rq, tasks, inflight, owner)
+
+
+def _results(procs, tq, rq, tasks, inflight, owner: Workers) -> Iterator[Any]:
+    done: dict[int, tuple[bool, Any]] = {}
+    sent = received = 0
+    it = iter(tasks)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and sent - received < inflight:
+                try:
+                    t = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                tq.put((sent, t))
+                sent += 1
+            if received == sent:
+                break
+            while received not in done:
+                try:
+                    seq, ok, value = rq.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p for p in procs if not p.is_alive()]
+                    if dead:
+                        raise RuntimeError(f"lucky worker process {dead[0].name} died "
+                                           f"(exit code {dead[0].exitcode})") from None
+                    continue
+                done[seq] = (ok, value)
+            ok, value = done.pop(received)
+            received += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        for _ in procs:
+            tq.put(None)
+        # a worker exits only once its queued results are read (after an error in the
+        # parent some may be left): read up to every worker's goodbye
+        byes = 0
+        deadline = time.monotonic() + 10.0
+        while byes < len(procs) and time.monotonic() < deadline:
+            try:
+                seq, _, value = rq.get(timeout=0.2)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if seq == _BYE:
+                byes += 1
+                owner.worker_cpu_s += value
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        tq.close()
+        rq.close()
