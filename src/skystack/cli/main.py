@@ -8,6 +8,7 @@ arguments to one :mod:`skystack.api` call; :mod:`~skystack.cli.args` holds what 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import Sequence
@@ -48,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command with --resume to continue")
         return 130
+    finally:
+        if argv is None:
+            # The process is this command (the console script, python -m skystack.cli) and
+            # ends now: the interpreter's shutdown would run full garbage collections over
+            # every object the imports made (numba's, astropy's), 0.35 s of a 4 s stack of
+            # 18 Seestar subs (measured on the 2-core project machine). Frozen objects are
+            # skipped; the memory goes back with the process. A caller that passes argv
+            # (tests, scripts) keeps collecting as usual.
+            gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover
