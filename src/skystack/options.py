@@ -434,7 +434,8 @@ class LuckyOptions(Checked):
     quality_downsample
         The area-average factor of the view the quality is measured on.
     workers
-        Threads for per-frame work (default: all cores).
+        Workers for the ranking and stacking tasks (default: all cores): forked processes
+        for memory-mapped videos (SER, FITS) on Linux, threads otherwise; 1 = one core.
     """
 
     keep: str = field(default="10%", metadata=flag(
@@ -464,7 +465,9 @@ class LuckyOptions(Checked):
     min_response: float = 0.05
     quality_downsample: int = 2
     workers: int | None = field(default=None, metadata=flag(
-        "--workers", metavar="N", parse=int, help="threads (default: all cores)"))
+        "--workers", metavar="N", parse=int,
+        help="workers (default: all cores): processes for SER/FITS videos, threads for decoded ones; "
+             "1 = one core"))
 
     def check(self) -> None:
         parse_keep(self.keep)
