@@ -435,10 +435,13 @@ class LuckyOptions(Checked):
     quality_downsample
         The area-average factor of the view the quality is measured on.
     workers
-        Threads for per-frame work (default: all cores).
+        Workers for the ranking and stacking tasks (default: all cores): forked processes
+        for memory-mapped videos (SER, FITS) on Linux, threads otherwise (always threads
+        with a GPU); 1 = one core.
     backend
-        Where the ranking pass runs: ``"auto"`` (a CUDA GPU through CuPy when usable,
-        else the CPU), ``"cpu"`` or ``"cupy"`` (see :mod:`skystack.backends.lucky_gpu`).
+        Where the ranking pass and the global shifts of the stacked frames are measured:
+        ``"auto"`` (a CUDA GPU through CuPy when usable, else the CPU), ``"cpu"`` or
+        ``"cupy"`` (see :mod:`skystack.backends.lucky_gpu`).
     """
 
     keep: str = field(default="10%", metadata=flag(
@@ -468,10 +471,13 @@ class LuckyOptions(Checked):
     min_response: float = 0.05
     quality_downsample: int = 2
     workers: int | None = field(default=None, metadata=flag(
-        "--workers", metavar="N", parse=int, help="threads (default: all cores)"))
+        "--workers", metavar="N", parse=int,
+        help="workers (default: all cores): processes for SER/FITS videos, threads for decoded ones "
+             "or with a GPU; 1 = one core"))
     backend: LuckyBackend = field(default="auto", metadata=flag(
         "--backend",
-        help="where frames are ranked: auto (a CUDA GPU through CuPy when usable, else the CPU), cpu or cupy"))
+        help="where frames are ranked and aligned: auto (a CUDA GPU through CuPy when usable, else the CPU), "
+             "cpu or cupy"))
 
     def check(self) -> None:
         parse_keep(self.keep)

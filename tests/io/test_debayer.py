@@ -127,6 +127,17 @@ def test_nan_stays_local_and_raises_no_warning():
         assert np.allclose(out[16:, :6], 100.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("method", ["bilinear", "ea"])
+def test_crop_equals_cropping_the_result(dtype, method):
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 200 if dtype == np.uint8 else 60000, size=(40, 52)).astype(dtype)
+    full = debayer(raw, "GRBG", method)
+    got = debayer(raw, "GRBG", method, crop=(6, 31, 4, 47))
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, full[6:31, 4:47])
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         debayer(np.zeros((4, 4), np.uint16), "RGGB", "ahd")  # type: ignore[arg-type]

@@ -17,6 +17,45 @@ def test_threaded_tasks_report_every_result(workers):
     assert got == {i: (i * i, (len, "abc")) for i in range(20)}
 
 
+def test_threaded_tasks_run_at_most_workers_at_once_and_report_in_the_calling_thread():
+    import threading
+    import time
+
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+    caller = threading.get_ident()
+    seen_in = set()
+
+    def task(i):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.002 * (i % 3))  # uneven lengths: results come back out of order
+        with lock:
+            state["now"] -= 1
+        return i
+
+    got = []
+    run_tasks(task, [(i,) for i in range(12)], workers=3, scheduler=None,
+              on_result=lambda k, r: (got.append((k, r)), seen_in.add(threading.get_ident())))
+    assert sorted(got) == [(i, i) for i in range(12)]
+    assert state["most"] == 3 and seen_in == {caller}
+
+
+def test_a_failing_task_propagates_and_stops_the_rest():
+    started = []
+
+    def task(i):
+        started.append(i)
+        if i == 2:
+            raise ValueError("frame 2 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="frame 2 is broken"):
+        run_tasks(task, [(i,) for i in range(50)], workers=2, scheduler=None, on_result=lambda k, r: None)
+    assert len(started) < 50  # the tasks after the failure were never started
+
+
 def test_unreachable_cluster_is_a_clear_error():
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
         connect("tcp://127.0.0.1:9", timeout=1.0)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.stack.normalize import coefficients, frame_weights, robust_stats
+from skystack.stack.normalize import coefficients, frame_weights, median_mad, robust_stats, sample_stats
 
 
 def test_robust_stats_per_channel(rng):
@@ -54,3 +54,44 @@ def test_weights():
     w = frame_weights("stars", m, mul)
     assert w[0] / w[1] == pytest.approx(2.0)
     assert np.all(frame_weights("none", m, mul) == 1)
+
+
+KINDS = ["sky", "full range", "few values", "one value", "fractional", "negative"]
+
+
+def _numpy_median_mad(v):
+    med = float(np.median(v))
+    return med, float(np.median(np.abs(v - med)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_median_mad_is_numpys_to_the_bit(dtype, kind):
+    """Whole-ADU samples take the histogram path, the others a partition: both give
+    exactly np.median's values, for odd and even counts."""
+    rng = np.random.default_rng(KINDS.index(kind))
+    for n in (4096, 4097, 10_000, 230_401):
+        if kind == "sky":
+            v = np.round(rng.normal(880, 35, n))
+        elif kind == "full range":
+            v = rng.integers(0, 65536, n).astype(float)
+        elif kind == "few values":
+            v = rng.integers(7, 10, n).astype(float)
+        elif kind == "one value":
+            v = np.full(n, 1234.0)
+        elif kind == "fractional":
+            v = rng.normal(100, 5, n)
+        else:
+            v = np.round(rng.normal(-3, 40, n))
+        v = v.astype(dtype)
+        assert median_mad(v) == _numpy_median_mad(v), (n, kind)
+
+
+def test_sample_stats_drop_non_finite_values():
+    rng = np.random.default_rng(8)
+    v = np.round(rng.normal(500, 20, 50_000)).astype(np.float32)
+    v[::7] = np.nan
+    v[3::11] = np.inf
+    locs, scales = sample_stats([v])
+    med, mad = _numpy_median_mad(v[np.isfinite(v)])
+    assert locs == [med] and scales == [1.4826 * mad]

@@ -8,6 +8,7 @@ arguments to one :mod:`skystack.api` call; :mod:`~skystack.cli.args` holds what 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import Sequence
@@ -19,6 +20,10 @@ from . import bench, calibrate, deepsky, lucky
 from .args import EPILOG, FORMATTER
 
 log = logging.getLogger("skystack")
+
+# Generation-1 collections between full ones in a process that is one command (Python's
+# default: 10); see main.
+_FULL_COLLECTION_EVERY = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        # The process is this command: a full collection every 100 young ones, not 10. The
+        # imports a stack makes (numba, astropy) trigger three of them, 0.18 s over objects
+        # that live until exit (measured on an 18-sub Seestar stack); the stages free their
+        # arrays by reference counting, not through cycles.
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, _FULL_COLLECTION_EVERY)
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
@@ -48,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command with --resume to continue")
         return 130
+    finally:
+        if argv is None:
+            # The process is this command (the console script, python -m skystack.cli) and
+            # ends now: the interpreter's shutdown would run full garbage collections over
+            # every object the imports made (numba's, astropy's), 0.35 s of a 4 s stack of
+            # 18 Seestar subs (measured on the 2-core project machine). Frozen objects are
+            # skipped; the memory goes back with the process. A caller that passes argv
+            # (tests, scripts) keeps collecting as usual.
+            gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -124,7 +124,8 @@ def cfa_masks(pattern: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 def debayer(
-    raw: np.ndarray, pattern: str, method: DebayerMethod = "ea"
+    raw: np.ndarray, pattern: str, method: DebayerMethod = "ea",
+    crop: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Demosaic a CFA plane into an RGB image.
 
@@ -136,10 +137,14 @@ def debayer(
         FITS-convention pattern of ``raw[0:2, 0:2]`` (``"RGGB"``, ``"GRBG"``, ...).
     method : {"bilinear", "vng", "ea"}
         Interpolation; see the module docstring for what each dtype gets.
+    crop : (y0, y1, x0, x1), optional
+        Return only these rows and columns of the result (a strip or block read with a
+        margin for the interpolation): the same values as cropping afterwards, with one
+        frame-sized float32 copy fewer for 8- and 16-bit mosaics.
 
     Returns
     -------
-    ndarray, float32, shape (H, W, 3)
+    ndarray, float32, shape (H, W, 3) (or the crop's), C-contiguous
         R, G, B planes in ADU of the input (no white balance, no scaling).
 
     Raises
@@ -164,12 +169,21 @@ def debayer(
             m = "ea"  # OpenCV VNG is 8-bit only (see module docstring)
         code = getattr(cv2, f"COLOR_Bayer{_CV_NAME[p]}2RGB{_CV_SUFFIX[m]}")
         out = cv2.cvtColor(np.ascontiguousarray(raw), code)
-        return out.astype(np.float32)
+        # cropped in the mosaic's dtype, converted once: a strip's or block's margin is
+        # never converted, and no float32 copy of the whole result is made to be cut
+        return np.array(_cropped(out, crop), dtype=np.float32, order="C")
 
     mosaic = np.ascontiguousarray(raw, dtype=np.float32)
     if method == "bilinear":
-        return _bilinear_float(mosaic, p)
-    return _hamilton_adams_float(mosaic, p)
+        return np.ascontiguousarray(_cropped(_bilinear_float(mosaic, p), crop))
+    return np.ascontiguousarray(_cropped(_hamilton_adams_float(mosaic, p), crop))
+
+
+def _cropped(image: np.ndarray, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    if crop is None:
+        return image
+    y0, y1, x0, x1 = crop
+    return image[y0:y1, x0:x1]
 
 
 # -- float32 demosaicing ---------------------------------------------------------------

@@ -390,8 +390,7 @@ class FrameSet(SourceBase):
         yb = min(h, y1 + STRIP_MARGIN)
         raw = self.read_raw_rows(i, ya, yb)
         self._check_shape(e, raw, yb - ya)
-        out = self._process(i, raw, ya)
-        return np.ascontiguousarray(out[y0 - ya:y1 - ya])
+        return self._process(i, raw, ya, crop=(y0 - ya, y1 - ya, 0, raw.shape[1]))
 
     def read_block(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows ``y0:y1``, columns ``x0:x1`` of :meth:`read`, reading only a block around
@@ -414,8 +413,7 @@ class FrameSet(SourceBase):
         yb, xb = min(h, y1 + STRIP_MARGIN), min(w, x1 + STRIP_MARGIN)
         raw = self.read_raw_block(i, ya, yb, xa, xb)
         self._check_block(e, raw, yb - ya, xb - xa)
-        out = self._process(i, raw, ya, xa)
-        return np.ascontiguousarray(out[y0 - ya:y1 - ya, x0 - xa:x1 - xa])
+        return self._process(i, raw, ya, xa, crop=(y0 - ya, y1 - ya, x0 - xa, x1 - xa))
 
     def _check_block(self, e: SourceEntry, raw: np.ndarray, rows: int, cols: int) -> None:
         want = (rows, cols) + tuple(e.shape[2:])
@@ -438,16 +436,21 @@ class FrameSet(SourceBase):
                 f"frame is {shape_text(raw.shape)}, the file's header said {shape_text(want)}",
             )
 
-    def _process(self, i: int, raw: np.ndarray, y0: int, x0: int = 0) -> np.ndarray:
+    def _process(self, i: int, raw: np.ndarray, y0: int, x0: int = 0,
+                 crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """The one place where a raw plane becomes a processed frame (``raw`` starts at row
-        ``y0``, column ``x0``; raw steps are only ever given whole rows, ``x0 == 0``)."""
+        ``y0``, column ``x0``; raw steps are only ever given whole rows, ``x0 == 0``).
+        ``crop`` (rows and columns of ``raw``) keeps only that part of the result, as a
+        contiguous array: the margin a strip or block was read with for demosaicing."""
         plane = raw
         for step in self._raw_steps:
             plane = step(plane, index=i, y0=y0)
         pattern = self.pattern(i)
         if pattern is not None and self._options.debayer == "auto" and plane.ndim == 2:
-            return debayer(plane, pattern_shift(pattern, x0, y0), self._options.debayer_method)
-        return np.asarray(plane, dtype=np.float32)
+            return debayer(plane, pattern_shift(pattern, x0, y0), self._options.debayer_method, crop=crop)
+        if crop is None:
+            return np.asarray(plane, dtype=np.float32)
+        return np.ascontiguousarray(plane[crop[0]:crop[1], crop[2]:crop[3]], dtype=np.float32)
 
     # -- the open-file LRU --------------------------------------------------------------
     def _use(self, e: SourceEntry, fn: Callable[[Any], Any]) -> Any:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..options import OutputOptions
 from ..types import FrameResult
+from .plots import plot_frames
 from .write import write_fits, write_image, write_preview
 
 
@@ -113,8 +114,6 @@ def write_stack(out: Path, image: np.ndarray, *, header: Any, history: Sequence[
     if output.preview and out.suffix.lower() != ".png":
         written.append(write_preview(preview_path(out), image))
     if output.preview and results is not None:
-        from .plots import plot_frames  # matplotlib: only when a plot is drawn (see .plots)
-
         written.append(plot_frames(quality_plot_path(out), list(results), reference or 0))
     return written
 

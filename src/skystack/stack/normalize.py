@@ -52,11 +52,52 @@ def sample_stats(samples: list[np.ndarray]) -> tuple[list[float], list[float]]:
             locs.append(float("nan"))
             scales.append(float("nan"))
             continue
-        med = float(np.median(v))
-        mad = float(np.median(np.abs(v - med)))
+        med, mad = median_mad(v)
         locs.append(med)
         scales.append(1.4826 * mad)
     return locs, scales
+
+
+# Integer-valued samples below this (camera data: raw or demosaiced 8- to 16-bit ADU) take
+# the histogram path of median_mad.
+_HISTOGRAM_VALUES = 1 << 17
+_HISTOGRAM_MIN_SIZE = 4096  # below this a sort is as quick
+
+
+def median_mad(v: np.ndarray) -> tuple[float, float]:
+    """``(np.median(v), np.median(|v - median|))`` of finite values, to the bit.
+
+    Frames straight from a camera hold whole ADU (a demosaiced 16-bit frame too: OpenCV
+    interpolates in integers), so their medians are read from a histogram: two counting
+    passes instead of two partitions of a copy (about 10 ms of a Seestar frame's 40 in
+    phase 1, measured on the 2-core project machine). The order statistics found are the
+    ones a partition finds, and the middle pair is averaged exactly as ``np.median`` does
+    (``np.mean`` in the samples' dtype), so the values are identical; anything else
+    (calibrated, negative, fractional data) is partitioned.
+    """
+    n = v.size
+    if n >= _HISTOGRAM_MIN_SIZE and v.dtype.kind == "f":
+        lo, hi = v.min(), v.max()
+        if lo >= 0 and hi < _HISTOGRAM_VALUES:
+            iv = v.astype(np.int64)
+            if np.array_equal(iv, v):
+                med = _histogram_median(np.bincount(iv), n, v.dtype, 1)
+                # |v - median| in half-ADU steps: the median may fall between two values
+                dev2 = np.abs(2 * iv - int(round(2 * med)))
+                return med, _histogram_median(np.bincount(dev2), n, v.dtype, 2)
+    med = float(np.median(v))
+    return med, float(np.median(np.abs(v - med)))
+
+
+def _histogram_median(counts: np.ndarray, n: int, dtype: np.dtype, unit: int) -> float:
+    """The median of ``n`` values whose histogram (in steps of ``1/unit``) is ``counts``."""
+    cum = np.cumsum(counts)
+    k = n // 2
+    upper = int(np.searchsorted(cum, k, side="right")) / unit  # the k-th smallest (0-based)
+    if n % 2:
+        return float(np.mean(np.array([upper], dtype=dtype)))
+    lower = int(np.searchsorted(cum, k - 1, side="right")) / unit
+    return float(np.mean(np.array([lower, upper], dtype=dtype)))
 
 
 def coefficients(mode: str, loc: np.ndarray, scale: np.ndarray, ref: int) -> tuple[np.ndarray, np.ndarray]:

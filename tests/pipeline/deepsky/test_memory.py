@@ -6,7 +6,7 @@ The baseline is what the interpreter holds for the same command on negligible da
 frames of 128×160): every import, compiled kernel, thread and allocator arena the command
 uses, with no frame worth counting. (Importing the modules alone, without running the
 command, misses ~6 MB of them: threads' arenas, OpenCV's and astropy's lazily loaded parts,
-and matplotlib when a preview and plot are drawn.)
+and the preview and plot writers.)
 """
 from __future__ import annotations
 

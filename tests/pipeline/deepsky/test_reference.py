@@ -122,3 +122,22 @@ def test_frames_too_small_to_register_are_a_clear_failure(command, size, tmp_pat
     h, w = size
     assert err.count("\n") == 1 and f"frames of {w}×{h} cannot be registered" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_reference_is_built_from_the_luminance_it_was_measured_on(lights, workers):
+    """The chosen candidate's luminance, kept from measuring it, builds the same reference
+    as reading the frame again; no other candidate's luminance is left behind."""
+    from skystack.io import open_frames
+    from skystack.options import RegisterOptions, RunOptions
+    from skystack.register.deepsky import Reference
+
+    _, folder = lights
+    frames = open_frames([folder])
+    options = RegisterOptions()
+    ref, _, seen, reference = phase1.choose_reference(frames, options, RunOptions(workers=workers), workers)
+    assert all(getattr(m, "lum", None) is None for m in seen.values())
+    again = Reference.build(phase1.read_luminance(frames, ref)[0], options, stars=seen[ref].stars)
+    assert np.array_equal(reference.stars.xy, again.stars.xy)
+    assert np.array_equal(reference.orb.descriptors, again.orb.descriptors)
+    assert np.array_equal(reference.orb.xy, again.orb.xy)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skystack.errors import UsageError
-from skystack.pipeline.deepsky.phase2 import reuse_done
+from skystack.pipeline.deepsky.phase2 import first_cell_apart, reuse_done
 from skystack.pipeline.deepsky.resume import Journal, npy_data_offset, read_rows, write_block, write_rows
 from skystack.stack.plan import TilePlan
 from skystack.types import Fate, FrameResult, Transform
@@ -108,3 +108,17 @@ def test_done_tiles_are_reused_when_the_new_plan_nests_in_them():
     skip = set()  # a rectangle recorded twice (two resumed runs) counts once
     taken = reuse_done(done + [done[0]], same, skip, 3)
     assert taken[0, 0] == 111
+
+
+def test_the_first_tile_s_top_cells_run_apart_and_a_resume_redoes_that_tile():
+    tiles = [(0, 240, 0, 540), (0, 240, 540, 1080), (240, 480, 0, 540)]
+    blocks = first_cell_apart(tiles)
+    assert blocks[:2] == [(0, 8, 0, 540), (8, 240, 0, 540)] and blocks[2:] == tiles[1:]
+    assert first_cell_apart([(0, 8, 0, 10)]) == [(0, 8, 0, 10)] and first_cell_apart([]) == []
+    # an interrupted run recorded the split rectangles: the plan's tile 0 lies in neither,
+    # so it is redone and their counts are not taken; the others are reused
+    counts = {b: np.full((3, 2), k + 1) for k, b in enumerate(blocks)}
+    skip: set[int] = set()
+    taken = reuse_done(list(counts.items()), tiles, skip, 3)
+    assert skip == {1, 2}
+    assert np.array_equal(taken, counts[tiles[1]] + counts[tiles[2]])

@@ -81,6 +81,9 @@ class Measured:
     name: str
     stars: Stars
     metrics: dict[str, float]
+    # the luminance, kept only while this frame is the best reference candidate so far
+    # (choose_reference builds the reference from it instead of reading the frame again)
+    lum: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -168,12 +171,16 @@ def _read_and_measure(frames, index: int, options: RegisterOptions, shape: tuple
     return lum, Measured(index=index, path=path, name=name, stars=detect_frame(lum, options), metrics=metrics)
 
 
-def measure_task(task: MeasureTask, index: int) -> Measured | FrameResult:
-    """Read and measure one frame (a reference candidate). Never raises for a bad frame."""
+def measure_task(task: MeasureTask, index: int, keep_lum: bool = False) -> Measured | FrameResult:
+    """Read and measure one frame (a reference candidate), with its luminance when
+    ``keep_lum``. Never raises for a bad frame."""
     got = _read_and_measure(task.workspace.frames(), index, task.options, task.shape)
     if isinstance(got, FrameResult):
         return got
-    return got[1]
+    lum, m = got
+    if keep_lum:
+        m.lum = lum
+    return m
 
 
 def register_task(task: RegisterTask, index: int) -> FrameResult:
@@ -233,7 +240,7 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
     if options.reference is not None:
         if not 0 <= options.reference < n:
             raise UsageError(f"--reference {options.reference}: there are {n} frames (0 to {n - 1})")
-        got = measure_task(MeasureTask(Workspace(frames.spec), options, None), options.reference)
+        got = measure_task(MeasureTask(Workspace(frames.spec), options, None), options.reference, True)
         if isinstance(got, FrameResult):
             raise UsageError(f"--reference {options.reference}: {got.name}: {got.reason}")
         _check_size(frames.processed_shape(options.reference), got.name)
@@ -242,18 +249,33 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
     task = MeasureTask(Workspace(frames.spec), options, tuple(frames.shape))
     want = options.reference_candidates
     nxt = 0
+    keep = not run.scheduler  # luminances come back from local threads only, never over a network
+    best: list[tuple[float, int]] = []  # the (-score, index) whose luminance is kept
+
+    def take(i: int, got: Measured | FrameResult) -> None:
+        seen[i] = got
+        if not isinstance(got, Measured) or got.lum is None:
+            return
+        key = (-quality_score(got.stars.metrics()), i)
+        if best and best[0] <= key:
+            got.lum = None
+            return
+        if best:
+            seen[best[0][1]].lum = None  # type: ignore[union-attr]
+        best[:] = [key]
+
     # The first frame is measured here, alone: Numba loads each kernel from its cache on its
     # first call, and two threads making that first call at once crashed the process
     # (SIGSEGV in detection's measure_stars, 1 run in 5 with 2 workers); once loaded, the
     # kernels run in any number of threads.
     while nxt < n and not any(isinstance(v, Measured) for v in seen.values()) and not run.scheduler:
-        seen[nxt] = measure_task(task, nxt)
+        take(nxt, measure_task(task, nxt, keep))
         nxt += 1
     while nxt < n and sum(isinstance(v, Measured) for v in seen.values()) < want:
         batch = list(range(nxt, min(n, nxt + want - sum(isinstance(v, Measured) for v in seen.values()))))
         nxt = batch[-1] + 1
-        run_tasks(measure_task, [(task, i) for i in batch], workers=workers, scheduler=run.scheduler,
-                  on_result=lambda k, r, b=batch: seen.__setitem__(b[k], r))
+        run_tasks(measure_task, [(task, i, keep) for i in batch], workers=workers, scheduler=run.scheduler,
+                  on_result=lambda k, r, b=batch: take(b[k], r))
     scored = [(quality_score(m.stars.metrics()), i) for i, m in seen.items() if isinstance(m, Measured)]
     if not scored:
         raise NoFramesError("no readable frame of the set's size to use as the reference")
@@ -285,9 +307,11 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
 
 
 def _reference(frames, m: Measured, options: RegisterOptions) -> Reference:
-    """The :class:`Reference` of a measured frame: its stars as detected, its pixels read
-    once more for the ORB features (``orb``/``auto``)."""
-    return Reference.build(read_luminance(frames, m.index)[0], options, stars=m.stars)
+    """The :class:`Reference` of a measured frame: its stars as detected, its pixels (kept
+    from measuring it, or read once more) for the ORB features (``orb``/``auto``)."""
+    lum = m.lum if m.lum is not None else read_luminance(frames, m.index)[0]
+    m.lum = None  # the reference keeps its stars and features, not the pixels
+    return Reference.build(lum, options, stars=m.stars)
 
 
 def _check_size(shape: tuple[int, ...], name: str) -> None:
@@ -354,6 +378,7 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
         bar.update()
 
     again = []
+    matched_here = False  # a star match succeeded in this thread: the matcher's kernels are loaded
     for i, m in seen.items():  # the candidates: their stars matched without reading them again
         if i in done:
             continue
@@ -363,6 +388,7 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
             again.append(i)
         else:
             reg = register_frame(None, reference, replace(options, method="stars"), stars=m.stars)
+            matched_here |= reg.ok
             if reg.transform is None and options.method == "auto" and i != ref_index:
                 again.append(i)  # the ORB fallback needs the pixels
             else:
@@ -370,9 +396,13 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
     todo = [i for i in range(len(frames)) if i not in results and (i not in seen or i in again)]
     task = RegisterTask(Workspace(frames.spec), reference, ref_shape, ref_index, options)
     try:
-        if todo and workers > 1 and not run.scheduler:
+        if todo and workers > 1 and not run.scheduler and not matched_here:
             # one frame alone first, as in choose_reference: every kernel registration uses
-            # (the triangle matcher's too) is then loaded before two threads call it at once
+            # (the triangle matcher's too) is then loaded before two threads call it at once.
+            # Not needed once a candidate's stars matched here (detection's kernels were
+            # loaded measuring the first candidate, the reference's ORB features loaded
+            # theirs): that frame alone cost a frame's time on one core (~0.05 s of 18
+            # Seestar subs).
             on_result(0, register_task(task, todo[0]))
             todo = todo[1:]
         run_tasks(register_task, [(task, i) for i in todo], workers=workers, scheduler=run.scheduler,

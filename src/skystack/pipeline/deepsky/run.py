@@ -113,6 +113,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     kept_frames = normalisation(p1, kept, job.stack)
     image, count, weight, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend,
                                                src.timings, src.cluster)
+    release_free_memory()  # the tiles' buffers, freed in the workers' heaps, before the outputs' own
     return finish(src, p1, kept, Combined(image, count, weight, stack_info), job, journal, resumed, backend.name,
                   t_start)
 

@@ -1,0 +1,48 @@
+"""The coverage warp is skipped only where it would mark nothing: a tile mapped wholly
+inside its source gives the same pixels, to the bit, with or without the shortcut."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skystack.backends import cpu as cpu_backend
+from skystack.backends.cpu import CpuBackend, maps_inside
+
+
+def _affine(angle_deg: float, tx: float, ty: float, scale: float = 1.0) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    c, s = scale * np.cos(a), scale * np.sin(a)
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+@pytest.mark.parametrize("angle,tx,ty,inside", [
+    (0.0, -3.0, -4.0, True),      # the output window sits 3-4 px inside the source
+    (0.0, 0.0, 0.0, False),       # identity: the edge centres are 0.5 px from the border
+    (0.0, 2.0, 0.0, False),       # shifted right: the left columns come from outside
+    (1.5, -20.0, -20.0, True),
+    (-1.5, 0.0, -20.0, False),    # rotated: a corner of the left edge leaves the source
+])
+def test_maps_inside_agrees_with_the_coverage_warp(angle, tx, ty, inside):
+    import cv2
+
+    src_shape, out_shape = (120, 160), (80, 110)
+    m = _affine(angle, tx, ty)
+    ones = np.ones(src_shape, np.uint8)
+    cov = cv2.warpAffine(ones, m, out_shape[::-1], flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=0)
+    assert maps_inside(m, out_shape, src_shape) is inside
+    if inside:
+        assert cov.all()  # the shortcut never skips a pixel the mask would have removed
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "cubic", "lanczos"])
+@pytest.mark.parametrize("tx,ty", [(-3.0, -4.0), (1.5, 0.3), (-30.0, 2.0)])
+def test_warp_is_the_same_with_and_without_the_shortcut(monkeypatch, interp, tx, ty):
+    rng = np.random.default_rng(3)
+    src = rng.normal(100, 10, (120, 160)).astype(np.float32)
+    m = _affine(0.7, tx, ty, 1.001)
+    fast = CpuBackend().warp(src, m, (80, 110), interp)
+    monkeypatch.setattr(cpu_backend, "maps_inside", lambda *a, **k: False)
+    slow = CpuBackend().warp(src, m, (80, 110), interp)
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(slow))
+    np.testing.assert_array_equal(np.nan_to_num(fast, nan=-1), np.nan_to_num(slow, nan=-1))
