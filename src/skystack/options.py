@@ -59,6 +59,7 @@ Normalization = Literal["auto", "none", "add", "mul", "addscale", "mulscale"]
 Weighting = Literal["none", "noise", "stars", "fwhm"]
 DebayerMethod = Literal["bilinear", "ea", "vng"]
 Backend = Literal["auto", "cpu", "cupy", "cv2cuda"]
+LuckyBackend = Literal["auto", "cpu", "cupy"]  # cv2.cuda has nothing for lucky imaging
 TiffDtype = Literal["float32", "uint16"]
 StretchKind = Literal["none", "linear", "midtone", "asinh", "auto"]
 BenchBackend = Literal["all", "cpu", "cupy", "cv2cuda"]
@@ -435,7 +436,12 @@ class LuckyOptions(Checked):
         The area-average factor of the view the quality is measured on.
     workers
         Workers for the ranking and stacking tasks (default: all cores): forked processes
-        for memory-mapped videos (SER, FITS) on Linux, threads otherwise; 1 = one core.
+        for memory-mapped videos (SER, FITS) on Linux, threads otherwise (always threads
+        with a GPU); 1 = one core.
+    backend
+        Where the ranking pass and the global shifts of the stacked frames are measured:
+        ``"auto"`` (a CUDA GPU through CuPy when usable, else the CPU), ``"cpu"`` or
+        ``"cupy"`` (see :mod:`skystack.backends.lucky_gpu`).
     """
 
     keep: str = field(default="10%", metadata=flag(
@@ -466,8 +472,12 @@ class LuckyOptions(Checked):
     quality_downsample: int = 2
     workers: int | None = field(default=None, metadata=flag(
         "--workers", metavar="N", parse=int,
-        help="workers (default: all cores): processes for SER/FITS videos, threads for decoded ones; "
-             "1 = one core"))
+        help="workers (default: all cores): processes for SER/FITS videos, threads for decoded ones "
+             "or with a GPU; 1 = one core"))
+    backend: LuckyBackend = field(default="auto", metadata=flag(
+        "--backend",
+        help="where frames are ranked and aligned: auto (a CUDA GPU through CuPy when usable, else the CPU), "
+             "cpu or cupy"))
 
     def check(self) -> None:
         parse_keep(self.keep)

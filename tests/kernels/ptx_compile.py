@@ -30,6 +30,7 @@ def kernel_cases() -> dict:
     from _skystack_kernels.codes import REDUCE_MEAN, REJECT_SIGMA
     from _skystack_kernels.cpu.warp import TILE_COLUMNS
     from _skystack_kernels.gpu import combine as gc
+    from _skystack_kernels.gpu import lucky as gl
     from _skystack_kernels.gpu import warp as gw
 
     n, h, w, c, hs, ws, t, threads = 7, 3, 5, 3, 6, 5, 2, 4
@@ -47,6 +48,15 @@ def kernel_cases() -> dict:
     frame = np.zeros((hs, ws), np.float32)
     frame_rgb = np.zeros((hs, ws, c), np.float32)
     matrix = np.array([[1.0, 0.01, 0.3], [-0.01, 1.0, 0.2]])
+    # LuckyDevice (backends/lucky_gpu.py): a batch of frames uploaded in their own dtype,
+    # (B, H, W) C-contiguous; views, blur and energy buffers (B, h, w) float32; the Gaussian
+    # taps float64; per-frame cell offsets int64; cell sums (B, cells) float64 / int64
+    raw_shape = (n, 2 * hs + 1, 2 * ws)  # an odd height: the views of odd-sized frames
+    lucky_views = np.zeros((n, hs, ws), np.float32)
+    taps = np.zeros(5, np.float64)
+    offsets = np.zeros(n, np.int64)
+    cell_means = np.zeros((n, 6), np.float64)
+    cell_area = np.zeros((n, 6), np.int64)
     return {
         # every rejection method and both reductions live in this one kernel (runtime codes)
         "combine": (gc._combine_kernel, gc.combine_launch_args(band[0], weights, REJECT_SIGMA, REDUCE_MEAN, 3.0, 3.0,
@@ -57,6 +67,14 @@ def kernel_cases() -> dict:
         "warp_affine_2d": (gw._warp_kernel_2d, gw.warp_launch_args(frame, matrix, image[0], "lanczos")),
         "warp_affine_3d": (gw._warp_kernel_3d, gw.warp_launch_args(frame_rgb, matrix, np.zeros((h, w, c), np.float32),
                                                                    "bilinear")),
+        # LuckyDevice.area: raw 8- and 16-bit frames, float32 crops / coarse views
+        "lucky_area_u8": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.uint8), lucky_views)),
+        "lucky_area_u16": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.uint16), lucky_views)),
+        "lucky_area_f32": (gl._area_kernel, gl.area_launch_args(np.zeros(raw_shape, np.float32), lucky_views)),
+        "lucky_blur": (gl._blur_kernel, (lucky_views, taps, 2, lucky_views.copy())),
+        "lucky_log_energy": (gl._log_energy_kernel, (lucky_views, lucky_views.copy())),
+        "lucky_cells": (gl._cells_kernel, (lucky_views, lucky_views.copy(), offsets, offsets.copy(), 16, 3, cell_means,
+                                           cell_means.copy(), cell_area)),
     }
 
 
@@ -65,10 +83,11 @@ def all_kernels() -> list[str]:
     from numba.cuda.dispatcher import CUDADispatcher
 
     from _skystack_kernels.gpu import combine as gc
+    from _skystack_kernels.gpu import lucky as gl
     from _skystack_kernels.gpu import warp as gw
 
     names = []
-    for mod in (gc, gw):
+    for mod in (gc, gl, gw):
         for name, obj in vars(mod).items():
             if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device"):
                 names.append(f"{mod.__name__}.{name}")
@@ -90,8 +109,11 @@ def compile_all(ccs: list[tuple[int, int]]) -> dict:
     from numba import cuda
 
     cases = kernel_cases()
-    covered = sorted(f"{k.py_func.__module__}.{k.py_func.__name__}" for k, _ in cases.values())
-    report = {"nvvm": nvvm_status(), "kernels": all_kernels(), "covered": covered, "results": {}}
+    # a kernel launched with several argument types (the lucky area kernel: uint8, uint16,
+    # float32 frames) has one case per signature
+    covered = sorted({f"{k.py_func.__module__}.{k.py_func.__name__}" for k, _ in cases.values()})
+    report = {"nvvm": nvvm_status(), "kernels": all_kernels(), "covered": covered, "cases": sorted(cases),
+              "results": {}}
     if not report["nvvm"]["ok"]:
         return report
     for cc in ccs:

@@ -24,7 +24,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TARGETS = ("sm_80", "sm_90")
-KERNELS = ("combine", "warp_tiles_2d", "warp_tiles_planar", "warp_affine_2d", "warp_affine_3d")
+KERNELS = ("combine", "warp_tiles_2d", "warp_tiles_planar", "warp_affine_2d", "warp_affine_3d",
+           "lucky_area_u8", "lucky_area_u16", "lucky_area_f32", "lucky_blur", "lucky_log_energy", "lucky_cells")
 TIMEOUT_S = 600  # generous: ~15 s of CPU per target on the 2-core CI machine
 
 
@@ -52,9 +53,10 @@ def test_ptx_nvvm_is_installed(ptx):
 
 
 def test_ptx_cases_cover_every_kernel(ptx):
-    """A new @cuda.jit kernel must be added to ptx_compile.kernel_cases (and to KERNELS)."""
+    """A new @cuda.jit kernel must be added to ptx_compile.kernel_cases (and to KERNELS),
+    one case per argument signature it is launched with."""
     assert ptx["covered"] == ptx["kernels"]
-    assert len(KERNELS) == len(ptx["kernels"])
+    assert sorted(KERNELS) == ptx["cases"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -73,3 +75,17 @@ def test_ptx_combine_is_launched_with_contiguous_typed_buffers(ptx):
     assert sig[:8] == ["array(float32, 3d, C)", "array(float32, 1d, C)", "int64", "int64", "float64", "float64",
                        "int64", "array(float64, 1d, C)"]
     assert sig.count("array(float64, 2d, C)") == 6 and sig[-2] == "array(int8, 2d, C)"
+
+
+def test_ptx_lucky_kernels_are_launched_with_the_device_buffers(ptx):
+    """The lucky kernels' compiled signatures are LuckyDevice's: frames in their own dtype,
+    C-contiguous (B, H, W); float32 views; float64 taps and cell sums; int64 offsets."""
+    res = ptx["results"]
+    assert [res[f"lucky_area_{t}@sm_80"]["signature"][0] for t in ("u8", "u16", "f32")] == [
+        "array(uint8, 3d, C)", "array(uint16, 3d, C)", "array(float32, 3d, C)"]
+    assert res["lucky_area_u8@sm_80"]["signature"][1:] == ["float64", "float64", "array(float32, 3d, C)"]
+    assert res["lucky_blur@sm_90"]["signature"] == ["array(float32, 3d, C)", "array(float64, 1d, C)", "int64",
+                                                     "array(float32, 3d, C)"]
+    assert res["lucky_cells@sm_90"]["signature"] == (["array(float32, 3d, C)"] * 2 + ["array(int64, 1d, C)"] * 2
+                                                      + ["int64"] * 2 + ["array(float64, 2d, C)"] * 2
+                                                      + ["array(int64, 2d, C)"])

@@ -8,4 +8,8 @@ libraries imported inside it, so ``import skystack`` never needs them), its name
 :data:`skystack.options.Backend` and a branch in :func:`.registry.resolve`, and parity
 tests against :class:`~.cpu.CpuBackend` (``tests/backends/backend_cases.py`` holds the
 shared cases).
+
+The lucky pipeline's GPU work (batched ranking measurements and phase correlation) is in
+:mod:`.lucky_gpu`, resolved by :func:`.registry.resolve_lucky` from the same ``--backend``
+option (``auto|cpu|cupy``).
 """

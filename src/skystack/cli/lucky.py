@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="stacked image: .fits, .tif/.tiff or .png; or a FOLDER/ for one stack per input video")
     g = p.add_argument_group("selection and alignment")
-    add_options(g, options.LuckyOptions, exclude=("workers",))
+    add_options(g, options.LuckyOptions, exclude=("workers", "backend"))
     add_options(g, options.ReadOptions, only=("debayer_method", "bayer_override"),
                 defaults=options.LuckyJob().read)
     g = p.add_argument_group("calibration (raw frames, before demosaicing)")
@@ -51,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("sharpening (writes OUT_sharpened too)")
     add_options(g, options.EnhanceOptions)
     g = p.add_argument_group("execution")
-    add_options(g, options.LuckyOptions, only=("workers",))
+    add_options(g, options.LuckyOptions, only=("workers", "backend"))
     add_verbosity(g)
     p.set_defaults(func=cmd_lucky)
 

@@ -156,11 +156,14 @@ class PointAligner:
         self.opts, self.ref, self.rel = run.opts, ref, ranking.rel
         self.local = LocalAligner(ref.image, grid)
 
-    def __call__(self, i: int, lum: np.ndarray, which: np.ndarray | None, global_too: bool) -> FrameAlignment:
+    def __call__(self, i: int, lum: np.ndarray, which: np.ndarray | None, global_too: bool,
+                 shift: Shift | None = None) -> FrameAlignment:
         """Measure frame ``i`` at the APs ``which`` (None: all), and globally when
-        ``global_too`` (then the APs are correlated from the global shift)."""
+        ``global_too`` (then the APs are correlated from the global shift; ``shift``: that
+        shift, already measured on a GPU)."""
         if global_too:
-            s, ok = global_measure(self.ref.aligner, lum, self.rel[i], self.opts.min_response)
+            s, ok = ((shift, shift.response >= self.opts.min_response) if shift is not None
+                     else global_measure(self.ref.aligner, lum, self.rel[i], self.opts.min_response))
             pm = self.local.measure(lum, (s.sx, s.sy) if ok else tuple(self.rel[i]), which)
             return FrameAlignment(s, ok, pm)
         c = self.rel[i]

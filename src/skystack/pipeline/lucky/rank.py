@@ -166,33 +166,49 @@ class Ranker:
         if hi - lo >= BLANK_SPAN:
             self._locate(view, r, key, corr)
         # the cells sit on the object: where the first frame's cells are in this one
-        c = r.coarse if r.coarse is not None else self.anchor
-        r.cells = measure_view(view, self.grid, ((c[0] - self.anchor[0]) / self.f, (c[1] - self.anchor[1]) / self.f))
+        r.cells = measure_view(view, self.grid, self.cell_offset(r))
         return r
+
+    def cell_offset(self, r: _Rank) -> tuple[float, float]:
+        """Where the cells sit in frame ``r``'s view: its coarse position (or the anchor)
+        from the anchor, in view pixels."""
+        c = r.coarse if r.coarse is not None else self.anchor
+        return ((c[0] - self.anchor[0]) / self.f, (c[1] - self.anchor[1]) / self.f)
+
+    def found_disk(self, r: _Rank, d) -> None:
+        """Record a planet's disk ``d`` (found in the view) in ``r``, at full resolution."""
+        f = self.f
+        r.coarse = (f * d.cx + (f - 1) / 2.0, f * d.cy + (f - 1) / 2.0)
+        r.touches_edge = d.touches_edge
+        r.response = 1.0
+
+    def matched(self, r: _Rank, key: KeyFrame, view_shape: tuple[int, ...], sx: float, sy: float,
+                response: float) -> None:
+        """Record the coarse correlation of ``r``'s view against ``key``: the response, and
+        the position when it is a match."""
+        r.response = response
+        if response >= _COARSE_MIN_RESPONSE:
+            k = self.coarse_factor(view_shape)
+            r.coarse = (key.offset[0] + k * sx, key.offset[1] + k * sy)
 
     def _locate(self, view: np.ndarray, r: _Rank, key: KeyFrame | None, corr: PhaseCorrelator | None) -> None:
         if self.mode == "planet":
             d = disk_centroid(view)
             if d is not None:
-                f = self.f
-                r.coarse = (f * d.cx + (f - 1) / 2.0, f * d.cy + (f - 1) / 2.0)
-                r.touches_edge = d.touches_edge
-                r.response = 1.0
+                self.found_disk(r, d)
             return
         cv = self.coarse_view(view)
         r.keyable = True
         r.coarse_view = cv if self.keep_views else None
         if corr is not None:
             s = corr.measure(cv)
-            r.response = s.response
-            if s.response >= _COARSE_MIN_RESPONSE:
-                k = self.coarse_factor(view.shape)
-                r.coarse = (key.offset[0] + k * s.sx, key.offset[1] + k * s.sy)
+            self.matched(r, key, view.shape, s.sx, s.sy, s.response)
 
 
-def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
+def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
     """Pass 1 over every frame: fill the table's sharpness cells, peak and coarse
-    position, and mark unreadable, blank, lost and out-of-field frames."""
+    position, and mark unreadable, blank, lost and out-of-field frames (``gpu``: a
+    :class:`.gpu.GpuRanker` measuring each chunk task at once, else ``ranker``)."""
     table, reader = run.table, run.reader
     n = table.n
     table.cells((ranker.grid.ny, ranker.grid.nx))
@@ -210,7 +226,8 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool) -> None:
     current = ranker.first_key
     # tasks name the first key frame, whose view every worker has (it travels once)
     first = dataclasses.replace(current, view=None) if current is not None else None
-    results = run.map(lambda t: ranker.chunk(t, read), tasks(), inflight=_KEY_LAG)  # before the bar's thread
+    measure = gpu.chunk if gpu is not None else ranker.chunk
+    results = run.map(lambda t: measure(t, read), tasks(), inflight=_KEY_LAG)  # before the bar's thread
     with Progress(n, "lucky: rank", run.quiet) as bar:
         for rs in results:
             last_ok = None

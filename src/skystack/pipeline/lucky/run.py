@@ -45,7 +45,10 @@ calling thread with OpenCV single-threaded (one core, honestly). With more worke
 memory-mapped input (SER, FITS), the passes over the video run in forked worker processes
 that read their own frames: much of a frame's millisecond is Python holding the GIL, and
 threads gave ~1.0-1.2x on two cores. A video decoder must be read in order on one thread:
-then that thread reads and the tasks run on a thread pool (:mod:`.pool`).
+then that thread reads and the tasks run on a thread pool (:mod:`.pool`). With a lucky GPU
+(``--backend``, :mod:`.gpu`) the ranking tasks and the stacking tasks' global shifts are
+measured on the device, and the workers are threads (a CUDA context is unusable in a
+forked child).
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.registry import resolve_lucky
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...options import LuckyJob
@@ -64,6 +68,7 @@ from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
 from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video, tasks_can_read
+from .gpu import GpuRanker
 from .pool import Workers
 from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
 from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs, write_report
@@ -105,7 +110,9 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
     """
     t_start = time.perf_counter()
     c_start = time.process_time()
-    workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=True)
+    device = resolve_lucky(job.lucky.backend)  # the backend switch, resolved once: None = CPU
+    # a CUDA context cannot be used in a forked child: with a device the workers are threads
+    workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=device is None)
     try:
         prepare_writer(job.output.output, workers)
         out = Path(job.output.output) if job.output.output is not None else None
@@ -117,7 +124,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         run = LuckyRun(frames=src.frames, reader=Reader(src.frames, src.shape), table=FrameTable(len(src.frames)),
                        opts=job.lucky, source=frame_path(src.frames, 0), workers=workers, quiet=job.quiet,
                        messages=src.messages, reads_in_task=reads_in_task)
-        result = _conduct(run, job, src)
+        result = _conduct(run, job, src, device)
     finally:
         workers.close()
     result.report["cpu_timings"]["total_s"] = round(workers.cpu_s() - c_start, 4)
@@ -125,15 +132,15 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
     return _finish(result, src, t_start)
 
 
-def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
-    """The steps, in order."""
+def _conduct(run: LuckyRun, job: LuckyJob, src: Source, device=None) -> LuckyResult:
+    """The steps, in order (``device``: the lucky GPU, :mod:`.gpu`, or ``None``)."""
     opts, timings, table = run.opts, run.timings, run.table
     # pass 1: rank every frame
     t0, c0 = time.perf_counter(), run.workers.cpu_s()
     raw_path = has_raw_fast_path(run.frames) and opts.quality_downsample % 2 == 0
     ranker = Ranker(opts, run.shape)
     mode = ranker.start(run, src.first_image, src.first)
-    rank_all(run, ranker, raw_path)
+    rank_all(run, ranker, raw_path, GpuRanker(ranker, device) if device is not None else None)
     report_unreadable(run)
     check_signal(run)
     sharp = score_frames(run, ranker)
@@ -153,10 +160,10 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source) -> LuckyResult:
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
         t0, c0 = run.lap("select_s", c0)
-        stacked = stack_points(run, ranking, ref, grid, choice, colour, mode)
+        stacked = stack_points(run, ranking, ref, grid, choice, colour, mode, device)
         outside = f"outside --keep {opts.keep} and not among the best {ranking.n_keep} at any alignment point"
     else:
-        stacked = stack_global(run, ranking, ref, colour)
+        stacked = stack_global(run, ranking, ref, colour, device)
         timings["align_stack_s"] = time.perf_counter() - t0
         outside = f"outside --keep {opts.keep}"
     n_used = int(table.used.sum())

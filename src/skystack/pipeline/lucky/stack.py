@@ -21,6 +21,7 @@ from ...runtime.progress import Progress
 from ...types import Fate
 from .align import PointAligner, Reference, global_measure
 from .frames import NO_MATCH, UNREADABLE, LuckyRun, chunked
+from .gpu import GpuShifts
 from .rank import PointChoice, Ranking
 
 if TYPE_CHECKING:
@@ -148,8 +149,9 @@ def _merge(total: np.ndarray | None, part: np.ndarray | None) -> np.ndarray | No
     return total
 
 
-def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) -> Stacked:
-    """Align the kept frames globally and shift-and-add them (or drizzle them)."""
+def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, device=None) -> Stacked:
+    """Align the kept frames globally and shift-and-add them (or drizzle them); with a
+    ``device`` (:mod:`.gpu`) each task's shifts are measured there, in one batch."""
     opts, table, rel, rank = run.opts, run.table, ranking.rel, ranking.rank
     kept = np.sort(ranking.order[:ranking.n_keep])
     h, w = shape = run.shape
@@ -159,11 +161,16 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
     best_aligned = None
     read = lambda i: run.reader.read(i, colour)  # noqa: E731
 
-    def frame(i, img):
+    shifts = GpuShifts(device, ref.aligner, rel) if device is not None else None
+
+    def frame(i, img, pre=None):  # pre: the shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return i, img, None, None
-        lum = luminance(img)
-        s, ok = global_measure(ref.aligner, lum, rel[i], opts.min_response)
+        if pre is not None:
+            s, ok = pre, pre.response >= opts.min_response
+        else:
+            lum = luminance(img)
+            s, ok = global_measure(ref.aligner, lum, rel[i], opts.min_response)
         if not ok:
             return i, None, s, None
         if drz is not None:
@@ -171,7 +178,10 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool) 
         return i, shift_image(img, s.sx, s.sy), s, valid_rect(shape, s.sx, s.sy)
 
     def task(chunk):
-        out = [frame(i, img) for i, img in LuckyRun.frames_of(chunk, read)]
+        if shifts is None:
+            out = [frame(i, img) for i, img in LuckyRun.frames_of(chunk, read)]
+        else:
+            out = [frame(i, img, s) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
         if drz is not None:
             return _Partial(out)
         acc = np.zeros((h, w, nc), np.float64)
@@ -280,8 +290,8 @@ class _PointStacker:
         self.yb, self.xb = _bounds(grid.ys, h), _bounds(grid.xs, w)
         self.n_ap = grid.n_active
 
-    def __call__(self, item: tuple[int, int, np.ndarray | BadFrameError]) -> _FrameStack:
-        k, i, img = item
+    def __call__(self, item: tuple) -> _FrameStack:
+        k, i, img, *pre = item  # pre: the global shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return _FrameStack(k, i, error=img)
         lum = luminance(img) if img.ndim == 3 else img
@@ -289,7 +299,7 @@ class _PointStacker:
         gk = bool(ch.gkeep[k])
         # only the APs where the frame is stacked: elsewhere its weight is zero, and the
         # field between a measured AP and an unmeasured neighbour continues the measured one
-        fa = self.aligner(i, lum, np.nonzero(ch.sel[k])[0], gk)
+        fa = self.aligner(i, lum, np.nonzero(ch.sel[k])[0], gk, *pre)
         pm = fa.points
         valid = np.zeros(self.n_ap, bool)
         valid[pm.which] = pm.valid
@@ -339,10 +349,11 @@ class _PointStacker:
 
 
 def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, choice: PointChoice,
-                 colour: bool, mode: str) -> Stacked:
+                 colour: bool, mode: str, device=None) -> Stacked:
     """The multi-point stack: every frame of ``choice`` read once, aligned at its
     selected APs (all of them, and globally, for the globally kept frames), de-warped where
-    it carries weight and blended with its interpolated selection weights."""
+    it carries weight and blended with its interpolated selection weights (with a
+    ``device``, :mod:`.gpu`, each task's global shifts are measured there, in one batch)."""
     t0 = time.perf_counter()
     opts, table = run.opts, run.table
     h, w = shape = run.shape
@@ -355,8 +366,13 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
     read = lambda i: run.reader.read(i, colour)  # noqa: E731
     position = {int(i): k for k, i in enumerate(choice.frames)}
 
+    shifts = GpuShifts(device, ref.aligner, ranking.rel, gk) if device is not None else None
+
     def task(chunk):
-        out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
+        if shifts is None:
+            out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
+        else:
+            out = [stacker((position[i], i, img, s)) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
         if drz is not None:
             return _Partial(out)
         acc = np.zeros((h, w, nc), np.float32)
