@@ -150,7 +150,6 @@ def local_seeing(d: Path):
 
 def metric_figures(d: Path, rep: dict, pool: int = 200, box: int = 64, step: int = 32) -> dict:
     """Spearman of the global metric (report) and of the local metric with the truth."""
-    import cv2
 
     from skystack.io import open_frames
     from skystack.quality import metrics

@@ -51,7 +51,7 @@ def _refused(root, tmp_path, capsys, match, **kw):
 def test_flat_of_another_size(lights, tmp_path, capsys):
     root, s = lights
     other = make_deepsky(n_frames=1, shape=(48, 96), seed=2, bayer="RGGB")
-    flats = other.write_calibration(tmp_path / "small", flats=2)["flats"]
+    other.write_calibration(tmp_path / "small", flats=2)
     msg = _refused(root, tmp_path, capsys, r"flats_0000.fits and 1 more \(flat frames\) is 96x48, the lights",
                    bias=str(root / "bias"), flats=str(tmp_path / "small" / "flats"))
     assert "flats_0000.fits" in msg and "another size" in msg

@@ -27,7 +27,6 @@ frame (:func:`measure_view` moves them by the frame's coarse displacement).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import cv2

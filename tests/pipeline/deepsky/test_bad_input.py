@@ -15,7 +15,6 @@ from skystack.cli import main
 from skystack.errors import NoFramesError, OutputError
 from skystack.io import write_ser
 from skystack.testing.synthetic import make_deepsky
-from skystack.types import Fate
 
 
 @pytest.fixture(scope="module")
