@@ -24,7 +24,8 @@ from skystack.backends.registry import resolve
 from skystack.cli.args import given
 from skystack.cli.main import build_parser
 from skystack.errors import BackendUnavailableError
-from skystack.options import BenchJob, build_job
+from skystack.jobs import BenchJob
+from skystack.options import build_job
 from skystack.pipeline.bench import measurable_backend, run_bench
 
 # achievable host→device rates of a x16 link with pinned memory (≈ 80 % of the raw rate)

@@ -17,8 +17,8 @@ from skystack import options
 from skystack.cli import build_parser
 from skystack.cli.args import given
 from skystack.errors import UsageError
-from skystack.options import (BenchJob, CalibrateJob, EnhanceJob, LuckyJob, OutputOptions, RegisterJob, StackJob,
-                              build_job, keywords)
+from skystack.jobs import BenchJob, CalibrateJob, EnhanceJob, LuckyJob, RegisterJob, StackJob
+from skystack.options import OutputOptions, build_job, keywords
 
 # command → (job, argv that gives only the required arguments)
 COMMANDS = {
@@ -86,7 +86,7 @@ def test_register_and_stack_read_bayer_frames_alike():
     # the bug this module exists for: one ReadOptions default for both commands
     assert StackJob().read == RegisterJob().read == options.ReadOptions()
     assert options.ReadOptions().debayer_method == "bilinear"
-    assert LuckyJob().read.debayer_method == "ea"  # lucky's own default, defined once (options.LuckyJob)
+    assert LuckyJob().read.debayer_method == "ea"  # lucky's own default, defined once (jobs.LuckyJob)
 
 
 def test_keywords_map_to_fields_and_values_are_parsed():

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .options import (BenchJob, CalibrateJob, ColourOptions, EnhanceJob, EnhanceOptions, LuckyJob, MasterOptions,
-                      OutputOptions, RegisterJob, StackJob, build, build_job)
+from .jobs import BenchJob, CalibrateJob, EnhanceJob, LuckyJob, RegisterJob, StackJob
+from .options import ColourOptions, EnhanceOptions, MasterOptions, OutputOptions, build, build_job
 from .runtime.memory import parse_size
 from .types import LuckyResult, StackResult
 

@@ -9,7 +9,7 @@ text and its command-line flag live here and nowhere else: the CLI
 :func:`build`, so a default cannot drift between them (``tests/test_options.py`` pins
 that). Values are checked in ``__post_init__``, before any frame is read.
 
-The jobs at the end (:class:`StackJob`, :class:`RegisterJob`, :class:`LuckyJob`, ...) say
+The jobs (:mod:`skystack.jobs`: :class:`~skystack.jobs.StackJob`, ``LuckyJob``, ...) say
 which option groups each command takes. The machinery (flag metadata, choice lists, value
 parsers, the ``--keep`` rule) is in :mod:`skystack.optionfields`.
 """
@@ -560,77 +560,3 @@ class BenchOptions(Checked):
     def width_height(self) -> tuple[int, int]:
         w, h = (int(v) for v in self.size.split("x"))
         return w, h
-
-
-# -- jobs: the option groups of each command ----------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class StackJob:
-    """``skystack stack``: register, select, stack, write."""
-
-    read: ReadOptions = ReadOptions()
-    register: RegisterOptions = RegisterOptions()
-    select: SelectOptions = SelectOptions()
-    stack: StackOptions = StackOptions()
-    calibration: CalibrationOptions = CalibrationOptions()
-    colour: ColourOptions = ColourOptions()
-    output: OutputOptions = OutputOptions()
-    run: RunOptions = RunOptions()
-
-
-@dataclass(frozen=True, kw_only=True)
-class RegisterJob:
-    """``skystack register``: the transforms only."""
-
-    read: ReadOptions = ReadOptions()
-    register: RegisterOptions = RegisterOptions()
-    output: OutputOptions = OutputOptions()
-    run: RunOptions = RunOptions()
-
-
-# Planetary frames are bright and oversampled: the edge-aware demosaic keeps belt and crater
-# edges, where deep-sky's bilinear default is chosen for the colours of small stars.
-_LUCKY_READ = ReadOptions(debayer_method="ea")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LuckyJob:
-    """``skystack lucky``: rank, align, stack the best frames of a video; optional
-    calibration of the raw frames (darks, flats) before demosaicing and sharpening
-    (``enhance`` is ``None`` unless wavelets or a stretch were asked for)."""
-
-    read: ReadOptions = _LUCKY_READ
-    lucky: LuckyOptions = LuckyOptions()
-    calibration: CalibrationOptions = CalibrationOptions()
-    enhance: EnhanceOptions | None = None
-    output: OutputOptions = OutputOptions()
-    quiet: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnhanceJob:
-    """``skystack enhance``: sharpen/stretch one stacked image."""
-
-    enhance: EnhanceOptions = EnhanceOptions()
-    output: OutputOptions = OutputOptions()
-
-
-@dataclass(frozen=True, kw_only=True)
-class CalibrateJob:
-    """``skystack calibrate``: calibrated lights into a folder."""
-
-    read: ReadOptions = ReadOptions(debayer="none")
-    calibration: CalibrationOptions = CalibrationOptions()
-    memory_limit: int | None = None
-    run: RunOptions = RunOptions()
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchJob:
-    """``skystack bench``: each backend's throughput per stage, and its parity with the CPU
-    backend. Stacking is a rejection stack by default (sigma), the work a GPU is for."""
-
-    bench: BenchOptions = BenchOptions()
-    read: ReadOptions = ReadOptions()
-    register: RegisterOptions = RegisterOptions()
-    stack: StackOptions = StackOptions(method="sigma")
-    quiet: bool = False

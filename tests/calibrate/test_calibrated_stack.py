@@ -96,7 +96,8 @@ def test_star_colours_true_with_bilinear_demosaicing(case, tmp_path):
     # channels in stars of 2-3 px FWHM: a red star's green is overestimated at its red
     # photosites. Bilinear interpolation is linear and conserves each channel's flux, so
     # it is the one that keeps star colours (measured: EA R/G off by ~4 %, bilinear < 1 %).
-    from skystack.options import CalibrationOptions, OutputOptions, ReadOptions, RunOptions, StackJob, StackOptions
+    from skystack.jobs import StackJob
+    from skystack.options import CalibrationOptions, OutputOptions, ReadOptions, RunOptions, StackOptions
     from skystack.pipeline.deepsky.run import stack_frames
 
     s, root, lights, cal = case

@@ -24,7 +24,8 @@ from skystack.backends.cpu import CpuBackend
 from skystack.backends.registry import cupy_device_count, cv2_cuda_device_count
 from skystack.cli import main
 from skystack.errors import BackendUnavailableError, UsageError
-from skystack.options import BenchJob, build_job
+from skystack.jobs import BenchJob
+from skystack.options import build_job
 from skystack.pipeline import bench as bench_pkg
 from skystack.pipeline.bench import STAGES, run_bench
 
@@ -266,7 +267,8 @@ _SIMULATED_BENCH = """
 import json, sys
 from skystack.backends.cupy import CupyBackend
 from skystack.backends.registry import resolve
-from skystack.options import BenchJob, build_job
+from skystack.jobs import BenchJob
+from skystack.options import build_job
 from skystack.pipeline.bench import run_bench
 
 # the smallest set that registers; bilinear: the simulator runs every tap of every thread as Python

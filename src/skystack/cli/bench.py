@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import api, options
+from .. import api, jobs, options
 from ..errors import ParityError
 from .args import add_options, add_verbosity, command, given
 
@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("bench")
     add_options(g, options.BenchOptions)
     g = p.add_argument_group("stacking")
-    add_options(g, options.StackOptions, defaults=options.BenchJob().stack)
+    add_options(g, options.StackOptions, defaults=jobs.BenchJob().stack)
     g = p.add_argument_group("registration (of INPUT)")
     add_options(g, options.RegisterOptions)
     add_options(g, options.ReadOptions)

@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import api, options
+from .. import api, jobs, options
 from ..errors import BATCH_PARTIAL, UsageError
 from .args import INPUT_HELP, add_options, add_verbosity, command, given
 
@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("selection and alignment")
     add_options(g, options.LuckyOptions, exclude=("workers", "backend"))
     add_options(g, options.ReadOptions, only=("debayer_method", "bayer_override"),
-                defaults=options.LuckyJob().read)
+                defaults=jobs.LuckyJob().read)
     g = p.add_argument_group("calibration (raw frames, before demosaicing)")
     add_options(g, options.CalibrationOptions, only=("bias", "darks", "flats", "dark_flats"))
     g = p.add_argument_group("output")

@@ -16,7 +16,8 @@ from ..calibrate.masters import KINDS, Master, build_master, get_master, master_
 from ..errors import BadFrameError, OutputError, UsageError
 from ..io import ensure_sliceable, input_files, open_frames, remove_cache
 from ..io.cache import cache_summary
-from ..options import IMAGE_EXTENSIONS, CalibrateJob, ReadOptions
+from ..jobs import CalibrateJob
+from ..options import IMAGE_EXTENSIONS, ReadOptions
 from ..output.guard import guard_outputs
 from ..output.products import preview_path
 from ..output.write import write_fits, write_image, write_json, write_preview

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from astropy.io import fits
 
-from ..options import OutputOptions, RunOptions, StackJob, StackOptions
+from ..jobs import StackJob
+from ..options import OutputOptions, RunOptions, StackOptions
 from ..testing.synthetic import make_deepsky
 from ..types import Transform
 from .deepsky.run import stack_frames

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..enhance.wavelets import before_after, enhance
 from ..errors import UsageError
 from ..io import open_frames
-from ..options import EnhanceJob
+from ..jobs import EnhanceJob
 from ..output.guard import guard_outputs
 from ..output.products import before_after_path
 from ..output.write import write_image, write_png

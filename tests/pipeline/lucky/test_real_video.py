@@ -8,7 +8,8 @@ import pytest
 
 from skystack.enhance.wavelets import noise_sigma
 from skystack.io import open_frames
-from skystack.options import LuckyJob, LuckyOptions, OutputOptions
+from skystack.jobs import LuckyJob
+from skystack.options import LuckyOptions, OutputOptions
 from skystack.pipeline.lucky.run import run_lucky
 from skystack.quality.metrics import local_quality
 from skystack.types import Fate

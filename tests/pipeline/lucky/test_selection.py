@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import skystack
-from skystack.options import LuckyJob, LuckyOptions, OutputOptions
+from skystack.jobs import LuckyJob
+from skystack.options import LuckyOptions, OutputOptions
 from skystack.pipeline.lucky.run import run_lucky
 from skystack.testing.planetary import Seeing, make_lunar_video
 from skystack.types import Fate

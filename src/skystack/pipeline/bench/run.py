@@ -22,7 +22,8 @@ from ...backends.base import BandJob
 from ...backends.registry import resolve
 from ...errors import BackendUnavailableError, BadFrameError, RegistrationError
 from ...io import FrameSet, ensure_sliceable, luminance, open_frames
-from ...options import BenchJob, BenchOptions, RunOptions, SelectOptions, StackOptions
+from ...jobs import BenchJob
+from ...options import BenchOptions, RunOptions, SelectOptions, StackOptions
 from ...output.write import write_json
 from ...register.deepsky import Reference, measure_frame, register_frame
 from ...runtime.memory import current_rss, default_memory_limit, tune_allocator
@@ -59,7 +60,7 @@ def run_bench(inputs: Sequence[str] | None, job: BenchJob, *, resolver: Resolver
         Frames to stack (files, folders, globs, list files), or ``None`` for a synthetic
         set made as ``job.bench`` says.
     job
-        The options (:class:`~skystack.options.BenchJob`).
+        The options (:class:`~skystack.jobs.BenchJob`).
     resolver
         ``name → backend instance`` (default: :func:`measurable_backend`, the registry's);
         raises :class:`~skystack.errors.BackendUnavailableError` for an unusable one.

@@ -32,7 +32,8 @@ from ... import __version__
 from ...backends.registry import resolve
 from ...errors import RegistrationError, UsageError
 from ...io import FrameSet, ensure_sliceable, input_files, open_frames, remove_cache
-from ...options import RegisterJob, RegisterOptions, StackJob
+from ...jobs import RegisterJob, StackJob
+from ...options import RegisterOptions
 from ...output.guard import guard_outputs
 from ...output.header import deepsky_header
 from ...output.report import build_report

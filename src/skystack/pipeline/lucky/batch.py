@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import SkystackError, UsageError
-from ...options import LuckyJob
+from ...jobs import LuckyJob
 from ...output.write import write_json
 from ...types import LuckyResult
 from .run import run_lucky

@@ -13,7 +13,8 @@ import numpy as np
 
 from ...errors import BadFrameError, NoFramesError, UsageError
 from ...io import input_files, open_frames
-from ...options import LuckyJob, LuckyOptions, ReadOptions, RunOptions
+from ...jobs import LuckyJob
+from ...options import LuckyOptions, ReadOptions, RunOptions
 from ...output.guard import guard_outputs
 from ...output.products import lucky_outputs
 from ...quality.metrics import BLANK_SPAN

@@ -63,7 +63,7 @@ import numpy as np
 from ...backends.registry import resolve_lucky
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
-from ...options import LuckyJob
+from ...jobs import LuckyJob
 from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
@@ -86,7 +86,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         Paths (videos, SER files, frame folders; anything :func:`skystack.io.open_frames`
         accepts) or an already open frame set.
     job
-        :class:`~skystack.options.LuckyJob`: the lucky options; ``calibration`` (darks,
+        :class:`~skystack.jobs.LuckyJob`: the lucky options; ``calibration`` (darks,
         flats, bias applied to the raw frames before demosaicing); ``enhance`` (wavelet
         sharpening / stretch of the stack: writes ``OUT_sharpened.EXT`` and a before/after
         preview); ``output.output`` the stack (``.fits``, ``.tif``/``.tiff`` or ``.png``;
