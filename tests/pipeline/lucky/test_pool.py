@@ -32,22 +32,27 @@ def test_results_come_back_in_order(workers, processes):
 
 
 def _fill(x, arrays):
-    total, count = arrays
+    own = arrays is None  # a task in the calling process makes its own arrays
+    total, count = (np.zeros((3, 5), np.float32), np.zeros((4, 4))) if own else arrays
     assert not total.any() and not count.any()  # handed over zeroed, even when reused
     total[x % 3, :] += x
     count[:, x % 4] = 1.0
-    return x, os.getpid()
+    return x, os.getpid(), (total, count) if own else None
 
 
 @pytest.mark.parametrize("workers,processes", [(1, False), (2, False), (2, True)])
 def test_buffers_come_back_filled_in_order(workers, processes):
-    """Tasks fill zeroed buffers (in forked workers: slots of a shared mapping, reused
-    after their result was consumed); each result comes with its own task's arrays."""
+    """Forked workers fill zeroed slots of a shared mapping (reused once their result was
+    consumed) and each result comes with its own task's slot; tasks in this process
+    get ``None`` and return their own arrays."""
     spec = Buffers((((3, 5), np.float32), ((4, 4), np.float64)))
     pool = Workers(workers, processes=processes)
+    forked = processes and can_fork()
     seen = []
     try:
-        for (x, pid), (total, count) in pool.map(_fill, range(11), inflight=3, buffers=spec):
+        for (x, pid, own), arrays in pool.map(_fill, range(11), inflight=3, buffers=spec):
+            assert (arrays is not None) == forked and (own is None) == forked
+            total, count = arrays if forked else own
             assert total.dtype == np.float32 and count.shape == (4, 4)
             want = np.zeros((3, 5), np.float32)
             want[x % 3, :] = x
@@ -57,7 +62,7 @@ def test_buffers_come_back_filled_in_order(workers, processes):
     finally:
         pool.close()
     assert [x for x, _ in seen] == list(range(11))
-    if processes and can_fork():
+    if forked:
         assert os.getpid() not in {p for _, p in seen}
 
 

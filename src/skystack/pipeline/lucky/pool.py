@@ -67,21 +67,23 @@ def _keep_freed_memory() -> None:
 
 @dataclass(frozen=True)
 class Buffers:
-    """The zeroed arrays a task fills: ``(shape, dtype)`` each. :meth:`Workers.map` calls
-    ``fn(task, arrays)`` and yields ``(result, arrays)``; the arrays are valid until the
-    next result is asked for (forked workers reuse them), so keep a copy."""
+    """Arrays a task fills, ``(shape, dtype)`` each, for tasks in forked workers: there
+    :meth:`Workers.map` calls ``fn(task, arrays)`` with zeroed arrays in shared memory and
+    yields ``(result, arrays)``, the arrays valid until the next result is asked for (a
+    later task reuses them: keep a copy). Tasks in this process get ``fn(task, None)``,
+    allocate their own arrays and return them in their result (the results come as
+    ``(result, None)``): their memory is private anyway, and this process's allocator
+    keeps its habits (reusing per-task arrays here cost the one-worker run 45-75k more
+    page faults, frame-sized temporaries being mapped and unmapped afresh)."""
 
     arrays: tuple[tuple[tuple[int, ...], Any], ...]
 
-    def fresh(self) -> tuple[np.ndarray, ...]:
-        return tuple(np.zeros(shape, dtype) for shape, dtype in self.arrays)
-
 
 class _Slots:
-    """``n`` sets of :class:`Buffers` arrays in one anonymous shared mapping (made before
-    the fork, so the forked workers write the pages the parent reads); task ``seq`` uses
-    slot ``seq % n``, and at most ``n`` tasks are in flight, so a slot is reused only once
-    its result was consumed."""
+    """``n`` sets of :class:`Buffers` arrays in one anonymous shared mapping, made before
+    the fork so that the forked workers write the pages the parent reads; task ``seq``
+    uses slot ``seq % n``, and at most ``n`` tasks are in flight, so a slot is reused only
+    once its result was consumed."""
 
     def __init__(self, spec: Buffers, n: int):
         sizes = [(-(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64)) * 64 for shape, dtype in spec.arrays]
@@ -218,21 +220,24 @@ class Workers:
         ``(fn's result, arrays)`` (see :class:`Buffers`). Forked workers start at this
         call: iterate the result (to its end, or until it raises), which also ends them."""
         inflight = max(1, inflight or 2 * self.workers)
-        if buffers is not None and not (self.processes and fork):
-            fn = _filling(fn, buffers)
+        forked = self.workers > 1 and self.processes and fork
+        slots = None
+        if buffers is not None:
+            if forked:
+                slots = _Slots(buffers, inflight)
+            else:
+                fn = _unfilled(fn)
         if self.workers == 1:
             return (fn(t) for t in tasks)
-        if self.processes and fork:
-            slots = _Slots(buffers, inflight) if buffers is not None else None
+        if forked:
             return _forked(fn, tasks, self.workers, inflight, self, slots)  # forks now
         return _threaded(fn, tasks, self.threads, inflight)
 
 
-def _filling(fn: Callable[..., Any], buffers: Buffers) -> Callable[[Any], tuple[Any, tuple[np.ndarray, ...]]]:
-    """``fn(task, arrays)`` on fresh arrays, returning ``(result, arrays)`` (in this process)."""
+def _unfilled(fn: Callable[..., Any]) -> Callable[[Any], tuple[Any, None]]:
+    """``task -> (fn(task, None), None)``: a :class:`Buffers` task in this process."""
     def call(task):
-        arrays = buffers.fresh()
-        return fn(task, arrays), arrays
+        return fn(task, None), None
     return call
 
 

@@ -139,26 +139,28 @@ class _Partial:
     frames: list
     acc: np.ndarray | None = None
     weight: np.ndarray | None = None
+    shared: bool = False  # the sums are a forked worker's slot, reused by a later task
 
 
-def _merge(total: np.ndarray | None, part: np.ndarray | None) -> np.ndarray | None:
-    """``total + part`` (``part``: a task's buffer, reused once the next result is asked for)."""
+def _merge(total: np.ndarray | None, part: np.ndarray | None, shared: bool) -> np.ndarray | None:
     if part is None:
         return total
     if total is None:
-        return part.copy()
+        return part.copy() if shared else part
     total += part
     return total
 
 
 def _parts(run: LuckyRun, task, chunks, read, drizzled: bool, sums: Buffers):
-    """The stacking tasks' :class:`_Partial` results in order; ``task(chunk, sums)`` fills
-    the partial sums (``sums``' arrays, zeroed) unless the frames are drizzled (then the
-    calling thread adds them, and the tasks stay in this process)."""
+    """The stacking tasks' :class:`_Partial` results in order. ``task(chunk, arrays)``
+    returns its :class:`_Partial`: it fills ``arrays`` (zeroed shared memory, in a forked
+    worker) with its partial sums and leaves them out of the result, or with ``None``
+    makes its own; drizzled frames are added by the calling thread, the tasks stay in
+    this process."""
     inflight = run.workers.workers + 1
     if drizzled:
         return run.map(lambda chunk: task(chunk, None), run.tasks(chunks, read), inflight=inflight, fork=False)
-    return (_Partial(frames, *arrays) for frames, arrays in
+    return (part if arrays is None else _Partial(part.frames, *arrays, shared=True) for part, arrays in
             run.map(task, run.tasks(chunks, read), inflight=inflight, buffers=sums))
 
 
@@ -195,9 +197,10 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
             out = [frame(i, img) for i, img in LuckyRun.frames_of(chunk, read)]
         else:
             out = [frame(i, img, s) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
-        if sums is None:
+        if drz is not None:
             return _Partial(out)
-        acc, cnt = sums
+        # the partial sums: in shared memory (a forked worker), else this task's own
+        acc, cnt = sums if sums is not None else (np.zeros((h, w, nc), np.float64), np.zeros((h, w), np.float64))
         for k, (i, img, s, rect) in enumerate(out):
             if rect is None:
                 continue
@@ -206,7 +209,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
             cnt[y0:y1, x0:x1] += 1.0
             if i != best_i:
                 out[k] = (i, True, s, rect)  # the frame itself need not travel back
-        return out
+        return _Partial(out) if sums is not None else _Partial(out, acc, cnt)
 
     acc = cnt = None
     chunks = chunked(kept, chunk_frames(shape, nc))
@@ -215,7 +218,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
         for part in parts:
-            acc, cnt = _merge(acc, part.acc), _merge(cnt, part.weight)
+            acc, cnt = _merge(acc, part.acc, part.shared), _merge(cnt, part.weight, part.shared)
             for i, img, s, rect in part.frames:
                 bar.update()
                 if not table.record_alignment(i, img, s, opts.min_response):
@@ -386,16 +389,17 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
             out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
         else:
             out = [stacker((position[i], i, img, s)) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
-        if sums is None:
+        if drz is not None:
             return _Partial(out)
-        acc, wsum = sums
+        # the partial sums: in shared memory (a forked worker), else this task's own
+        acc, wsum = sums if sums is not None else (np.zeros((h, w, nc), np.float32), np.zeros((h, w), np.float32))
         for r in out:
             for p in r.pieces:
                 y0, y1, x0, x1 = p.window
                 acc[y0:y1, x0:x1] += p.value if p.value.ndim == 3 else p.value[:, :, None]
                 wsum[y0:y1, x0:x1] += p.weight
             r.pieces = []  # summed: they need not travel back
-        return out
+        return _Partial(out) if sums is not None else _Partial(out, acc, wsum)
 
     acc = wsum = None
     chunks = chunked(choice.frames, chunk_frames(shape, nc))
@@ -404,7 +408,7 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
         for part in parts:
-            acc, wsum = _merge(acc, part.acc), _merge(wsum, part.weight)
+            acc, wsum = _merge(acc, part.acc, part.shared), _merge(wsum, part.weight, part.shared)
             for r in part.frames:
                 bar.update()
                 if r.error is not None:
