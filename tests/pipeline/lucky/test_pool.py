@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 
 import cv2
+import numpy as np
 import pytest
 
-from skystack.pipeline.lucky.pool import Workers, can_fork
+from skystack.pipeline.lucky.pool import Buffers, Workers, can_fork
 
 
 def _square_or_fail(x):
@@ -28,6 +29,41 @@ def test_results_come_back_in_order(workers, processes):
         assert os.getpid() not in pids  # the work ran in the forked workers
     else:
         assert pids == {os.getpid()}
+
+
+def _fill(x, arrays):
+    own = arrays is None  # a task in the calling process makes its own arrays
+    total, count = (np.zeros((3, 5), np.float32), np.zeros((4, 4))) if own else arrays
+    assert not total.any() and not count.any()  # handed over zeroed, even when reused
+    total[x % 3, :] += x
+    count[:, x % 4] = 1.0
+    return x, os.getpid(), (total, count) if own else None
+
+
+@pytest.mark.parametrize("workers,processes", [(1, False), (2, False), (2, True)])
+def test_buffers_come_back_filled_in_order(workers, processes):
+    """Forked workers fill zeroed slots of a shared mapping (reused once their result was
+    consumed) and each result comes with its own task's slot; tasks in this process
+    get ``None`` and return their own arrays."""
+    spec = Buffers((((3, 5), np.float32), ((4, 4), np.float64)))
+    pool = Workers(workers, processes=processes)
+    forked = processes and can_fork()
+    seen = []
+    try:
+        for (x, pid, own), arrays in pool.map(_fill, range(11), inflight=3, buffers=spec):
+            assert (arrays is not None) == forked and (own is None) == forked
+            total, count = arrays if forked else own
+            assert total.dtype == np.float32 and count.shape == (4, 4)
+            want = np.zeros((3, 5), np.float32)
+            want[x % 3, :] = x
+            assert np.array_equal(total, want)
+            assert count.sum() == 4.0 and count[:, x % 4].all()
+            seen.append((x, pid))
+    finally:
+        pool.close()
+    assert [x for x, _ in seen] == list(range(11))
+    if forked:
+        assert os.getpid() not in {p for _, p in seen}
 
 
 @pytest.mark.parametrize("processes", [False, True])

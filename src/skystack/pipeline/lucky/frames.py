@@ -19,7 +19,7 @@ from ...output.guard import guard_outputs
 from ...output.products import lucky_outputs
 from ...quality.metrics import BLANK_SPAN
 from ...types import Fate
-from .pool import Workers
+from .pool import Buffers, Workers
 
 log = logging.getLogger("skystack")
 
@@ -327,10 +327,10 @@ class LuckyRun:
             return zip((int(i) for i in chunk.idx), chunk.images)
         return ((int(i), read(int(i))) for i in chunk.idx)
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, inflight: int | None = None,
-            fork: bool = True) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, inflight: int | None = None,
+            fork: bool = True, buffers: Buffers | None = None) -> Iterator[Any]:
         """:meth:`Workers.map` on this run's workers."""
-        return self.workers.map(fn, items, inflight=inflight, fork=fork)
+        return self.workers.map(fn, items, inflight=inflight, fork=fork, buffers=buffers)
 
 
 def tasks_can_read(frames: Any, workers: Workers) -> bool:

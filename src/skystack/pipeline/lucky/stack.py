@@ -22,6 +22,7 @@ from ...types import Fate
 from .align import PointAligner, Reference, global_measure
 from .frames import NO_MATCH, UNREADABLE, LuckyRun, chunked
 from .gpu import GpuShifts
+from .pool import Buffers
 from .rank import PointChoice, Ranking
 
 if TYPE_CHECKING:
@@ -138,15 +139,29 @@ class _Partial:
     frames: list
     acc: np.ndarray | None = None
     weight: np.ndarray | None = None
+    shared: bool = False  # the sums are a forked worker's slot, reused by a later task
 
 
-def _merge(total: np.ndarray | None, part: np.ndarray | None) -> np.ndarray | None:
+def _merge(total: np.ndarray | None, part: np.ndarray | None, shared: bool) -> np.ndarray | None:
     if part is None:
         return total
     if total is None:
-        return part
+        return part.copy() if shared else part
     total += part
     return total
+
+
+def _parts(run: LuckyRun, task, chunks, read, drizzled: bool, sums: Buffers):
+    """The stacking tasks' :class:`_Partial` results in order. ``task(chunk, arrays)``
+    returns its :class:`_Partial`: it fills ``arrays`` (zeroed shared memory, in a forked
+    worker) with its partial sums and leaves them out of the result, or with ``None``
+    makes its own; drizzled frames are added by the calling thread, the tasks stay in
+    this process."""
+    inflight = run.workers.workers + 1
+    if drizzled:
+        return run.map(lambda chunk: task(chunk, None), run.tasks(chunks, read), inflight=inflight, fork=False)
+    return (part if arrays is None else _Partial(part.frames, *arrays, shared=True) for part, arrays in
+            run.map(task, run.tasks(chunks, read), inflight=inflight, buffers=sums))
 
 
 def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, device=None) -> Stacked:
@@ -177,15 +192,15 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
             return i, img, s, None
         return i, shift_image(img, s.sx, s.sy), s, valid_rect(shape, s.sx, s.sy)
 
-    def task(chunk):
+    def task(chunk, sums):
         if shifts is None:
             out = [frame(i, img) for i, img in LuckyRun.frames_of(chunk, read)]
         else:
             out = [frame(i, img, s) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
         if drz is not None:
             return _Partial(out)
-        acc = np.zeros((h, w, nc), np.float64)
-        cnt = np.zeros((h, w), np.float64)
+        # the partial sums: in shared memory (a forked worker), else this task's own
+        acc, cnt = sums if sums is not None else (np.zeros((h, w, nc), np.float64), np.zeros((h, w), np.float64))
         for k, (i, img, s, rect) in enumerate(out):
             if rect is None:
                 continue
@@ -194,15 +209,16 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
             cnt[y0:y1, x0:x1] += 1.0
             if i != best_i:
                 out[k] = (i, True, s, rect)  # the frame itself need not travel back
-        return _Partial(out, acc, cnt)
+        return _Partial(out) if sums is not None else _Partial(out, acc, cnt)
 
     acc = cnt = None
     chunks = chunked(kept, chunk_frames(shape, nc))
-    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    parts = _parts(run, task, chunks, read, drz is not None,
+                   Buffers((((h, w, nc), np.float64), ((h, w), np.float64))))
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(kept.size), "lucky: align + stack", run.quiet) as bar:
         for part in parts:
-            acc, cnt = _merge(acc, part.acc), _merge(cnt, part.weight)
+            acc, cnt = _merge(acc, part.acc, part.shared), _merge(cnt, part.weight, part.shared)
             for i, img, s, rect in part.frames:
                 bar.update()
                 if not table.record_alignment(i, img, s, opts.min_response):
@@ -368,30 +384,31 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
 
     shifts = GpuShifts(device, ref.aligner, ranking.rel, gk) if device is not None else None
 
-    def task(chunk):
+    def task(chunk, sums):
         if shifts is None:
             out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
         else:
             out = [stacker((position[i], i, img, s)) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
         if drz is not None:
             return _Partial(out)
-        acc = np.zeros((h, w, nc), np.float32)
-        wsum = np.zeros((h, w), np.float32)
+        # the partial sums: in shared memory (a forked worker), else this task's own
+        acc, wsum = sums if sums is not None else (np.zeros((h, w, nc), np.float32), np.zeros((h, w), np.float32))
         for r in out:
             for p in r.pieces:
                 y0, y1, x0, x1 = p.window
                 acc[y0:y1, x0:x1] += p.value if p.value.ndim == 3 else p.value[:, :, None]
                 wsum[y0:y1, x0:x1] += p.weight
             r.pieces = []  # summed: they need not travel back
-        return _Partial(out, acc, wsum)
+        return _Partial(out) if sums is not None else _Partial(out, acc, wsum)
 
     acc = wsum = None
     chunks = chunked(choice.frames, chunk_frames(shape, nc))
-    parts = run.map(task, run.tasks(chunks, read), inflight=run.workers.workers + 1, fork=drz is None)
+    parts = _parts(run, task, chunks, read, drz is not None,
+                   Buffers((((h, w, nc), np.float32), ((h, w), np.float32))))
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
     with Progress(int(choice.frames.size), "lucky: align + stack (multi-point)", run.quiet) as bar:
         for part in parts:
-            acc, wsum = _merge(acc, part.acc), _merge(wsum, part.weight)
+            acc, wsum = _merge(acc, part.acc, part.shared), _merge(wsum, part.weight, part.shared)
             for r in part.frames:
                 bar.update()
                 if r.error is not None:
