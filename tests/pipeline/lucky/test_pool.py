@@ -82,3 +82,23 @@ def test_one_worker_is_one_opencv_thread():
     assert cv2.getNumThreads() == 1 and not pool.processes
     pool.close()
     assert cv2.getNumThreads() == before
+
+
+def test_one_worker_runs_background_work_in_its_own_thread():
+    # --workers 1 is one core: work meant to overlap (the FITS writer's import) takes its turn
+    import threading
+
+    ran_in = []
+    pool = Workers(1, processes=False)
+    try:
+        pool.background(lambda: ran_in.append(threading.current_thread()), "t")
+        assert ran_in == [threading.current_thread()]
+    finally:
+        pool.close()
+    pool2 = Workers(2, processes=False)
+    try:
+        done = threading.Event()
+        pool2.background(lambda: (ran_in.append(threading.current_thread()), done.set()), "t2")
+        assert done.wait(5) and ran_in[-1] is not threading.current_thread()
+    finally:
+        pool2.close()

@@ -169,7 +169,11 @@ class Workers:
         """Run ``fn`` on a background thread to overlap the work. A process is forked only
         while no other thread runs (a fork copies locks a thread may hold, the import lock
         among them), so with forked workers the thread waits for :meth:`release_background`
-        and is joined before any later fork."""
+        and is joined before any later fork. With one worker it runs at once, in this
+        thread: ``--workers 1`` is one core, the imports it overlaps included."""
+        if self.workers == 1:
+            fn()
+            return
         t = threading.Thread(target=fn, name=name, daemon=True)
         if self.processes:
             self._deferred.append(t)
