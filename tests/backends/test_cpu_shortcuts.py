@@ -1,5 +1,6 @@
-"""The coverage warp is skipped only where it would mark nothing: a tile mapped wholly
-inside its source gives the same pixels, to the bit, with or without the shortcut."""
+"""The CPU backend's shortcuts change nothing: the coverage warp is skipped only where it
+would mark nothing (a tile mapped wholly inside its source gives the same pixels, to the
+bit), and a tile band reused from the last tile gives what a fresh one gives."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,3 +47,17 @@ def test_warp_is_the_same_with_and_without_the_shortcut(monkeypatch, interp, tx,
     slow = CpuBackend().warp(src, m, (80, 110), interp)
     np.testing.assert_array_equal(np.isnan(fast), np.isnan(slow))
     np.testing.assert_array_equal(np.nan_to_num(fast, nan=-1), np.nan_to_num(slow, nan=-1))
+
+
+def test_a_reused_tile_band_gives_what_a_fresh_backend_gives():
+    # one backend, one thread, tiles of every shape in turn (bigger, smaller, colour): the
+    # band kept from the last tile must never leak into the next one's result
+    from backend_cases import all_cases
+
+    shared = CpuBackend()
+    for case in all_cases(seed=11) + all_cases(seed=12)[::-1]:
+        got = shared.combine_band(case.jobs, case.out_shape, case.weights, case.options)
+        want = CpuBackend().combine_band(case.jobs, case.out_shape, case.weights, case.options)
+        np.testing.assert_array_equal(got.image, want.image, err_msg=case.name)
+        np.testing.assert_array_equal(got.count, want.count, err_msg=case.name)
+        np.testing.assert_array_equal(got.rejected, want.rejected, err_msg=case.name)
