@@ -17,15 +17,12 @@ issue asks ≤ 0.05 px), frame qualities to 1e-3, and the rank order identical.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cudasim_run import SIMULATOR, run_module_under_simulator
 
 from skystack.backends import registry
 from skystack.errors import BackendUnavailableError, BadFrameError, UsageError
@@ -34,19 +31,11 @@ from skystack.quality.metrics import cell_grid, log_energy_map, measure_view, sh
 from skystack.register.planetary import GlobalAligner, PhaseCorrelator, shift_image
 from skystack.testing.planetary import Seeing, make_lunar_video, make_planet_video
 
-REPO = Path(__file__).resolve().parents[2]
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 SHIFT_TOL_PX = 1e-3
 CELL_TOL = 1e-4
 
 
-def _native_gpu() -> bool:
-    if SIMULATOR:
-        return False
-    return registry.cupy_device_count() > 0
-
-
-NATIVE = _native_gpu()
+NATIVE = not SIMULATOR and registry.cupy_device_count() > 0
 here = pytest.mark.skipif(
     not (SIMULATOR or NATIVE),
     reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
@@ -57,16 +46,7 @@ here = pytest.mark.skipif(
 @pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
 @pytest.mark.skipif(NATIVE, reason="a CUDA device is present: the lucky GPU tests ran natively")
 def test_lucky_gpu_under_cudasim():
-    env = dict(os.environ)
-    env["NUMBA_ENABLE_CUDASIM"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "kernels"), str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"],
-                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
-    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, f"lucky GPU tests under the CUDA simulator failed:\n{tail}"
-    summary = proc.stdout.strip().splitlines()[-1]
-    # everything ran but this launcher itself (which skips inside the simulator run)
-    assert re.search(r"\b\d+ passed\b", summary) and re.search(r"\b1 skipped\b", summary), tail
+    run_module_under_simulator(__file__, "lucky GPU tests")
 
 
 @pytest.fixture(scope="module")

@@ -13,31 +13,12 @@ simulator runs every CUDA thread as a Python thread).
 """
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cudasim_run import SIMULATOR, native_gpu, run_module_under_simulator
 
-REPO = Path(__file__).resolve().parents[2]
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-
-
-def _native_gpu() -> bool:
-    if SIMULATOR:
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
-        return False
-
-
-NATIVE = _native_gpu()
+NATIVE = native_gpu()
 here = pytest.mark.skipif(
     not (SIMULATOR or NATIVE),
     reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
@@ -48,16 +29,7 @@ here = pytest.mark.skipif(
 @pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
 @pytest.mark.skipif(NATIVE, reason="a CUDA device is present: the parity tests ran natively")
 def test_gpu_parity_under_cudasim():
-    env = dict(os.environ)
-    env["NUMBA_ENABLE_CUDASIM"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "kernels"), str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"],
-                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
-    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, f"GPU parity tests under the CUDA simulator failed:\n{tail}"
-    summary = proc.stdout.strip().splitlines()[-1]
-    # everything ran but this launcher itself (which skips inside the simulator run)
-    assert re.search(r"\b\d+ passed\b", summary) and re.search(r"\b1 skipped\b", summary), tail
+    run_module_under_simulator(__file__, "GPU parity tests")
 
 
 # ---------------------------------------------------------------------------------
