@@ -36,6 +36,22 @@ def simulator_enabled() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
+class OnDevice:
+    """What a device user (a backend, the lucky device path) says about the layer it runs
+    on, ``self._layer`` (set by the subclass from :func:`device_layer`)."""
+
+    _layer: Any
+
+    @property
+    def device(self) -> str:
+        """The GPU's name (or the simulator's), for reports."""
+        return self._layer.device_name()
+
+    @property
+    def layer_name(self) -> str:
+        return self._layer.name
+
+
 def device_layer(simulator: bool = False) -> CupyLayer | SimLayer:
     """The layer a GPU backend runs on.
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..options import StackOptions
 from ..stack.plan import WARP_TILE_ROWS, tile_warps
-from ._device import GrowBuffer, device_layer
+from ._device import GrowBuffer, OnDevice, device_layer
 from .base import BandJob, BandResult
 from .cpu import reject_codes
 
@@ -143,7 +143,7 @@ class _Lane:
         self.marks.clear()
 
 
-class CupyBackend:
+class CupyBackend(OnDevice):
     """Warp and rejection-stack bands on a CUDA GPU (see the module docstring).
 
     Parameters
@@ -170,15 +170,6 @@ class CupyBackend:
         self._local = threading.local()
         self._lanes: list[_Lane] = []
         self._lanes_lock = threading.Lock()
-
-    @property
-    def device(self) -> str:
-        """The GPU's name (or the simulator's), for reports."""
-        return self._layer.device_name()
-
-    @property
-    def layer_name(self) -> str:
-        return self._layer.name
 
     def timings(self) -> Timings:
         """Transfer / kernel / host I/O time summed over all calls and threads (with

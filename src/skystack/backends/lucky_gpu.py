@@ -34,7 +34,7 @@ import numpy as np
 
 from ..quality.metrics import LOG_SIGMA, gaussian_ksize
 from ..register.planetary import GlobalAligner, PhaseCorrelator, Shift, _subpixel, crop_shifted
-from ._device import GrowBuffer, device_layer
+from ._device import GrowBuffer, OnDevice, device_layer
 
 # dtypes uploaded as they are and converted on the device; anything else goes as float32
 _UPLOAD_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -57,7 +57,7 @@ class ViewBatch:
     energy: Any = None
 
 
-class LuckyDevice:
+class LuckyDevice(OnDevice):
     """The lucky pipeline's GPU work on one device-array layer.
 
     Parameters
@@ -90,15 +90,6 @@ class LuckyDevice:
         self._out_host = GrowBuffer(L.pinned, lambda: L.sync(self._stream))
         self._gauss: dict[float, Any] = {}
         self.lock = threading.Lock()
-
-    @property
-    def device(self) -> str:
-        """The GPU's name (or the simulator's), for reports."""
-        return self._layer.device_name()
-
-    @property
-    def layer_name(self) -> str:
-        return self._layer.name
 
     # -- transfers ------------------------------------------------------------------------
 
