@@ -416,7 +416,7 @@ class LuckyOptions(Checked):
         How much a frame's local quality counts against its global quality when frames
         are selected per AP (0: the globally best frames everywhere); ``None`` estimates
         it from how much the sharpness varies across the field (see
-        :func:`skystack.pipeline.lucky.rank.choose_points`).
+        :func:`skystack.pipeline.lucky.points.choose_points`).
     reference_frames
         How many of the best frames build the reference (default: half the kept count,
         5 to 50).

@@ -157,7 +157,8 @@ def _rank_table(video, device, *, raw: bool = True, items_hook=None):
     from skystack.pipeline.lucky.frames import FrameTable, LuckyRun, Reader
     from skystack.pipeline.lucky.gpu import GpuRanker
     from skystack.pipeline.lucky.pool import Workers
-    from skystack.pipeline.lucky.rank import Ranker, rank_all, score_frames
+    from skystack.pipeline.lucky.points import score_frames
+    from skystack.pipeline.lucky.rank import Ranker, rank_all
 
     frames = video.as_frameset() if items_hook is None else items_hook(video.as_frameset())
     shape = video.shape

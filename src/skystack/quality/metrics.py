@@ -22,7 +22,7 @@ frame (:func:`measure_view` moves them by the frame's coarse displacement).
   the maria; a planet's sky, where ``E`` is noise, gets no weight), minus ``2 log g``
   where ``g`` is the frame's brightness relative to the others (thin cloud scales ``E`` by
   ``g²``; an additive offset is not corrected). What is left of each cell, smoothed, is
-  the *local* quality of each region (:mod:`skystack.pipeline.lucky.rank`).
+  the *local* quality of each region (:mod:`skystack.pipeline.lucky.points`).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ and partial sums (about ``workers + 1`` tasks in flight) and small per-frame num
    re-measured against that mean and averaged again.
 4. **select per point** (multi-point): alignment points on the reference, and for each
    the ``keep`` frames of best local quality among *all* usable frames
-   (:func:`.rank.choose_points`).
+   (:func:`.points.choose_points`).
 5. **align + stack** (one pass over the frames chosen anywhere): global mode shifts and
    adds the kept frames; multi-point measures each frame at its selected APs (all of them
    for the globally kept frames, which also fill the nodes without an AP), de-warps it only
@@ -70,7 +70,8 @@ from .align import build_reference, place_points
 from .frames import FrameTable, LuckyRun, Reader, Source, frame_path, has_raw_fast_path, open_video, tasks_can_read
 from .gpu import GpuRanker
 from .pool import Workers
-from .rank import Ranker, check_signal, choose_points, rank_all, report_unreadable, score_frames, select
+from .points import choose_points, score_frames
+from .rank import Ranker, check_signal, rank_all, report_unreadable, select
 from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs, write_report
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 

@@ -23,7 +23,8 @@ from .align import PointAligner, Reference, global_measure
 from .frames import NO_MATCH, UNREADABLE, LuckyRun, chunked
 from .gpu import GpuShifts
 from .pool import Buffers
-from .rank import PointChoice, Ranking
+from .points import PointChoice
+from .rank import Ranking
 
 if TYPE_CHECKING:
     from ...stack.drizzle import Drizzle
