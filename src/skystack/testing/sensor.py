@@ -244,3 +244,25 @@ def _shot_noise(e: np.ndarray, rng: np.random.Generator) -> None:
     e += z
     if low.any():
         e[low] = rng.poisson(e[low] - z[low]).astype(np.float64)
+
+
+def draw_cosmics(rng: np.random.Generator, shape: tuple[int, int],
+                 rate: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Cosmic-ray hits on a sensor of ``shape`` at ``rate`` hits per pixel: a list of
+    (ys, xs, e-), single pixels (60 %) and short straight tracks of 2–8 pixels."""
+    h, w = shape
+    n = rng.poisson(rate * h * w)
+    hits = []
+    for _ in range(n):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        q = float(np.exp(rng.uniform(math.log(2000.0), math.log(40000.0))))
+        if rng.uniform() < 0.6:
+            hits.append((np.array([y]), np.array([x]), np.array([q])))
+        else:
+            length = int(rng.integers(2, 9))
+            ang = rng.uniform(0.0, 2.0 * math.pi)
+            t = np.arange(length)
+            xs = np.clip(np.rint(x + t * math.cos(ang)), 0, w - 1).astype(np.int64)
+            ys = np.clip(np.rint(y + t * math.sin(ang)), 0, h - 1).astype(np.int64)
+            hits.append((ys, xs, np.full(length, q / 2.0)))
+    return hits

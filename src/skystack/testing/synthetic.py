@@ -55,7 +55,7 @@ from _skystack_kernels.cpu.stars import render_gaussians, render_moffat
 
 from ..types import Transform
 from .sensor import (DeepSkyParams, Sensor, StarField, _Blob, _FrameConditions, _shot_noise,  # noqa: F401
-                     moffat_alpha)
+                     draw_cosmics, moffat_alpha)
 from .setfiles import CalibrationFrames, Observation, SetFiles
 
 __all__ = ["DeepSkyParams", "SEESTAR_CARDS", "Sensor", "StarField", "SyntheticSet", "make_deepsky",
@@ -444,23 +444,7 @@ class SyntheticSet(SetFiles, Observation, CalibrationFrames):
         return self._draw_cosmics(np.random.default_rng([self.params.seed, 3, i]))
 
     def _draw_cosmics(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        p = self.params
-        h, w = self.shape
-        n = rng.poisson(p.cosmic_rate * h * w)
-        hits = []
-        for _ in range(n):
-            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-            q = float(np.exp(rng.uniform(math.log(2000.0), math.log(40000.0))))
-            if rng.uniform() < 0.6:
-                hits.append((np.array([y]), np.array([x]), np.array([q])))
-            else:
-                length = int(rng.integers(2, 9))
-                ang = rng.uniform(0.0, 2.0 * math.pi)
-                t = np.arange(length)
-                xs = np.clip(np.rint(x + t * math.cos(ang)), 0, w - 1).astype(np.int64)
-                ys = np.clip(np.rint(y + t * math.sin(ang)), 0, h - 1).astype(np.int64)
-                hits.append((ys, xs, np.full(length, q / 2.0)))
-        return hits
+        return draw_cosmics(rng, self.shape, self.params.cosmic_rate)
 
     def frame(self, i: int, *, noise: bool | None = None, defects: bool = True) -> np.ndarray:
         """The raw uint16 frame ``i`` (depends only on the seed and ``i``).
