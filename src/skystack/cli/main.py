@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -59,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command with --resume to continue")
+        if argv is None:
+            # The process is this command: end it now. A worker thread that the interrupt
+            # left waiting on a lock the main thread held would otherwise keep the
+            # interpreter's exit (which joins pool threads) waiting for ever; what is done is
+            # in the journal, written atomically as it finished.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     finally:
         if argv is None:

@@ -29,9 +29,7 @@ image (``--coverage``: ``OUT.weight.fits``, ``OUT.coverage.fits``).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +37,7 @@ import numpy as np
 from _skystack_kernels.cpu.drizzle import drizzle_affine_add
 
 from ...backends.cpu import combine_host_band
-from ...errors import InputChangedError, OutputError
+from ...errors import InputChangedError
 from ...options import RunOptions, StackOptions
 from ...runtime.memory import default_memory_limit
 from ...stack.blocks import run_blocks
@@ -47,7 +45,7 @@ from ...stack.drizzle import cfa_channels, output_matrix, output_shape, source_r
 from ...stack.plan import plan_bands, rotation_extra_rows
 from .phase1 import Phase1, workers_of
 from .phase2 import reuse_done
-from .resume import Journal, npy_data_offset
+from .resume import Journal, npy_data_offset, write_block
 from .weights import Kept
 from .workspace import Workspace
 
@@ -113,9 +111,9 @@ def drizzle_block(task: DrizzleTask, y0: int, y1: int, x0: int = 0, x1: int | No
     c = task.channels
     img = res.image if c > 1 else res.image[..., 0]
     cnt = res.count if c > 1 else res.count[..., 0]
-    write_block(Path(task.image_path), task.offsets[0], shape[1], y0, x0, img.astype(np.float32, copy=False))
-    write_block(Path(task.count_path), task.offsets[1], shape[1], y0, x0, cnt.astype(np.int32, copy=False))
-    write_block(Path(task.weight_path), task.offsets[2], shape[1], y0, x0, res.weight)
+    _write_block(Path(task.image_path), task.offsets[0], shape[1], y0, x0, img.astype(np.float32, copy=False))
+    _write_block(Path(task.count_path), task.offsets[1], shape[1], y0, x0, cnt.astype(np.int32, copy=False))
+    _write_block(Path(task.weight_path), task.offsets[2], shape[1], y0, x0, res.weight)
     return res.rejected
 
 
@@ -191,30 +189,12 @@ def _mean_weight(wout: np.ndarray) -> np.ndarray:
     return wout.mean(axis=2).astype(np.float32)
 
 
-def write_block(path: Path, offset: int, width: int, y0: int, x0: int, data: np.ndarray) -> None:
-    """Write ``data`` (h, w[, C]) at rows ``y0…`` and columns ``x0…`` of a C-ordered
-    ``.npy`` file ``width`` pixels wide, with ``pwrite`` (no memory map: the pages never
-    count towards this process's RSS, and tasks fill disjoint blocks of one file)."""
+def _write_block(path: Path, offset: int, width: int, y0: int, x0: int, data: np.ndarray) -> None:
+    """:func:`.resume.write_block` for a block of a file ``width`` pixels wide with
+    ``data``'s own channels and item size."""
     a = np.ascontiguousarray(data)
-    px = a.itemsize * (int(np.prod(a.shape[2:])) if a.ndim > 2 else 1)
-    row = a.shape[1] * px
-    buf = memoryview(a).cast("B")
-    try:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            for r in range(a.shape[0]):
-                view = buf[r * row:(r + 1) * row]
-                pos = offset + ((y0 + r) * width + x0) * px
-                while view:
-                    k = os.pwrite(fd, view, pos)
-                    view = view[k:]
-                    pos += k
-        finally:
-            os.close(fd)
-    except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise OutputError(f"{path}: could not write drizzled rows ({why}); the output was not written. "
-                          "Free some space and rerun the same command with --resume") from e
+    channels = int(np.prod(a.shape[2:])) if a.ndim > 2 else 1
+    write_block(path, offset, (0, width, channels), a.itemsize, y0, x0, a)
 
 
 def run_drizzle(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, journal: Journal,

@@ -75,20 +75,28 @@ def run_streaming_mean(frames, p1: Phase1, kept: Kept, stack: StackOptions, run:
     every = max(1, min(MEAN_CHECKPOINT_EVERY, len(kept) // 4))
     workers = max(1, min(workers_of(run), in_flight))
     bar = Progress(len(kept), "phase 2: mean", run.quiet, initial=start)
+    # Not ``with ThreadPoolExecutor``: its exit waits for the workers, and a Ctrl-C that lands
+    # inside the pool's own bookkeeping (the main thread holding its idle semaphore's lock)
+    # leaves them blocked on that lock for ever; an interrupted run must end (exit 130).
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: dict[int, Any] = {}
-            nxt = start
-            for k in range(start, len(kept)):
-                while nxt < len(kept) and len(pending) < max(1, in_flight):
-                    pending[nxt] = pool.submit(load, nxt)
-                    nxt += 1
-                warped = pending.pop(k).result()
-                accumulate_mean(warped, np.float64(weights[k]), acc, wsum, count)
-                del warped
-                bar.update()
-                if (k + 1) % every == 0 and k + 1 < len(kept):
-                    journal.save_mean(k + 1, {"acc": acc, "wsum": wsum, "count": count})
+        pending: dict[int, Any] = {}
+        nxt = start
+        for k in range(start, len(kept)):
+            while nxt < len(kept) and len(pending) < max(1, in_flight):
+                pending[nxt] = pool.submit(load, nxt)
+                nxt += 1
+            warped = pending.pop(k).result()
+            accumulate_mean(warped, np.float64(weights[k]), acc, wsum, count)
+            del warped
+            bar.update()
+            if (k + 1) % every == 0 and k + 1 < len(kept):
+                journal.save_mean(k + 1, {"acc": acc, "wsum": wsum, "count": count})
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown()
     finally:
         bar.close()
     image = np.empty((H, W, C), dtype=np.float32)
