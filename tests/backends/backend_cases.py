@@ -48,8 +48,10 @@ class KernelTwinBackend(CpuBackend):
 
     name = "kernel-twin"
 
-    def warp(self, rows, matrix, out_shape, interpolation, out=None):
+    def warp(self, rows, matrix, out_shape, interpolation, out=None, inside=None):
         from _skystack_kernels.cpu.warp import warp_affine_cpu
+
+        # (``inside`` is CpuBackend's shortcut for its coverage warp; the twin marks coverage itself)
 
         h, w = out_shape
         src = rows if rows.dtype == np.float32 else rows.astype(np.float32)

@@ -202,3 +202,30 @@ def test_strip_warps_are_bit_identical_for_any_tile_height_and_match_the_frame(r
     # Lanczos-4 samples on OpenCV's 1/32-pixel grid, and a strip's matrix rounds onto it
     # differently for ~1 % of the pixels (bicubic and bilinear use the exact point)
     assert ok.mean() > 0.8 and close.mean() > (0.97 if interp == "lanczos" else 0.9999)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "cubic", "lanczos"])
+def test_cell_warps_are_the_per_cell_rows_and_matrices_to_the_bit(interpolation):
+    # the vectorised cells are what source_rows and band_matrix give cell by cell: the
+    # output must not depend on which of the two computed them
+    from skystack.stack.plan import WARP_TILE_ROWS, band_matrix, cell_warps, source_rows
+
+    rng = np.random.default_rng(len(interpolation))
+    for _ in range(20):
+        a = np.deg2rad(rng.uniform(-4, 4))
+        s = rng.uniform(0.99, 1.01)
+        fm = np.array([[s * np.cos(a), -s * np.sin(a), rng.uniform(-50, 50)],
+                       [s * np.sin(a), s * np.cos(a), rng.uniform(-50, 50)]])
+        height, width = 400, int(rng.integers(100, 600))
+        y0 = int(rng.integers(0, 300)) // WARP_TILE_ROWS * WARP_TILE_ROWS
+        y1 = min(height, y0 + int(rng.integers(1, 120)))
+        cells = cell_warps(fm, y0, y1, 0, height, width, height, interpolation)
+        want = []
+        for ty0 in range(y0, y1, WARP_TILE_ROWS):
+            rows = source_rows(fm, ty0, ty0 + WARP_TILE_ROWS, width, height, interpolation)
+            if rows is not None:
+                want.append((ty0, rows, band_matrix(fm, rows[0], ty0)))
+        assert [int(t) for t in cells.ty0] == [w[0] for w in want]
+        assert list(zip(cells.sy0.tolist(), cells.sy1.tolist())) == [w[1] for w in want]
+        for m, w in zip(cells.matrices, want):
+            assert m.tobytes() == w[2].tobytes()

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..options import StackOptions
-from ..stack.plan import tile_warps
+from ..stack.plan import WARP_TILE_ROWS, cell_warps
 from .base import BandJob, BandResult
 
 _CV_INTERP = {"lanczos": 4, "cubic": 2, "bilinear": 1}  # cv2.INTER_LANCZOS4, INTER_CUBIC, INTER_LINEAR
@@ -50,7 +50,7 @@ class CpuBackend:
         return buf[:size].reshape(shape)
 
     def warp(self, rows: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
-             interpolation: str, out: np.ndarray | None = None) -> np.ndarray:
+             interpolation: str, out: np.ndarray | None = None, inside: bool | None = None) -> np.ndarray:
         """Resample ``rows`` onto an ``out_shape`` grid through ``matrix``.
 
         Coverage is decided by where each output pixel's centre lands in the source: inside
@@ -59,6 +59,7 @@ class CpuBackend:
         frame's own edge pixels are kept rather than lost to the kernel's width (Lanczos-4
         would otherwise eat 4 px of every border). NaN source pixels (masked data) spread
         NaN to the outputs whose taps touch them, i.e. they stay missing data.
+        ``inside``: the caller's :func:`maps_inside` answer, when it has it.
         """
         import cv2
 
@@ -67,7 +68,7 @@ class CpuBackend:
         m = np.asarray(matrix, dtype=np.float64)
         out = cv2.warpAffine(src, m, (w, h), dst=out, flags=cv_interp(interpolation),
                              borderMode=cv2.BORDER_REPLICATE)
-        if maps_inside(m, out_shape, src.shape[:2]):
+        if inside if inside is not None else maps_inside(m, out_shape, src.shape[:2]):
             return out  # every centre lands a pixel or more inside the source: all covered
         # nearest-neighbour warp of an all-ones plane: 1 exactly where the centre maps
         # inside the source (OpenCV rounds to the nearest source pixel)
@@ -85,16 +86,22 @@ class CpuBackend:
         if job.frame_matrix is None:
             self.warp(rows, job.matrix, (h, w), interpolation, out=dst)
             return
-        src_y1 = job.src_y0 + rows.shape[0]
-        dst[...] = np.nan
-        for ty0, ty1, a, b, sy0, sy1, m in tile_warps(job.frame_matrix, job.band_y0, job.band_y0 + h,
-                                                      job.src_y0, src_y1, w, job.src_height, interpolation):
-            src = rows[sy0 - job.src_y0:sy1 - job.src_y0]
-            if (a, b) == (ty0, ty1):
-                self.warp(src, m, (ty1 - ty0, w), interpolation, out=dst[a - job.band_y0:b - job.band_y0])
-            else:  # the image's last tile, cut by the bottom edge
-                tile = self.warp(src, m, (ty1 - ty0, w), interpolation)
-                dst[a - job.band_y0:b - job.band_y0] = tile[a - ty0:b - ty0]
+        band_y0, band_y1 = job.band_y0, job.band_y0 + h
+        cells = cell_warps(job.frame_matrix, band_y0, band_y1, job.src_y0, job.src_y0 + rows.shape[0], w,
+                           job.src_height, interpolation)
+        n_cells = len(cells.ty0)
+        if n_cells < -(-band_y1 // WARP_TILE_ROWS) - band_y0 // WARP_TILE_ROWS:
+            dst[...] = np.nan  # cells that see no row of the frame are not warped
+        inside = cells_inside(cells.matrices, (WARP_TILE_ROWS, w), cells.sy1 - cells.sy0, rows.shape[1])
+        r = WARP_TILE_ROWS
+        for ty0, sy0, sy1, m, within in zip(cells.ty0.tolist(), (cells.sy0 - job.src_y0).tolist(),
+                                            (cells.sy1 - job.src_y0).tolist(), cells.matrices, inside.tolist()):
+            a, b = max(ty0, band_y0), min(ty0 + r, band_y1)
+            if (a, b) == (ty0, ty0 + r):
+                self.warp(rows[sy0:sy1], m, (r, w), interpolation, out=dst[a - band_y0:b - band_y0], inside=within)
+            else:  # the image's last cell, cut by the bottom edge
+                tile = self.warp(rows[sy0:sy1], m, (r, w), interpolation, inside=within)
+                dst[a - band_y0:b - band_y0] = tile[a - ty0:b - ty0]
 
     def combine_band(self, jobs: Sequence[BandJob], out_shape: tuple[int, ...], weights: np.ndarray,
                      options: StackOptions) -> BandResult:
@@ -139,6 +146,30 @@ def maps_inside(matrix: np.ndarray, out_shape: tuple[int, int], src_shape: tuple
     lo = margin - 0.5
     return bool(np.all(sx >= lo) and np.all(sx <= sw - 0.5 - margin)
                 and np.all(sy >= lo) and np.all(sy <= sh - 0.5 - margin))
+
+
+def cells_inside(matrices: np.ndarray, out_shape: tuple[int, int], src_heights: np.ndarray, src_width: int,
+                 margin: float = 1.0) -> np.ndarray:
+    """:func:`maps_inside` for many warps of one linear part at once (the cells of a job:
+    ``matrices`` (K, 2, 3) differ only in translation), source ``src_heights[k] ×
+    src_width``: a boolean per warp. The inverse comes in closed form rather than from
+    ``np.linalg.inv``; the margin of a pixel is far wider than the difference."""
+    k = len(matrices)
+    if k == 0:
+        return np.zeros(0, dtype=bool)
+    h, w = out_shape
+    (a, b), (c, d) = matrices[0, :, :2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    tx = -(ia * matrices[:, 0, 2] + ib * matrices[:, 1, 2])
+    ty = -(ic * matrices[:, 0, 2] + id_ * matrices[:, 1, 2])
+    xs = np.array([0.0, w - 1.0, 0.0, w - 1.0])
+    ys = np.array([0.0, 0.0, h - 1.0, h - 1.0])
+    sx = (ia * xs + ib * ys)[None, :] + tx[:, None]
+    sy = (ic * xs + id_ * ys)[None, :] + ty[:, None]
+    lo = margin - 0.5
+    return ((sx >= lo).all(axis=1) & (sx <= src_width - 0.5 - margin).all(axis=1)
+            & (sy >= lo).all(axis=1) & (sy <= np.asarray(src_heights)[:, None] - 0.5 - margin).all(axis=1))
 
 
 def combine_host_band(band: np.ndarray, weights: np.ndarray, options: StackOptions, scale: np.ndarray | None = None,

@@ -395,20 +395,63 @@ def cells_end(y1: int) -> int:
 
 def tile_warps(frame_matrix: np.ndarray, band_y0: int, band_y1: int, src_y0: int, src_y1: int,
                width: int, src_height: int, interpolation: str):
-    """Yield ``(out_y0, out_y1, rows_y0, rows_y1, local_matrix)`` for each grid tile of the
-    band: output rows relative to the band, the slice of the band's source block the tile
-    reads, and the matrix mapping that slice to the tile."""
+    """Yield ``(ty0, ty1, a, b, sy0, sy1, local_matrix)`` for each grid cell of the band
+    that sees the frame: the cell's output rows ``[ty0, ty1)`` (absolute), the part of them
+    inside the band ``[a, b)``, the frame rows ``[sy0, sy1)`` it reads (within the band's
+    source block ``[src_y0, src_y1)``) and the matrix mapping those rows to the cell."""
+    cells = cell_warps(frame_matrix, band_y0, band_y1, src_y0, src_y1, width, src_height, interpolation)
+    for k in range(len(cells.ty0)):
+        ty0, sy0 = int(cells.ty0[k]), int(cells.sy0[k])
+        yield (ty0, ty0 + WARP_TILE_ROWS, max(ty0, band_y0), min(ty0 + WARP_TILE_ROWS, band_y1), sy0,
+               int(cells.sy1[k]), cells.matrices[k])
+
+
+@dataclass(frozen=True)
+class CellWarps:
+    """The cells of a band that see the frame, as arrays (one entry per cell): output
+    rows start ``ty0`` (absolute; ``WARP_TILE_ROWS`` rows each), frame rows
+    ``[sy0, sy1)``, local matrices ``(K, 2, 3)``."""
+
+    ty0: np.ndarray
+    sy0: np.ndarray
+    sy1: np.ndarray
+    matrices: np.ndarray
+
+
+def cell_warps(frame_matrix: np.ndarray, band_y0: int, band_y1: int, src_y0: int, src_y1: int,
+               width: int, src_height: int, interpolation: str) -> CellWarps:
+    """:func:`tile_warps` for all cells at once, in arrays.
+
+    Every cell's numbers are those :func:`source_rows` and :func:`band_matrix` give for it
+    alone (the same float operations in the same order, so the same bits): computed in one
+    NumPy pass they cost ~1 µs a cell instead of ~20 in Python, and a 3000×2000 stack of 100
+    frames warps ~190 000 cells.
+
+    Raises
+    ------
+    ValueError
+        A cell reads frame rows outside ``[src_y0, src_y1)``.
+    """
     t0 = (band_y0 // WARP_TILE_ROWS) * WARP_TILE_ROWS
-    for ty0 in range(t0, band_y1, WARP_TILE_ROWS):
-        ty1 = ty0 + WARP_TILE_ROWS
-        a, b = max(ty0, band_y0), min(ty1, band_y1)
-        if a >= b:
-            continue
-        rows = source_rows(frame_matrix, ty0, ty1, width, src_height, interpolation)
-        if rows is None:
-            continue
-        sy0, sy1 = rows
-        if sy0 < src_y0 or sy1 > src_y1:
-            raise ValueError(f"band source rows {src_y0}:{src_y1} do not cover tile rows {sy0}:{sy1}; "
-                             "bands must be whole tiles")
-        yield ty0, ty1, a, b, sy0, sy1, band_matrix(frame_matrix, sy0, ty0)
+    ty0 = np.arange(t0, band_y1, WARP_TILE_ROWS, dtype=np.int64)
+    p, q, r = _inverse(frame_matrix)[1]
+    x0, x1 = -0.5, width - 0.5
+    y0 = ty0 - 0.5
+    y1 = (ty0 + WARP_TILE_ROWS) - 0.5
+    corners = np.stack([p * x0 + q * y0 + r, p * x1 + q * y0 + r, p * x0 + q * y1 + r, p * x1 + q * y1 + r])
+    margin = INTERP_MARGIN.get(interpolation, 5)
+    sy0 = np.maximum(0, np.floor(corners.min(axis=0)).astype(np.int64) - margin)
+    sy1 = np.minimum(src_height, np.ceil(corners.max(axis=0)).astype(np.int64) + margin + 1)
+    seen = sy1 > sy0
+    ty0, sy0, sy1 = ty0[seen], sy0[seen], sy1[seen]
+    if len(ty0) and (sy0.min() < src_y0 or sy1.max() > src_y1):
+        bad = int(np.argmax((sy0 < src_y0) | (sy1 > src_y1)))
+        raise ValueError(f"band source rows {src_y0}:{src_y1} do not cover tile rows {sy0[bad]}:{sy1[bad]}; "
+                         "bands must be whole tiles")
+    m = np.asarray(frame_matrix, dtype=np.float64)
+    mats = np.empty((len(ty0), 2, 3))
+    mats[:, :, :2] = m[:, :2]
+    src0 = sy0.astype(np.float64)
+    mats[:, 0, 2] = m[0, 2] + m[0, 1] * src0  # band_matrix, cell by cell
+    mats[:, 1, 2] = m[1, 2] + (m[1, 1] * src0 - ty0)
+    return CellWarps(ty0=ty0, sy0=sy0, sy1=sy1, matrices=mats)
