@@ -52,7 +52,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fits.PrimaryHDU, "writeto", disk_full)
+    monkeypatch.setattr(w, "_write_be_float32", disk_full)  # the data unit, after the header
     with pytest.raises(OutputError, match="disk full"):
         w.write_fits(target, np.zeros((4, 4), np.float32))
     assert target.read_bytes() == b"old complete output"
@@ -69,3 +69,28 @@ def test_refuses_to_overwrite_an_input(tmp_path):
     with pytest.raises(OutputError):
         w.check_not_input(link, [str(src)])
     w.check_not_input(tmp_path / "new.fits", [str(src)])
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (29, 41, 3)])
+def test_fits_data_as_astropy_writes_them_and_the_image_left_alone(tmp_path, monkeypatch, shape):
+    # the data unit is written chunk by chunk (w._write_be_float32): the same bytes as
+    # astropy's own writer, a valid file, and the caller's array never touched
+    rng = np.random.default_rng(len(shape))
+    img = rng.normal(100, 30, shape).astype(np.float32)
+    img[3, 4] = np.nan
+    keep = img.copy()
+    monkeypatch.setattr(w, "_FITS_CHUNK_VALUES", 7 * shape[1])  # several chunks a plane, the last short
+    p = w.write_fits(tmp_path / "ours.fits", img, header={"OBJECT": "M94"}, history=["x"])
+    assert np.array_equal(img, keep, equal_nan=True)
+    assert p.stat().st_size % 2880 == 0
+    with fits.open(p) as h:
+        h.verify("exception")
+        data = h[0].data
+        want = np.moveaxis(keep, 2, 0) if keep.ndim == 3 else keep
+        assert np.array_equal(data, want, equal_nan=True)
+        assert h[0].header["OBJECT"] == "M94"
+    ref = tmp_path / "astropy.fits"
+    fits.PrimaryHDU(np.ascontiguousarray(want)).writeto(ref)
+    with fits.open(ref) as a, fits.open(p) as b:
+        assert a[0].header["BITPIX"] == b[0].header["BITPIX"] == -32
+        assert a[0].data.tobytes() == b[0].data.tobytes()

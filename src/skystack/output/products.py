@@ -7,6 +7,7 @@ The names of every side file live here, once: :func:`stack_outputs` and
 is read) from the same functions the writers use."""
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,19 +103,31 @@ def write_stack(out: Path, image: np.ndarray, *, header: Any, history: Sequence[
     carry the stack's celestial WCS. ``results`` (deep-sky) become ``OUT.quality.png`` with
     previews on.
     """
-    written = [write_image(out, image, header=header, history=history, tiff_dtype=output.tiff_dtype)]
-    if output.coverage and count is not None:
-        c = np.asarray(count)
-        written.append(write_fits(coverage_path(out), (c.max(axis=2) if c.ndim == 3 else c).astype(np.float32),
-                                  header={"BUNIT": ("frames", "values combined per pixel"), **_wcs_cards(header)}))
-    if output.coverage and weight is not None:
-        written.append(write_fits(weight_path(out), np.asarray(weight, dtype=np.float32),
-                                  header={"BUNIT": ("weight", "drizzle drop overlap x frame weight"),
-                                          **_wcs_cards(header)}))
-    if output.preview and out.suffix.lower() != ".png":
-        written.append(write_preview(preview_path(out), image))
-    if output.preview and results is not None:
-        written.append(plot_frames(quality_plot_path(out), list(results), reference or 0))
+    # the preview and the plot only read: drawn on a side thread while the image and the
+    # maps are written (OpenCV, NumPy and the file writes release the GIL; ~0.15 s of an
+    # 18-sub Seestar stack's 0.35 s of writing overlapped)
+    side: list[Future[Path]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skystack-side") as pool:
+        if output.preview and out.suffix.lower() != ".png":
+            side.append(pool.submit(write_preview, preview_path(out), image))
+        if output.preview and results is not None:
+            side.append(pool.submit(plot_frames, quality_plot_path(out), list(results), reference or 0))
+        try:
+            written = [write_image(out, image, header=header, history=history, tiff_dtype=output.tiff_dtype)]
+            if output.coverage and count is not None:
+                c = np.asarray(count)
+                written.append(write_fits(coverage_path(out), (c.max(axis=2) if c.ndim == 3 else c).astype(np.float32),
+                                          header={"BUNIT": ("frames", "values combined per pixel"),
+                                                  **_wcs_cards(header)}))
+            if output.coverage and weight is not None:
+                written.append(write_fits(weight_path(out), np.asarray(weight, dtype=np.float32),
+                                          header={"BUNIT": ("weight", "drizzle drop overlap x frame weight"),
+                                                  **_wcs_cards(header)}))
+        except BaseException:
+            for f in side:
+                f.cancel()
+            raise
+        written += [f.result() for f in side]
     return written
 
 

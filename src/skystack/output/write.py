@@ -111,9 +111,34 @@ def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None
     for line in history:
         for chunk in _chunks(str(line), 70):
             hdu.header.add_history(chunk)
-    with atomic_path(path) as tmp:
-        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+    hdu.verify("silentfix")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(hdu.header.tostring(endcard=True, padding=True).encode("ascii"))
+        _write_be_float32(f, data)
     return Path(path)
+
+
+# Rows of float32 FITS data converted to big-endian at a time (about 4 MB a chunk).
+_FITS_CHUNK_VALUES = 1 << 20
+
+
+def _write_be_float32(f, data: np.ndarray) -> None:
+    """The data unit of a float32 image: ``data`` (planes, rows, columns: any strides) as
+    big-endian float32 in chunks of rows, padded to a 2880-byte record.
+
+    Written here rather than by ``HDU.writeto``: astropy byteswaps the caller's array in
+    place, writes it and swaps it back (three passes over the stack, and the array is
+    garbage meanwhile, so nothing else may read it: the preview had to wait); chunk by chunk
+    the image is only read, once."""
+    planes = data.reshape((-1,) + data.shape[-2:])
+    h, w = planes.shape[1:]
+    rows = max(1, _FITS_CHUNK_VALUES // max(w, 1))
+    for plane in planes:
+        for y0 in range(0, h, rows):
+            f.write(plane[y0:y0 + rows].astype(">f4").tobytes())
+    tail = (4 * data.size) % 2880
+    if tail:
+        f.write(b"\0" * (2880 - tail))
 
 
 def _chunks(s: str, n: int) -> Iterator[str]:
