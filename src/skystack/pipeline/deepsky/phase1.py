@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -26,7 +27,7 @@ from ...io import luminance
 from ...options import RegisterOptions, RunOptions
 from ...output.header import frame_start_mjd
 from ...quality.select import quality_score
-from ...register.deepsky import Reference, Registration, detect_frame, register_frame
+from ...register.deepsky import Reference, Registration, detect_frame, load_kernels, register_frame
 from ...runtime.executor import run_tasks
 from ...runtime.memory import current_rss, release_free_memory
 from ...runtime.progress import Progress
@@ -48,6 +49,33 @@ _LUM_STRIP_ROWS = 128
 # raw rows with the demosaic margin, and the demosaic's temporaries (measured: read() of a
 # CFA frame peaks at 1.58× its float32 RGB size).
 _STRIP_COPIES = 3
+
+
+class Preload:
+    """Registration's kernels loaded on a side thread (:func:`~skystack.register.deepsky.load_kernels`)
+    while the run opens its inputs, checks its outputs and starts its journal: the first
+    frame need not then be measured alone (see :func:`choose_reference`).
+
+    Started only where nothing else calls a Numba kernel meanwhile (no calibration: masters
+    are combined by kernels), and never for a cluster run (its workers load their own).
+    """
+
+    def __init__(self, options: RegisterOptions) -> None:
+        self._ok = False
+        self._thread = threading.Thread(target=self._run, args=(options,), name="skystack-preload", daemon=True)
+        self._thread.start()
+
+    def _run(self, options: RegisterOptions) -> None:
+        try:
+            load_kernels(options)
+            self._ok = True
+        except Exception as e:  # speed only: the first frame then loads them, alone
+            log.debug("loading registration's kernels ahead failed: %s", e)
+
+    def wait(self) -> bool:
+        """Wait for the loading; True when every kernel was loaded."""
+        self._thread.join()
+        return self._ok
 
 
 @dataclass
@@ -209,7 +237,7 @@ def frame_result(m: Measured, reg: Registration, is_reference: bool, options: Re
                        residual_px=0.0 if is_reference else reg.residual_px, metrics=metrics)
 
 
-def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers: int
+def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers: int, loaded: bool = False
                      ) -> tuple[int, str, dict[int, Measured | FrameResult], Reference]:
     """The reference frame: ``options.reference`` if given, else the best-scored readable
     frame of the set's geometry among the first ``reference_candidates`` that passes the
@@ -220,8 +248,9 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
     register onto it. So candidates are tried best first, and one is taken only when
     :func:`~skystack.register.deepsky.register_frame` accepts another candidate against it
     (a lone candidate is taken as it is). The candidates are read and measured once, in
-    parallel (``workers``); the check matches their stars, and reads pixels again only
-    where the stars do not match and the method may fall back to ORB.
+    parallel (``workers``; the first alone unless the kernels are ``loaded``); the check
+    matches their stars, and reads pixels again only where the stars do not match and the
+    method may fall back to ORB.
 
     Returns (index, why, every frame looked at: measured, or why it cannot be used, and the
     :class:`~skystack.register.deepsky.Reference` built from the chosen frame).
@@ -268,7 +297,7 @@ def choose_reference(frames, options: RegisterOptions, run: RunOptions, workers:
     # first call, and two threads making that first call at once crashed the process
     # (SIGSEGV in detection's measure_stars, 1 run in 5 with 2 workers); once loaded, the
     # kernels run in any number of threads.
-    while nxt < n and not any(isinstance(v, Measured) for v in seen.values()) and not run.scheduler:
+    while nxt < n and not any(isinstance(v, Measured) for v in seen.values()) and not run.scheduler and not loaded:
         take(nxt, measure_task(task, nxt, keep))
         nxt += 1
     while nxt < n and sum(isinstance(v, Measured) for v in seen.values()) < want:
@@ -350,15 +379,16 @@ def workers_of(run: RunOptions) -> int:
 
 
 def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Journal | None,
-                 resumed: bool, memory_limit: int | None) -> Phase1:
+                 resumed: bool, memory_limit: int | None, preload: Preload | None = None) -> Phase1:
     """Choose the reference, then register and measure every frame (frames finished by an
     interrupted run are taken from its journal; the reference candidates are not read
-    twice)."""
+    twice). ``preload``: the kernels loading ahead, waited for here."""
     t0 = time.perf_counter()
+    loaded = preload.wait() if preload is not None else False
     workers = phase1_workers(tuple(frames.shape), workers_of(run), memory_limit, options.method)
     if workers < workers_of(run) and not run.scheduler:
         log.info("phase 1: %d worker(s) to stay within the memory limit", workers)
-    ref_index, ref_reason, seen, reference = choose_reference(frames, options, run, workers)
+    ref_index, ref_reason, seen, reference = choose_reference(frames, options, run, workers, loaded)
     ref_shape = tuple(frames.processed_shape(ref_index))
     release_free_memory()
     rss_warm = current_rss()
@@ -396,7 +426,7 @@ def register_all(frames, options: RegisterOptions, run: RunOptions, journal: Jou
     todo = [i for i in range(len(frames)) if i not in results and (i not in seen or i in again)]
     task = RegisterTask(Workspace(frames.spec), reference, ref_shape, ref_index, options)
     try:
-        if todo and workers > 1 and not run.scheduler and not matched_here:
+        if todo and workers > 1 and not run.scheduler and not matched_here and not loaded:
             # one frame alone first, as in choose_reference: every kernel registration uses
             # (the triangle matcher's too) is then loaded before two threads call it at once.
             # Not needed once a candidate's stars matched here (detection's kernels were

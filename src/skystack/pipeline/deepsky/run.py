@@ -46,7 +46,7 @@ from ...runtime.progress import setup_logging
 from ...types import Fate, StackResult
 from .drizzle import run_drizzle
 from .mean import run_streaming_mean
-from .phase1 import Phase1, register_all
+from .phase1 import Phase1, Preload, register_all
 from .phase2 import coverage_of, plan_phase2, run_tiles
 from .resume import Journal
 from .weights import Kept, apply_selection, normalisation
@@ -100,9 +100,10 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     if job.output.output is None and job.run.resume:
         raise UsageError("--resume continues a run that writes an output; give the output path")
     backend = resolve(job.run.backend)
+    preload = _preload(job)
     src = open_inputs(inputs, job)
     journal, resumed = start_journal(src, job, transforms_only=False)
-    p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit)
+    p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit, preload)
     _require_registered(p1, job.register)
     release_free_memory()
     t0 = time.perf_counter()
@@ -125,12 +126,21 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     t_start = time.perf_counter()
     setup_logging(job.run.quiet)
     as_stack = StackJob(read=job.read, register=job.register, output=job.output, run=job.run)
+    preload = _preload(as_stack)
     src = open_inputs(inputs, as_stack)
     journal, resumed = start_journal(src, as_stack, transforms_only=True)
-    p1 = register_all(src.frames, job.register, job.run, journal, resumed, None)
+    p1 = register_all(src.frames, job.register, job.run, journal, resumed, None, preload)
     _require_registered(p1, job.register)
     kept = [r.index for r in p1.results if r.fate is Fate.USED]
     return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
+
+
+def _preload(job: StackJob) -> Preload | None:
+    """Registration's kernels loading on a side thread while the inputs are opened (not for
+    a cluster run, nor beside a calibration, whose masters call kernels of their own)."""
+    if job.run.scheduler or job.calibration.active:
+        return None
+    return Preload(job.register)
 
 
 def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
