@@ -173,3 +173,30 @@ def test_real_moon_video_into_ser_bit_exact(tmp_path, real_path):
         assert np.array_equal(src.read(k), frames[k])
     assert np.array_equal(src.read_rows(13, 400, 460), frames[13][400:460])
     video.close()
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_whole_rows_by_pread_and_blocks_by_the_map_agree(tmp_path, rng, order):
+    # whole rows are pread, narrower blocks cut from the memory map: the same pixels
+    frames = frames16(rng, n=3, shape=(11, 13))
+    write_ser(tmp_path / "v.ser", frames, ser.MONO, byteorder=order)
+    src = SerSource(tmp_path / "v.ser")
+    for k in range(3):
+        rows = src.read_rows(k, 3, 9)
+        assert rows.dtype.isnative and np.array_equal(rows, frames[k][3:9])
+        assert np.array_equal(src.read_block(k, 3, 9, 2, 11), rows[:, 2:11])
+        assert np.array_equal(src.read_block(k, 3, 9, 0, 13), rows)
+    src.close()
+    assert np.array_equal(src.read(2), frames[2])  # reopened after close
+
+
+def test_a_file_cut_after_it_was_opened_is_a_bad_frame(tmp_path, rng):
+    frames = frames16(rng, n=3)
+    p = tmp_path / "v.ser"
+    write_ser(p, frames, ser.MONO)
+    src = SerSource(p)
+    with open(p, "r+b") as f:
+        f.truncate(178 + 2 * frames[0].nbytes + 10)  # frame 2 now ends early
+    assert np.array_equal(src.read(1), frames[1])
+    with pytest.raises(BadFrameError, match="v.ser.*ends early"):
+        src.read(2)

@@ -177,6 +177,7 @@ class SerSource(SourceBase):
         self._has_trailer = count > 0 and size >= self._trailer_offset + 8 * count
         self._timestamps: np.ndarray | None = None
         self._map: np.memmap | None = None
+        self._fd: int | None = None  # full-width reads: pread from here (opened on the first)
         self._date = ticks_to_datetime(int(hdr["date_time_utc"]))
 
     # -- FrameSource --------------------------------------------------------------------
@@ -235,15 +236,50 @@ class SerSource(SourceBase):
         self._check(i)
         y0, y1 = max(0, int(y0)), min(self._h, int(y1))
         x0, x1 = max(0, int(x0)), min(self._w, int(x1))
-        frames = self._frames()
-        out = np.array(frames[i, y0:y1, x0:x1], dtype=self.dtype)  # a copy in native order, never the map
-        release(frames)
+        if x0 == 0 and x1 == self._w:
+            out = self._pread_rows(i, y0, y1)
+        else:
+            frames = self._frames()
+            out = np.array(frames[i, y0:y1, x0:x1], dtype=self.dtype)  # a copy in native order, never the map
+            release(frames)
         if self.color_id == BGR:
             out = np.ascontiguousarray(out[..., ::-1])
         return out
 
     def close(self) -> None:
         self._map = None  # numpy closes the mapping when the last view goes
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _pread_rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Whole rows ``y0:y1`` of frame ``i`` (contiguous in the file) with one ``pread``
+        into the result. The memory map copies as fast, but each read faulted the frame's
+        pages into the map and dropped them again (:func:`~skystack.io.pages.release`):
+        45-70 µs a 640×480 8-bit frame against 26-30 µs, measured alone and two processes
+        at once on the project's 2-core machine, where a lucky run reads every frame."""
+        fd = self._fd
+        if fd is None:
+            try:
+                fd = self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise BadFrameError(self.path, f"cannot open ({e.strerror or e})") from e
+        shape = (y1 - y0, self._w) + ((3,) if self._planes == 3 else ())
+        buf = np.empty(shape, dtype=self._file_dtype)
+        view = memoryview(buf).cast("B")
+        at = HEADER_SIZE + i * self._frame_bytes + y0 * (self._frame_bytes // self._h)
+        got = 0
+        try:
+            while got < len(view):
+                n = os.preadv(fd, [view[got:]], at + got)
+                if n <= 0:
+                    raise BadFrameError(self.path, f"frame {i} ends early: the file shrank since it was opened")
+                got += n
+        except OSError as e:
+            raise BadFrameError(self.path, f"cannot read frame {i} ({e.strerror or e})") from e
+        if buf.dtype != self.dtype:  # big- or little-endian 16-bit data, not this machine's order
+            return buf.byteswap(inplace=True).view(self.dtype)
+        return buf
 
     # -- internals ----------------------------------------------------------------------
     def _frames(self) -> np.memmap:
