@@ -4,7 +4,7 @@ forked worker processes.
 A lucky frame costs about a millisecond, and much of that millisecond is Python holding the
 GIL (small NumPy arrays, per-point bookkeeping): threads then share one core for that part,
 and two of them gave ~1.0-1.2× over one (measured on the project's 2-core machine). So when
-the frames can be read anywhere (a memory-mapped SER/FITS set) and the platform forks,
+the frames can be read anywhere (a SER video, a FITS set) and the platform forks,
 ``workers ≥ 2`` runs tasks in forked processes: they inherit the run's state (reference,
 alignment points, reader) without pickling, read their own frames, and send back small
 results (a chunk's partial sums, per-frame numbers). Forking two workers costs ~5 ms.
