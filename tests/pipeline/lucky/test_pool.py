@@ -102,3 +102,29 @@ def test_one_worker_runs_background_work_in_its_own_thread():
         assert done.wait(5) and ran_in[-1] is not threading.current_thread()
     finally:
         pool2.close()
+
+
+@pytest.mark.skipif(not can_fork(), reason="forked workers need Linux")
+def test_with_room_in_the_window_this_process_works_too():
+    # inflight 8 for 2 workers: one forked worker with its queue, and this process runs
+    # tasks itself between handing back results; order, slots and failures as ever
+    spec = Buffers((((3, 5), np.float32), ((4, 4), np.float64)))
+    pool = Workers(2, processes=True)
+    seen = []
+    try:
+        for (x, pid, own), arrays in pool.map(_fill, range(40), inflight=8, buffers=spec):
+            assert own is None and arrays is not None  # every task fills a slot, here too
+            total, count = arrays
+            want = np.zeros((3, 5), np.float32)
+            want[x % 3, :] = x
+            assert np.array_equal(total, want) and count.sum() == 4.0
+            seen.append((x, pid))
+        assert [x for x, _ in seen] == list(range(40))
+        pids = {p for _, p in seen}
+        assert os.getpid() in pids and len(pids) == 2  # this process and one forked worker
+        out = list(pool.map(_square_or_fail, range(7), inflight=8))
+        assert [v for v, _ in out] == [x * x for x in range(7)]
+        with pytest.raises(ValueError, match="seven"):
+            list(pool.map(_square_or_fail, range(12), inflight=8))
+    finally:
+        pool.close()

@@ -8,6 +8,10 @@ the frames can be read anywhere (a SER video, a FITS set) and the platform forks
 ``workers ≥ 2`` runs tasks in forked processes: they inherit the run's state (reference,
 alignment points, reader) without pickling, read their own frames, and send back small
 results (a chunk's partial sums, per-frame numbers). Forking two workers costs ~5 ms.
+Where the window of tasks in flight has room (the ranking pass: many small tasks) the
+calling process is one of the workers: it forks one fewer, keeps each forked worker's
+queue filled and runs tasks itself between handing back results; a third process that
+only fed two workers preempted them on two cores.
 A video decoder must be read in order on one thread: then the frames are read by the
 calling thread and the tasks run on a thread pool, as do drizzled stacks (whose per-frame
 inputs are too big to send between processes).
@@ -257,51 +261,106 @@ def _threaded(fn, tasks, pool, inflight) -> Iterator[Any]:
 
 def _forked(fn, tasks, workers, inflight, owner: Workers, slots: _Slots | None) -> Iterator[Any]:
     """Fork the workers now (before the caller starts a progress bar, whose monitor is a
-    thread) and return the generator of their results, which the caller must iterate."""
+    thread) and return the generator of the results, which the caller must iterate.
+
+    When the window of ``inflight`` tasks leaves room for it, this process is the last of
+    the ``workers`` (see :func:`_results`) and ``workers - 1`` are forked; otherwise all of
+    them are (a window of ``workers + 1`` big stacking tasks: this process's own task would
+    hold the window while the forked ones waited for their next task)."""
+    here = inflight >= _QUEUED_PER_WORKER * (workers - 1) + 2
     owner._before_fork()
     ctx = mp.get_context("fork")
     tq, rq = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_serve, args=(fn, tq, rq, slots), daemon=True, name=f"lucky-{k}")
-             for k in range(workers)]
+             for k in range(workers - 1 if here else workers)]
     for p in procs:
         p.start()
-    owner._after_fork()
-    return _results(procs, tq, rq, tasks, inflight, owner, slots)
+    if not here:
+        owner._after_fork()
+    return _results(fn if here else None, procs, tq, rq, tasks, inflight, owner, slots)
 
 
-def _results(procs, tq, rq, tasks, inflight, owner: Workers, slots: _Slots | None) -> Iterator[Any]:
+# Tasks kept queued for each forked worker while this process runs one itself: one running,
+# one waiting, so a worker never idles while this process is busy with its own task.
+_QUEUED_PER_WORKER = 2
+
+
+def _results(fn, procs, tq, rq, tasks, inflight, owner: Workers, slots: _Slots | None) -> Iterator[Any]:
+    """The results in order. The forked workers take tasks from ``tq``; this process keeps
+    :data:`_QUEUED_PER_WORKER` tasks queued for each of them, hands back the results that
+    are ready, and otherwise runs the next task itself (``fn``; None: never) while the
+    window of ``inflight`` tasks allows, or waits for a worker.
+
+    This process is a worker too: on the project's 2-core machine two forked workers and a
+    third process that only fed them gave ~1.5× over one worker, the feeding's wake-ups
+    preempting the workers (~500 involuntary context switches each in a ranking pass).
+    """
     done: dict[int, tuple[bool, Any]] = {}
-    sent = received = 0
+    sent = received = queued = 0  # queued: sent to the forked workers, result not yet back
     it = iter(tasks)
     exhausted = False
+
+    def take() -> tuple[int, Any] | None:
+        nonlocal sent, exhausted
+        if exhausted or sent - received >= inflight:
+            return None
+        try:
+            t = next(it)
+        except StopIteration:
+            exhausted = True
+            return None
+        sent += 1
+        return sent - 1, t
+
+    def arrived(block: bool) -> bool:
+        """One result from the workers into ``done`` (False: none ready, not blocking)."""
+        nonlocal queued
+        while True:
+            try:
+                seq, ok, value = rq.get(timeout=1.0) if block else rq.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return False
+                dead = [p for p in procs if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"lucky worker process {dead[0].name} died "
+                                       f"(exit code {dead[0].exitcode})") from None
+                continue
+            done[seq] = (ok, value)
+            queued -= 1
+            return True
+
     try:
         while True:
-            while not exhausted and sent - received < inflight:
-                try:
-                    t = next(it)
-                except StopIteration:
-                    exhausted = True
+            while queued < (_QUEUED_PER_WORKER * len(procs) if fn is not None else inflight):
+                item = take()
+                if item is None:
                     break
-                tq.put((sent, t))
-                sent += 1
-            if received == sent:
+                tq.put(item)
+                queued += 1
+            while queued and arrived(False):
+                pass
+            if received in done:
+                ok, value = done.pop(received)
+                received += 1
+                if not ok:
+                    raise value
+                yield value if slots is None else (value, slots.slots[(received - 1) % slots.n])
+                continue
+            if exhausted and received == sent:
                 break
-            while received not in done:
+            item = take() if fn is not None else None
+            if item is not None:  # nothing to hand back yet: a task here
+                seq, t = item
                 try:
-                    seq, ok, value = rq.get(timeout=1.0)
-                except queue.Empty:
-                    dead = [p for p in procs if not p.is_alive()]
-                    if dead:
-                        raise RuntimeError(f"lucky worker process {dead[0].name} died "
-                                           f"(exit code {dead[0].exitcode})") from None
-                    continue
-                done[seq] = (ok, value)
-            ok, value = done.pop(received)
-            received += 1
-            if not ok:
-                raise value
-            yield value if slots is None else (value, slots.slots[(received - 1) % slots.n])
+                    done[seq] = (True, fn(t) if slots is None else fn(t, slots.take(seq)))
+                except Exception as e:  # raised in order, when its turn comes
+                    done[seq] = (False, e)
+                continue
+            arrived(True)  # the next result is a worker's: wait for it
     finally:
+        if fn is not None:
+            owner._after_fork()  # frozen since the fork: this process's tasks do not walk the old heap either
         for _ in procs:
             tq.put(None)
         # a worker exits only once its queued results are read (after an error in the
