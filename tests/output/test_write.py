@@ -94,3 +94,19 @@ def test_fits_data_as_astropy_writes_them_and_the_image_left_alone(tmp_path, mon
     with fits.open(ref) as a, fits.open(p) as b:
         assert a[0].header["BITPIX"] == b[0].header["BITPIX"] == -32
         assert a[0].data.tobytes() == b[0].data.tobytes()
+
+
+def test_layout_cards_of_a_given_header_are_not_written(tmp_path):
+    # a header copied from a 16-bit frame carries BITPIX/NAXISn/BZERO: the float32 stack
+    # must come back as written, whatever such cards said
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    h = fits.Header()
+    for k, v in [("BITPIX", 16), ("NAXIS", 2), ("NAXIS1", 9), ("BZERO", 32768), ("BSCALE", 1), ("OBJECT", "M13")]:
+        h[k] = v
+    for hdr in (h, {k: h[k] for k in h}):
+        p = w.write_fits(tmp_path / "s.fits", img, header=hdr)
+        with fits.open(p) as f:
+            f.verify("exception")
+            assert np.array_equal(f[0].data, img)
+            assert f[0].header["BITPIX"] == -32 and f[0].header["OBJECT"] == "M13"
+            assert "BZERO" not in f[0].header and list(f[0].header.keys()).count("NAXIS1") == 1

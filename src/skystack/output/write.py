@@ -102,10 +102,12 @@ def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None
         hdu.header[PRODUCT_CARD] = (True, PRODUCT_COMMENT)
     if isinstance(header, fits.Header):
         for card in header.cards:
-            hdu.header.append(card, end=True)
+            if card.keyword.upper() not in _LAYOUT_CARDS:
+                hdu.header.append(card, end=True)
     else:
         for key, val in (header or {}).items():
-            hdu.header[key] = val
+            if str(key).upper() not in _LAYOUT_CARDS:
+                hdu.header[key] = val
     if data.ndim == 3 and "CTYPE3" not in hdu.header:
         hdu.header["CTYPE3"] = ("RGB", "colour planes R, G, B")
     for line in history:
@@ -117,6 +119,11 @@ def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None
         _write_be_float32(f, data)
     return Path(path)
 
+
+# Cards that describe the data unit's layout: the writer's own, never taken from a header
+# it is given (a frame's BZERO = 32768 copied onto float32 data would shift every value).
+_LAYOUT_CARDS = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND", "BZERO",
+                           "BSCALE", "BLANK", "PCOUNT", "GCOUNT", "XTENSION", "END", "GROUPS"})
 
 # Rows of float32 FITS data converted to big-endian at a time (about 4 MB a chunk).
 _FITS_CHUNK_VALUES = 1 << 20
