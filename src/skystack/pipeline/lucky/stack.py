@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ...stack.drizzle import Drizzle
 
 _EMPTY = 1e-6  # a pixel whose summed weight is below this was covered by no frame
+# Rows of a window de-warped and added at a time by the multi-point pass (see
+# _PointStacker): a band's maps, pixels and weights (~7 planes) stay within a core's L2.
+_BAND_ROWS = 32
 # Planet mode weights a frame at an AP by its correlation response there to this power: the
 # few APs of a planet sit on the limb and the belts, where how well a frame matched the
 # reference says how well it will stack (a 1-D limb leaves the shift along it loose).
@@ -241,15 +244,6 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
 # -- multi-point --------------------------------------------------------------------------------
 
 @dataclass
-class _Piece:
-    """A de-warped part of one frame, already weighted, and its weights."""
-
-    window: tuple[int, int, int, int]
-    value: np.ndarray
-    weight: np.ndarray
-
-
-@dataclass
 class _FrameStack:
     """What the stacking pass made of one frame."""
 
@@ -257,7 +251,6 @@ class _FrameStack:
     i: int
     error: BadFrameError | None = None
     reason: str = ""
-    pieces: list[_Piece] = field(default_factory=list)
     drizzle: tuple | None = None
     shift: object = None
     ap_used: int = 0
@@ -307,7 +300,9 @@ class _PointStacker:
         self.yb, self.xb = _bounds(grid.ys, h), _bounds(grid.xs, w)
         self.n_ap = grid.n_active
 
-    def __call__(self, item: tuple) -> _FrameStack:
+    def __call__(self, item: tuple, acc: np.ndarray | None = None, wsum: np.ndarray | None = None) -> _FrameStack:
+        """Stack one frame: its weighted de-warped pixels added to ``acc`` (h, w, c) and its
+        weights to ``wsum`` (h, w); with drizzle (no sums) its inputs are in the result."""
         k, i, img, *pre = item  # pre: the global shift measured on the device, if any
         if isinstance(img, BadFrameError):
             return _FrameStack(k, i, error=img)
@@ -356,12 +351,21 @@ class _PointStacker:
         by0, by1 = min(w[0] for w in windows), max(w[1] for w in windows)
         bx0, bx1 = min(w[2] for w in windows), max(w[3] for w in windows)
         f = self.interp(nodes, (by0, by1, bx0, bx1))
-        for win in windows:
-            y0, y1, x0, x1 = win
-            fw = f[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
-            out, inside = dewarp(img, np.ascontiguousarray(fw[..., 0]), np.ascontiguousarray(fw[..., 1]), win)
-            wgt = fw[..., 2] if inside is None else fw[..., 2] * inside
-            res.pieces.append(_Piece(win, out * (wgt[..., None] if out.ndim == 3 else wgt), wgt))
+        src = img if img.dtype == np.float32 else img.astype(np.float32)
+        # de-warped, weighted and added band by band: a band's maps, pixels and weights stay
+        # in the core's cache, where whole windows made ~15 MB of frame-sized temporaries a
+        # frame, and two workers on two cores then waited on the memory bus. Every step is
+        # per pixel, so the sums are the same to the bit.
+        for y0, y1, x0, x1 in windows:
+            for a in range(y0, y1, _BAND_ROWS):
+                b = min(y1, a + _BAND_ROWS)
+                fw = f[a - by0:b - by0, x0 - bx0:x1 - bx0]
+                out, inside = dewarp(src, np.ascontiguousarray(fw[..., 0]), np.ascontiguousarray(fw[..., 1]),
+                                     (a, b, x0, x1))
+                wgt = fw[..., 2] if inside is None else fw[..., 2] * inside
+                value = out * (wgt[..., None] if out.ndim == 3 else wgt)
+                acc[a:b, x0:x1] += value if value.ndim == 3 else value[:, :, None]
+                wsum[a:b, x0:x1] += wgt
         return res
 
 
@@ -387,19 +391,14 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
 
     def task(chunk, sums):
         if shifts is None:
-            out = [stacker((position[i], i, img)) for i, img in LuckyRun.frames_of(chunk, read)]
+            items = ((position[i], i, img) for i, img in LuckyRun.frames_of(chunk, read))
         else:
-            out = [stacker((position[i], i, img, s)) for i, img, s in shifts(LuckyRun.frames_of(chunk, read))]
+            items = ((position[i], i, img, s) for i, img, s in shifts(LuckyRun.frames_of(chunk, read)))
         if drz is not None:
-            return _Partial(out)
+            return _Partial([stacker(item) for item in items])
         # the partial sums: in shared memory (a forked worker), else this task's own
         acc, wsum = sums if sums is not None else (np.zeros((h, w, nc), np.float32), np.zeros((h, w), np.float32))
-        for r in out:
-            for p in r.pieces:
-                y0, y1, x0, x1 = p.window
-                acc[y0:y1, x0:x1] += p.value if p.value.ndim == 3 else p.value[:, :, None]
-                wsum[y0:y1, x0:x1] += p.weight
-            r.pieces = []  # summed: they need not travel back
+        out = [stacker(item, acc, wsum) for item in items]  # frame by frame, in order
         return _Partial(out) if sums is not None else _Partial(out, acc, wsum)
 
     acc = wsum = None
