@@ -89,8 +89,8 @@ class CpuBackend:
         band_y0, band_y1 = job.band_y0, job.band_y0 + h
         cells = cell_warps(job.frame_matrix, band_y0, band_y1, job.src_y0, job.src_y0 + rows.shape[0], w,
                            job.src_height, interpolation)
-        n_cells = len(cells.ty0)
-        if n_cells < -(-band_y1 // WARP_TILE_ROWS) - band_y0 // WARP_TILE_ROWS:
+        grid_cells = -(-band_y1 // WARP_TILE_ROWS) - band_y0 // WARP_TILE_ROWS  # the cells the band meets
+        if len(cells.ty0) < grid_cells:
             dst[...] = np.nan  # cells that see no row of the frame are not warped
         inside = cells_inside(cells.matrices, (WARP_TILE_ROWS, w), cells.sy1 - cells.sy0, rows.shape[1])
         r = WARP_TILE_ROWS
@@ -132,28 +132,17 @@ def maps_inside(matrix: np.ndarray, out_shape: tuple[int, int], src_shape: tuple
     ~15 % of a bicubic warp's time) has nothing to mark; the margin of a whole pixel keeps
     OpenCV's fixed-point rounding of the inverse map far from the edge.
     """
-    h, w = out_shape
-    sh, sw = src_shape
-    if h <= 0 or w <= 0:
+    if out_shape[0] <= 0 or out_shape[1] <= 0:
         return True
-    m = np.asarray(matrix, dtype=np.float64)
-    a = np.linalg.inv(m[:2, :2])
-    inv = np.hstack([a, -(a @ m[:2, 2:3])])
-    xs = np.array([0.0, w - 1.0, 0.0, w - 1.0])
-    ys = np.array([0.0, 0.0, h - 1.0, h - 1.0])
-    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    lo = margin - 0.5
-    return bool(np.all(sx >= lo) and np.all(sx <= sw - 0.5 - margin)
-                and np.all(sy >= lo) and np.all(sy <= sh - 0.5 - margin))
+    m = np.asarray(matrix, dtype=np.float64)[None, :2]
+    return bool(cells_inside(m, out_shape, np.array([src_shape[0]]), src_shape[1], margin)[0])
 
 
 def cells_inside(matrices: np.ndarray, out_shape: tuple[int, int], src_heights: np.ndarray, src_width: int,
                  margin: float = 1.0) -> np.ndarray:
     """:func:`maps_inside` for many warps of one linear part at once (the cells of a job:
     ``matrices`` (K, 2, 3) differ only in translation), source ``src_heights[k] ×
-    src_width``: a boolean per warp. The inverse comes in closed form rather than from
-    ``np.linalg.inv``; the margin of a pixel is far wider than the difference."""
+    src_width``: a boolean per warp. The linear part is inverted once, in closed form."""
     k = len(matrices)
     if k == 0:
         return np.zeros(0, dtype=bool)

@@ -291,9 +291,10 @@ def _results(fn, procs, tq, rq, tasks, inflight, owner: Workers, slots: _Slots |
     are ready, and otherwise runs the next task itself (``fn``; None: never) while the
     window of ``inflight`` tasks allows, or waits for a worker.
 
-    This process is a worker too: on the project's 2-core machine two forked workers and a
-    third process that only fed them gave ~1.5× over one worker, the feeding's wake-ups
-    preempting the workers (~500 involuntary context switches each in a ranking pass).
+    With ``fn`` this process is a worker too: on the project's 2-core machine two forked
+    workers and a third process that only fed them gave ~1.5× over one worker in the ranking
+    pass, the feeding's wake-ups preempting the workers (~500 involuntary context switches
+    each).
     """
     done: dict[int, tuple[bool, Any]] = {}
     sent = received = queued = 0  # queued: sent to the forked workers, result not yet back
