@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -41,3 +43,21 @@ def run_module_under_simulator(test_file: str, what: str) -> None:
     assert proc.returncode == 0, f"{what} under the CUDA simulator failed:\n{tail}"
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary) and re.search(r"\b1 skipped\b", summary), tail
+
+
+def simulated_module(test_file: str, what: str, native: bool):
+    """The two pieces every GPU test module has: the ``here`` mark for its GPU tests (they
+    run natively with a device, else inside the simulator run) and its launcher test,
+    which the module binds to a ``test_*_under_cudasim`` name."""
+    here = pytest.mark.skipif(
+        not (SIMULATOR or native),
+        reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
+               "see this module's *_under_cudasim test")
+
+    @pytest.mark.cudasim
+    @pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
+    @pytest.mark.skipif(native, reason=f"a CUDA device is present: the {what} ran natively")
+    def launcher():
+        run_module_under_simulator(test_file, what)
+
+    return here, launcher

@@ -22,7 +22,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from cudasim_run import SIMULATOR, run_module_under_simulator
+from cudasim_run import SIMULATOR, simulated_module
 
 from skystack.backends import registry
 from skystack.errors import BackendUnavailableError, BadFrameError, UsageError
@@ -36,17 +36,7 @@ CELL_TOL = 1e-4
 
 
 NATIVE = not SIMULATOR and registry.cupy_device_count() > 0
-here = pytest.mark.skipif(
-    not (SIMULATOR or NATIVE),
-    reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
-           "see test_lucky_gpu_under_cudasim")
-
-
-@pytest.mark.cudasim
-@pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
-@pytest.mark.skipif(NATIVE, reason="a CUDA device is present: the lucky GPU tests ran natively")
-def test_lucky_gpu_under_cudasim():
-    run_module_under_simulator(__file__, "lucky GPU tests")
+here, test_lucky_gpu_under_cudasim = simulated_module(__file__, "lucky GPU tests", NATIVE)
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cudasim_run import SIMULATOR, native_gpu, run_module_under_simulator
+from cudasim_run import SIMULATOR, native_gpu, simulated_module
 
 NATIVE = native_gpu()
-here = pytest.mark.skipif(
-    not (SIMULATOR or NATIVE),
-    reason="no CUDA device (CuPy + GPU) here: these run under the CUDA simulator in a subprocess, "
-           "see test_gpu_parity_under_cudasim")
-
-
-@pytest.mark.cudasim
-@pytest.mark.skipif(SIMULATOR, reason="this is the simulator run itself")
-@pytest.mark.skipif(NATIVE, reason="a CUDA device is present: the parity tests ran natively")
-def test_gpu_parity_under_cudasim():
-    run_module_under_simulator(__file__, "GPU parity tests")
+here, test_gpu_parity_under_cudasim = simulated_module(__file__, "GPU parity tests", NATIVE)
 
 
 # ---------------------------------------------------------------------------------
