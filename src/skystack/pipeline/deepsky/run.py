@@ -101,7 +101,9 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
         raise UsageError("--resume continues a run that writes an output; give the output path")
     backend = resolve(job.run.backend)
     preload = _preload(job)
+    t0 = time.perf_counter()
     src = open_inputs(inputs, job)
+    src.timings["open_s"] = time.perf_counter() - t0
     journal, resumed = start_journal(src, job, transforms_only=False)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit, preload)
     _require_registered(p1, job.register)
@@ -127,7 +129,9 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     setup_logging(job.run.quiet)
     as_stack = StackJob(read=job.read, register=job.register, output=job.output, run=job.run)
     preload = _preload(as_stack)
+    t0 = time.perf_counter()
     src = open_inputs(inputs, as_stack)
+    src.timings["open_s"] = time.perf_counter() - t0
     journal, resumed = start_journal(src, as_stack, transforms_only=True)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, None, preload)
     _require_registered(p1, job.register)
