@@ -39,6 +39,8 @@ STACK_METHODS: tuple[str, ...] = ("auto", "mean", "median") + tuple(m for m in c
 # measurements and reasons in the README's "Stacking" section).
 AUTO_WINSORIZED_FROM = 6
 AUTO_MEDIAN_FROM = 3
+# --quality-weight: beyond this the best frame alone carries a lucky stack
+_MAX_QUALITY_WEIGHT = 100.0
 
 
 def auto_method(n_frames: int) -> str:
@@ -417,6 +419,12 @@ class LuckyOptions(Checked):
         are selected per AP (0: the globally best frames everywhere); ``None`` estimates
         it from how much the sharpness varies across the field (see
         :func:`skystack.pipeline.lucky.points.choose_points`).
+    quality_weight
+        How much more a sharper stacked frame counts: each frame (per AP in multi-point
+        stacks, by its local quality there) is weighted ``exp(G · (quality − best quality))``,
+        qualities being log band energies (see :mod:`skystack.pipeline.lucky.rank`);
+        ``0`` weights the kept frames equally; ``None`` takes the measured default of the
+        mode (planet 25, surface 7).
     reference_frames
         How many of the best frames build the reference (default: half the kept count,
         5 to 50).
@@ -457,6 +465,10 @@ class LuckyOptions(Checked):
         "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: half the box)"))
     ap_min_structure: float = 0.1
     local_weight: float | None = None
+    quality_weight: float | None = field(default=None, metadata=flag(
+        "--quality-weight", metavar="G", parse=float,
+        help="how much more sharper frames count: weight exp(G x quality difference); 0 = equal weights "
+             "(default: planet 25, surface 7)"))
     reference_frames: int | None = None
     drizzle: float | None = field(default=None, metadata=flag(
         "--drizzle", metavar="SCALE", parse=parse_drizzle,
@@ -487,6 +499,8 @@ class LuckyOptions(Checked):
             finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
         if self.local_weight is not None:
             finite(self.local_weight, "local_weight", lo=0)
+        if self.quality_weight is not None:
+            finite(self.quality_weight, "--quality-weight", lo=0, hi=_MAX_QUALITY_WEIGHT)
         if self.drizzle is not None and not (math.isfinite(self.drizzle) and 1.0 < self.drizzle <= 4.0):
             raise UsageError(f"--drizzle {self.drizzle}: expected a scale in (1, 4], e.g. 1.5, 2 or 3")
         finite(self.pixfrac, "--pixfrac", lo=0, hi=1, lo_open=True)

@@ -100,13 +100,18 @@ class PointChoice:
     point, ``gkeep`` (len(frames),) whether it is among the best ``keep`` globally (these
     fill the nodes without an AP); ``local_weight`` how much the local quality counted
     against the global one (0: selection by the global quality alone) and ``beyond`` how
-    many frames a point took from outside the global pool of twice the kept count."""
+    many frames a point took from outside the global pool of twice the kept count.
+    ``weight`` and ``gweight`` are :meth:`.rank.Ranking.weight` of the frames' local
+    quality at each selected point (relative to the point's best) and of their global
+    quality."""
 
     frames: np.ndarray
     sel: np.ndarray
     gkeep: np.ndarray
     local_weight: float
     beyond: int
+    weight: np.ndarray  # (len(frames), n_ap) stacking weight where selected, else 0
+    gweight: np.ndarray  # (len(frames),) weight by the global quality (the nodes without an AP)
 
 
 def _smoothed(maps: np.ndarray) -> np.ndarray:
@@ -199,7 +204,9 @@ def choose_points(run: LuckyRun, ranking: Ranking, sharp: Sharpness, grid: APGri
     k = min(n_keep, order.size)
     if n_ap == 0 or sharp.model is None:
         frames = np.sort(order[:k])
-        return PointChoice(frames, np.zeros((frames.size, n_ap), bool), np.ones(frames.size, bool), 0.0, 0)
+        none = np.zeros((frames.size, n_ap), bool)
+        return PointChoice(frames, none, np.ones(frames.size, bool), 0.0, 0, none.astype(np.float32),
+                           ranking.weight(table.quality[frames]).astype(np.float32))
     scores = _LocalScores(run, ranking, sharp, grid)
     resid = scores.fit(order[_spread(np.arange(order.size), _MEDIAN_FRAMES)])
     v = resid[np.isfinite(resid)].astype(np.float64)
@@ -228,9 +235,14 @@ def choose_points(run: LuckyRun, ranking: Ranking, sharp: Sharpness, grid: APGri
     chosen_rows = np.unique(np.concatenate([top_rows[ok], np.arange(k)]))
     lookup = np.full(order.size, -1, np.int64)
     lookup[chosen_rows] = np.arange(chosen_rows.size)
+    at = (lookup[top_rows[ok]], np.broadcast_to(np.arange(n_ap), top_rows.shape)[ok])
     sel = np.zeros((chosen_rows.size, n_ap), bool)
-    sel[lookup[top_rows[ok]], np.broadcast_to(np.arange(n_ap), top_rows.shape)[ok]] = True
+    sel[at] = True
+    # each point's frames weighted by their local quality there against the point's best
+    weight = np.zeros((chosen_rows.size, n_ap), np.float32)
+    weight[at] = ranking.weight(ranking.top_quality + (top_score - top_score[:1])[ok])
     frames = order[chosen_rows]
     srt = np.argsort(frames, kind="stable")
     beyond = int((sel.any(axis=1) & (chosen_rows >= 2 * n_keep)).sum())
-    return PointChoice(frames[srt], sel[srt], (chosen_rows < k)[srt], beta, beyond)
+    return PointChoice(frames[srt], sel[srt], (chosen_rows < k)[srt], beta, beyond, weight[srt],
+                       ranking.weight(table.quality[frames[srt]]).astype(np.float32))

@@ -64,6 +64,7 @@ def capture_times(frames, used: np.ndarray) -> list[float] | None:
 
 def frame_results(run: LuckyRun, ranking: Ranking, mode: str) -> list[FrameResult]:
     table, rank, frames = run.table, ranking.rank, run.frames
+    weight = ranking.weight(table.quality)  # by the global quality (per AP: by the local one)
     out = []
     for i in range(table.n):
         if table.used[i]:
@@ -85,7 +86,7 @@ def frame_results(run: LuckyRun, ranking: Ranking, mode: str) -> list[FrameResul
             name = f"#{i}"
         out.append(FrameResult(index=i, path=frame_path(frames, i), name=name, fate=fate, reason=reason,
                                method=mode if table.status[i] != UNREADABLE else None, transform=tr,
-                               metrics=metrics, weight=1.0 if table.used[i] else None))
+                               metrics=metrics, weight=float(weight[i]) if table.used[i] else None))
     return out
 
 
@@ -128,7 +129,7 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
                           "of the log Laplacian-of-Gaussian energy (sigma 1.4 px, 2x-downsampled view) "
                           "relative to the cell's median over frames, brightness-corrected; cells weighted "
                           "by how they follow the seeing (skystack.quality.metrics)",
-        "selection": outcome.stacked.extra or None,
+        "selection": {"quality_weight": ranking.gamma, **outcome.stacked.extra},
         "edges": {"policy": "fill", "filled_px": int(outcome.stacked.filled_px),
                   "note": "pixels no frame covered take their nearest covered pixel's value"},
         "options": asdict(opts), "enhance": asdict(enhance) if enhance is not None else None,

@@ -179,6 +179,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
     best_i = int(kept[np.argmin(rank[kept])]) if kept.size else -1
     best_aligned = None
     read = lambda i: run.reader.read(i, colour)  # noqa: E731
+    weight = ranking.weight(table.quality)  # per frame, by its quality
 
     shifts = GpuShifts(device, ref.aligner, rel) if device is not None else None
 
@@ -209,8 +210,9 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
             if rect is None:
                 continue
             y0, y1, x0, x1 = rect
-            acc[y0:y1, x0:x1] += img[y0:y1, x0:x1] if img.ndim == 3 else img[y0:y1, x0:x1, None]
-            cnt[y0:y1, x0:x1] += 1.0
+            wi = weight[i]
+            acc[y0:y1, x0:x1] += wi * (img[y0:y1, x0:x1] if img.ndim == 3 else img[y0:y1, x0:x1, None])
+            cnt[y0:y1, x0:x1] += wi
             if i != best_i:
                 out[k] = (i, True, s, rect)  # the frame itself need not travel back
         return _Partial(out) if sums is not None else _Partial(out, acc, cnt)
@@ -229,7 +231,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
                     continue
                 table.used[i] = True
                 if drz is not None:
-                    drz.add(img, (s.sx, s.sy))
+                    drz.add(img, (s.sx, s.sy), weight=float(weight[i]))
                     if i == best_i:
                         best_aligned = shift_image(img, s.sx, s.sy)
                 elif i == best_i:
@@ -318,9 +320,9 @@ class _PointStacker:
         disp = np.full((self.n_ap, 2), np.nan)
         disp[pm.which] = pm.disp
         use = ch.sel[k] & valid
-        glob = 1.0 if gk and fa.ok else 0.0
+        glob = float(ch.gweight[k]) if gk and fa.ok else 0.0
         res = _FrameStack(k, i, shift=fa.shift, ap_used=int(use.sum()))
-        if not use.any() and glob == 0.0:
+        if not use.any() and not (gk and fa.ok):
             res.reason = (f"no match with the reference (correlation response {fa.shift.response:.3f})" if gk
                           else "its alignment points did not match the reference")
             return res
@@ -329,13 +331,13 @@ class _PointStacker:
         known[g.active] = valid
         sx = fill_from_neighbours(node_values(g, np.where(valid, disp[:, 0], np.nan), fa.shift.sx), known, fa.shift.sx)
         sy = fill_from_neighbours(node_values(g, np.where(valid, disp[:, 1], np.nan), fa.shift.sy), known, fa.shift.sy)
-        wn = node_values(g, use.astype(np.float32), glob)
+        wq = np.where(use, ch.weight[k], np.float32(0))  # its quality weights where it is stacked
         if self.response_power:
             # planets: weight each AP's frames by how well they matched the reference there
             r = np.zeros(self.n_ap, np.float32)
             r[pm.which] = np.maximum(pm.response, 0.0)
-            wn = node_values(g, np.where(use, r ** self.response_power, 0.0).astype(np.float32) * _RESPONSE_SCALE,
-                             glob)
+            wq = wq * (r ** self.response_power * _RESPONSE_SCALE)
+        wn = node_values(g, wq, glob)
         nodes = np.dstack([sx, sy, wn])
         if i == self.best_i and fa.ok:
             res.best_aligned = shift_image(img, fa.shift.sx, fa.shift.sy)
