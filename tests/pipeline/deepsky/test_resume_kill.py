@@ -155,4 +155,4 @@ def test_resume_with_other_options_is_refused(lights, tmp_path):
         pytest.skip("the run finished before it could be killed")
     r = subprocess.run(_cmd(lights, out, "winsorized", "64M", 1, "--resume"), env=_env(), capture_output=True,
                        text=True)
-    assert r.returncode == 2 and "different" in r.stderr and "without --resume" in r.stderr
+    assert r.returncode == 2 and "different" in r.stderr and "without --resume" in r.stderr, r.stderr[-3000:]

@@ -100,11 +100,7 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
     if job.output.output is None and job.run.resume:
         raise UsageError("--resume continues a run that writes an output; give the output path")
     backend = resolve(job.run.backend)
-    preload = _preload(job)
-    t0 = time.perf_counter()
-    src = open_inputs(inputs, job)
-    src.timings["open_s"] = time.perf_counter() - t0
-    journal, resumed = start_journal(src, job, transforms_only=False)
+    src, journal, resumed, preload = _open(inputs, job, transforms_only=False)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit, preload)
     _require_registered(p1, job.register)
     release_free_memory()
@@ -128,15 +124,33 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     t_start = time.perf_counter()
     setup_logging(job.run.quiet)
     as_stack = StackJob(read=job.read, register=job.register, output=job.output, run=job.run)
-    preload = _preload(as_stack)
-    t0 = time.perf_counter()
-    src = open_inputs(inputs, as_stack)
-    src.timings["open_s"] = time.perf_counter() - t0
-    journal, resumed = start_journal(src, as_stack, transforms_only=True)
+    src, journal, resumed, preload = _open(inputs, as_stack, transforms_only=True)
     p1 = register_all(src.frames, job.register, job.run, journal, resumed, None, preload)
     _require_registered(p1, job.register)
     kept = [r.index for r in p1.results if r.fate is Fate.USED]
     return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
+
+
+def _open(inputs: Sequence[str | os.PathLike], job: StackJob, *,
+          transforms_only: bool) -> tuple[Inputs, Journal | None, bool, Preload | None]:
+    """Open the inputs and start the journal while registration's kernels load on a side
+    thread (returned, for :func:`register_all` to wait for). When opening fails (bad inputs,
+    a refused ``--resume``, an output aimed at an input) the loading is waited for before
+    the error goes on: a daemon thread still inside LLVM when the interpreter exits aborts
+    the process (SIGABRT, "terminate called without an active exception") instead of
+    ending it with the error's exit code."""
+    tune_allocator()  # first: its arena limit holds for threads that allocate afterwards
+    preload = _preload(job)
+    try:
+        t0 = time.perf_counter()
+        src = open_inputs(inputs, job)
+        src.timings["open_s"] = time.perf_counter() - t0
+        journal, resumed = start_journal(src, job, transforms_only=transforms_only)
+    except BaseException:
+        if preload is not None:
+            preload.wait()
+        raise
+    return src, journal, resumed, preload
 
 
 def _preload(job: StackJob) -> Preload | None:
@@ -150,7 +164,6 @@ def _preload(job: StackJob) -> Preload | None:
 def open_inputs(inputs: Sequence[str | os.PathLike], job: StackJob) -> Inputs:
     """Check what can be checked before reading a frame, then open the frames, decode the
     ones that cannot be sliced into the cache, and insert the calibration."""
-    tune_allocator()
     cluster = None
     if job.run.scheduler:
         check_scheduler(job.run.scheduler)
