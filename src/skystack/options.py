@@ -411,7 +411,7 @@ class LuckyOptions(Checked):
         ``"planet"`` (disk on dark sky: centroid, then phase correlation), ``"surface"``
         (Moon/Sun filling the field: phase correlation), or ``"auto"``.
     multipoint, ap_size, ap_spacing, ap_min_structure
-        Local alignment: AP box side and node spacing in pixels (default 0.3 × ``ap_size``)
+        Local alignment: AP box side and node spacing in pixels (default ``ap_size / 3``)
         and the structure an AP needs (fraction of the median). Each AP takes the ``keep``
         frames of best local quality among all usable frames.
     local_weight
@@ -459,10 +459,10 @@ class LuckyOptions(Checked):
     multipoint: bool = field(default=True, metadata=flag(
         "--no-multipoint", action="store_false",
         help="global alignment only (faster; fine for a small planet in good seeing)"))
-    ap_size: int = field(default=80, metadata=flag(
+    ap_size: int = field(default=96, metadata=flag(
         "--ap-size", metavar="PX", parse=int, help="alignment-point box side in pixels"))
     ap_spacing: float | None = field(default=None, metadata=flag(
-        "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: 0.3 of the box)"))
+        "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: a third of the box)"))
     ap_min_structure: float = 0.1
     local_weight: float | None = None
     quality_weight: float | None = field(default=None, metadata=flag(
