@@ -81,12 +81,21 @@ def tune_allocator() -> None:
     for the first time afterwards (call it before starting workers). Process-wide and
     idempotent (mallopt only sets values); no-op off glibc.
     """
+    set_allocator(MMAP_THRESHOLD, TRIM_THRESHOLD, ARENA_MAX)
+
+
+def set_allocator(mmap_threshold: int, trim_threshold: int, arena_max: int | None = None) -> None:
+    """glibc's mallopt: allocations of ``mmap_threshold`` bytes or more get their own mmap,
+    up to ``trim_threshold`` bytes of freed heap are kept for reuse, and at most
+    ``arena_max`` heap arenas are made from now on (``None``: unchanged). Process-wide;
+    no-op off glibc."""
     libc = _libc()
     if libc is not None:
         try:
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+            libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+            libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+            if arena_max is not None:
+                libc.mallopt(_M_ARENA_MAX, int(arena_max))
         except AttributeError:
             pass
 

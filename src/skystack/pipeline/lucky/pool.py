@@ -27,7 +27,6 @@ parent (19 such tasks in a 1000-frame Moon run).
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import mmap
 import multiprocessing as mp
@@ -44,8 +43,9 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from ...runtime.memory import set_allocator
+
 _BYE = -1  # a forked worker's last message: the CPU seconds it used
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def can_fork() -> bool:
@@ -60,12 +60,7 @@ def _keep_freed_memory() -> None:
     every time, a page fault per 4 KiB: on the project's 2-core machine the stacking
     workers spent 0.25 s of system time on that in a 1000-frame run, half as much
     with this. The worker exits at the end of the pass, so nothing is held longer."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 28)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 29)
-    except (OSError, AttributeError):
-        pass
+    set_allocator(1 << 28, 1 << 29)
 
 
 @dataclass(frozen=True)
