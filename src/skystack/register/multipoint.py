@@ -31,6 +31,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from ..options import LuckyOptions, default_of
 from ..quality.metrics import gradient_energy_map
 from .planetary import PhaseCorrelator
 
@@ -81,7 +82,7 @@ def _lattice(n: int, size: int, spacing: float) -> np.ndarray:
 # +0.00046 detail, uniform-seeing Moon +0.00002, planet -0.00003 to -0.00002. Box 80 at 0.3
 # gained as much (to +0.0002 more on one seed) for 35 % more time in the stacking pass.
 SPACING = 1.0 / 3.0
-DEFAULT_SIZE = 96
+DEFAULT_SIZE: int = default_of(LuckyOptions, "ap_size")  # the one default, --ap-size's
 
 
 def place_alignment_points(reference: np.ndarray, *, ap_size: int = DEFAULT_SIZE, spacing: float | None = None,
