@@ -128,3 +128,59 @@ def test_with_room_in_the_window_this_process_works_too():
             list(pool.map(_square_or_fail, range(12), inflight=8))
     finally:
         pool.close()
+
+
+_KILLED_RUN = r"""
+import os, sys, time
+from skystack.pipeline.lucky.pool import Workers
+
+pids = sys.argv[1]
+
+def task(x):
+    with open(os.path.join(pids, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+    return x
+
+pool = Workers(2, processes=True)
+for _ in pool.map(task, range(8), inflight=3):  # three forked workers' worth of window
+    pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not can_fork(), reason="forked workers need Linux")
+def test_forked_workers_die_with_a_killed_parent(tmp_path):
+    """kill -9 of a run leaves no worker behind: before, each forked worker slept for ever
+    on its task queue, whose write end it had inherited, holding its memory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(pids)])
+    try:
+        deadline = time.monotonic() + 60
+        while len([p for p in pids.iterdir() if int(p.name) != run.pid]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name) for p in pids.iterdir() if int(p.name) != run.pid]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import mmap
 import multiprocessing as mp
+import os
 import queue
 import sys
 import threading
@@ -43,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from ...runtime.children import die_with_parent
 from ...runtime.memory import set_allocator
 
 _BYE = -1  # a forked worker's last message: the CPU seconds it used
@@ -106,10 +108,12 @@ class _Slots:
         return arrays
 
 
-def _serve(fn: Callable[..., Any], tasks: Any, results: Any, slots: _Slots | None) -> None:
-    """A forked worker: run ``fn`` on tasks until the ``None`` sentinel (with ``slots``,
-    ``fn(task, slot arrays)``), then say goodbye with the CPU seconds it used; failures
-    travel back as values (an unpicklable exception as its traceback text)."""
+def _serve(fn: Callable[..., Any], tasks: Any, results: Any, slots: _Slots | None, parent: int) -> None:
+    """A forked worker of process ``parent``: run ``fn`` on tasks until the ``None``
+    sentinel (with ``slots``, ``fn(task, slot arrays)``), then say goodbye with the CPU
+    seconds it used; failures travel back as values (an unpicklable exception as its
+    traceback text). It dies with the parent (a killed run leaves no worker behind)."""
+    die_with_parent(parent)
     _keep_freed_memory()
     while True:
         item = tasks.get()
@@ -266,7 +270,7 @@ def _forked(fn, tasks, workers, inflight, owner: Workers, slots: _Slots | None) 
     owner._before_fork()
     ctx = mp.get_context("fork")
     tq, rq = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_serve, args=(fn, tq, rq, slots), daemon=True, name=f"lucky-{k}")
+    procs = [ctx.Process(target=_serve, args=(fn, tq, rq, slots, os.getpid()), daemon=True, name=f"lucky-{k}")
              for k in range(workers - 1 if here else workers)]
     for p in procs:
         p.start()
