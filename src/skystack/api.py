@@ -85,13 +85,15 @@ def register(inputs: PathLike | Sequence[PathLike], *, report: PathLike | None =
     return register_frames(_inputs(inputs), job)
 
 
-def lucky(inputs: Any, output: PathLike | None = None, **options: Any) -> LuckyResult:
+def lucky(inputs: Any, output: PathLike | None = None, *, fits_writer: Any = None, **options: Any) -> LuckyResult:
     """Lucky imaging of a video or frame sequence (``skystack lucky``).
 
     ``inputs``: paths (videos, SER files, frame folders) or an open frame set. Options:
     those of ``skystack lucky --help`` (``keep="10%"``, ``multipoint=False``,
     ``wavelets=(1.8, 1.4, 1, 1, 1)``, ...). Sharpening runs when ``wavelets`` or a
-    ``stretch`` is given; a stretch alone does not sharpen.
+    ``stretch`` is given; a stretch alone does not sharpen. ``fits_writer``: a running
+    :class:`skystack.output.sidecar.FitsSidecar` to write a FITS stack in (the CLI starts
+    one at start-up; see that module).
     """
     from .pipeline.lucky.run import run_lucky
 
@@ -100,15 +102,15 @@ def lucky(inputs: Any, output: PathLike | None = None, **options: Any) -> LuckyR
         options["wavelets"] = (1.0,)  # a stretch alone: gain 1 at one scale leaves the image as is
     job = build_job(LuckyJob, options, output=out)
     if not isinstance(inputs, (str, os.PathLike, list, tuple)):
-        return run_lucky(inputs, job)
-    return run_lucky(_inputs(inputs), job)
+        return run_lucky(inputs, job, fits_writer=fits_writer)
+    return run_lucky(_inputs(inputs), job, fits_writer=fits_writer)
 
 
-def lucky_batch(inputs: Sequence[PathLike], folder: PathLike, **options: Any):
+def lucky_batch(inputs: Sequence[PathLike], folder: PathLike, *, fits_writer: Any = None, **options: Any):
     """Lucky imaging of several videos (``skystack lucky A.ser B.ser ... -o FOLDER/``): one
     stack per video into ``folder`` (``<name>.fits``, or another ``suffix=".tif"``), its
     report and previews beside it, and ``folder/lucky-summary.json``. A video that fails is
-    logged and skipped. Options: those of :func:`lucky`. Returns a
+    logged and skipped. Options and ``fits_writer``: those of :func:`lucky`. Returns a
     :class:`~skystack.pipeline.lucky.batch.BatchResult`."""
     from .pipeline.lucky.batch import run_batch
 
@@ -116,7 +118,7 @@ def lucky_batch(inputs: Sequence[PathLike], folder: PathLike, **options: Any):
     if ("stretch" in options or "black" in options or "white" in options) and "wavelets" not in options:
         options["wavelets"] = (1.0,)
     job = build_job(LuckyJob, options, output=_output(None, options))
-    return run_batch(_inputs(inputs), folder, job, suffix=suffix)
+    return run_batch(_inputs(inputs), folder, job, suffix=suffix, fits_writer=fits_writer)
 
 
 def enhance(image, **options: Any):

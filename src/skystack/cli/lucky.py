@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -70,11 +71,28 @@ def _is_folder(output: str) -> bool:
 
 def cmd_lucky(a: argparse.Namespace) -> int:
     """Run ``skystack lucky`` (one video, or one per input into a folder); returns the exit code."""
-    if _is_folder(a.output):
-        return _batch(a)
-    r = api.lucky(a.inputs, a.output, **given(a))
+    with _fits_writer(a) as fits_writer:
+        if _is_folder(a.output):
+            return _batch(a, fits_writer)
+        r = api.lucky(a.inputs, a.output, fits_writer=fits_writer, **given(a))
     _summary(r)
     return 0
+
+
+def _fits_writer(a: argparse.Namespace):
+    """The FITS writer process (:mod:`skystack.output.sidecar`), started now, before the
+    pipeline's imports, so that astropy's import runs beside them on another core: when
+    the stack is a FITS file and the run has two workers or more (one worker is one
+    core). A context manager that ends it; ``None`` inside when not started."""
+    from ..output.sidecar import FITS_SUFFIXES, FitsSidecar
+
+    try:  # the option's text: the run reads it (and refuses what it cannot read)
+        workers = int(getattr(a, "workers", None) or 0) or os.cpu_count() or 1
+    except ValueError:
+        workers = 1
+    fits = _is_folder(a.output) or Path(a.output).suffix.lower() in FITS_SUFFIXES
+    writer = FitsSidecar.start() if workers > 1 and fits else None
+    return writer if writer is not None else contextlib.nullcontext()
 
 
 def _summary(r) -> None:
@@ -98,12 +116,12 @@ def _summary(r) -> None:
         print(f"  report {r.report_path}")
 
 
-def _batch(a: argparse.Namespace) -> int:
+def _batch(a: argparse.Namespace, fits_writer=None) -> int:
     kw = given(a, drop=("report",))
     if getattr(a, "report", None):
         raise UsageError("--report names one file; with an output folder each video's report is written "
                          "beside its stack")
-    b = api.lucky_batch(a.inputs, a.output, **kw)
+    b = api.lucky_batch(a.inputs, a.output, fits_writer=fits_writer, **kw)
     rows = [it.row() for it in b.items]
     w = max(len(Path(r["input"]).name) for r in rows)
     print(f"{'video':<{w}}  {'status':<6} {'frames':>6} {'used':>5} {'mode':<7} {'frames/s':>8}  output / reason")

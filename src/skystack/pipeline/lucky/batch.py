@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from ...errors import SkystackError, UsageError
 from ...jobs import LuckyJob
+from ...output.sidecar import FitsSidecar
 from ...output.write import write_json
 from ...types import LuckyResult
 from .run import run_lucky
@@ -63,7 +64,7 @@ def batch_output(video: str, folder: Path, suffix: str) -> Path:
 
 
 def run_batch(videos: Sequence[str], folder: str | os.PathLike, job: LuckyJob, *,
-              suffix: str = ".fits") -> BatchResult:
+              suffix: str = ".fits", fits_writer: FitsSidecar | None = None) -> BatchResult:
     """Stack each of ``videos`` (a video file, or a folder of frames) on its own into
     ``folder`` (``<name><suffix>`` with its report and previews beside it), then write
     ``folder/lucky-summary.json``.
@@ -91,7 +92,7 @@ def run_batch(videos: Sequence[str], folder: str | os.PathLike, job: LuckyJob, *
         item = BatchItem(input=str(video), output=str(out))
         vjob = dataclasses.replace(job, output=dataclasses.replace(job.output, output=str(out), report=None))
         try:
-            item.result = run_lucky([str(video)], vjob)
+            item.result = run_lucky([str(video)], vjob, fits_writer=fits_writer)
         except SkystackError as e:
             item.error, item.exit_code, item.output = str(e), e.exit_code, None
             log.error("%s: not stacked: %s", video, e)

@@ -17,6 +17,7 @@ from ...jobs import LuckyJob
 from ...options import LuckyOptions, ReadOptions, RunOptions
 from ...output.guard import guard_outputs
 from ...output.products import lucky_outputs
+from ...output.sidecar import FitsSidecar
 from ...quality.metrics import BLANK_SPAN
 from ...types import Fate
 from .pool import Buffers, Workers
@@ -296,6 +297,7 @@ class LuckyRun:
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
     reads_in_task: bool = True
+    fits_writer: FitsSidecar | None = None  # writes the FITS stack in a helper process
 
     @property
     def shape(self) -> tuple[int, int]:

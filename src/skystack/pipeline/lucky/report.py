@@ -21,6 +21,7 @@ from ...output.header import lucky_header
 from ...output.plots import plot_lucky
 from ...output.products import (before_after_path, compare_path, preview_path, quality_plot_path, report_path,
                                sharpened_path, write_stack)
+from ...output.sidecar import FITS_SUFFIXES, FitsSidecar, write_fits_via
 from ...output.write import atomic_path, write_image, write_png
 from ...register.planetary import Disk
 from ...types import Fate, FrameResult, Transform
@@ -139,13 +140,15 @@ def build_report(run: LuckyRun, inputs: list[str], enhance: EnhanceOptions | Non
     }
 
 
-def prepare_writer(output: str | None, workers: Workers) -> None:
-    """Import the FITS writer (astropy.io.fits: 0.30 s, measured on the project's 2-core
+def prepare_writer(output: str | None, workers: Workers, sidecar: FitsSidecar | None = None) -> None:
+    """Import the FITS writer (astropy.io.fits: 0.15-0.3 s, measured on the project's 2-core
     machine, a tenth of a 1000-frame run) on a background thread, so that it overlaps the
     passes over the video instead of delaying the end of the run (with forked workers the
     stacking pass, see :meth:`.Workers.release_background`); the import at write time then
-    finds it done."""
-    if output is not None and Path(output).suffix.lower() in (".fits", ".fit", ".fts"):
+    finds it done. Nothing to do when a running ``sidecar`` writes the FITS."""
+    if sidecar is not None and sidecar.alive:
+        return
+    if output is not None and Path(output).suffix.lower() in FITS_SUFFIXES:
         workers.background(lambda: importlib.import_module("astropy.io.fits"), "lucky-fits-import")
 
 
@@ -193,10 +196,15 @@ def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOpti
     starts = [t / 86400.0 + 40587.0 for t in outcome.times] if outcome.times else ()
     header, history = lucky_header(opts, outcome.mode, outcome.n_used, table.n, starts_mjd=starts,
                                    debayered=outcome.colour)
-    # the FITS writer byteswaps its array in place while it writes: it gets a copy, which
-    # the other jobs do not read
-    jobs = [lambda: write_stack(out, image.copy(), header=header, history=history,
-                                output=replace(output, preview=False))]
+    # a FITS goes to the run's FITS writer process when it has one (see
+    # skystack.output.sidecar); the writers only read the image
+    fits = run.fits_writer
+    cpu_before = fits.cpu_s if fits is not None else 0.0
+    if out.suffix.lower() in FITS_SUFFIXES:
+        jobs = [lambda: [write_fits_via(fits, out, image, header=header, history=history)]]
+    else:
+        jobs = [lambda: write_stack(out, image, header=header, history=history,
+                                    output=replace(output, preview=False))]
     if output.preview:
         if out.suffix.lower() != ".png":
             jobs.append(lambda: [write_png(preview_path(out), display_object(image, outcome.mode))])
@@ -207,12 +215,17 @@ def write_outputs(run: LuckyRun, out: Path, outcome: Outcome, output: OutputOpti
                                         table.status == UNREADABLE, table.coarse, table.shift, outcome.mode)])
     if outcome.sharpened is not None:
         sp = sharpened_path(out)
-        jobs.append(lambda: [write_image(sp, outcome.sharpened.copy(), header=header,
+        jobs.append(lambda: [write_fits_via(fits, sp, outcome.sharpened, header=header,
+                                            history=history + ["wavelet sharpened"])
+                             if sp.suffix.lower() in FITS_SUFFIXES else
+                             write_image(sp, outcome.sharpened, header=header,
                                          history=history + ["wavelet sharpened"], tiff_dtype=output.tiff_dtype),
                              write_png(before_after_path(sp), before_after(image, outcome.sharpened))])
     # the files are independent (stretches, PNG compression and FITS writing release the
     # GIL for most of their time): on the workers' threads, listed in this order
     written = [p for paths in run.map(lambda job: job(), jobs, fork=False) for p in paths]
+    if fits is not None:
+        run.workers.worker_cpu_s += fits.cpu_s - cpu_before  # its writes' CPU, as the workers'
     rep_path = report_path(output)
     report["outputs"] = [str(p) for p in written]
     return written, rep_path

@@ -64,6 +64,7 @@ from ...backends.registry import resolve_lucky
 from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...jobs import LuckyJob
+from ...output.sidecar import FitsSidecar
 from ...runtime.memory import peak_rss_mb
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
@@ -78,7 +79,7 @@ from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 log = logging.getLogger("skystack")
 
 
-def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
+def run_lucky(inputs: Any, job: LuckyJob, *, fits_writer: FitsSidecar | None = None) -> LuckyResult:
     """Lucky-imaging stack of a video (or frame sequence).
 
     Parameters
@@ -93,6 +94,9 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
         preview); ``output.output`` the stack (``.fits``, ``.tif``/``.tiff`` or ``.png``;
         ``None`` writes nothing, the image is in the result) and ``output.report``
         (default ``OUT.report.json``).
+    fits_writer
+        A running :class:`~skystack.output.sidecar.FitsSidecar` (``skystack lucky``
+        starts one at start-up) to write a FITS stack in; ``None``: written here.
 
     Returns
     -------
@@ -115,7 +119,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
     # a CUDA context cannot be used in a forked child: with a device the workers are threads
     workers = Workers(max(1, job.lucky.workers or os.cpu_count() or 1), processes=device is None)
     try:
-        prepare_writer(job.output.output, workers)
+        prepare_writer(job.output.output, workers, fits_writer)
         out = Path(job.output.output) if job.output.output is not None else None
         cache = (out.parent if out is not None else Path.cwd()) / ".skystack-cache"
         src = open_video(inputs, job, cache)
@@ -124,7 +128,7 @@ def run_lucky(inputs: Any, job: LuckyJob) -> LuckyResult:
             workers.without_processes()  # the frames would travel to the workers: threads
         run = LuckyRun(frames=src.frames, reader=Reader(src.frames, src.shape), table=FrameTable(len(src.frames)),
                        opts=job.lucky, source=frame_path(src.frames, 0), workers=workers, quiet=job.quiet,
-                       messages=src.messages, reads_in_task=reads_in_task)
+                       messages=src.messages, reads_in_task=reads_in_task, fits_writer=fits_writer)
         result = _conduct(run, job, src, device)
     finally:
         workers.close()
