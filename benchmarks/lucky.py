@@ -55,6 +55,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "kernels")]
 
+from _common import compile_bytecode  # noqa: E402
+
 
 def bench_dir() -> Path:
     """The shared generators: ``$SKYSTACK_LUCKY_BENCH``, else ``shared/bench/lucky`` beside
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = bench_dir()
     cache = Path(a.cache)
     src = Path(a.src).resolve()
+    compile_bytecode(src)
     score = _scorer(gen)
     from astropy.io import fits
 

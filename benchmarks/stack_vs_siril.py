@@ -45,7 +45,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, REPO, run_measured, synthetic_set, table
+from _common import DATA, REPO, compile_bytecode, run_measured, synthetic_set, table
 
 SEESTAR = REPO.parent / "shared" / "data" / "seestar-m94"
 if not SEESTAR.is_dir():
@@ -408,6 +408,7 @@ def main() -> None:
     ap.add_argument("--naive", action="store_true", help="also the naive all-in-memory NumPy stack")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each Seestar configuration (the fastest shown)")
     a = ap.parse_args()
+    compile_bytecode()
     work = DATA / "siril-bench-out"  # kept, to look at the stacks afterwards
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
