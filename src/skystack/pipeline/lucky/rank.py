@@ -24,7 +24,11 @@ from .frames import BLANK, NO_DISK, NO_MATCH, OK, OUT_OF_FIELD, UNREADABLE, Fram
 
 # a coarse (4x-downsampled) correlation weaker than this is no match at all
 _COARSE_MIN_RESPONSE = 0.02
-_CHUNK = 4  # frames per task (and per key-frame decision) in the ranking pass
+_CHUNK = 4  # frames per task (and per key-frame decision) in the ranking pass of a surface
+# A planet's frames are measured alone (its disk is found in each), without key frames: bigger
+# tasks, fewer round trips to the forked worker (two workers, 1000 frames: the pass 0.343 s
+# instead of 0.371 s with 4 frames a task, measured on the project's 2-core machine)
+_PLANET_CHUNK = 16
 # A chunk is measured against the key frame decided after the chunk _KEY_LAG places
 # before it: the chunks in between can then be measured in parallel (at most _KEY_LAG
 # in flight), and the key frames, hence the results, do not depend on the worker count.
@@ -225,7 +229,7 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
     ranker.keep_views = not (run.workers.processes and run.reads_in_task)
 
     def tasks():
-        for chunk in run.tasks(chunked(np.arange(n), _CHUNK), read):
+        for chunk in run.tasks(chunked(np.arange(n), _PLANET_CHUNK if ranker.mode == "planet" else _CHUNK), read):
             c = chunk.no
             yield _RankTask(chunk, keys[c - _KEY_LAG] if c >= _KEY_LAG else first)
 
