@@ -172,3 +172,31 @@ def test_dewarp_of_a_window_equals_the_full_frame(moon_video):
     part, part_inside = dewarp(frame, sx[40:90, 100:180], sy[40:90, 100:180], win)
     assert np.allclose(part, full[40:90, 100:180])
     assert part_inside is None  # every source inside the frame: no mask needed
+
+
+def test_lit_box_test_equals_the_percentile_of_each_box():
+    """The lit test counts pixels above the level (one integral image) instead of taking
+    each box's 90th percentile: the same answer for every box, ties (integer-valued
+    images), NaN and the interpolation boundary included."""
+    from skystack.register.multipoint import _BoxCounts
+
+    rng = np.random.default_rng(11)
+    boxes = boundary = 0
+    for k in range(12):
+        img = rng.integers(0, 4 + k, (90, 120)).astype(np.float32)
+        if k % 3 == 0:
+            img[rng.random(img.shape) < 0.002] = np.nan
+        if k % 4 == 1:
+            img = cv2.GaussianBlur(img, (0, 0), 2.0)
+        for size in (10, 16, 32):
+            n, q = size * size, 0.9 * (size * size - 1)
+            for thr in np.unique(np.nanpercentile(img, [10, 50, 80, 90, 97]).astype(np.float32)):
+                above = _BoxCounts(img, thr, size)
+                for y0 in range(0, img.shape[0] - size, 5):
+                    for x0 in range(0, img.shape[1] - size, 7):
+                        box = img[y0:y0 + size, x0:x0 + size]
+                        want = float(np.percentile(box, 90)) > thr
+                        assert above.p90_above(y0, x0) == want, (k, size, thr, y0, x0)
+                        boxes += 1
+                        boundary += int(np.sum(box > thr)) == n - int(q) - 1
+    assert boxes > 10_000 and boundary > 50  # the sorted fallback was exercised too

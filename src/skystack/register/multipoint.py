@@ -129,19 +129,54 @@ def place_alignment_points(reference: np.ndarray, *, ap_size: int = DEFAULT_SIZE
     lit_thr = sky + sky_level * (bright - sky)
     energy = np.zeros((ys.size, xs.size))
     lit = np.zeros((ys.size, xs.size), dtype=bool)
+    above = _BoxCounts(img, lit_thr, size)
     for j, y in enumerate(ys):
         y0 = int(round(y - size / 2))
         for i, x in enumerate(xs):
             x0 = int(round(x - size / 2))
             s = ii[y0 + size, x0 + size] - ii[y0, x0 + size] - ii[y0 + size, x0] + ii[y0, x0]
             energy[j, i] = s / (size * size)
-            lit[j, i] = float(np.percentile(img[y0:y0 + size, x0:x0 + size], 90)) > lit_thr
+            lit[j, i] = above.p90_above(y0, x0)
     if lit.any():
         ref_energy = float(np.median(energy[lit]))
         active = lit & (energy >= min_structure * ref_energy) & (energy > 0)
     else:
         active = lit
     return APGrid(xs=xs, ys=ys, size=size, active=active)
+
+
+class _BoxCounts:
+    """Whether the 90th percentile (NumPy's, linear) of a ``size``-square box of ``img``
+    is above ``thr``, from the count of pixels above it (one integral image): with the box's
+    values sorted, ``a[k] > thr`` exactly when at least ``n - k`` pixels are above, and
+    ``a[k+1] <= thr`` when at most ``n - k - 2`` are. Only a box at the boundary between
+    the two is sorted (a ``np.percentile`` per box cost 0.15 ms, 26 ms for a planet's
+    176 boxes, measured); a box with a NaN is never above (its percentile is NaN)."""
+
+    def __init__(self, img: np.ndarray, thr: float, size: int):
+        thr = img.dtype.type(thr)  # both tests below compare in the image's precision
+        self.img, self.thr, self.size = img, thr, size
+        self.n = size * size
+        self.k = int(math.floor(0.9 * (self.n - 1)))  # a[k], a[k+1]: the values interpolated
+        self.above = cv2.integral((img > thr).astype(np.uint8), sdepth=cv2.CV_32S)
+        nan = np.isnan(img)
+        self.nan = cv2.integral(nan.astype(np.uint8), sdepth=cv2.CV_32S) if nan.any() else None
+
+    @staticmethod
+    def _sum(ii: np.ndarray, y0: int, x0: int, s: int) -> int:
+        return int(ii[y0 + s, x0 + s] - ii[y0, x0 + s] - ii[y0 + s, x0] + ii[y0, x0])
+
+    def p90_above(self, y0: int, x0: int) -> bool:
+        s = self.size
+        if self.nan is not None and self._sum(self.nan, y0, x0, s):
+            return False
+        c = self._sum(self.above, y0, x0, s)
+        if c >= self.n - self.k:  # a[k] > thr: a[k+1] and their mix too
+            return True
+        if c <= self.n - self.k - 2:  # a[k+1] <= thr
+            return False
+        # at the boundary (rounding of the interpolation included): the percentile itself
+        return float(np.percentile(self.img[y0:y0 + s, x0:x0 + s], 90)) > self.thr
 
 
 class NodeInterpolator:
