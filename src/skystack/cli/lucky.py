@@ -10,7 +10,7 @@ from .. import api, jobs, options
 from ..errors import BATCH_PARTIAL, UsageError
 from .args import INPUT_HELP, add_options, add_verbosity, command, given
 
-_LUCKY_DESC = """\
+_LUCKY_DESC = f"""\
 Lucky imaging of a video (SER, AVI, MP4, MOV) or frame sequence of the Moon, the Sun or a
 planet: rank every frame by sharpness, keep the best, align them globally and (by default)
 locally on a grid of alignment points, stack, and optionally drizzle and sharpen.
@@ -24,7 +24,8 @@ mid-time of the stacked frames, from the SER timestamps) and EXPSTART/EXPEND.
 Several videos at once: give a folder as OUT (ending in / or existing), e.g.
 `skystack lucky *.ser -o stacks/`: each video is stacked on its own into FOLDER/NAME.fits
 with its report and previews, and FOLDER/lucky-summary.json lists them all. A video that
-cannot be stacked is reported and skipped; the exit code is then 10 (0 when all succeeded).
+cannot be stacked is reported and skipped; the exit code is then {BATCH_PARTIAL} (0 when all
+succeeded; the first failure's own code when none did).
 
 --darks/--flats/--bias (frames to combine, or master FITS files) calibrate the raw frames
 before demosaicing; masters are cached in .skystack-cache beside the output."""

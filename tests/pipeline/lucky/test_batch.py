@@ -37,6 +37,10 @@ def test_batch_of_three_with_one_corrupt(tmp_path, videos, capsys):
     assert len(bad) == 1 and bad[0]["input"].endswith("bad.ser") and "SER" in bad[0]["error"]
     printed = capsys.readouterr().out
     assert "2 of 3 videos stacked" in printed and "FAILED" in printed
+    # the help says which code that is (it said 10 once, while the code was 11)
+    with pytest.raises(SystemExit):
+        main(["lucky", "--help"])
+    assert f"the exit code is then {BATCH_PARTIAL} " in capsys.readouterr().out
 
 
 def test_batch_all_good_and_all_bad(tmp_path, videos):
