@@ -440,7 +440,9 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
 
 def rgb_dispersion(image: np.ndarray, apply: bool) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Measure R and B against G on the stack; with ``apply``, shift them onto G."""
-    fill = np.nan_to_num(image, nan=float(np.nanmedian(image)))
+    # a stack has no NaN once its uncovered edges are filled: the median (8 ms for a
+    # 640x480 RGB stack) only where one is left
+    fill = image if np.isfinite(image).all() else np.nan_to_num(image, nan=float(np.nanmedian(image)))
     g = fill[..., 1]
     corr = PhaseCorrelator(g, peak_sigma=1.0, window="tukey")
     shifts = {}
