@@ -136,3 +136,18 @@ def test_lucky_writes_its_fits_in_the_writer_with_two_workers(tmp_path, workers)
     assert f"astropy imported here: {workers == '1'}" in r.stdout
     with fits.open(out) as hdul:
         assert hdul[0].header["NCOMBINE"] > 0 and np.isfinite(hdul[0].data).all()
+
+
+def test_a_big_image_is_written_here(tmp_path, monkeypatch):
+    """Over MAX_PIPED_BYTES the image is not pickled through the pipe (two more copies of
+    a possibly huge stack): written here, the same file."""
+    import skystack.output.sidecar as sidecar_module
+
+    image = _image(True)
+    monkeypatch.setattr(sidecar_module, "MAX_PIPED_BYTES", image.nbytes - 1)
+    with FitsSidecar.start() as writer:
+        sent = []
+        monkeypatch.setattr(writer, "write", lambda *a, **k: sent.append(a))
+        out = write_fits_via(writer, tmp_path / "big.fits", image, header=_HEADER)
+    assert not sent
+    assert out.read_bytes() == write_fits(tmp_path / "ref.fits", image, header=_HEADER).read_bytes()

@@ -37,6 +37,11 @@ log = logging.getLogger("skystack")
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 
+# Images bigger than this are written here: through the pipe an image is pickled whole (a
+# copy here, one in the writer), where the writer in this process streams it in chunks; and
+# a run with such a stack lasts long enough that astropy's import no longer matters.
+MAX_PIPED_BYTES = 64 << 20
+
 
 class SidecarGone(Exception):
     """The writer process is not there to answer (never started, killed, exited)."""
@@ -147,8 +152,8 @@ class FitsSidecar:
 
 def write_fits_via(sidecar: FitsSidecar | None, path: str | os.PathLike, image: np.ndarray, **kw: Any) -> Path:
     """``write_fits(path, image, **kw)`` in ``sidecar`` when it is running, else (or when
-    it has gone) here."""
-    if sidecar is not None:
+    it has gone, or the image is over :data:`MAX_PIPED_BYTES`) here."""
+    if sidecar is not None and np.asarray(image).nbytes <= MAX_PIPED_BYTES:
         try:
             return sidecar.write(path, image, **kw)
         except SidecarGone as e:
