@@ -1,0 +1,88 @@
+"""kill -9 of ``skystack lucky`` at points through a two-worker run (start-up, ranking,
+stacking, writing): no process of the run is left behind (the forked workers and the FITS
+writer die with it) and no stack is half-written."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from skystack.io import write_ser
+from skystack.testing.planetary import make_lunar_video
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers: Linux")
+
+# Runs the command as its child and becomes the subreaper of everything the command forks,
+# so that an orphan (a worker whose parent was killed) comes back to it: it kills the
+# command after a delay, waits for the orphans to end and prints those that did not.
+_REAPER = r"""
+import ctypes, os, signal, subprocess, sys, time
+
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+delay, cmd = float(sys.argv[1]), sys.argv[2:]
+run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(delay)
+finished = run.poll() is not None
+run.send_signal(signal.SIGKILL)
+run.wait()
+
+
+def children():
+    me = os.getpid()
+    return [int(c) for t in os.listdir(f"/proc/{me}/task")
+            for c in open(f"/proc/{me}/task/{t}/children").read().split()]
+
+
+deadline = time.monotonic() + 10.0
+while children() and time.monotonic() < deadline:
+    try:
+        os.waitpid(-1, os.WNOHANG)  # orphans that ended come back as zombies: reap them
+    except ChildProcessError:
+        break
+    time.sleep(0.02)
+left = children()
+for pid in left:
+    os.kill(pid, signal.SIGKILL)
+print("finished" if finished else "killed", "left:", *left)
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 800-frame video and how long a whole two-worker run of it takes here (the kills
+    fall at fractions of that, so that they hit the same phases on a slower machine)."""
+    import subprocess
+    import time
+
+    frames = list(make_lunar_video(100, (240, 320), seed=8).frames())
+    d = tmp_path_factory.mktemp("kill")
+    video = d / "moon.ser"
+    write_ser(video, (frames[k % len(frames)] for k in range(800)))
+    t0 = time.perf_counter()
+    subprocess.run(_command(video, d / "whole.fits"), check=True, capture_output=True, timeout=300)
+    return video, time.perf_counter() - t0
+
+
+def _command(video, out) -> list[str]:
+    return [sys.executable, "-m", "skystack.cli", "lucky", str(video), "-o", str(out), "--workers", "2", "-q"]
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.45, 0.65, 0.85])
+def test_a_killed_run_leaves_no_process_and_no_half_stack(tmp_path, run, fraction):
+    import subprocess
+
+    from astropy.io import fits
+
+    video, duration = run
+    out = tmp_path / "out" / "stack.fits"
+    r = subprocess.run([sys.executable, "-c", _REAPER, str(fraction * duration), *_command(video, out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _, _, left = r.stdout.strip().partition(" left:")
+    assert left.split() == [], f"processes left behind after kill -9 at {fraction:.0%} of the run: {left}"
+    if out.exists():  # written before the kill: whole
+        with fits.open(out) as hdul:
+            assert np.isfinite(hdul[0].data).all()
+    visible = [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] if out.parent.exists() else []
+    assert all(n.startswith("stack.") for n in visible), visible
