@@ -100,5 +100,5 @@ EXIT_CODES = {
     10: "skystack bench: a GPU backend failed or its result differs from the CPU backend's",
     BATCH_PARTIAL: "lucky batch (-o FOLDER/): some videos could not be stacked, the others were "
                    "(see FOLDER/lucky-summary.json); when every video fails, the first one's code",
-    130: "interrupted (Ctrl-C); rerun with --resume to continue",
+    130: "interrupted (Ctrl-C); `skystack stack` continues with --resume, the others start over",
 }

@@ -30,3 +30,21 @@ def test_the_process_command_freezes_its_objects_before_exit(tmp_path):
     rc, frozen, full_every = out.stdout.split()
     assert int(rc) != 0 and frozen == "True"  # an error exit too: the process ends either way
     assert int(full_every) == 100  # full collections rarer while it runs
+
+
+def test_an_interrupt_names_resume_only_where_the_command_has_it(monkeypatch, capsys, tmp_path):
+    """Ctrl-C: exit code 130; `skystack stack` keeps a journal and says to rerun with
+    --resume, the lucky command has none and says it starts over."""
+    import skystack.api as api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "stack", interrupted)
+    monkeypatch.setattr(api, "lucky", interrupted)
+    (tmp_path / "in").mkdir()
+    assert main(["stack", str(tmp_path / "in"), "-o", str(tmp_path / "s.fits")]) == 130
+    assert "interrupted; rerun the same command with --resume" in capsys.readouterr().err
+    assert main(["lucky", str(tmp_path / "v.ser"), "-o", str(tmp_path / "l.tif"), "--workers", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err

@@ -24,7 +24,7 @@ INPUT_HELP = ("frames: files (FITS, TIFF, PNG/JPEG, SER, AVI/MP4/MOV, camera RAW
               "globs, or a .txt/.lst file listing paths")
 
 # argparse dests that are not API keywords
-_NOT_OPTIONS = {"command", "func", "verbose", "inputs", "input", "output", "kind", "image"}
+_NOT_OPTIONS = {"command", "func", "resumable", "verbose", "inputs", "input", "output", "kind", "image"}
 
 
 def _default_text(value: Any) -> str:

@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("output")
     add_options(g, options.OutputOptions)
     add_run_args(p, run_fields=("workers", "scheduler", "backend", "resume", "keep_cache"))
-    p.set_defaults(func=_cmd_stack)
+    p.set_defaults(func=_cmd_stack, resumable=True)  # an interrupted stack says: --resume
 
     p = command(sub, "register", "register frames only; write the transforms to a report")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=INPUT_HELP)

@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return e.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; rerun the same command with --resume to continue")
+        # only `skystack stack` keeps a journal to resume from; the others start over
+        log.error("interrupted; rerun the same command with --resume to continue" if getattr(args, "resumable", False)
+                  else "interrupted; nothing was half-written: rerun the command to start over")
         if argv is None:
             # The process is this command: end it now. A worker thread that the interrupt
             # left waiting on a lock the main thread held would otherwise keep the

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..runtime.children import die_with_parent
+from ..runtime.children import die_with_parent, leave_interrupts_to_parent
 
 log = logging.getLogger("skystack")
 
@@ -52,6 +52,7 @@ def _serve(conn: Any, parent: int) -> None:
     early), then write what comes through ``conn`` until ``None`` or the pipe closes; each
     request is answered ``(True, path, cpu_s)`` or ``(False, error, cpu_s)``."""
     die_with_parent(parent)
+    leave_interrupts_to_parent()
     import astropy.io.fits  # noqa: F401
 
     from . import write

@@ -17,6 +17,13 @@ import sys
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def leave_interrupts_to_parent() -> None:
+    """In a forked helper: ignore Ctrl-C. SIGINT reaches the whole foreground process
+    group; the parent stops its helpers itself (or they die with it), and an interrupted
+    run then says so in one line instead of a traceback from every helper."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def die_with_parent(parent: int) -> None:
     """In a freshly forked child of process ``parent``: be killed (SIGKILL) when the thread
     that forked it ends, which for this project's forks is the parent's life; exit at once

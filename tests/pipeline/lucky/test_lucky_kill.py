@@ -1,6 +1,6 @@
-"""kill -9 of ``skystack lucky`` at points through a two-worker run (start-up, ranking,
-stacking, writing): no process of the run is left behind (the forked workers and the FITS
-writer die with it) and no stack is half-written."""
+"""kill -9 and Ctrl-C of ``skystack lucky`` at points through a two-worker run (start-up,
+ranking, stacking, writing): no process of the run is left behind (the forked workers and
+the FITS writer die with it), no stack is half-written, and Ctrl-C is one line."""
 from __future__ import annotations
 
 import sys
@@ -17,15 +17,18 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fo
 # so that an orphan (a worker whose parent was killed) comes back to it: it kills the
 # command after a delay, waits for the orphans to end and prints those that did not.
 _REAPER = r"""
-import ctypes, os, signal, subprocess, sys, time
+import ctypes, json, os, signal, subprocess, sys, time
 
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-delay, cmd = float(sys.argv[1]), sys.argv[2:]
-run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+delay, how, cmd = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
+run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 time.sleep(delay)
 finished = run.poll() is not None
-run.send_signal(signal.SIGKILL)
-run.wait()
+if how == "kill":  # kill -9 of the command alone: its children are orphaned
+    run.send_signal(signal.SIGKILL)
+else:  # Ctrl-C: the terminal interrupts the whole foreground process group
+    os.killpg(run.pid, signal.SIGINT)
+err = run.communicate(timeout=60)[1]
 
 
 def children():
@@ -44,7 +47,7 @@ while children() and time.monotonic() < deadline:
 left = children()
 for pid in left:
     os.kill(pid, signal.SIGKILL)
-print("finished" if finished else "killed", "left:", *left)
+print(json.dumps({"finished": finished, "left": left, "rc": run.returncode, "stderr": err}))
 """
 
 
@@ -64,25 +67,43 @@ def run(tmp_path_factory):
     return video, time.perf_counter() - t0
 
 
+def _run_and_stop(video, out, delay: float, how: str) -> dict:
+    import json
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _REAPER, str(delay), how, *_command(video, out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def _command(video, out) -> list[str]:
     return [sys.executable, "-m", "skystack.cli", "lucky", str(video), "-o", str(out), "--workers", "2", "-q"]
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.45, 0.65, 0.85])
 def test_a_killed_run_leaves_no_process_and_no_half_stack(tmp_path, run, fraction):
-    import subprocess
-
     from astropy.io import fits
 
     video, duration = run
     out = tmp_path / "out" / "stack.fits"
-    r = subprocess.run([sys.executable, "-c", _REAPER, str(fraction * duration), *_command(video, out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    _, _, left = r.stdout.strip().partition(" left:")
-    assert left.split() == [], f"processes left behind after kill -9 at {fraction:.0%} of the run: {left}"
+    got = _run_and_stop(video, out, fraction * duration, "kill")
+    assert got["left"] == [], f"processes left behind after kill -9 at {fraction:.0%} of the run: {got['left']}"
     if out.exists():  # written before the kill: whole
         with fits.open(out) as hdul:
             assert np.isfinite(hdul[0].data).all()
     visible = [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] if out.parent.exists() else []
     assert all(n.startswith("stack.") for n in visible), visible
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.8])
+def test_ctrl_c_stops_the_run_in_one_line(tmp_path, run, fraction):
+    """Ctrl-C reaches every process of the run: the command says it was interrupted, in
+    one line (no traceback from the workers or the FITS writer, no --resume the lucky
+    command does not have), exits with 130 and leaves no process behind."""
+    video, duration = run
+    got = _run_and_stop(video, tmp_path / "stack.fits", fraction * duration, "int")
+    if got["finished"]:
+        pytest.skip("the run ended before the interrupt")
+    assert got["rc"] == 130 and got["left"] == []
+    assert got["stderr"].strip() == "skystack: interrupted; nothing was half-written: rerun the command to start over"

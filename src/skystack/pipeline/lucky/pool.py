@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from ...runtime.children import die_with_parent
+from ...runtime.children import die_with_parent, leave_interrupts_to_parent
 from ...runtime.memory import set_allocator
 
 _BYE = -1  # a forked worker's last message: the CPU seconds it used
@@ -114,6 +114,7 @@ def _serve(fn: Callable[..., Any], tasks: Any, results: Any, slots: _Slots | Non
     seconds it used; failures travel back as values (an unpicklable exception as its
     traceback text). It dies with the parent (a killed run leaves no worker behind)."""
     die_with_parent(parent)
+    leave_interrupts_to_parent()
     _keep_freed_memory()
     while True:
         item = tasks.get()
