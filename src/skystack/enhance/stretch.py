@@ -130,13 +130,10 @@ def object_levels(image: np.ndarray, mode: str) -> tuple[np.ndarray, float]:
     return np.full(planes.shape[2], lo, np.float32), float(hi - lo) if hi > lo else 1.0
 
 
-def display_object(image: np.ndarray, mode: str, levels_from: np.ndarray | None = None, *,
-                   levels: tuple[np.ndarray, float] | None = None) -> np.ndarray:
-    """``image`` as uint8 for a preview through :func:`object_levels` (of ``levels_from``
-    when given, so two images can be shown through the same levels; or ``levels``, the
-    ``(black, white)`` :func:`object_levels` returned already)."""
-    black, white = levels if levels is not None else object_levels(
-        image if levels_from is None else levels_from, mode)
+def display_object(image: np.ndarray, mode: str, *, levels: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    """``image`` as uint8 for a preview through :func:`object_levels` (its own, or
+    ``levels``, the ``(black, white)`` of another image: two images shown alike)."""
+    black, white = levels if levels is not None else object_levels(image, mode)
     img = np.asarray(image, dtype=np.float32)
     planes = img[..., None] if img.ndim == 2 else img
     x = (planes - black[: planes.shape[2]]) / np.float32(white)
