@@ -412,6 +412,16 @@ def shift_image(image: np.ndarray, sx: float, sy: float, *, interpolation: int =
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def covered_only(shifted: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of a frame already on the reference grid (:func:`shift_image`) as float32,
+    NaN outside ``rect`` (:func:`valid_rect`), the part the frame really covers: a preview
+    shows those margins black instead of the replicated edge's streaks."""
+    y0, y1, x0, x1 = rect
+    out = np.full(shifted.shape, np.nan, np.float32)
+    out[y0:y1, x0:x1] = shifted[y0:y1, x0:x1]
+    return out
+
+
 def valid_rect(shape: tuple[int, ...], sx: float, sy: float) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)``: reference pixels whose source ``p + s`` lies inside a frame
     of ``shape`` (H, W[, C]) with a pixel to spare for the interpolation kernel."""

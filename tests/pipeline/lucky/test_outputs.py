@@ -13,6 +13,7 @@ import skystack
 from skystack.io import write_ser
 from skystack.io.ser import BAYER_RGGB
 from skystack.pipeline.lucky.stack import fill_uncovered
+from skystack.register.planetary import valid_rect
 from skystack.testing.planetary import Seeing, make_lunar_video, make_planet_video
 from skystack.types import Fate
 
@@ -98,3 +99,23 @@ def test_a_drifting_video_has_no_nan():
     for mp in (False, True):
         r = skystack.lucky(v.as_frameset(), None, keep="50%", multipoint=mp, ap_size=32)
         assert not np.isnan(r.image).any() and r.report["edges"]["policy"] == "fill"
+
+
+@pytest.mark.parametrize("multipoint", [False, True])
+def test_compare_shows_the_best_frame_black_where_it_does_not_reach(tmp_path, multipoint):
+    """The comparison's left half is the best frame on the reference grid: where a drift
+    left it short of the reference, black margins, not the replicated edge's streaks."""
+    v = make_lunar_video(40, (96, 128), seed=9, seeing=Seeing(jitter_px=0.5, distortion_px=0.2,
+                                                                 drift_px_per_frame=(0.6, 0.3)))
+    p = tmp_path / "m.ser"
+    write_ser(p, v.frames())
+    r = skystack.lucky([str(p)], tmp_path / "m.fits", keep="25%", multipoint=multipoint, ap_size=32)
+    best = next(f for f in r.frames if f.fate is Fate.USED and f.metrics["rank"] == 1)
+    sx, sy = -best.transform.matrix[0, 2], -best.transform.matrix[1, 2]
+    y0, y1, x0, x1 = valid_rect((96, 128), sx, sy)
+    assert x0 >= 5 and y0 >= 3  # this video's best frame sits well off the reference
+    left = cv2.imread(str(tmp_path / "m.compare.png"), cv2.IMREAD_UNCHANGED)[:, :128]
+    inside = np.zeros(left.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert (left[~inside] == 0).all()
+    assert (left[inside] == 0).mean() < 0.01  # the lunar surface itself is not black

@@ -16,7 +16,7 @@ from ...errors import BadFrameError
 from ...io import luminance
 from ...options import LuckyOptions
 from ...register.multipoint import APGrid, NodeInterpolator, dewarp, fill_from_neighbours, node_values
-from ...register.planetary import PhaseCorrelator, shift_image, valid_rect
+from ...register.planetary import PhaseCorrelator, covered_only, shift_image, valid_rect
 from ...runtime.progress import Progress
 from ...types import Fate
 from .align import PointAligner, Reference, global_measure
@@ -233,9 +233,9 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
                 if drz is not None:
                     drz.add(img, (s.sx, s.sy), weight=float(weight[i]))
                     if i == best_i:
-                        best_aligned = shift_image(img, s.sx, s.sy)
+                        best_aligned = covered_only(shift_image(img, s.sx, s.sy), valid_rect(shape, s.sx, s.sy))
                 elif i == best_i:
-                    best_aligned = img
+                    best_aligned = covered_only(img, rect)
     if drz is None:
         acc = acc if acc is not None else np.zeros((h, w, nc), np.float64)
         cnt = cnt if cnt is not None else np.zeros((h, w), np.float64)
@@ -340,7 +340,8 @@ class _PointStacker:
         wn = node_values(g, wq, glob)
         nodes = np.dstack([sx, sy, wn])
         if i == self.best_i and fa.ok:
-            res.best_aligned = shift_image(img, fa.shift.sx, fa.shift.sy)
+            sx, sy = fa.shift.sx, fa.shift.sy
+            res.best_aligned = covered_only(shift_image(img, sx, sy), valid_rect(img.shape, sx, sy))
         if self.drz is not None:
             f = self.interp(nodes)
             res.drizzle = (img, (f[..., 0], f[..., 1]), f[..., 2])
