@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..runtime.children import die_with_parent, leave_interrupts_to_parent
+from ..runtime.children import die_with_parent, interrupts_held, leave_interrupts_to_parent
 
 log = logging.getLogger("skystack")
 
@@ -97,7 +97,8 @@ class FitsSidecar:
             ctx = mp.get_context("fork")
             here, there = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(there, os.getpid()), daemon=True, name="skystack-fits-writer")
-            proc.start()
+            with interrupts_held():
+                proc.start()
             there.close()
         except OSError as e:
             log.debug("FITS writer process not started: %s", e)

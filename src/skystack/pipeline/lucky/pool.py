@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from ...runtime.children import die_with_parent, leave_interrupts_to_parent
+from ...runtime.children import die_with_parent, interrupts_held, leave_interrupts_to_parent
 from ...runtime.memory import set_allocator
 
 _BYE = -1  # a forked worker's last message: the CPU seconds it used
@@ -273,8 +273,9 @@ def _forked(fn, tasks, workers, inflight, owner: Workers, slots: _Slots | None) 
     tq, rq = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_serve, args=(fn, tq, rq, slots, os.getpid()), daemon=True, name=f"lucky-{k}")
              for k in range(workers - 1 if here else workers)]
-    for p in procs:
-        p.start()
+    with interrupts_held():
+        for p in procs:
+            p.start()
     if not here:
         owner._after_fork()
     return _results(fn if here else None, procs, tq, rq, tasks, inflight, owner, slots)
