@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,17 @@ def _shared_data() -> Path:
 SHARED_DATA = _shared_data()
 _ABSENT = (f"real data folder {SHARED_DATA} is absent (put the captures in ../shared/data beside the "
            "repository, or point SKYSTACK_DATA at them)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _interruptible_children():
+    """Tests interrupt the commands they start with SIGINT, as a terminal's Ctrl-C does. A
+    test run started in the background (``scripts/test &`` in a script, some CI runners)
+    inherits SIGINT ignored, an ignored signal stays ignored through fork and exec, and
+    the commands would never see the Ctrl-C. Python's own handler here instead: a fork
+    inherits it, an exec resets it to the default (the command installs its own)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):

@@ -23,8 +23,10 @@ ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 delay, how, cmd = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
 run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 time.sleep(delay)
-finished = run.poll() is not None
-if how == "kill":  # kill -9 of the command alone: its children are orphaned
+finished = run.poll() is not None  # ended already (a loaded machine): reaped, no signal
+if finished:
+    pass
+elif how == "kill":  # kill -9 of the command alone: its children are orphaned
     run.send_signal(signal.SIGKILL)
 else:  # Ctrl-C: the terminal interrupts the whole foreground process group
     os.killpg(run.pid, signal.SIGINT)
