@@ -340,8 +340,8 @@ class _PointStacker:
         wn = node_values(g, wq, glob)
         nodes = np.dstack([sx, sy, wn])
         if i == self.best_i and fa.ok:
-            sx, sy = fa.shift.sx, fa.shift.sy
-            res.best_aligned = covered_only(shift_image(img, sx, sy), valid_rect(img.shape, sx, sy))
+            s = fa.shift
+            res.best_aligned = covered_only(shift_image(img, s.sx, s.sy), valid_rect(img.shape, s.sx, s.sy))
         if self.drz is not None:
             f = self.interp(nodes)
             res.drizzle = (img, (f[..., 0], f[..., 1]), f[..., 2])
