@@ -45,6 +45,32 @@ def test_preview_is_a_png_of_sane_brightness(tmp_path, rng):
     assert png.shape == (200, 300) and 30 < np.median(png) < 120
 
 
+def test_preview_of_a_colour_stack_costs_less_than_the_stack(tmp_path, rng):
+    """The preview is written at the end of a run, on top of the stack: its stretch
+    parameters come from a subsample and the PNG is written from the encoder's buffer, so
+    the temporaries NumPy allocates stay under the stack's own size (they were 1.4x it)."""
+    import tracemalloc
+
+    import cv2
+
+    from skystack.output.guard import is_product
+
+    img = rng.normal(1000, 30, (1080, 1920, 3)).astype(np.float32)
+    img[..., 0] *= 1.2
+    tracemalloc.start()
+    try:
+        p = w.write_preview(tmp_path / "p.png", img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.75 * img.nbytes, peak / img.nbytes
+    png = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    assert png.shape == (1080, 1920, 3) and is_product(p)
+    # unlinked stretch: each channel's sky lands near the same grey despite the red scale
+    med = np.median(png.reshape(-1, 3), axis=0)
+    assert np.ptp(med) <= 3 and 30 < med.mean() < 120, med
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "out.fits"
     target.write_bytes(b"old complete output")

@@ -207,16 +207,19 @@ def _tiff_marked(path: PathLike) -> bool:
     return str(value).encode("utf-8", "replace").startswith(_SOFTWARE_PREFIX)
 
 
-def png_with_mark(png: bytes) -> bytes:
-    """``png`` (a complete PNG file) with the ``Software: skystack`` text chunk after IHDR."""
+def png_with_mark(png: bytes | memoryview) -> tuple[memoryview, bytes, memoryview]:
+    """``png`` (a complete PNG file) with the ``Software: skystack`` text chunk after IHDR,
+    as three pieces to write one after the other: the head up to IHDR's end, the chunk, the
+    rest (views of ``png``: no copy of an image-sized buffer)."""
     import zlib
 
-    if png[12:16] != b"IHDR":
+    view = memoryview(png).cast("B")
+    if bytes(view[12:16]) != b"IHDR":
         raise ValueError("not a PNG stream starting with IHDR")
     data = b"Software\0" + SOFTWARE.encode("ascii")
     chunk = len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
-    end = 8 + 8 + int.from_bytes(png[8:12], "big") + 4  # signature, IHDR length/type, data, CRC
-    return png[:end] + chunk + png[end:]
+    end = 8 + 8 + int.from_bytes(view[8:12], "big") + 4  # signature, IHDR length/type, data, CRC
+    return view[:end], chunk, view[end:]
 
 
 __all__: Sequence[str] = ["guard_outputs", "frame_files", "is_product", "png_with_mark", "PRODUCT_CARD",

@@ -182,11 +182,15 @@ def write_png(path: str | os.PathLike, image8: np.ndarray, *, product: bool = Tr
     if data.ndim == 3:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", data)
+    del data
     if not ok:
         raise OutputError(f"{path}: PNG encoding failed")
-    png = buf.tobytes()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png_with_mark(png) if product else png)
+    # written from the encoder's buffer in pieces: a bytes copy, and the marked copy of that,
+    # were two more image-sized buffers at the end of a run
+    parts = png_with_mark(buf) if product else (memoryview(buf),)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for part in parts:
+            f.write(part)
     return Path(path)
 
 
