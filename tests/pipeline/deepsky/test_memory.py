@@ -108,3 +108,41 @@ def test_peak_rss_at_64M_on_the_seestar_subs(shared_data, tiny, tmp_path):
                      "--memory-limit", "64M", "-q"])
     allowed = _baseline_mb(tiny, tmp_path, "--method", "sigma") + 1.1 * 64
     assert peak <= allowed, f"peak {peak:.0f} MB > {allowed:.0f} MB"
+
+
+COVERAGE = textwrap.dedent("""
+    import sys
+    from skystack.pipeline.deepsky.phase2 import coverage_of
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current RSS: the imports' own peak goes
+    before = status("VmRSS")
+    cov = coverage_of(sys.argv[1])
+    assert cov.shape == (2000, 4000) and cov[5, 6] == 9 and cov[0, 0] == 7, cov
+    print(status("VmHWM") - before)
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_coverage_of_a_colour_count_is_read_without_holding_the_file(tmp_path):
+    """The colour count accumulator (H, W, 3) is read through a map, strip by strip: the
+    strips' pages must leave the resident set as it goes (they counted until the map closed,
+    and made the peak of small colour runs). Here 92 MB of counts give a 31 MB map; the peak
+    may grow by that map and a strip, not by the file (measured in a process that never
+    held the file: this one wrote it)."""
+    import numpy as np
+
+    path = tmp_path / "count.npy"
+    counts = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(2000, 4000, 3))
+    counts[:] = 7
+    counts[5, 6, 2] = 9
+    counts.flush()
+    del counts
+    r = subprocess.run([sys.executable, "-c", COVERAGE, str(path)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+    grew = float(r.stdout.strip().splitlines()[-1])
+    assert grew < 31 + 30, f"peak RSS grew by {grew:.0f} MB reading a 92 MB count file"

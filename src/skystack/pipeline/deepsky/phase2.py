@@ -21,6 +21,7 @@ import numpy as np
 
 from ...backends.base import BandJob
 from ...errors import InputChangedError, UsageError
+from ...io.pages import release
 from ...options import RunOptions, StackOptions
 from ...runtime.executor import ClusterShape
 from ...runtime.memory import current_rss, default_memory_limit
@@ -293,13 +294,16 @@ def first_cell_apart(tiles: list[tuple[int, int, int, int]]) -> list[tuple[int, 
 def coverage_of(count_path: Path, rows: int = 256) -> np.ndarray:
     """The coverage map of a count accumulator: how many values were combined per pixel,
     the most of any channel for a colour stack; read ``rows`` rows at a time, so a colour
-    count (H, W, 3) is never in memory whole."""
+    count (H, W, 3) is never in memory whole: the pages of the map each strip was read
+    through are dropped after it (they stayed resident until the map closed: +25 MB at the
+    end of an 18-sub 1080×1920 colour stack, the run's peak)."""
     counts = np.load(count_path, mmap_mode="r")
     if counts.ndim == 2:
         return np.array(counts)
     out = np.empty(counts.shape[:2], dtype=counts.dtype)
     for y0 in range(0, counts.shape[0], rows):
         np.max(counts[y0:y0 + rows], axis=2, out=out[y0:y0 + rows])
+        release(counts)
     del counts
     return out
 
