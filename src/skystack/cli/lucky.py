@@ -100,9 +100,13 @@ def _summary(r) -> None:
     s = r.report["summary"]
     shift = s.get("shift_px", {})
     keep = r.report["options"]["keep"]
-    print(f"stacked {r.n_used} of {r.n_frames} frames ({r.mode} mode, keep {keep}"
-          + (f", {r.alignment_points} alignment points" if r.alignment_points else "")
-          + f") in {r.timings['total_s']:.1f} s ({r.n_frames / max(r.timings['total_s'], 1e-9):.0f} frames/s), "
+    kept = s.get("kept", r.n_used)
+    # multi-point blends more frames than --keep (each alignment point takes its own best
+    # ones): say both, so that "20 of 101 frames" is not read as a broken --keep 10%
+    blended = f", blended per point from {r.n_used}" if r.alignment_points and r.n_used != kept else ""
+    where = f"{r.alignment_points} alignment points" if r.alignment_points else "global alignment"
+    print(f"kept {kept} of {r.n_frames} frames (--keep {keep}){blended}; {r.mode} mode, {where}; "
+          f"{r.timings['total_s']:.1f} s ({r.n_frames / max(r.timings['total_s'], 1e-9):.0f} frames/s), "
           f"peak memory {r.peak_rss_mb:.0f} MiB")
     if shift:
         print(f"  shifts of used frames: x {shift['min'][0]:+.1f}..{shift['max'][0]:+.1f} px, "

@@ -49,7 +49,14 @@ def test_lucky_from_the_main_cli(tmp_path, ser, capsys):
                "--wavelets", "1.6,1.2", "--report", str(tmp_path / "r.json"), "-q"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "stacked" in printed and "of 30 frames" in printed and "frames/s" in printed
+    rep = json.loads((tmp_path / "r.json").read_text())
+    kept, used = rep["summary"]["kept"], rep["summary"]["used"]
+    assert f"kept {kept} of 30 frames (--keep 20%)" in printed and "frames/s" in printed
+    assert ("blended per point" in printed) == (used != kept) and "alignment points" in printed
+    main(["lucky", str(ser), "-o", str(tmp_path / "global.tif"), "--keep", "5", "--no-multipoint"])
+    printed = capsys.readouterr().out
+    assert "kept 5 of 30 frames (--keep 5); " in printed and "global alignment" in printed
+    assert "blended" not in printed
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["options"]["keep"] == "20%" and rep["options"]["drizzle"] == 1.5
     assert rep["options"]["ap_size"] == 48 and rep["enhance"]["gains"] == [1.6, 1.2]
@@ -88,3 +95,17 @@ def test_enhance_command(tmp_path):
     # enhance refuses to write over its input
     assert main(["enhance", str(src), "-o", str(src), "-q"]) == 6
     assert np.allclose(fits.getdata(src), img)
+
+
+def test_the_summary_says_kept_and_blended_apart(capsys):
+    """Multi-point blends more frames than --keep keeps (each alignment point takes its own
+    best): "stacked 20 of 101 frames (keep 10%)" read as a broken --keep."""
+    from types import SimpleNamespace
+
+    r = SimpleNamespace(report={"summary": {"kept": 11, "used": 20, "rejected": 81}, "options": {"keep": "10%"}},
+                        n_used=20, n_frames=101, mode="surface", alignment_points=959,
+                        timings={"total_s": 2.0}, peak_rss_mb=470.0, outputs=[], report_path=None)
+    cli_lucky._summary(r)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("kept 11 of 101 frames (--keep 10%), blended per point from 20; surface mode, "
+                            "959 alignment points; 2.0 s (50 frames/s)"), first
