@@ -207,7 +207,7 @@ def _tiff_marked(path: PathLike) -> bool:
     return str(value).encode("utf-8", "replace").startswith(_SOFTWARE_PREFIX)
 
 
-def png_with_mark(png: bytes | memoryview) -> tuple[memoryview, bytes, memoryview]:
+def marked_png_pieces(png: bytes | memoryview) -> tuple[memoryview, bytes, memoryview]:
     """``png`` (a complete PNG file) with the ``Software: skystack`` text chunk after IHDR,
     as three pieces to write one after the other: the head up to IHDR's end, the chunk, the
     rest (views of ``png``: no copy of an image-sized buffer)."""
@@ -222,5 +222,5 @@ def png_with_mark(png: bytes | memoryview) -> tuple[memoryview, bytes, memoryvie
     return view[:end], chunk, view[end:]
 
 
-__all__: Sequence[str] = ["guard_outputs", "frame_files", "is_product", "png_with_mark", "PRODUCT_CARD",
+__all__: Sequence[str] = ["guard_outputs", "frame_files", "is_product", "marked_png_pieces", "PRODUCT_CARD",
                           "PRODUCT_COMMENT", "SOFTWARE"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..enhance.stretch import autostretch, autostretch_params, levels, to_uint8
 from ..errors import OutputError
-from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, png_with_mark
+from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, marked_png_pieces
 
 # Outputs are created with mode 0666 less the process umask (0644 under umask 022), as any
 # tool's are; tempfile.mkstemp would make them 0600, readable by their owner only.
@@ -187,7 +187,7 @@ def write_png(path: str | os.PathLike, image8: np.ndarray, *, product: bool = Tr
         raise OutputError(f"{path}: PNG encoding failed")
     # written from the encoder's buffer in pieces: a bytes copy, and the marked copy of that,
     # were two more image-sized buffers at the end of a run
-    parts = png_with_mark(buf) if product else (memoryview(buf),)
+    parts = marked_png_pieces(buf) if product else (memoryview(buf),)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for part in parts:
             f.write(part)
