@@ -85,7 +85,8 @@ def _fits_writer(a: argparse.Namespace):
     pipeline's imports, so that astropy's import runs beside them on another core: when
     the stack is a FITS file and the run has two workers or more (one worker is one
     core). A context manager that ends it; ``None`` inside when not started."""
-    from ..output.sidecar import FITS_SUFFIXES, FitsSidecar
+    from ..output.sidecar import FitsSidecar
+    from ..output.write import FITS_SUFFIXES
 
     try:  # the option's text: the run reads it (and refuses what it cannot read)
         workers = int(getattr(a, "workers", None) or 0) or os.cpu_count() or 1

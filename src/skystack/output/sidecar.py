@@ -32,10 +32,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..runtime.children import die_with_parent, interrupts_held, leave_interrupts_to_parent
+from . import write
 
 log = logging.getLogger("skystack")
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts")
 
 # Images bigger than this are written here: through the pipe an image is pickled whole (a
 # copy here, one in the writer), where the writer in this process streams it in chunks; and
@@ -54,8 +53,6 @@ def _serve(conn: Any, parent: int) -> None:
     die_with_parent(parent)
     leave_interrupts_to_parent()
     import astropy.io.fits  # noqa: F401
-
-    from . import write
 
     while True:
         try:
@@ -160,6 +157,4 @@ def write_fits_via(sidecar: FitsSidecar | None, path: str | os.PathLike, image: 
             return sidecar.write(path, image, **kw)
         except SidecarGone as e:
             log.debug("%s; writing %s in this process", e, path)
-    from .write import write_fits
-
-    return write_fits(path, image, **kw)
+    return write.write_fits(path, image, **kw)

@@ -27,6 +27,8 @@ from ..enhance.stretch import autostretch, autostretch_params, levels, to_uint8
 from ..errors import OutputError
 from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, marked_png_pieces
 
+FITS_SUFFIXES = (".fits", ".fit", ".fts")  # what write_image writes as FITS
+
 # Outputs are created with mode 0666 less the process umask (0644 under umask 022), as any
 # tool's are; tempfile.mkstemp would make them 0600, readable by their owner only.
 _FILE_MODE = 0o666
@@ -230,7 +232,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, header: Any = Non
                 history: Iterable[str] = (), tiff_dtype: str = "float32", product: bool = True) -> Path:
     """Write by extension: .fits/.fit/.fts (float32), .tif/.tiff, .png (stretched 16-bit)."""
     ext = Path(path).suffix.lower()
-    if ext in (".fits", ".fit", ".fts"):
+    if ext in FITS_SUFFIXES:
         return write_fits(path, image, header=header, history=history, product=product)
     if ext in (".tif", ".tiff"):
         from .header import tiff_description  # astropy: only when a stack is written (module notes)

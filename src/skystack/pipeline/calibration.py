@@ -20,7 +20,7 @@ from ..jobs import CalibrateJob
 from ..options import IMAGE_EXTENSIONS, ReadOptions
 from ..output.guard import guard_outputs
 from ..output.products import preview_path
-from ..output.write import write_fits, write_image, write_json, write_preview
+from ..output.write import FITS_SUFFIXES, write_fits, write_image, write_json, write_preview
 from ..runtime.executor import run_tasks
 from ..runtime.progress import Progress
 
@@ -62,7 +62,7 @@ def make_master(kind: str, inputs: PathLike | Sequence[PathLike], output: PathLi
     if kind not in KINDS:
         raise UsageError(f"unknown master kind {kind!r} ({', '.join(KINDS)})")
     out = Path(output)
-    if out.suffix.lower() not in (".fits", ".fit", ".fts"):
+    if out.suffix.lower() not in FITS_SUFFIXES:
         raise UsageError(f"{out}: a master is written as FITS (.fits, .fit or .fts)")
     cache = Path(cache_dir) if cache_dir else (out.parent / ".skystack-cache")
     guard_outputs([("master", out)], input_files(list(_paths(inputs)) + list(_paths(bias)) + list(_paths(dark_flats))),

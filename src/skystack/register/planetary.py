@@ -422,6 +422,12 @@ def covered_only(shifted: np.ndarray, rect: tuple[int, int, int, int]) -> np.nda
     return out
 
 
+def shifted_covered(image: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """:func:`shift_image` of ``image``, NaN outside the part the frame covers
+    (:func:`covered_only` of its :func:`valid_rect`)."""
+    return covered_only(shift_image(image, sx, sy), valid_rect(image.shape, sx, sy))
+
+
 def valid_rect(shape: tuple[int, ...], sx: float, sy: float) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)``: reference pixels whose source ``p + s`` lies inside a frame
     of ``shape`` (H, W[, C]) with a pixel to spare for the interpolation kernel."""

@@ -21,8 +21,8 @@ from ...output.header import lucky_header
 from ...output.plots import plot_lucky
 from ...output.products import (before_after_path, compare_path, preview_path, quality_plot_path, report_path,
                                sharpened_path, write_stack)
-from ...output.sidecar import FITS_SUFFIXES, FitsSidecar, write_fits_via
-from ...output.write import atomic_path, write_image, write_png
+from ...output.sidecar import FitsSidecar, write_fits_via
+from ...output.write import FITS_SUFFIXES, atomic_path, write_image, write_png
 from ...register.planetary import Disk
 from ...types import Fate, FrameResult, Transform
 from .frames import BLANK, OK, OUT_OF_FIELD, UNREADABLE, LuckyRun, frame_path

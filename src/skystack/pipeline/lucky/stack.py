@@ -16,7 +16,7 @@ from ...errors import BadFrameError
 from ...io import luminance
 from ...options import LuckyOptions
 from ...register.multipoint import APGrid, NodeInterpolator, dewarp, fill_from_neighbours, node_values
-from ...register.planetary import PhaseCorrelator, covered_only, shift_image, valid_rect
+from ...register.planetary import PhaseCorrelator, covered_only, shift_image, shifted_covered, valid_rect
 from ...runtime.progress import Progress
 from ...types import Fate
 from .align import PointAligner, Reference, global_measure
@@ -233,7 +233,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
                 if drz is not None:
                     drz.add(img, (s.sx, s.sy), weight=float(weight[i]))
                     if i == best_i:
-                        best_aligned = covered_only(shift_image(img, s.sx, s.sy), valid_rect(shape, s.sx, s.sy))
+                        best_aligned = shifted_covered(img, s.sx, s.sy)
                 elif i == best_i:
                     best_aligned = covered_only(img, rect)
     if drz is None:
@@ -341,7 +341,7 @@ class _PointStacker:
         nodes = np.dstack([sx, sy, wn])
         if i == self.best_i and fa.ok:
             s = fa.shift
-            res.best_aligned = covered_only(shift_image(img, s.sx, s.sy), valid_rect(img.shape, s.sx, s.sy))
+            res.best_aligned = shifted_covered(img, s.sx, s.sy)
         if self.drz is not None:
             f = self.interp(nodes)
             res.drizzle = (img, (f[..., 0], f[..., 1]), f[..., 2])
