@@ -9,8 +9,8 @@ An unknown keyword or a bad value is a :class:`~skystack.errors.UsageError` befo
 frame is read.
 
 The pipelines are imported inside the functions that run them: the deep-sky pipeline
-imports star detection, triangle matching and ``scipy.spatial`` (0.78 s measured on the
-project's 2-core machine, with ``scipy.stats`` then) that ``skystack lucky`` never uses, and the reverse holds for
+imports star detection and triangle matching (0.78 s measured on the project's 2-core
+machine, with ``scipy.stats`` and ``scipy.spatial`` then) that ``skystack lucky`` never uses, and the reverse holds for
 the lucky pipeline's aligners; ``import skystack`` itself stays cheap.
 """
 from __future__ import annotations

@@ -91,6 +91,14 @@ _NONE = np.zeros((0, 0))
 _NO_AXIS = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
 
 
+def _median3x3(a: np.ndarray) -> np.ndarray:
+    """3×3 median with edge cells repeated: ``scipy.ndimage.median_filter(a, size=3,
+    mode="nearest")`` to the bit, on a mesh of a few hundred cells, without importing
+    scipy.ndimage (12 MB of resident memory and 0.1 s in every deep-sky run)."""
+    padded = np.pad(a, 1, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, (3, 3)), axis=(-2, -1))
+
+
 def background_mesh(img: np.ndarray, cell: int = _MESH_CELL) -> Background:
     """The sky background and noise of ``img`` on a mesh of ~``cell`` px (NaNs ignored).
 
@@ -112,8 +120,6 @@ def background_mesh(img: np.ndarray, cell: int = _MESH_CELL) -> Background:
     -------
     Background
     """
-    from scipy.ndimage import median_filter
-
     h, w = img.shape
     ey, ex = _edges(h, cell), _edges(w, cell)
     # every 3rd pixel each way: ~450 samples per 64 px cell fix the median to ~0.06 σ
@@ -133,7 +139,7 @@ def background_mesh(img: np.ndarray, cell: int = _MESH_CELL) -> Background:
         # at the mesh edges a median (whatever the padding) bends a sky gradient; cells
         # without data (NaN) take the plane's value
         plane = _robust_plane(mb, good)
-        mb = plane + median_filter(np.where(good, mb - plane, 0.0), size=3, mode="nearest")
+        mb = plane + _median3x3(np.where(good, mb - plane, 0.0))
     elif not good.all():
         mb[~good] = np.median(mb[good])
     level = _twice(mb)
@@ -148,7 +154,7 @@ def background_mesh(img: np.ndarray, cell: int = _MESH_CELL) -> Background:
     sgood = np.isfinite(ms)
     ms[~sgood] = np.median(ms[sgood]) if sgood.any() else 0.0
     if min(ms.shape) >= 3:
-        ms = median_filter(ms, size=3, mode="nearest")
+        ms = _median3x3(ms)
     return Background(level=level, noise=_twice(ms), centres_y=cyy, centres_x=cxx,
                       # linear extrapolation at the edges must not drive the noise towards zero
                       noise_floor=float(0.5 * ms.min()),

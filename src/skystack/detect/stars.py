@@ -55,9 +55,9 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from scipy.spatial import cKDTree
 
 from _skystack_kernels.cpu import stars as kern
+from _skystack_kernels.cpu.neighbours import pairs_within
 
 from .background import _MESH_CELL, Background, background_mesh  # noqa: F401  (Background: re-exported)
 
@@ -495,12 +495,12 @@ def _dedupe(res: np.ndarray, radius: float) -> np.ndarray:
     flux, brightest first)."""
     if res.shape[0] < 2:
         return res
-    tree = cKDTree(res[:, :2])
-    pairs = tree.query_pairs(radius, output_type="ndarray")
-    if pairs.size == 0:
+    i, j, _ = pairs_within(res[:, :2], res[:, :2], radius)
+    later = j > i  # each pair once, and no row with itself
+    if not later.any():
         return res
     drop = np.zeros(res.shape[0], dtype=bool)
-    drop[np.max(pairs, axis=1)] = True  # the later (fainter) row of each pair
+    drop[j[later]] = True  # the later (fainter) row of each pair
     return res[~drop]
 
 

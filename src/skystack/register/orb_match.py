@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
+
+from _skystack_kernels.cpu.neighbours import pairs_within
 
 from ..detect.orb import OrbFeatures
 from ..types import Model, Transform
@@ -83,8 +83,22 @@ def _distinct(xy: np.ndarray, radius: float = 1.0) -> int:
     several pyramid levels converge to one position after refinement, and count once."""
     if xy.shape[0] < 2:
         return int(xy.shape[0])
-    graph = cKDTree(xy).sparse_distance_matrix(cKDTree(xy), radius, output_type="coo_matrix")
-    return int(connected_components(graph, directed=False)[0])
+    i, j, _ = pairs_within(xy, xy, radius)
+    # connected components of the "within radius" graph: union-find with path halving
+    # (a few thousand keypoints; what scipy.sparse.csgraph would do, without importing it)
+    parent = list(range(xy.shape[0]))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in zip(i[j > i].tolist(), j[j > i].tolist()):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return sum(1 for a in range(xy.shape[0]) if root(a) == a)
 
 
 def match_orb(frame: OrbFeatures, ref: OrbFeatures, *, model: Model = "similarity", tol: float = 2.0,

@@ -8,8 +8,9 @@ astroalign and Astrometry.net's "quads" in spirit).
    middle/longest). Vertices are ordered by the length of the opposite side, so a
    triangle match also says which star is which; the orientation (sign of the area) must
    agree, since a camera does not mirror the sky between frames.
-3. Frame triangles are looked up in a KD-tree of the reference invariants; each pair of
-   similar triangles votes for its three star correspondences.
+3. Frame triangles are looked up among the reference invariants (a sweep over them sorted
+   by the first invariant: :mod:`_skystack_kernels.cpu.neighbours`); each pair of similar
+   triangles votes for its three star correspondences.
 4. Hypotheses (the similarity through one triangle pair) are tried in order of their
    votes; each is scored by how many frame stars land within ``tol`` px of a reference
    star. The best one pairs the stars (mutual nearest neighbours), and
@@ -20,18 +21,17 @@ Why not astroalign's approach as is: it forms triangles from the 5 nearest neigh
 only the brightest stars and accepts the first transform with enough inliers; on wide
 fields with hot pixels and uneven star lists that misregistered 60 of 99 frames in the
 seed's tests. Verifying each hypothesis against *all* stars and voting first is what makes
-the match robust; scoring costs one KD-tree query per hypothesis.
+the match robust; scoring costs one sweep over the sorted reference stars per hypothesis.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
+from _skystack_kernels.cpu.neighbours import knn, pairs_within
 from _skystack_kernels.cpu.stars import score_similarities
 
 from ..types import Model, Transform
@@ -68,16 +68,6 @@ class Triangles:
     def __len__(self) -> int:
         return int(self.idx.shape[0])
 
-    @functools.cached_property
-    def inv_tree(self) -> cKDTree:
-        """A k-d tree of the invariants (a reference's is built once, not per frame)."""
-        return cKDTree(self.inv)
-
-    @functools.cached_property
-    def xy_tree(self) -> cKDTree:
-        """A k-d tree of the star positions."""
-        return cKDTree(self.xy)
-
 
 def build_triangles(xy: np.ndarray, err: np.ndarray | None = None, n_neighbors: int = _N_NEIGHBORS) -> Triangles:
     """Triangles of each star with pairs of its nearest neighbours (duplicates removed).
@@ -91,7 +81,7 @@ def build_triangles(xy: np.ndarray, err: np.ndarray | None = None, n_neighbors: 
     if n < 3:
         return Triangles(xy, err, np.empty((0, 3), np.int64), np.empty((0, 2)), np.empty(0, np.int8))
     k = min(n_neighbors, n - 1)
-    _, nn = cKDTree(xy).query(xy, k + 1)
+    _, nn = knn(xy, xy, k + 1)
     nn = nn[:, 1:]  # drop the star itself
     pairs = np.array(list(combinations(range(k), 2)), dtype=np.int64)
     tri = np.column_stack([
@@ -182,10 +172,7 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     # 1. similar triangles with the same orientation
     # every (frame, reference) pair of triangles within _INV_TOL, ordered by frame then
     # reference triangle
-    pairs = ftri.inv_tree.sparse_distance_matrix(ref.inv_tree, _INV_TOL, output_type="ndarray")
-    order = np.lexsort((pairs["j"], pairs["i"]))
-    fi = pairs["i"][order].astype(np.int64)
-    ri = pairs["j"][order].astype(np.int64)
+    fi, ri, _ = pairs_within(ftri.inv, ref.inv, _INV_TOL)
     same = ftri.orient[fi] == ref.orient[ri]
     fi, ri = fi[same], ri[same]
     if fi.size == 0:
@@ -204,7 +191,6 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     if not ok.any():
         return Fit(None, reason="no consistent triangle match (no plausible scale)")
     hyp = hyp[ok]
-    rtree = ref.xy_tree
     count = np.empty(hyp.shape[0], np.int64)
     cost = np.empty(hyp.shape[0])  # MSAC tie-break
     by_x = np.argsort(ref.xy[:, 0], kind="stable")
@@ -216,7 +202,7 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
                    reason=f"no consistent triangle match (best {int(count[best])} inliers, need {need})")
     # 4. pair the stars under the best hypothesis, then robust fit + refinement
     m0 = hyp[best]
-    src_i, dst_i = _mutual_pairs(frame_xy @ m0[:, :2].T + m0[:, 2], ref.xy, rtree, tol)
+    src_i, dst_i = _mutual_pairs(frame_xy @ m0[:, :2].T + m0[:, 2], ref.xy, tol)
     n_pairs = int(src_i.size)
     src, dst = frame_xy[src_i], ref.xy[dst_i]
     t, mask = estimate.ransac(src, dst, model, tol=tol, scale_range=_SCALE_RANGE)
@@ -227,7 +213,7 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
     t, mask = estimate.refine(src, dst, t, model, tol=tol, sigma=sig)
     # a final pass: re-pair all stars under the refined transform (a star first paired
     # with a neighbour can now find its true partner), and refit
-    src_i, dst_i = _mutual_pairs(t.apply(frame_xy), ref.xy, rtree, tol)
+    src_i, dst_i = _mutual_pairs(t.apply(frame_xy), ref.xy, tol)
     src, dst = frame_xy[src_i], ref.xy[dst_i]
     sig = np.sqrt(ferr[src_i] ** 2 + ref.err[dst_i] ** 2 + _SIGMA_FLOOR_PX ** 2)
     t, mask = estimate.refine(src, dst, t, model, tol=tol, sigma=sig)
@@ -237,7 +223,7 @@ def match_stars(frame_xy: np.ndarray, ref: Triangles, *, model: Model = "similar
         return narrow
     if n_in < need:
         return Fit(None, n_matches=n_in, reason=f"no consistent triangle match (best {n_in} inliers, need {need})")
-    lam = _chance_matches(t.apply(frame_xy), ref.xy, rtree, tol)
+    lam = _chance_matches(t.apply(frame_xy), ref.xy, tol)
     # the best of ~len(hyp) hypotheses: Bonferroni on the Poisson tail
     if poisson_tail(n_in, lam) * len(hyp) > _MAX_FALSE_MATCH_P:
         return Fit(None, n_matches=n_in,
@@ -261,29 +247,29 @@ def _narrow(model: str, n_in: int, n_pairs: int, m0: np.ndarray) -> Fit | None:
                       f"(the frame is rotated by {sim.rotation_deg:.2f} deg, scaled by {sim.scale:.4f})")
 
 
-def _chance_matches(pred: np.ndarray, ref_xy: np.ndarray, rtree: cKDTree, tol: float, k: int = 5) -> float:
+def _chance_matches(pred: np.ndarray, ref_xy: np.ndarray, tol: float, k: int = 5) -> float:
     """Expected number of frame stars that land within ``tol`` of some reference star by
     chance, from the local density of reference stars around each predicted position
     (k-th neighbour distance). Crowded fields (a cluster core, a galaxy's knots) make
     coincidences likely: 8 "inliers" among 60 noise peaks in a 100 px core are chance,
     8 among 25 stars spread over the frame are not."""
     k = min(k, ref_xy.shape[0])
-    d, _ = rtree.query(pred, k)
-    dk = np.maximum(np.atleast_2d(d.T).T[:, -1] if k > 1 else d, tol)
+    d, _ = knn(ref_xy, pred, k)
+    dk = np.maximum(d[:, -1], tol)
     return float(np.sum(np.minimum(k * tol * tol / (dk * dk), 1.0)))
 
 
-def _mutual_pairs(pred: np.ndarray, ref_xy: np.ndarray, rtree: cKDTree, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _mutual_pairs(pred: np.ndarray, ref_xy: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (frame, reference) of mutual nearest neighbours closer than ``tol``."""
-    d, j = rtree.query(pred, distance_upper_bound=tol)
-    ok = np.isfinite(d)
+    d, j = knn(ref_xy, pred)
+    ok = d[:, 0] < tol
     fi = np.nonzero(ok)[0]
-    rj = j[ok]
+    rj = j[ok, 0]
     if fi.size == 0:
         return fi, rj
     # the reference star's nearest predicted frame star must be the same one
-    back_d, back_i = cKDTree(pred[fi]).query(ref_xy[rj])
-    mutual = fi[back_i] == fi
+    _, back_i = knn(pred[fi], ref_xy[rj])
+    mutual = fi[back_i[:, 0]] == fi
     return fi[mutual], rj[mutual]
 
 
