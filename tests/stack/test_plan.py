@@ -28,14 +28,26 @@ def test_tile_height_follows_budget_and_frame_count():
 
 
 def test_small_sets_get_several_tiles_per_worker_and_little_memory():
-    from skystack.stack.plan import MAX_TILE_PIXELS
+    from skystack.stack.plan import MAX_TILE_BUFFER, MAX_TILE_PIXELS, MIN_CAPPED_ROWS
 
     # 18 colour frames of 1080×1920 with a generous budget: not one tile per worker
     p = plan_tiles(height=1920, width=1080, channels=3, n_frames=18, memory_limit=8 * 2**30, workers=2,
-                   max_tile_pixels=MAX_TILE_PIXELS)  # the default budget: half the RAM
+                   max_tile_pixels=MAX_TILE_PIXELS, max_tile_buffer=MAX_TILE_BUFFER)  # the default budget
     assert len(p.tiles) >= 4 * 2 and p.in_flight == 2
-    assert p.in_flight * p.tile_bytes < 100 * 2**20  # sized by the work, not by the budget
+    assert p.in_flight * p.tile_bytes < 50 * 2**20  # sized by the work, not by the budget
     assert all((y1 - y0) * (x1 - x0) <= MAX_TILE_PIXELS for y0, y1, x0, x1 in p.tiles)
+    # the frame buffer of a tile (18 frames × 3 channels of float32) stays under the cap:
+    # 136 rows of the 540-column strips (240 by pixels alone)
+    assert all(18 * 3 * 4 * (y1 - y0) * (x1 - x0) <= MAX_TILE_BUFFER for y0, y1, x0, x1 in p.tiles)
+    assert p.tile_rows == 136
+    # many frames: the buffer cap stops at MIN_CAPPED_ROWS, which keeps the reads near the tile
+    g = Geometry.of(ROT2, "cubic")
+    r = plan_tiles(height=2000, width=3000, channels=1, n_frames=400, memory_limit=8 * 2**30, workers=2,
+                   geometry=g, max_tile_pixels=MAX_TILE_PIXELS, max_tile_buffer=MAX_TILE_BUFFER)
+    assert r.tile_rows == MIN_CAPPED_ROWS
+    from skystack.pipeline.deepsky.phase2 import read_amplification
+
+    assert read_amplification(r, ROT2, (2000, 3000), "cubic") <= 1.3
 
 
 def test_read_amplification_stays_small_at_any_frame_count():

@@ -127,8 +127,9 @@ def write_fits(path: str | os.PathLike, image: np.ndarray, *, header: Any = None
 _LAYOUT_CARDS = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "EXTEND", "BZERO",
                            "BSCALE", "BLANK", "PCOUNT", "GCOUNT", "XTENSION", "END", "GROUPS"})
 
-# Rows of float32 FITS data converted to big-endian at a time (about 4 MB a chunk).
-_FITS_CHUNK_VALUES = 1 << 20
+# Rows of float32 FITS data converted to big-endian at a time (about 1 MB a chunk: the
+# write runs beside the preview at the end of a run, whose peak it adds to).
+_FITS_CHUNK_VALUES = 1 << 18
 
 
 def _write_be_float32(f, data: np.ndarray) -> None:
@@ -144,7 +145,7 @@ def _write_be_float32(f, data: np.ndarray) -> None:
     rows = max(1, _FITS_CHUNK_VALUES // max(w, 1))
     for plane in planes:
         for y0 in range(0, h, rows):
-            f.write(plane[y0:y0 + rows].astype(">f4").tobytes())
+            f.write(plane[y0:y0 + rows].astype(">f4"))  # a contiguous copy, written as it is
     tail = (4 * data.size) % 2880
     if tail:
         f.write(b"\0" * (2880 - tail))
@@ -177,11 +178,12 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, *, dtype: str = "floa
     return Path(path)
 
 
-def write_png(path: str | os.PathLike, image8: np.ndarray, *, product: bool = True) -> Path:
-    """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR); a ``product``
-    carries the text chunk ``Software: skystack`` (see :func:`write_fits`)."""
+def write_png(path: str | os.PathLike, image8: np.ndarray, *, product: bool = True, bgr: bool = False) -> Path:
+    """Write an 8- or 16-bit PNG (RGB order in, converted to OpenCV's BGR; ``bgr``: the
+    caller made it in BGR order already); a ``product`` carries the text chunk ``Software:
+    skystack`` (see :func:`write_fits`)."""
     data = image8
-    if data.ndim == 3:
+    if data.ndim == 3 and not bgr:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", data)
     del data
@@ -214,15 +216,18 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, max_side: int =
         src = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     # stretched strip by strip: the float temporaries of levels() and to_uint8() are a few
     # rows, not whole planes (+120 MB measured for a 1920×1080 RGB stack done at once)
-    out = np.empty(src.shape[:2] + ((len(params),) if len(params) > 1 else ()), dtype=np.uint8)
+    # colour planes go straight into OpenCV's BGR order (the RGB → BGR copy was another
+    # preview-sized buffer beside the FITS write)
+    bgr = src.ndim == 3 and src.shape[2] == 3
+    out = np.empty(src.shape, dtype=np.uint8)
     for y0 in range(0, src.shape[0], _PREVIEW_ROWS):
         rows = src[y0:y0 + _PREVIEW_ROWS]
-        if len(params) == 1:
-            out[y0:y0 + _PREVIEW_ROWS] = to_uint8(levels(rows, *params[0]))
+        if len(params) == 1:  # mono, or colour stretched linked
+            out[y0:y0 + _PREVIEW_ROWS] = to_uint8(levels(rows[..., ::-1] if bgr else rows, *params[0]))
         else:
             for c in range(len(params)):
-                out[y0:y0 + _PREVIEW_ROWS, :, c] = to_uint8(levels(rows[..., c], *params[c]))
-    return write_png(path, out)
+                out[y0:y0 + _PREVIEW_ROWS, :, 2 - c if bgr else c] = to_uint8(levels(rows[..., c], *params[c]))
+    return write_png(path, out, bgr=bgr)
 
 
 _PREVIEW_ROWS = 128

@@ -61,6 +61,13 @@ STRIP_COLS = 512
 # under 7 % of the reads for twice the memory, and the combine kernel runs at the same
 # ns/value for 16 to 480 rows (measured: 23-27 ns at 18 frames, 11-15 at 100).
 MAX_TILE_PIXELS = 1 << 17
+# ... and no tile whose frame buffer ((N, h, w, C) float32) holds more than this, down to
+# MIN_CAPPED_ROWS rows (a ±2° rotation then reads at most 1 + (512·tan 2° + 14) / 128 =
+# 1.25× the tile). The buffers of the tiles in flight are most of a small stack's working
+# memory: 18 colour Seestar subs (1080×1920) held 2 × 28 MB at 240 rows, the run's peak;
+# at 136 rows, 2 × 16 MB, for 0.05 s more of phase 2 (measured on the 2-core machine).
+MAX_TILE_BUFFER = 16 << 20
+MIN_CAPPED_ROWS = 128
 
 # Bytes a tile in flight holds besides its (N, h, w, C) float32 buffer, in float32 pixels of
 # the tile: the kernel's image and count outputs, and their copies written out.
@@ -171,13 +178,15 @@ def tile_bytes(*, n_frames: int, tile_rows: int, strip_cols: int, channels: int,
 def plan_tiles(*, height: int, width: int, channels: int, n_frames: int, memory_limit: int, workers: int = 1,
                parallel: int | None = None, geometry: Geometry = Geometry(), tile_rows: int | None = None,
                strip_cols: int | None = None, min_tiles_per_worker: int = 4,
-               max_tile_pixels: int | None = None) -> TilePlan:
+               max_tile_pixels: int | None = None, max_tile_buffer: int | None = None) -> TilePlan:
     """Cut the output into tiles so that ``workers`` of them in flight fit ``memory_limit``
     (fewer in flight when even the smallest tile does not fit that many times), with at
     least ``min_tiles_per_worker`` tiles for each of the ``parallel`` workers (default
     ``workers``) where the image allows: load balance, so that the last tiles of a run leave
-    no core idle for long; and no tile of more than ``max_tile_pixels`` (the pipeline passes
-    :data:`MAX_TILE_PIXELS` when the budget is its default, not the user's). On a cluster
+    no core idle for long; and no tile of more than ``max_tile_pixels``, nor with a frame
+    buffer of more than ``max_tile_buffer`` bytes unless that makes it lower than
+    :data:`MIN_CAPPED_ROWS` (the pipeline passes :data:`MAX_TILE_PIXELS` and
+    :data:`MAX_TILE_BUFFER` when the budget is its default, not the user's). On a cluster
     ``memory_limit`` is one worker thread's share and ``workers`` 1, ``parallel`` the
     cluster's threads.
 
@@ -208,6 +217,9 @@ def plan_tiles(*, height: int, width: int, channels: int, n_frames: int, memory_
     balanced = max(WARP_TILE_ROWS, (-(-height // want)) // WARP_TILE_ROWS * WARP_TILE_ROWS)
     if max_tile_pixels:
         balanced = min(balanced, max(WARP_TILE_ROWS, max_tile_pixels // cols // WARP_TILE_ROWS * WARP_TILE_ROWS))
+    if max_tile_buffer:
+        by_buffer = max_tile_buffer // (cols * max(n_frames, 1) * channels * 4) // WARP_TILE_ROWS * WARP_TILE_ROWS
+        balanced = min(balanced, max(MIN_CAPPED_ROWS, by_buffer))
     per_cell = cost(2 * WARP_TILE_ROWS) - cost(WARP_TILE_ROWS)  # the cost is about affine in the height
     fixed = cost(WARP_TILE_ROWS) - per_cell
     for in_flight in range(workers, 0, -1):

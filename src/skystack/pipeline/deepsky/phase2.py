@@ -26,7 +26,7 @@ from ...options import RunOptions, StackOptions
 from ...runtime.executor import ClusterShape
 from ...runtime.memory import current_rss, default_memory_limit
 from ...stack.blocks import run_blocks
-from ...stack.plan import (INTERP_MARGIN, MAX_TILE_PIXELS, WARP_TILE_ROWS, Geometry, TilePlan, band_matrix, cells_end,
+from ...stack.plan import (INTERP_MARGIN, MAX_TILE_BUFFER, MAX_TILE_PIXELS, WARP_TILE_ROWS, Geometry, TilePlan, band_matrix, cells_end,
                            fits_in, plan_tiles, source_block, strip_matrix)
 from .mean import streaming_mean_fits
 from .phase1 import Phase1, workers_of
@@ -204,7 +204,7 @@ def plan_tile_engine(p1: Phase1, kept: Kept, stack: StackOptions, budget: int, w
     nesting in it when the budget is now smaller), else a new one for ``budget`` with
     ``workers`` tiles in flight and ``parallel`` workers to balance (default ``workers``).
     ``sized_to_work`` (the budget is the default, not the user's) caps the tiles at
-    :data:`~skystack.stack.plan.MAX_TILE_PIXELS`.
+    :data:`~skystack.stack.plan.MAX_TILE_PIXELS` and :data:`~skystack.stack.plan.MAX_TILE_BUFFER`.
 
     Raises
     ------
@@ -228,7 +228,8 @@ def plan_tile_engine(p1: Phase1, kept: Kept, stack: StackOptions, budget: int, w
         return Phase2Plan(engine="tiles", tiles=plan, in_flight=plan.in_flight, budget=budget, resumed_plan=True)
     plan = plan_tiles(height=H, width=W, channels=p1.channels, n_frames=len(kept), memory_limit=budget,
                       workers=workers, parallel=parallel, geometry=geometry, tile_rows=stack.tile_rows,
-                      strip_cols=stack.strip_cols, max_tile_pixels=MAX_TILE_PIXELS if sized_to_work else None)
+                      strip_cols=stack.strip_cols, max_tile_pixels=MAX_TILE_PIXELS if sized_to_work else None,
+                      max_tile_buffer=MAX_TILE_BUFFER if sized_to_work else None)
     return Phase2Plan(engine="tiles", tiles=plan, in_flight=plan.in_flight, budget=budget)
 
 
