@@ -486,6 +486,8 @@ class FrameSet(SourceBase):
 
     def _evict(self) -> None:
         # Oldest first; a file another thread is reading stays open until it is done.
+        if len(self._lru) <= self._max_open:  # the usual case: no copy of a long LRU (every read calls this)
+            return
         for path in list(self._lru):
             if len(self._lru) <= self._max_open:
                 break
