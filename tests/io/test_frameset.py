@@ -359,3 +359,58 @@ def test_a_folder_of_folders_names_them(tmp_path):
     (tmp_path / "night2").mkdir()
     with pytest.raises(NoFramesError, match="night1.*night2.*not searched recursively"):
         open_frames([tmp_path])
+
+
+def test_read_block_into_equals_read_block(tmp_path, rng, monkeypatch):
+    """The one-pass conversion into a caller's array (phase 2's tiles) gives read_block's
+    values exactly, for every FITS pixel type, with the fallback for those it does not
+    convert itself (scaled, 32-bit, CFA, calibration steps) and into strided views."""
+    from skystack.io.fits import FitsSource
+
+    h, w = 14, 11
+    base = rng.integers(0, 60000, (h, w))
+    files = {
+        "u16.fits": (base.astype(np.uint16), {}),  # astropy writes BZERO 32768
+        "i16.fits": ((base - 30000).astype(np.int16), {}),
+        "u8.fits": ((base % 256).astype(np.uint8), {}),
+        "f32.fits": (np.where(base % 17 == 0, np.nan, base / 7.0).astype(np.float32), {}),
+        "i32.fits": ((base * 40000).astype(np.int32), {}),  # not exact in float32: fallback
+        "cube.fits": (np.stack([base, base + 5, base % 999, base // 3]).astype(np.int16), {}),  # 4 frames
+        "cfa.fits": (base.astype(np.uint16), {"BAYERPAT": "RGGB"}),
+    }
+    for name, (data, cards) in files.items():
+        fits_file(tmp_path / name, data, **cards)
+    scaled = fits.PrimaryHDU(base.astype(np.int16))
+    scaled.header["BSCALE"], scaled.header["BZERO"] = 0.5, 100.0
+    scaled.writeto(tmp_path / "scaled.fits")
+    calls = []
+    real = FitsSource.read_block_into
+    monkeypatch.setattr(FitsSource, "read_block_into",
+                        lambda self, *a: calls.append(os.path.basename(self.path)) or real(self, *a))
+    fs = open_frames(tmp_path)
+    for i in range(len(fs)):
+        chans = fs.processed_shape(i)[2:]
+        for y0, y1, x0, x1 in ((0, h, 0, w), (3, 9, 2, 7), (h - 1, h, w - 1, w)):
+            want = fs.read_block(i, y0, y1, x0, x1)
+            canvas = np.full((y1 - y0, w + 6) + tuple(chans), -1.0, dtype=np.float32)
+            fs.read_block_into(i, y0, y1, x0, x1, canvas[:, 2:2 + x1 - x0])
+            got = canvas[:, 2:2 + x1 - x0]
+            assert np.array_equal(got, want, equal_nan=True), (fs.name(i), y0, y1, x0, x1)
+            assert (canvas[:, :2] == -1).all() and (canvas[:, 2 + x1 - x0:] == -1).all()  # nothing else written
+    # the direct path ran for the types it converts exactly; the CFA frame never asks it
+    assert {"u16.fits", "i16.fits", "u8.fits", "f32.fits", "cube.fits"} <= set(calls) and "cfa.fits" not in calls
+    steps = fs.with_raw_steps(AddOffset(7.0))  # raw steps: the usual read, then copied
+    out = np.empty((6, 4), np.float32)
+    k = [os.path.basename(steps.path(i)) for i in range(len(steps))].index("u16.fits")
+    steps.read_block_into(k, 3, 9, 2, 6, out)
+    assert np.array_equal(out, steps.read_block(k, 3, 9, 2, 6))
+
+
+def test_read_block_into_a_truncated_file_names_it(tmp_path, rng):
+    p = fits_file(tmp_path / "t.fits", rng.integers(0, 4000, (64, 64)).astype(np.uint16))
+    fs = open_frames(p)
+    os.truncate(p, 2880 + 64 * 64)  # half the data unit gone after opening
+    with pytest.raises(BadFrameError, match="t.fits"):
+        fs.read_block_into(0, 40, 64, 0, 64, np.empty((24, 64), np.float32))
+    with pytest.raises(BadFrameError, match="t.fits"):  # and read_block (it raised TypeError)
+        fs.read_block(0, 40, 64, 0, 64)

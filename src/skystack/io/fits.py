@@ -246,8 +246,8 @@ class FitsSource(SourceBase):
             return np.empty((max(0, y1 - y0), max(0, x1 - x0)) + self.shape[2:], dtype=self._dtype)
         if self._compressed:
             return self._read_compressed(i, y0, y1, x0, x1)
-        raw = self._raw_array()
         try:
+            raw = self._raw_array()  # a file cut short after it was opened fails here
             if self._rgb:
                 block = np.moveaxis(raw[:, y0:y1, x0:x1], 0, -1)
             elif self._naxes == 3:
@@ -259,6 +259,40 @@ class FitsSource(SourceBase):
             return out
         except (OSError, ValueError, TypeError) as e:
             raise BadFrameError(self.path, f"cannot read FITS data ({e})") from e
+
+    def read_block_into(self, i: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> bool:
+        """:meth:`read_block` converted to float32 straight into ``out`` (``(y1 - y0,
+        x1 - x0)``, float32): one pass from the mapped file, where :meth:`read_block` then
+        the float conversion make two copies. For the pixel types whose float32 values are
+        exact (8- and 16-bit integers, unsigned 16-bit by the BZERO convention, float32);
+        False, leaving ``out`` alone, for any other (the caller reads the usual way)."""
+        self._check(i)
+        if self._compressed or self._rgb or not self._exact_in_float32():
+            return False
+        try:
+            raw = self._raw_array()  # a file cut short after it was opened fails here
+            block = raw[i, y0:y1, x0:x1] if self._naxes == 3 else raw[y0:y1, x0:x1]
+            if block.shape != out.shape:
+                raise BadFrameError(self.path, f"block is {block.shape}, the file's header said {out.shape}")
+            if self._bitpix == 16 and self._dtype == np.uint16:
+                # unsigned by the BZERO convention: the stored int16 plus 32768, exact in float32
+                np.add(block, np.float32(32768.0), out=out, dtype=np.float32)
+            else:
+                np.copyto(out, block, casting="unsafe")
+            release(raw)
+            return True
+        except (OSError, ValueError, TypeError) as e:
+            raise BadFrameError(self.path, f"cannot read FITS data ({e})") from e
+
+    def _exact_in_float32(self) -> bool:
+        """Whether :meth:`read_block_into` may convert this file's pixels in one pass."""
+        if self._blank is not None or self._bscale != 1:
+            return False
+        if self._bitpix == 16 and self._dtype == np.uint16:
+            return self._bzero == 32768
+        if self._bzero != 0:
+            return False
+        return self._bitpix in (8, 16, -32)
 
     def close(self) -> None:
         self._raw = None

@@ -415,6 +415,23 @@ class FrameSet(SourceBase):
         self._check_block(e, raw, yb - ya, xb - xa)
         return self._process(i, raw, ya, xa, crop=(y0 - ya, y1 - ya, x0 - xa, x1 - xa))
 
+    def read_block_into(self, i: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
+        """:meth:`read_block` written into ``out`` (float32, its shape). Mono frames of a
+        source that converts in one pass (a ``read_block_into`` of its own, as
+        :meth:`skystack.io.fits.FitsSource.read_block_into`) go straight from the file into
+        ``out``; any other is read as usual and copied."""
+        e, k = self._check_readable(i)
+        h, w = e.shape[:2]
+
+        def direct(src) -> bool:
+            into = getattr(src, "read_block_into", None)
+            return into is not None and into(k, y0, y1, x0, x1, out)
+
+        if (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w and not self._raw_steps and self.pattern(i) is None
+                and out.dtype == np.float32 and out.shape == (y1 - y0, x1 - x0) and self._use(e, direct)):
+            return
+        out[...] = self.read_block(i, y0, y1, x0, x1)
+
     def _check_block(self, e: SourceEntry, raw: np.ndarray, rows: int, cols: int) -> None:
         want = (rows, cols) + tuple(e.shape[2:])
         if raw.shape != want:

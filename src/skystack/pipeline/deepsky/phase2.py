@@ -118,12 +118,15 @@ def tile_jobs(task: TileTask, frames, y0: int, y1: int, x0: int, x1: int) -> tup
 
 def _strip_rows(frames, index: int, y0: int, y1: int, sx0: int, width: int, bx0: int, bx1: int) -> np.ndarray:
     """Rows ``y0:y1`` of a strip's source array (frame columns ``sx0 : sx0 + width``), of
-    which only the local columns ``bx0:bx1`` are read; the others are NaN."""
-    block = frames.read_block(index, y0, y1, sx0 + bx0, sx0 + bx1)
-    if bx0 == 0 and bx1 == width:
-        return block
-    out = np.full((y1 - y0, width) + block.shape[2:], np.nan, dtype=np.float32)
-    out[:, bx0:bx1] = block
+    which only the local columns ``bx0:bx1`` are read; the others are NaN. The block is
+    converted straight into its place where the file allows it
+    (:meth:`~skystack.io.frameset.FrameSet.read_block_into`: one pass over a mono FITS
+    block instead of four, the copy, the float conversion, the NaN fill and the placing).
+    """
+    out = np.empty((y1 - y0, width) + tuple(frames.processed_shape(index)[2:]), dtype=np.float32)
+    out[:, :bx0] = np.nan
+    out[:, bx1:] = np.nan
+    frames.read_block_into(index, y0, y1, sx0 + bx0, sx0 + bx1, out[:, bx0:bx1])
     return out
 
 
