@@ -125,7 +125,7 @@ def _cells(job: BandJob, band_y0: int, band_y1: int, src_rows: int, src_width: i
     """The cells of ``job`` over output rows ``[band_y0, band_y1)``: their first output
     row, source rows, matrices and whether they map inside their rows — what
     :func:`~skystack.stack.plan.cell_warps` and :func:`cells_inside` give, to the bit, from
-    one compiled call (:mod:`_skystack_kernels.cpu.cells`: 57 µs → ~2 µs a job)."""
+    one compiled call (:mod:`_skystack_kernels.cpu.cells`: 57 µs → 3 µs a job)."""
     k = -(-band_y1 // WARP_TILE_ROWS) - band_y0 // WARP_TILE_ROWS
     ty0, sy0, sy1 = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64)
     mats, inside = np.empty((k, 2, 3)), np.empty(k, dtype=bool)

@@ -26,8 +26,8 @@ from ...options import RunOptions, StackOptions
 from ...runtime.executor import ClusterShape
 from ...runtime.memory import current_rss, default_memory_limit
 from ...stack.blocks import run_blocks
-from ...stack.plan import (INTERP_MARGIN, MAX_TILE_BUFFER, MAX_TILE_PIXELS, WARP_TILE_ROWS, Geometry, TilePlan, band_matrix, cells_end,
-                           fits_in, plan_tiles, source_block, strip_matrix)
+from ...stack.plan import (INTERP_MARGIN, MAX_TILE_BUFFER, MAX_TILE_PIXELS, WARP_TILE_ROWS, Geometry, TilePlan,
+                           band_matrix, cells_end, fits_in, plan_tiles, source_block, strip_matrix)
 from .mean import streaming_mean_fits
 from .phase1 import Phase1, workers_of
 from .resume import Journal, npy_data_offset, write_block
