@@ -10,8 +10,6 @@ import ctypes
 import re
 import resource
 
-import psutil
-
 from ..errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -30,6 +28,8 @@ def parse_size(text: str | int | None, option: str = "--memory-limit") -> int | 
 
 def default_memory_limit() -> int:
     """A safe share of the RAM available now: half of it, at most 8 GiB, at least 128 MiB."""
+    import psutil  # here: 15 ms of every command's start-up, and `skystack lucky` never asks
+
     try:
         avail = psutil.virtual_memory().available
     except Exception:  # unsupported platform: assume a small machine
@@ -116,6 +116,8 @@ def release_free_memory() -> None:
 
 def current_rss() -> int:
     """Resident set size now, in bytes (0 where it cannot be told)."""
+    import psutil
+
     try:
         return int(psutil.Process().memory_info().rss)
     except Exception:  # no /proc: budgets then ignore what is already held
