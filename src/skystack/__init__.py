@@ -14,6 +14,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Before anything imports NumPy: the command's own process runs BLAS on one thread (_blas).
+from ._blas import single_threaded_for_the_command as _single_threaded_blas  # noqa: E402
+
+_single_threaded_blas()
+
 # The subpackages `skystack.stack`, `skystack.register` and `skystack.enhance` share their
 # names with the API functions below. Importing them first means the functions, bound
 # afterwards, win the module attributes; the subpackages stay importable through
