@@ -414,3 +414,25 @@ def test_read_block_into_a_truncated_file_names_it(tmp_path, rng):
         fs.read_block_into(0, 40, 64, 0, 64, np.empty((24, 64), np.float32))
     with pytest.raises(BadFrameError, match="t.fits"):  # and read_block (it raised TypeError)
         fs.read_block(0, 40, 64, 0, 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.uint16])
+def test_luminance_is_the_plain_mean_of_rgb_exactly(rng, dtype):
+    """luminance() gives the float32 values of (R + G + B) / 3 summed in that order, bit
+    for bit, NaN and inf included, for any input dtype and strided views."""
+    from skystack.io import luminance
+
+    if np.issubdtype(dtype, np.integer):
+        rgb = rng.integers(0, np.iinfo(dtype).max, (37, 53, 3)).astype(dtype)
+    else:
+        rgb = (rng.standard_normal((37, 53, 3)) * 10.0 ** rng.integers(-12, 12, (37, 53, 3))).astype(dtype)
+        rgb[0, 0, 0], rgb[1, 1, 1], rgb[2, 2, 2] = np.nan, np.inf, -np.inf
+        rgb[3, 3, 0], rgb[3, 3, 1] = np.inf, -np.inf
+    for view in (rgb, rgb[::2, 1::3], rgb[:, ::-1]):
+        f = view.astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            expected = (f[..., 0] + f[..., 1] + f[..., 2]) / np.float32(3)
+        got = luminance(view)
+        assert got.dtype == np.float32 and got.shape == view.shape[:2]
+        np.testing.assert_array_equal(got, expected)
+    assert luminance(rgb[..., 0]).dtype == np.float32  # mono: as it is, float32

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from ..errors import BadFrameError, InputChangedError, NoFramesError, UsageError
@@ -528,6 +529,9 @@ class FrameSet(SourceBase):
         return f"<{type(self).__name__}: {self._n} frames from {len(self._entries)} files>"
 
 
+_ONES_3 = np.ones((1, 3), np.float32)
+
+
 def luminance(frame: np.ndarray) -> np.ndarray:
     """The plane registration, ranking and alignment work on, float32 ``(H, W)``: a mono
     frame as it is; colour as the plain mean of R, G and B.
@@ -540,8 +544,12 @@ def luminance(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         return np.asarray(frame, dtype=np.float32)
     if frame.shape[2] == 3:
-        # the same float32 values as frame.mean(axis=2) (sum in order, then divide), 20x
-        # faster: NumPy reduces a short last axis pixel by pixel (4.9 ms for 640x480 RGB)
-        f = np.asarray(frame, dtype=np.float32)
-        return (f[..., 0] + f[..., 1] + f[..., 2]) / np.float32(3)
+        # the same float32 values as frame.mean(axis=2): R + G + B in that order (OpenCV's
+        # transform by weights 1, exact products; NaN and inf as in NumPy), then / 3 in
+        # place. 0.23 ms for a 640x480 RGB frame, where NumPy's three planes summed took
+        # 0.44 ms and its mean over the short last axis 4.9 ms (pixel by pixel).
+        f = np.ascontiguousarray(frame, dtype=np.float32)
+        lum = cv2.transform(f, _ONES_3)
+        lum /= np.float32(3)
+        return lum
     return frame.mean(axis=2, dtype=np.float32)
