@@ -184,3 +184,25 @@ def test_forked_workers_die_with_a_killed_parent(tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"workers {left} outlived their killed parent"
+
+
+@pytest.mark.parametrize("n, size", [(0, 9), (5, 9), (9, 9), (10, 9), (19, 9), (154, 9), (500, 27), (7, 1), (100, 32)])
+def test_tasks_cover_the_frames_once_in_order_and_a_tapered_pass_ends_on_small_tasks(n, size):
+    """Chunks depend on the frames and the size alone (never on the worker count); a
+    tapered pass keeps full chunks for the bulk and ends with chunks of a third."""
+    from skystack.pipeline.lucky.frames import chunked
+
+    idx = np.arange(100, 100 + n)
+    for taper in (False, True):
+        chunks = chunked(idx, size, taper=taper)
+        joined = np.concatenate(chunks) if chunks else np.arange(0)
+        assert np.array_equal(joined, idx) and all(c.size for c in chunks)
+        assert max((c.size for c in chunks), default=0) <= size
+    plain, tapered = chunked(idx, size), chunked(idx, size, taper=True)
+    if n <= size:
+        assert [c.tolist() for c in tapered] == [c.tolist() for c in plain]
+    else:
+        small = -(-size // 3)
+        tail = [c.size for c in tapered if c.size <= small]
+        assert sum(tail) >= min(n, 2 * size) and all(c.size in (size, small) for c in tapered[:-1])
+        assert sum(tail) < 3 * size or small == size  # the bulk stays in full chunks

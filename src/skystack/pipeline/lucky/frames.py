@@ -272,11 +272,22 @@ class FrameChunk:
     images: list | None = None
 
 
-def chunked(idx: np.ndarray, size: int) -> list[np.ndarray]:
+def chunked(idx: np.ndarray, size: int, *, taper: bool = False) -> list[np.ndarray]:
     """``idx`` cut into consecutive chunks of ``size`` (the last one shorter): fixed by the
-    frames alone, so that partial sums do not depend on the worker count."""
+    frames alone, so that partial sums do not depend on the worker count.
+
+    ``taper``: the last two chunks' worth of frames in chunks of a third of ``size``, so
+    that the pass ends on small tasks. Big tasks that end together leave a worker idle
+    for half a task on average: in the planet's stacking pass (9-frame tasks of 70-120
+    ms) one of two workers finished 66 ms before the other (measured on the project's
+    2-core machine)."""
     idx = np.asarray(idx, dtype=np.int64)
-    return [idx[a:a + size] for a in range(0, idx.size, size)]
+    if not taper or idx.size <= size:
+        return [idx[a:a + size] for a in range(0, idx.size, size)]
+    bulk = max(0, (idx.size - 2 * size) // size) * size
+    small = max(1, -(-size // 3))
+    return ([idx[a:a + size] for a in range(0, bulk, size)]
+            + [idx[a:a + small] for a in range(bulk, idx.size, small)])
 
 
 @dataclass

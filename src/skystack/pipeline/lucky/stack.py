@@ -218,7 +218,7 @@ def stack_global(run: LuckyRun, ranking: Ranking, ref: Reference, colour: bool, 
         return _Partial(out) if sums is not None else _Partial(out, acc, cnt)
 
     acc = cnt = None
-    chunks = chunked(kept, chunk_frames(shape, nc))
+    chunks = chunked(kept, chunk_frames(shape, nc), taper=True)
     parts = _parts(run, task, chunks, read, drz is not None,
                    Buffers((((h, w, nc), np.float64), ((h, w), np.float64))))
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
@@ -405,7 +405,7 @@ def stack_points(run: LuckyRun, ranking: Ranking, ref: Reference, grid: APGrid, 
         return _Partial(out) if sums is not None else _Partial(out, acc, wsum)
 
     acc = wsum = None
-    chunks = chunked(choice.frames, chunk_frames(shape, nc))
+    chunks = chunked(choice.frames, chunk_frames(shape, nc), taper=True)
     parts = _parts(run, task, chunks, read, drz is not None,
                    Buffers((((h, w, nc), np.float32), ((h, w), np.float32))))
     run.workers.release_background()  # e.g. the FITS writer's import, beside these big tasks
