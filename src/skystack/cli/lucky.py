@@ -84,7 +84,9 @@ def _fits_writer(a: argparse.Namespace):
     """The FITS writer process (:mod:`skystack.output.sidecar`), started now, before the
     pipeline's imports, so that astropy's import runs beside them on another core: when
     the stack is a FITS file and the run has two workers or more (one worker is one
-    core). A context manager that ends it; ``None`` inside when not started."""
+    core: there astropy is imported here, at start-up too, so that the run's own timings
+    are the pipeline's alone with any worker count, and compare). A context manager that
+    ends it; ``None`` inside when not started."""
     from ..output.sidecar import FitsSidecar
     from ..output.write import FITS_SUFFIXES
 
@@ -94,6 +96,8 @@ def _fits_writer(a: argparse.Namespace):
         workers = 1
     fits = _is_folder(a.output) or Path(a.output).suffix.lower() in FITS_SUFFIXES
     writer = FitsSidecar.start() if workers > 1 and fits else None
+    if writer is None and fits:
+        import astropy.io.fits  # noqa: F401
     return writer if writer is not None else contextlib.nullcontext()
 
 
