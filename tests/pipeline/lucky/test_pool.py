@@ -76,6 +76,28 @@ def test_a_failing_task_raises_in_the_caller(processes):
         pool.close()
 
 
+def _unpicklable_at(x):
+    import threading
+
+    return threading.Lock() if x == 5 else x
+
+
+@pytest.mark.skipif(not can_fork(), reason="forked workers: Linux")
+def test_a_result_that_cannot_travel_back_raises_in_the_caller_instead_of_hanging():
+    """A forked worker's result is pickled where it is put: one that cannot be pickled
+    comes back as an error naming it (a queue's feeder thread would drop it and leave
+    the caller waiting for ever)."""
+    pool = Workers(2, processes=True)
+    try:
+        got = []
+        with pytest.raises(Exception, match="lock"):
+            for r in pool.map(_unpicklable_at, range(12)):
+                got.append(r)
+        assert got == [0, 1, 2, 3, 4]  # in order, up to the failure
+    finally:
+        pool.close()
+
+
 def test_one_worker_is_one_opencv_thread():
     before = cv2.getNumThreads()
     pool = Workers(1, processes=True)

@@ -108,6 +108,48 @@ class _Slots:
         return arrays
 
 
+class _Channel:
+    """A pipe between the processes of a pass: :meth:`put` pickles and writes in the
+    calling thread (under a lock, for several writers), :meth:`get` reads (under a lock,
+    for several readers), with an optional timeout.
+
+    ``multiprocessing.Queue`` hands every put to a feeder thread of its own: in the
+    ranking pass (250 tasks of 4 frames for 1000 frames) the feeder threads of this
+    process and of the worker woke for every task and preempted the busy ones (~400
+    involuntary context switches each): the pass took 0.49 s and 0.89 CPU-s on two workers,
+    0.44 s and 0.82 CPU-s with the writes made in the calling thread (Moon, seed 1; one
+    worker: 0.72 CPU-s). The pipe is enlarged where Linux allows, so that a put never
+    waits for the reader with the few small messages a pass keeps in flight."""
+
+    _PIPE_BYTES = 1 << 20
+
+    def __init__(self, ctx: Any):
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._rlock, self._wlock = ctx.Lock(), ctx.Lock()
+        try:
+            import fcntl
+
+            fcntl.fcntl(self._writer.fileno(), fcntl.F_SETPIPE_SZ, self._PIPE_BYTES)
+        except (ImportError, AttributeError, OSError):
+            pass  # the default pipe: a put may wait until the reader has read
+
+    def put(self, obj: Any) -> None:
+        with self._wlock:
+            self._writer.send(obj)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next message; ``queue.Empty`` when none came within ``timeout`` seconds
+        (0: none ready now)."""
+        with self._rlock:
+            if timeout is not None and not self._reader.poll(timeout):
+                raise queue.Empty
+            return self._reader.recv()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 def _serve(fn: Callable[..., Any], tasks: Any, results: Any, slots: _Slots | None, parent: int) -> None:
     """A forked worker of process ``parent``: run ``fn`` on tasks until the ``None``
     sentinel (with ``slots``, ``fn(task, slot arrays)``), then say goodbye with the CPU
@@ -270,7 +312,7 @@ def _forked(fn, tasks, workers, inflight, owner: Workers, slots: _Slots | None) 
     here = inflight >= _QUEUED_PER_WORKER * (workers - 1) + 2
     owner._before_fork()
     ctx = mp.get_context("fork")
-    tq, rq = ctx.Queue(), ctx.Queue()
+    tq, rq = _Channel(ctx), _Channel(ctx)
     procs = [ctx.Process(target=_serve, args=(fn, tq, rq, slots, os.getpid()), daemon=True, name=f"lucky-{k}")
              for k in range(workers - 1 if here else workers)]
     with interrupts_held():
@@ -319,7 +361,7 @@ def _results(fn, procs, tq, rq, tasks, inflight, owner: Workers, slots: _Slots |
         nonlocal queued
         while True:
             try:
-                seq, ok, value = rq.get(timeout=1.0) if block else rq.get_nowait()
+                seq, ok, value = rq.get(timeout=1.0 if block else 0)
             except queue.Empty:
                 if not block:
                     return False
