@@ -30,14 +30,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
-# scipy.fft, not numpy.fft, although its import is 0.13-0.16 s of `skystack lucky`'s start-up
-# (it brings scipy.special and SciPy's array-API layer): numpy 2.4 transforms a batch of
-# patches 1.3-2x slower (SciPy's pocketfft vectorises across lines; 200 patches of 48x48,
-# forward: 2.1 ms against 1.0 ms) and runs an unscaled forward transform 3-6x slower than
-# a scaled one. Tried on 2026-12-05: the 1000-frame planet gained 0.1 s, the Moon lost it
-# again in the stacking pass (two workers 2.09 s against 2.00-2.07 s), and a long video
-# loses more with every frame.
-import scipy.fft as sfft
+
+from . import fft
 
 Mode = Literal["planet", "surface"]
 
@@ -77,11 +71,11 @@ def _window(shape: tuple[int, int], kind: str) -> np.ndarray:
 @lru_cache(maxsize=32)
 def _taper(shape: tuple[int, int], sigma: float) -> tuple[np.ndarray, float]:
     h, w = shape
-    fy = sfft.fftfreq(h)[:, None]
-    fx = sfft.rfftfreq(w)[None, :]
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
     g = np.exp(-2.0 * math.pi ** 2 * sigma ** 2 * (fx * fx + fy * fy)).astype(np.float32)
     # the peak a perfect match gives: the taper's own inverse transform at the origin
-    ideal = float(sfft.irfft2(g.astype(np.complex64), s=(h, w))[0, 0])
+    ideal = float(fft.irfft2(g.astype(np.complex64), (h, w))[0, 0])
     g.setflags(write=False)
     return g, ideal
 
@@ -168,7 +162,7 @@ class PhaseCorrelator:
         self.shape = (int(ref.shape[1]), int(ref.shape[2]))
         self._win = _window(self.shape, window)
         self._taper, self._ideal = _taper(self.shape, float(peak_sigma))
-        spec = sfft.rfft2(_prepare(ref, self._win), workers=1)
+        spec = fft.rfft2(_prepare(ref, self._win))
         self._conj = np.conj(spec).astype(np.complex64)
 
     def measure_many(self, images: np.ndarray, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +189,7 @@ class PhaseCorrelator:
         return shifts, resp
 
     def _block(self, imgs: np.ndarray, conj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = sfft.rfft2(_prepare(imgs, self._win), workers=1)
+        f = fft.rfft2(_prepare(imgs, self._win))
         x = np.multiply(f, conj, out=f)
         mag = np.abs(x)
         # a floor relative to the strongest term keeps empty frequencies from being
@@ -205,7 +199,7 @@ class PhaseCorrelator:
         mag += floor
         np.divide(self._taper, mag, out=mag)
         x *= mag
-        c = sfft.irfft2(x, s=self.shape, workers=1)
+        c = fft.irfft2(x, self.shape)
         n, h, w = c.shape
         flat = c.reshape(n, -1).argmax(axis=1)
         iy, ix = np.unravel_index(flat, (h, w))
@@ -314,9 +308,16 @@ def pick_mode(view: np.ndarray) -> tuple[Mode, str]:
 # -- global alignment against a reference ------------------------------------------------------
 
 def fast_len_below(n: int) -> int:
-    """The largest 5-smooth length ≤ ``n`` (fast for FFTs)."""
+    """The largest 5-smooth length ≤ ``n`` (fast for FFTs; the lengths
+    ``scipy.fft.next_fast_len(m, real=True)`` keeps)."""
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
     m = max(1, int(n))
-    while sfft.next_fast_len(m, real=True) != m:
+    while not smooth(m):
         m -= 1
     return m
 
