@@ -27,12 +27,35 @@ def test_the_transforms_are_scipys_to_the_bit(shape, dtype):
     np.testing.assert_allclose(back, a, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
-def test_strided_and_integer_input_is_transformed_as_scipy_does():
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, bool, np.float16, ">f4", ">f8", "<f4"])
+def test_any_input_type_is_converted_as_scipy_converts_it(dtype):
     rng = np.random.default_rng(5)
-    a = rng.integers(0, 255, (64, 80), dtype=np.uint8)
-    assert np.array_equal(fft.rfft2(a), sfft.rfft2(a, workers=1))
+    a = (rng.random((64, 80)) * 200).astype(dtype)  # big-endian: FITS data as astropy reads them
+    f, want = fft.rfft2(a), sfft.rfft2(a, workers=1)
+    assert f.dtype == want.dtype and np.array_equal(f, want)
+    spec = want.astype(want.dtype.newbyteorder(">"))
+    back, want_back = fft.irfft2(spec, (64, 80)), sfft.irfft2(spec, s=(64, 80), workers=1)
+    assert back.dtype == want_back.dtype and np.array_equal(back, want_back)
+
+
+def test_strided_and_unaligned_input_is_transformed_as_scipy_does():
+    rng = np.random.default_rng(6)
     view = rng.standard_normal((64, 80)).astype(np.float32)[::2, 1::3]
     assert np.array_equal(fft.rfft2(view), sfft.rfft2(view, workers=1))
+    raw = np.zeros(64 * 80 * 4 + 1, np.uint8)
+    unaligned = raw[1:].view(np.float32).reshape(64, 80)
+    unaligned[...] = rng.standard_normal((64, 80))
+    assert not unaligned.flags.aligned
+    assert np.array_equal(fft.rfft2(unaligned), sfft.rfft2(unaligned, workers=1))
+
+
+def test_a_real_spectrum_is_taken_as_complex_and_a_complex_image_refused_as_scipy_does():
+    x = np.random.default_rng(7).standard_normal((16, 9))
+    assert np.array_equal(fft.irfft2(x, (16, 16)), sfft.irfft2(x, s=(16, 16), workers=1))
+    with pytest.raises(TypeError, match="real"):
+        fft.rfft2(np.zeros((8, 8), complex))
+    with pytest.raises(TypeError, match="real"):
+        sfft.rfft2(np.zeros((8, 8), complex))
 
 
 def test_a_spectrum_of_another_size_is_refused_not_cropped():

@@ -75,14 +75,30 @@ def _load() -> ModuleType | None:
     return mod
 
 
+def _native(x: np.ndarray) -> np.ndarray:
+    """``x`` as pocketfft takes it, converted as scipy.fft converts it: float16 to float32,
+    integers and booleans to float64, and native byte order, aligned."""
+    x = np.asarray(x)
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    if x.dtype.kind not in "fc":
+        return x.astype(np.float64)
+    if x.dtype.isnative and x.flags.aligned:
+        return x
+    return np.array(x, dtype=x.dtype.newbyteorder("="), copy=True)
+
+
 def _direct(mod: ModuleType) -> tuple[Callable, Callable]:
     def rfft2(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a)
-        if a.dtype not in (np.float32, np.float64):
-            a = a.astype(np.float64)
+        a = _native(a)
+        if a.dtype.kind == "c":
+            raise TypeError("x must be a real sequence")
         return mod.r2c(a, (a.ndim - 2, a.ndim - 1), True, 0, None, 1)
 
     def irfft2(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        x = _native(x)
+        if x.dtype.kind != "c":
+            x = x + 0j
         h, w = shape
         if x.shape[-2:] != (h, w // 2 + 1):  # scipy would crop or pad; phase correlation never asks
             raise ValueError(f"spectrum {x.shape[-2:]} is not the half-spectrum of {shape}")
