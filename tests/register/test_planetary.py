@@ -138,3 +138,10 @@ def test_fast_len_below():
     assert fast_len_below(480) == 480
     assert fast_len_below(491) == 486  # 2 * 3^5
     assert fast_len_below(1) == 1
+
+
+def test_fast_len_below_keeps_the_lengths_scipy_calls_fast():
+    from scipy.fft import next_fast_len
+    fast = [m for m in range(1, 2049) if next_fast_len(m, real=True) == m]
+    for n in range(1, 2049):
+        assert fast_len_below(n) == max(m for m in fast if m <= n)
