@@ -23,7 +23,8 @@ with the default options (previews, plot and report included), in a fresh proces
 
 ``global`` runs add ``--no-multipoint``. ``--scaling`` times ``--workers 1`` against
 ``--workers 2``, for the whole command and for the pipeline alone (the report's
-``total_s``, without the interpreter's start-up); ``--metrics`` prints the Spearman
+``total_s``, without the interpreter's start-up) and for each pass that runs on the workers
+(ranking, reference, alignment and stacking); ``--metrics`` prints the Spearman
 correlation of the global ranking metric (the report's per-frame ``quality``) with the true
 seeing, how many of the true best 100 frames the ranking puts into the top 200, and the
 median per-region Spearman of the local metric (:func:`skystack.quality.metrics.local_quality`)
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import re
 import shlex
@@ -56,6 +58,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "kernels")]
 
 from _common import compile_bytecode  # noqa: E402
+
+# the phases whose passes run on the workers (the report's timings): --scaling prints each
+# one's 1 -> 2 worker ratio beside the whole command's, to show where a ratio below 2 is
+# lost. The rest of the command is serial (start-up, alignment points, writing); the rank
+# phase also holds the serial scoring and selection after its pass, and with two workers
+# the FITS writer process imports astropy beside it
+_PASSES = ("rank_s", "reference_s", "align_stack_s")
 
 
 def bench_dir() -> Path:
@@ -256,16 +265,19 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
             if a.scaling:
                 out = cache / "out" / f"{src.name}-{d.name}-scaling.fits"
-                w, p = {}, {}
+                w, p, ph = {}, {}, {}
                 for k in (1, 2):
                     runs = [run_cli(d, out, shlex.split(a.extra) + ["--workers", str(k)], src) for _ in range(a.repeat)]
                     w[k] = min(r["wall"] for r in runs)
                     p[k] = min(r["report"]["timings"]["total_s"] for r in runs)
+                    ph[k] = {n: min(r["report"]["timings"].get(n, math.nan) for r in runs) for n in _PASSES}
+                passes = {n: ph[1][n] / ph[2][n] for n in _PASSES if ph[2][n] > 0}
                 print(f"{d.name:<12} scaling: command 1 worker {w[1]:.2f} s, 2 workers {w[2]:.2f} s: x{w[1] / w[2]:.2f}; "
-                      f"pipeline (no start-up) {p[1]:.2f} s, {p[2]:.2f} s: x{p[1] / p[2]:.2f} "
-                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
+                      f"pipeline (no start-up) {p[1]:.2f} s, {p[2]:.2f} s: x{p[1] / p[2]:.2f}; phases "
+                      + ", ".join(f"{n[:-2]} x{v:.2f}" for n, v in passes.items())
+                      + f" (load {os.getloadavg()[0]:.2f})", flush=True)
                 rows.append({"video": d.name, "config": "scaling", "w1_s": w[1], "w2_s": w[2], "p1_s": p[1],
-                             "p2_s": p[2]})
+                             "p2_s": p[2], "phases": passes})
     if a.long:
         for n in (a.frames, a.long):
             d = video("moon", 6, n, cache, gen)
