@@ -228,3 +228,24 @@ def test_tasks_cover_the_frames_once_in_order_and_a_tapered_pass_ends_on_small_t
         tail = [c.size for c in tapered if c.size <= small]
         assert sum(tail) >= min(n, 2 * size) and all(c.size in (size, small) for c in tapered[:-1])
         assert sum(tail) < 3 * size or small == size  # the bulk stays in full chunks
+
+
+@pytest.mark.parametrize("n, shape, channels, want", [
+    (107, (480, 640), 1, 9),     # a uniform-seeing Moon's frames: not one task of 27 and nine of 9
+    (500, (480, 640), 1, 27),    # enough frames: the memory bound (~32 MB of frames a task)
+    (148, (480, 640), 3, 9),     # RGB: the memory bound
+    (2000, (64, 64), 1, 32),     # small frames: at most 32
+    (5, (480, 640), 1, 1),
+    (0, (480, 640), 1, 1),
+])
+def test_a_stacking_pass_has_a_dozen_tasks_or_tasks_at_their_memory_bound(n, shape, channels, want):
+    """Stacking tasks are consumed in order with workers + 1 in flight: a pass of one
+    big task and small ones kept a worker waiting behind it. The size depends on the
+    frames alone, never on the worker count."""
+    from skystack.pipeline.lucky.frames import chunked
+    from skystack.pipeline.lucky.stack import chunk_frames
+
+    size = chunk_frames(shape, channels, n)
+    assert size == want
+    chunks = chunked(np.arange(n), size, taper=True)
+    assert len(chunks) >= min(n, 12)
