@@ -118,9 +118,10 @@ def run_lucky(inputs: Any, job: LuckyJob, *, fits_writer: FitsSidecar | None = N
     # The deep-sky pipeline's allocator settings, first (the arena limit holds for threads
     # that allocate afterwards). Untuned, glibc mapped and unmapped the frame-sized
     # temporaries of the tasks that run in this process afresh: one worker's stacking pass
-    # of a 1000-frame 640x480 Moon faulted 147 000 pages in (0.2-0.3 s of system time,
-    # 3 000 tuned; the run 2.98 -> 2.65 s), and a video read here (AVI) on two threads
-    # peaked 40-100 MB higher (one heap arena per thread). Forked workers tune their own.
+    # of a 1000-frame 640x480 uniform-seeing Moon faulted 147 000 pages in (0.2-0.3 s of
+    # system time, 3 000 tuned; the run 2.94 -> 2.62 s), and a video read here (AVI) on two
+    # threads peaked 40-100 MB higher (one heap arena per thread); 1920x1080 RGGB frames on
+    # two workers peaked at 368 MB instead of 453. Forked workers tune their own.
     tune_allocator()
     device = resolve_lucky(job.lucky.backend)  # the backend switch, resolved once: None = CPU
     # a CUDA context cannot be used in a forked child: with a device the workers are threads
