@@ -73,8 +73,9 @@ class Buffers:
     later task reuses them: keep a copy). Tasks in this process get ``fn(task, None)``,
     allocate their own arrays and return them in their result (the results come as
     ``(result, None)``): their memory is private anyway, and this process's allocator
-    keeps its habits (reusing per-task arrays here cost the one-worker run 47-80k more
-    page faults in its stacking pass, frame-sized temporaries being mapped and unmapped
+    keeps its habits (measured before :func:`.run.run_lucky` tuned this process's
+    allocator: reusing per-task arrays here cost the one-worker run 47-80k more page
+    faults in its stacking pass, frame-sized temporaries being mapped and unmapped
     afresh)."""
 
     arrays: tuple[tuple[tuple[int, ...], Any], ...]
