@@ -89,7 +89,7 @@ def add_run_args(p: argparse.ArgumentParser, *, run_fields: Iterable[str] = ("wo
 
 def add_verbosity(g: argparse._ActionsContainer) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="no progress bars or information; warnings (one line per bad frame) only")
+                   help="no progress bars or progress messages: the closing summary (stdout) and warnings (one line per bad frame) only")
     g.add_argument("-v", "--verbose", action="store_true", help="debug messages and tracebacks")
 
 
