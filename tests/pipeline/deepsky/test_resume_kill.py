@@ -156,3 +156,39 @@ def test_resume_with_other_options_is_refused(lights, tmp_path):
     r = subprocess.run(_cmd(lights, out, "winsorized", "64M", 1, "--resume"), env=_env(), capture_output=True,
                        text=True)
     assert r.returncode == 2 and "different" in r.stderr and "without --resume" in r.stderr, r.stderr[-3000:]
+
+
+# (what the limit trips, method, file size limit in bytes): the manifest (~2 kB), a phase-1
+# line (~640 B each), the phase-2 accumulator (200x300 float32: 240 kB), the mean's checkpoint
+FILE_LIMITS = [("run.json.part", "sigma", 1_000), ("phase1.jsonl", "sigma", 4_000),
+               ("image.part.npy", "sigma", 60_000), ("mean.part.npz", "mean", 60_000)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+@pytest.mark.parametrize("trips,method,limit", FILE_LIMITS, ids=[c[0] for c in FILE_LIMITS])
+def test_a_journal_the_disk_refuses_is_one_line_then_resumes(lights, uninterrupted, tmp_path, trips, method, limit):
+    """A full disk, a quota or a file-size limit (FAT32's 4 GiB) that refuses the journal
+    (a phase-1 line, the accumulator, the mean's checkpoint) ends the run with the output
+    error, one line naming the journal's file and the reason, not a traceback; with room
+    again, ``--resume`` finishes the run as if nothing had happened. The limit stands in for
+    the disk: the kernel refuses writes past it with EFBIG, as a file system does past its
+    largest file."""
+    import resource
+
+    from skystack.errors import OutputError
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the refusal as an error, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out.fits"
+    r = subprocess.run(_cmd(lights, out, method, "64M", 2), env=_env(), capture_output=True, text=True,
+                       preexec_fn=limited)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == OutputError.exit_code and len(lines) == 1, r.stderr[-3000:]
+    assert trips in lines[0] and "file too large" in lines[0] and "--resume" in lines[0], lines[0]
+    assert not out.exists()
+    r = subprocess.run(_cmd(lights, out, method, "64M", 2, "--resume"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(fits.getdata(out), uninterrupted[method], equal_nan=True)
+    assert not (tmp_path / "out.fits.skystack-journal").exists()

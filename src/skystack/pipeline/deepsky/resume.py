@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,12 +53,14 @@ class Journal:
                     f"{', '.join(diff)}; rerun without --resume to start again")
             if old is not None:
                 return True
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        with _writing(self.dir, "the run's journal"):
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
         tmp = self.dir / "run.json.part"
-        tmp.write_text(json.dumps(_jsonable(manifest), indent=1))
-        os.replace(tmp, self.dir / "run.json")
+        with _writing(tmp, "the run's journal"):
+            tmp.write_text(json.dumps(_jsonable(manifest), indent=1))
+            os.replace(tmp, self.dir / "run.json")
         return False
 
     def _read_manifest(self) -> dict[str, Any] | None:
@@ -87,8 +90,9 @@ class Journal:
     def save_plan(self, plan: dict[str, Any]) -> None:
         """Record how phase 2 is cut (once, before its first tile)."""
         tmp = self.dir / "plan.json.part"
-        tmp.write_text(json.dumps(_jsonable(plan)))
-        os.replace(tmp, self.dir / "plan.json")
+        with _writing(tmp, "the run's journal"):
+            tmp.write_text(json.dumps(_jsonable(plan)))
+            os.replace(tmp, self.dir / "plan.json")
 
     def load_plan(self) -> dict[str, Any] | None:
         """The recorded phase-2 plan, or None when phase 2 had not started."""
@@ -121,18 +125,20 @@ class Journal:
         path = self.dir / f"{name}.npy"
         if fresh or not _npy_complete(path, tuple(shape), np.dtype(dtype)):
             tmp = self.dir / f"{name}.part.npy"
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            del arr  # zero-filled sparse file; flushed and unmapped here
-            os.replace(tmp, path)  # a kill while creating it leaves no half-made accumulator
+            with _writing(tmp, "the stack's accumulator"):
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+                del arr  # zero-filled sparse file; flushed and unmapped here
+                os.replace(tmp, path)  # a kill while creating it leaves no half-made accumulator
             return path, True
         return path, False
 
     # -- streaming mean checkpoints -----------------------------------------------
     def save_mean(self, next_pos: int, arrays: dict[str, np.ndarray]) -> None:
         tmp = self.dir / "mean.part.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, next_pos=np.int64(next_pos), **arrays)
-        os.replace(tmp, self.dir / "mean.npz")
+        with _writing(tmp, "the mean's checkpoint"):
+            with open(tmp, "wb") as f:
+                np.savez(f, next_pos=np.int64(next_pos), **arrays)
+            os.replace(tmp, self.dir / "mean.npz")
 
     def load_mean(self) -> tuple[int, dict[str, np.ndarray]] | None:
         try:
@@ -143,7 +149,7 @@ class Journal:
 
     # -- helpers ------------------------------------------------------------------
     def _append(self, name: str, obj: dict[str, Any]) -> None:
-        with open(self.dir / name, "a") as f:
+        with _writing(self.dir / name, "the run's journal"), open(self.dir / name, "a") as f:
             f.write(json.dumps(obj, allow_nan=False) + "\n")
             f.flush()
 
@@ -213,7 +219,7 @@ def write_block(path: Path, offset: int, shape: tuple[int, int, int], itemsize: 
 
 
 def _pwrite_runs(path: Path, runs: list[tuple[int, memoryview]]) -> None:
-    try:
+    with _writing(path, "stacked rows"):
         fd = os.open(path, os.O_WRONLY)
         try:
             for pos, view in runs:
@@ -223,10 +229,25 @@ def _pwrite_runs(path: Path, runs: list[tuple[int, memoryview]]) -> None:
                     pos += n
         finally:
             os.close(fd)
+
+
+_WHY = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large for this file system (FAT32: 4 GiB) or the file size limit"}
+
+
+@contextmanager
+def _writing(path: Path, what: str) -> Iterator[None]:
+    """A failed write into the journal (a full disk, a quota, a file size limit, a folder
+    that cannot be written) as an :class:`OutputError` naming the file and the reason,
+    not a traceback: what the journal already holds stays, for ``--resume``."""
+    try:
+        yield
     except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise OutputError(f"{path}: could not write stacked rows ({why}); the output was not written. "
-                          "Free some space and rerun the same command with --resume") from e
+        why = _WHY.get(e.errno) or e.strerror or str(e)
+        fix = ("write the output on another file system (the run starts over there), or raise the limit "
+               "and rerun the same command with --resume" if e.errno == errno.EFBIG else
+               "free some space (or fix the folder) and rerun the same command with --resume")
+        raise OutputError(f"{path}: could not write {what} ({why}); the output was not written: {fix}") from e
 
 
 def read_rows(path: Path, offset: int, shape: tuple[int, ...], dtype: str, y0: int, y1: int) -> np.ndarray:
