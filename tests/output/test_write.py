@@ -102,6 +102,24 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]
 
 
+def test_a_refused_write_says_why_in_words(tmp_path):
+    """Each way a disk refuses a file, as the one-line error gives it: the kernel's errors
+    for a full disk, a quota and a file too large (FAT32, or a file size limit), and
+    NumPy's short write, which has no errno, as what it means."""
+    assert w.why_not_written(OSError(errno.ENOSPC, "No space left on device")) == "disk full"
+    assert w.why_not_written(OSError(errno.EDQUOT, "Disk quota exceeded")) == "disk quota exceeded"
+    assert "FAT32" in w.why_not_written(OSError(errno.EFBIG, "File too large"))
+    short = w.why_not_written(OSError("1228800 requested and 1872 written"))
+    assert short.startswith("the disk took only part of it") and "1872 written" in short
+    assert w.why_not_written(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
+
+    target = tmp_path / "cache.npy"  # the short write through atomic_path: the error, no file
+    with pytest.raises(OutputError, match="took only part of it"):
+        with w.atomic_path(target):
+            raise OSError("1228800 requested and 1872 written")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refuses_to_overwrite_an_input(tmp_path):
     src = tmp_path / "frame.fits"
     src.write_bytes(b"x")

@@ -34,6 +34,21 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts")  # what write_image writes as FITS
 _FILE_MODE = 0o666
 
 
+_WHY_NOT = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large for this file system (FAT32: 4 GiB) or the file size limit"}
+
+
+def why_not_written(e: OSError) -> str:
+    """The reason a write failed, in words: the kernel's for a full disk, a quota, a file
+    too large; NumPy's short write (no errno) as what it means."""
+    if e.errno in _WHY_NOT:
+        return _WHY_NOT[e.errno]
+    text = e.strerror or str(e)
+    if e.errno is None and "requested and" in text and "written" in text:  # ndarray.tofile's short write
+        return f"the disk took only part of it: full, or a file size limit ({text})"
+    return text
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success,
@@ -47,8 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         tmp_path = _create_temp(folder, final)
     except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise OutputError(f"{final}: cannot write in {folder} ({why})") from e
+        raise OutputError(f"{final}: cannot write in {folder} ({why_not_written(e)})") from e
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -57,8 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise OutputError(f"{final}: could not write ({why}); nothing was left under that name") from e
+        raise OutputError(f"{final}: could not write ({why_not_written(e)}); nothing was left under that name") from e
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

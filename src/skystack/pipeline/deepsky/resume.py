@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...errors import OutputError, UsageError
+from ...output.write import why_not_written
 from ...types import FrameResult
 
 
@@ -231,10 +232,6 @@ def _pwrite_runs(path: Path, runs: list[tuple[int, memoryview]]) -> None:
             os.close(fd)
 
 
-_WHY = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-        errno.EFBIG: "file too large for this file system (FAT32: 4 GiB) or the file size limit"}
-
-
 @contextmanager
 def _writing(path: Path, what: str) -> Iterator[None]:
     """A failed write into the journal (a full disk, a quota, a file size limit, a folder
@@ -243,7 +240,7 @@ def _writing(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        why = _WHY.get(e.errno) or e.strerror or str(e)
+        why = why_not_written(e)
         fix = ("write the output on another file system (the run starts over there), or raise the limit "
                "and rerun the same command with --resume" if e.errno == errno.EFBIG else
                "free some space (or fix the folder) and rerun the same command with --resume")
