@@ -26,6 +26,7 @@ def test_journal_roundtrip_and_torn_lines(tmp_path):
     (rect, counts), = j.tiles_done()
     assert rect == (0, 8, 16, 32) and counts.tolist() == [[1, 2], [3, 4]]
     assert j.load_plan()["tiles"]["tile_rows"] == 8
+    j.release()  # the run ends (a process that ends lets go of it too)
     # resuming with the same manifest keeps it; a different one is refused
     assert Journal(tmp_path / "out.fits").start({"a": 1, "inputs": [["x", [1, 2]]]}, resume=True) is True
     with pytest.raises(UsageError, match="different a"):

@@ -192,3 +192,41 @@ def test_a_journal_the_disk_refuses_is_one_line_then_resumes(lights, uninterrupt
     assert r.returncode == 0, r.stderr
     assert np.array_equal(fits.getdata(out), uninterrupted[method], equal_nan=True)
     assert not (tmp_path / "out.fits.skystack-journal").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(lights, uninterrupted, tmp_path):
+    """Two runs on one output (a script started twice): the second would empty the first's
+    journal under it, or add its records to it. It is refused instead, exit 6 and one line
+    saying why, and the first run finishes with its own output; once the first has ended
+    (even killed: the lock goes with the process) the output is free again."""
+    out = tmp_path / "out.fits"
+    journal = tmp_path / "out.fits.skystack-journal"
+    first = subprocess.Popen(_cmd(lights, out, "sigma", "64M", 1, "--tile-rows", "8"), env=_env(),
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    # paused while it holds its journal, so that the second surely comes while it runs
+    t_end = time.monotonic() + 120
+    while _lines(journal / "phase1.jsonl") < 1 and first.poll() is None and time.monotonic() < t_end:
+        time.sleep(0.002)
+    if first.poll() is not None:
+        pytest.skip("the first run finished before it could be paused")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(_cmd(lights, out, "mean", "64M", 2), env=_env(), capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first_err = first.communicate(timeout=120)[1]
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 6 and len(lines) == 1 and "another skystack run is writing this output" in lines[0], \
+        second.stderr
+    assert first.returncode == 0, first_err
+    assert np.array_equal(fits.getdata(out), uninterrupted["sigma"], equal_nan=True)
+
+    # killed mid-run: the journal stays, its lock does not
+    killed = subprocess.Popen(_cmd(lights, out, "sigma", "64M", 1, "--tile-rows", "8"), env=_env(),
+                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    if not _signal_when(killed, lambda: _lines(journal / "phase1.jsonl") >= 1, signal.SIGKILL, 0):
+        pytest.skip("the run finished before it could be killed")
+    r = subprocess.run(_cmd(lights, out, "sigma", "64M", 2, "--resume"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(fits.getdata(out), uninterrupted["sigma"], equal_nan=True)

@@ -36,16 +36,29 @@ from ...types import FrameResult
 
 class Journal:
     def __init__(self, output: str | os.PathLike):
+        self.output = Path(output)
         self.dir = Path(str(output) + ".skystack-journal")
+        self._lock_fd: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self, manifest: dict[str, Any], resume: bool) -> bool:
-        """Open the journal. Returns True when resuming an existing compatible journal.
+        """Open the journal, locked for this run (:meth:`_lock`). Returns True when resuming
+        an existing compatible journal.
 
         Without ``resume`` any old journal is discarded. With ``resume`` and no journal,
         the run simply starts from the beginning.
         """
-        if self.dir.exists() and resume:
+        existed = self.dir.exists()
+        with _writing(self.dir, "the run's journal"):
+            self._lock()
+        try:
+            return self._begin(manifest, resume and existed)
+        except BaseException:
+            self.release()  # refused or failed: not this run's to hold
+            raise
+
+    def _begin(self, manifest: dict[str, Any], resume: bool) -> bool:
+        if resume:
             old = self._read_manifest()
             if old is not None and old != _jsonable(manifest):
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != _jsonable(manifest).get(k))
@@ -55,9 +68,11 @@ class Journal:
             if old is not None:
                 return True
         with _writing(self.dir, "the run's journal"):
-            if self.dir.exists():
-                shutil.rmtree(self.dir)
-            self.dir.mkdir(parents=True)
+            for child in self.dir.iterdir():  # emptied, not replaced: the lock is on this folder
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         tmp = self.dir / "run.json.part"
         with _writing(tmp, "the run's journal"):
             tmp.write_text(json.dumps(_jsonable(manifest), indent=1))
@@ -72,6 +87,42 @@ class Journal:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.release()
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the journal folder until the run ends (killed
+        included: the kernel drops it with the process). A second run on the same output
+        would otherwise empty this run's journal under it, or add its records to it; it is
+        refused instead. Where ``flock`` does not exist (Windows) the folder is used as it
+        is. The inode check covers a folder replaced between our open and our lock."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on the project's platforms
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return
+        while True:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputError(f"{self.output}: another skystack run is writing this output (its journal "
+                                  f"{self.dir} is in use); wait for it to end, or choose another output") from None
+            held, now = os.fstat(fd), _stat_or_none(self.dir)
+            if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                self._lock_fd = fd
+                return
+            os.close(fd)  # removed or replaced meanwhile: lock the folder that is there now
+
+    def release(self) -> None:
+        """Let go of the journal's lock (the run is over)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.release()
 
     # -- phase 1 ------------------------------------------------------------------
     def phase1_done(self) -> dict[int, FrameResult]:
@@ -164,6 +215,13 @@ class Journal:
                 yield json.loads(line)
             except ValueError:  # a line cut short by a kill
                 continue
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _read_header(f) -> tuple[tuple[int, ...], np.dtype]:

@@ -16,6 +16,7 @@ this package:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -101,21 +102,22 @@ def stack_frames(inputs: Sequence[str | os.PathLike], job: StackJob) -> StackRes
         raise UsageError("--resume continues a run that writes an output; give the output path")
     backend = resolve(job.run.backend)
     src, journal, resumed, preload = _open(inputs, job, transforms_only=False)
-    p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit, preload)
-    _require_registered(p1, job.register)
-    release_free_memory()
-    t0 = time.perf_counter()
-    kept = apply_selection(p1, job.select)
-    src.timings["select_s"] = time.perf_counter() - t0
-    if not kept:
-        raise RegistrationError("no frame left to stack after selection")
-    job = dataclasses.replace(job, stack=job.stack.for_frames(len(kept)))  # --method auto, by the frames kept
-    kept_frames = normalisation(p1, kept, job.stack)
-    image, count, weight, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend,
-                                               src.timings, src.cluster)
-    release_free_memory()  # the tiles' buffers, freed in the workers' heaps, before the outputs' own
-    return finish(src, p1, kept, Combined(image, count, weight, stack_info), job, journal, resumed, backend.name,
-                  t_start)
+    with _held(journal):
+        p1 = register_all(src.frames, job.register, job.run, journal, resumed, job.stack.memory_limit, preload)
+        _require_registered(p1, job.register)
+        release_free_memory()
+        t0 = time.perf_counter()
+        kept = apply_selection(p1, job.select)
+        src.timings["select_s"] = time.perf_counter() - t0
+        if not kept:
+            raise RegistrationError("no frame left to stack after selection")
+        job = dataclasses.replace(job, stack=job.stack.for_frames(len(kept)))  # --method auto, by the frames kept
+        kept_frames = normalisation(p1, kept, job.stack)
+        image, count, weight, stack_info = combine(src.frames, p1, kept_frames, job, journal, resumed, backend,
+                                                   src.timings, src.cluster)
+        release_free_memory()  # the tiles' buffers, freed in the workers' heaps, before the outputs' own
+        return finish(src, p1, kept, Combined(image, count, weight, stack_info), job, journal, resumed,
+                      backend.name, t_start)
 
 
 def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> StackResult:
@@ -125,10 +127,22 @@ def register_frames(inputs: Sequence[str | os.PathLike], job: RegisterJob) -> St
     setup_logging(job.run.quiet)
     as_stack = StackJob(read=job.read, register=job.register, output=job.output, run=job.run)
     src, journal, resumed, preload = _open(inputs, as_stack, transforms_only=True)
-    p1 = register_all(src.frames, job.register, job.run, journal, resumed, None, preload)
-    _require_registered(p1, job.register)
-    kept = [r.index for r in p1.results if r.fate is Fate.USED]
-    return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
+    with _held(journal):
+        p1 = register_all(src.frames, job.register, job.run, journal, resumed, None, preload)
+        _require_registered(p1, job.register)
+        kept = [r.index for r in p1.results if r.fate is Fate.USED]
+        return finish(src, p1, kept, None, as_stack, journal, resumed, None, t_start)
+
+
+@contextlib.contextmanager
+def _held(journal: Journal | None) -> Iterator[None]:
+    """The run's journal stays locked for the run and is let go when it ends, failed
+    included (what it holds stays for ``--resume``): the same process may run again."""
+    try:
+        yield
+    finally:
+        if journal is not None:
+            journal.release()
 
 
 def _open(inputs: Sequence[str | os.PathLike], job: StackJob, *,
