@@ -123,3 +123,17 @@ def test_the_first_tile_s_top_cells_run_apart_and_a_resume_redoes_that_tile():
     taken = reuse_done(list(counts.items()), tiles, skip, 3)
     assert skip == {1, 2}
     assert np.array_equal(taken, counts[tiles[1]] + counts[tiles[2]])
+
+
+def test_a_journal_path_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """The journal folder is emptied at the start of a run: a symbolic link in its place
+    (to a folder of the user's) is refused, and what it points to stays as it was."""
+    from skystack.errors import OutputError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.fits").write_bytes(b"data")
+    (tmp_path / "out.fits.skystack-journal").symlink_to(precious, target_is_directory=True)
+    with pytest.raises(OutputError, match="symbolic link"):
+        Journal(tmp_path / "out.fits").start({"a": 1}, resume=False)
+    assert [p.name for p in precious.iterdir()] == ["keep.fits"]

@@ -101,8 +101,11 @@ class Journal:
             self.dir.mkdir(parents=True, exist_ok=True)
             return
         while True:
+            if self.dir.is_symlink():  # emptied below: only a folder of the journal's own
+                raise OutputError(f"{self.dir}: is a symbolic link; the journal must be a folder of its own "
+                                  f"(remove the link, or choose another output)")
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir, os.O_RDONLY)
+            fd = os.open(self.dir, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_DIRECTORY", 0))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
