@@ -158,13 +158,23 @@ _FRAMES = "\0frames\0"  # stands for the frame list while the rest is indented
 def write_report(path: Path, report: dict[str, Any]) -> Path:
     """report.json: indented, except each frame's entry, which takes one line. Python's
     JSON encoder indents in Python, one call per value: 0.1 s for a 1000-frame report,
-    the C encoder writes the compact frame lines ten times faster."""
-    head = dict(report, frames=_FRAMES)
-    text = json.dumps(head, indent=2, allow_nan=False)
-    rows = ",\n".join("    " + json.dumps(f, allow_nan=False) for f in report.get("frames", []))
-    text = text.replace(json.dumps(_FRAMES), "[\n" + rows + "\n  ]" if rows else "[]", 1)
+    the C encoder writes the compact frame lines ten times faster. The frame lines are
+    written one by one, never joined: the whole text of a 100 000-frame report, held two
+    or three times over while it was joined and encoded, had raised the run's peak from
+    269 to 496 MB (small-ROI video of 96×128 frames)."""
+    frames = report.get("frames", [])
+    head, tail = json.dumps(dict(report, frames=_FRAMES), indent=2, allow_nan=False).split(json.dumps(_FRAMES), 1)
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(head)
+            if frames:
+                f.write("[\n")
+                for k, row in enumerate(frames):
+                    f.write((",\n    " if k else "    ") + json.dumps(row, allow_nan=False))
+                f.write("\n  ]")
+            else:
+                f.write("[]")
+            f.write(tail + "\n")
     return Path(path)
 
 
