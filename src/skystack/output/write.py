@@ -270,7 +270,29 @@ def _finite_minmax(a: np.ndarray) -> tuple[float, float]:
     return float(f.min()), float(f.max())
 
 
+_FRAMES = "\0frames\0"  # stands for a report's frame list while the rest is indented
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON, atomically. A report's ``frames`` list takes one compact
+    line per frame, written a line at a time: Python's JSON encoder indents in Python, one
+    call per value (0.1 s for 1000 lucky frames, ten times the C encoder's compact lines),
+    and the whole text of a 100 000-frame report, held two or three times over while it
+    was joined and encoded, had raised a lucky run's peak from 269 to 496 MB."""
+    rows = obj.get("frames") if isinstance(obj, dict) else None
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+        if not isinstance(rows, list):
+            tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+            return Path(path)
+        head, tail = json.dumps(dict(obj, frames=_FRAMES), indent=2, allow_nan=False).split(json.dumps(_FRAMES), 1)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(head)
+            if rows:
+                f.write("[\n")
+                for k, row in enumerate(rows):
+                    f.write((",\n    " if k else "    ") + json.dumps(row, allow_nan=False))
+                f.write("\n  ]")
+            else:
+                f.write("[]")
+            f.write(tail + "\n")
     return Path(path)

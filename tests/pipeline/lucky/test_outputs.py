@@ -130,7 +130,7 @@ def test_report_json_is_written_row_by_row(tmp_path, n_frames):
     import json
     import tracemalloc
 
-    from skystack.pipeline.lucky.report import write_report
+    from skystack.output.write import write_json
 
     rows = [{"index": i, "path": "/data/jupiter.ser", "name": f"jupiter.ser#{i}", "fate": "rejected",
              "reason": "not selected", "transform": [[1.0, 0.0, 0.25 * i], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]],
@@ -139,7 +139,7 @@ def test_report_json_is_written_row_by_row(tmp_path, n_frames):
     path = tmp_path / "r.json"
     tracemalloc.start()
     try:
-        write_report(path, report)
+        write_json(path, report)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

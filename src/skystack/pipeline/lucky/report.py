@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from ...output.plots import plot_lucky
 from ...output.products import (before_after_path, compare_path, preview_path, quality_plot_path, report_path,
                                sharpened_path, write_stack)
 from ...output.sidecar import FitsSidecar, write_fits_via
-from ...output.write import FITS_SUFFIXES, atomic_path, write_image, write_png
+from ...output.write import FITS_SUFFIXES, write_image, write_png
 from ...register.planetary import Disk
 from ...types import Fate, FrameResult, Transform
 from .frames import BLANK, OK, OUT_OF_FIELD, UNREADABLE, LuckyRun, frame_path
@@ -150,32 +149,6 @@ def prepare_writer(output: str | None, workers: Workers, sidecar: FitsSidecar | 
         return
     if output is not None and Path(output).suffix.lower() in FITS_SUFFIXES:
         workers.background(lambda: importlib.import_module("astropy.io.fits"), "lucky-fits-import")
-
-
-_FRAMES = "\0frames\0"  # stands for the frame list while the rest is indented
-
-
-def write_report(path: Path, report: dict[str, Any]) -> Path:
-    """report.json: indented, except each frame's entry, which takes one line. Python's
-    JSON encoder indents in Python, one call per value: 0.1 s for a 1000-frame report,
-    the C encoder writes the compact frame lines ten times faster. The frame lines are
-    written one by one, never joined: the whole text of a 100 000-frame report, held two
-    or three times over while it was joined and encoded, had raised the run's peak from
-    269 to 496 MB (small-ROI video of 96×128 frames)."""
-    frames = report.get("frames", [])
-    head, tail = json.dumps(dict(report, frames=_FRAMES), indent=2, allow_nan=False).split(json.dumps(_FRAMES), 1)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(head)
-            if frames:
-                f.write("[\n")
-                for k, row in enumerate(frames):
-                    f.write((",\n    " if k else "    ") + json.dumps(row, allow_nan=False))
-                f.write("\n  ]")
-            else:
-                f.write("[]")
-            f.write(tail + "\n")
-    return Path(path)
 
 
 def _iso(t: float) -> str:

@@ -65,6 +65,7 @@ from ...enhance.wavelets import enhance as sharpen
 from ...errors import RegistrationError
 from ...jobs import LuckyJob
 from ...output.sidecar import FitsSidecar
+from ...output.write import write_json
 from ...runtime.memory import peak_rss_mb, tune_allocator
 from ...types import Fate, LuckyResult
 from .align import build_reference, place_points
@@ -73,7 +74,7 @@ from .gpu import GpuRanker
 from .pool import Workers
 from .points import choose_points, score_frames
 from .rank import Ranker, check_signal, rank_all, report_unreadable, select
-from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs, write_report
+from .report import Outcome, build_report, capture_times, frame_results, prepare_writer, write_outputs
 from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 
 log = logging.getLogger("skystack")
@@ -224,5 +225,5 @@ def _finish(result: LuckyResult, src: Source, t_start: float) -> LuckyResult:
     rep["timings"] = {k: round(v, 4) for k, v in t.items()}
     rep["frames_per_s"] = round(result.n_frames / t["total_s"], 2) if t["total_s"] > 0 else None
     if result.report_path is not None:
-        write_report(result.report_path, rep)
+        write_json(result.report_path, rep)
     return result
