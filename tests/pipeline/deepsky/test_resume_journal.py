@@ -137,3 +137,32 @@ def test_a_journal_path_that_is_a_link_is_refused_and_its_target_untouched(tmp_p
     with pytest.raises(OutputError, match="symbolic link"):
         Journal(tmp_path / "out.fits").start({"a": 1}, resume=False)
     assert [p.name for p in precious.iterdir()] == ["keep.fits"]
+
+
+def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    """Some network shares refuse locks (ENOLCK): the run goes on without one rather than
+    fail; a second journal on the same output is then not refused (nothing can tell)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    j = Journal(tmp_path / "out.fits")
+    assert j.start({"a": 1}, resume=False) is False
+    assert (j.dir / "run.json").exists()
+    j.remove()
+    assert not j.dir.exists()
+
+
+def test_the_journal_is_refused_to_a_second_holder_and_free_once_released(tmp_path):
+    from skystack.errors import OutputError
+
+    first = Journal(tmp_path / "out.fits")
+    first.start({"a": 1}, resume=False)
+    with pytest.raises(OutputError, match="another skystack run is writing this output"):
+        Journal(tmp_path / "out.fits").start({"a": 1}, resume=True)
+    assert (first.dir / "run.json").exists()  # the refusal touched nothing
+    first.release()
+    assert Journal(tmp_path / "out.fits").start({"a": 1}, resume=True) is True

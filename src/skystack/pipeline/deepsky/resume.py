@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ import numpy as np
 from ...errors import OutputError, UsageError
 from ...output.write import why_not_written
 from ...types import FrameResult
+
+log = logging.getLogger("skystack")
 
 
 class Journal:
@@ -112,6 +115,10 @@ class Journal:
                 os.close(fd)
                 raise OutputError(f"{self.output}: another skystack run is writing this output (its journal "
                                   f"{self.dir} is in use); wait for it to end, or choose another output") from None
+            except OSError as e:  # a file system without locks (some network shares): run unlocked
+                log.debug("%s: not locked (%s)", self.dir, e.strerror or e)
+                self._lock_fd = fd
+                return
             held, now = os.fstat(fd), _stat_or_none(self.dir)
             if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
                 self._lock_fd = fd
