@@ -43,6 +43,11 @@ class BadFrameError(SkystackError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):
+        # a forked lucky worker sends it back as a value: pickled by default as the one
+        # message argument, it could not be rebuilt there (unpickling raised TypeError)
+        return (type(self), (self.path, self.reason))
+
 
 class RegistrationError(SkystackError):
     """Too few frames registered to produce a stack (e.g. the reference has no stars)."""

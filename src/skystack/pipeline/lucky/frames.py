@@ -47,6 +47,7 @@ class FrameTable:
     response: np.ndarray = field(init=False)
     ap_used: np.ndarray = field(init=False)
     used: np.ndarray = field(init=False)
+    nonfinite: np.ndarray = field(init=False)  # NaN/infinite pixels replaced (float frames)
     log_energy: np.ndarray = field(init=False)
     log_level: np.ndarray = field(init=False)
     reasons: dict[int, tuple[Fate, str]] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class FrameTable:
         self.response = np.full(n, np.nan)
         self.ap_used = np.zeros(n, dtype=np.int32)
         self.used = np.zeros(n, dtype=bool)
+        self.nonfinite = np.zeros(n, dtype=np.int64)
         self.cells((1, 1))
 
     def cells(self, shape: tuple[int, int]) -> None:
@@ -187,6 +189,21 @@ def has_raw_fast_path(frames: Any) -> bool:
     return not (spec is not None and getattr(spec, "raw_steps", ()))
 
 
+def finite_frame(img: np.ndarray) -> tuple[np.ndarray, int]:
+    """``img`` with its NaN and infinite pixels (a float frame's: the holes a calibration
+    or a derotation left) replaced by the median of its finite ones, and how many there
+    were. A lucky stack sums frames and correlates them: one NaN pixel would poison both,
+    and the frame would be rejected as not matching its neighbours. Integer frames (SER,
+    AVI, PNG) cannot hold one and are returned as they are."""
+    if img.dtype.kind != "f" or np.isfinite(img.sum(dtype=np.float64)):
+        return img, 0
+    ok = np.isfinite(img)
+    n = int(img.size - np.count_nonzero(ok))
+    if n == img.size:
+        return img, n
+    return np.where(ok, img, np.median(img[ok])).astype(img.dtype, copy=False), n
+
+
 def first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
     """The first readable, non-blank frame: the clip's geometry, the mode decision and the
     first key frame come from it. (Blank and unreadable frames before it are found again
@@ -195,10 +212,12 @@ def first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
     fallback = None
     for i in range(len(frames)):
         try:
-            img = np.asarray(frames.luminance(i), dtype=np.float32)
+            img, bad = finite_frame(np.asarray(frames.luminance(i), dtype=np.float32))
         except BadFrameError as e:
             first_err = first_err or e
             continue
+        if bad == img.size:
+            continue  # no finite pixel: the ranking pass reports it
         if fallback is None:
             fallback = (i, (int(img.shape[0]), int(img.shape[1])), img)
         if float(img.max()) - float(img.min()) >= BLANK_SPAN:
@@ -223,6 +242,11 @@ class Reader:
     def __init__(self, frames: Any, shape: tuple[int, int]):
         self.frames = frames
         self.shape = shape
+        self.record_repairs = False  # set for the ranking pass, which reports them
+        self.repaired: dict[int, int] = {}  # frame -> NaN/infinite pixels replaced (in this process)
+        # a flat's zero pixels divide: calibrated frames are checked whatever the files hold
+        self._calibrated = bool(getattr(getattr(frames, "spec", None), "raw_steps", ()))
+        self._float_dtype: dict[str, bool] = {}
         self._reads = 0
         self._can_unmap = callable(getattr(frames, "close", None)) and hasattr(frames, "frame_sliceable")
 
@@ -247,7 +271,7 @@ class Reader:
         try:
             img = self.frames.read_raw(i)
             self._check(i, img)
-            return img
+            return self._finite(i, np.asarray(img))
         except BadFrameError as e:
             return e
 
@@ -256,9 +280,38 @@ class Reader:
         try:
             img = self.frames.read(i) if colour else self.frames.luminance(i)
             self._check(i, img)
-            return np.asarray(img, dtype=np.float32)
+            return self._finite(i, np.asarray(img, dtype=np.float32))
         except BadFrameError as e:
             return e
+
+    def _may_be_nonfinite(self, i: int) -> bool:
+        """Whether frame ``i`` can hold NaN or infinity: a float file's, a calibrated one,
+        or one whose file type the frame set does not say. The check costs 0.07-0.2 ms a
+        640×480 frame, a tenth of a lucky frame's work: SER, AVI and integer FITS skip it."""
+        if self._calibrated:
+            return True
+        try:
+            dt = self.frames.locate(i)[0].dtype
+        except Exception:
+            return True
+        if dt not in self._float_dtype:
+            try:
+                self._float_dtype[dt] = not dt or np.dtype(dt).kind in "fc"
+            except TypeError:
+                self._float_dtype[dt] = True
+        return self._float_dtype[dt]
+
+    def _finite(self, i: int, img: np.ndarray) -> np.ndarray:
+        """The frame with its NaN/infinite pixels replaced (:func:`finite_frame`), the
+        same in every pass; one without a finite pixel is a bad frame."""
+        if not self._may_be_nonfinite(i):
+            return img
+        img, n = finite_frame(img)
+        if n == img.size:
+            raise BadFrameError(frame_path(self.frames, i), f"frame {i} has no finite pixel (NaN or infinite everywhere)")
+        if n and self.record_repairs:
+            self.repaired[i] = n
+        return img
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class _Rank:
     response: float = float("nan")
     touches_edge: bool = False
     keyable: bool = False  # a surface frame located by correlation: may become a key frame
+    nonfinite: int = 0  # NaN/infinite pixels the reader replaced (see frames.finite_frame)
     coarse_view: np.ndarray | None = None  # its coarse view, kept by Ranker.keep_views
 
 
@@ -236,8 +237,16 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
     current = ranker.first_key
     # tasks name the first key frame, whose view every worker has (it travels once)
     first = dataclasses.replace(current, view=None) if current is not None else None
-    measure = gpu.chunk if gpu is not None else ranker.chunk
-    results = run.map(lambda t: measure(t, read), tasks(), inflight=_KEY_LAG)  # before the bar's thread
+    chunk = gpu.chunk if gpu is not None else ranker.chunk
+
+    def measure(t: _RankTask) -> list[_Rank]:  # in whichever process read the frames
+        rs = chunk(t, read)
+        for r in rs:
+            r.nonfinite = reader.repaired.pop(r.i, 0)
+        return rs
+
+    reader.record_repairs = True  # forked workers inherit it
+    results = run.map(measure, tasks(), inflight=_KEY_LAG)  # before the bar's thread
     with Progress(n, "lucky: rank", run.quiet) as bar:
         for rs in results:
             last_ok = None
@@ -247,6 +256,7 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
                 if r.error is not None:
                     table.fail(i, UNREADABLE, Fate.UNREADABLE, r.error.reason)
                     continue
+                table.nonfinite[i] = r.nonfinite
                 table.log_energy[i] = r.cells.log_energy
                 table.log_level[i] = r.cells.log_level
                 table.peak[i] = r.cells.peak
@@ -277,10 +287,23 @@ def rank_all(run: LuckyRun, ranker: Ranker, raw_path: bool, gpu=None) -> None:
                 if math.hypot(dx, dy) > key_limit:
                     current = KeyFrame(len(keys), last_ok.i, last_ok.coarse, last_ok.coarse_view)
             keys.append(current if current is None or current.no != -1 else first)
+    reader.record_repairs = False
+    reader.repaired.clear()
 
 
 def report_unreadable(run: LuckyRun) -> None:
-    """One line per file and kind of problem, not one per frame."""
+    """One line per file and kind of problem, not one per frame (frames whose NaN or
+    infinite pixels were replaced too: they are stacked)."""
+    repaired: dict[str, list[int]] = {}
+    for i in np.nonzero(run.table.nonfinite)[0]:
+        repaired.setdefault(frame_path(run.frames, int(i)), []).append(int(i))
+    for path, idx in repaired.items():
+        px = int(run.table.nonfinite[idx].sum())
+        run.say(f"{path}: frame {idx[0]} has {px} NaN or infinite pixel{'s' if px > 1 else ''}: replaced by the "
+                f"frame's median"
+                if len(idx) == 1 else
+                f"{path}: {len(idx)} frames ({idx[0]}..{idx[-1]}) have NaN or infinite pixels ({px} in all): "
+                f"replaced by each frame's median")
     groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for i, (fate, reason) in run.table.reasons.items():
         if fate is Fate.UNREADABLE:

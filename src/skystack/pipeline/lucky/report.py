@@ -80,6 +80,8 @@ def frame_results(run: LuckyRun, ranking: Ranking, mode: str) -> list[FrameResul
                    "response": float(table.response[i]), "coarse_x": float(c[0]), "coarse_y": float(c[1])}
         if table.ap_used[i]:
             metrics["ap_used"] = float(table.ap_used[i])
+        if table.nonfinite[i]:
+            metrics["nonfinite_px"] = float(table.nonfinite[i])  # replaced by the frame's median
         try:
             name = frames.name(i)
         except Exception:
