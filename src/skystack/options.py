@@ -359,6 +359,10 @@ class RunOptions(Checked):
             raise UsageError(f"cache_dir {self.cache_dir!r}: expected a folder")
 
 
+MAX_WAVELET_GAIN = 100.0
+MIN_ASINH_BETA, MAX_ASINH_BETA = 1e-3, 1000.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class EnhanceOptions(Checked):
     """Wavelet sharpening and tone curve for a stacked image.
@@ -373,7 +377,7 @@ class EnhanceOptions(Checked):
 
     gains: tuple[float, ...] = field(default=(1.8, 1.4, 1.0, 1.0, 1.0), metadata=flag(
         "--wavelets", name="wavelets", metavar="G1,G2,...", parse=parse_floats,
-        help="à-trous wavelet gains per scale, finest first; the count sets the number of scales"))
+        help="à-trous wavelet gains per scale (0 to 100), finest first; the count sets the number of scales"))
     thresholds: tuple[float, ...] = field(default=(3.0, 2.0, 1.0, 0.0, 0.0), metadata=flag(
         "--wavelet-noise", name="wavelet_noise", metavar="K1,K2,...", parse=parse_floats,
         help="noise thresholds per scale in that scale's noise σ; only detail above them is amplified"))
@@ -386,19 +390,31 @@ class EnhanceOptions(Checked):
     midtone: float = field(default=0.5, metadata=flag(
         "--midtone", parse=float, help="midtone balance for --stretch midtone (0.5 = linear)"))
     asinh_beta: float = field(default=10.0, metadata=flag(
-        "--asinh-beta", parse=float, help="softening for --stretch asinh"))
+        "--asinh-beta", parse=float, help="softening for --stretch asinh (0.001 to 1000)"))
 
     def check(self) -> None:
         object.__setattr__(self, "gains", parse_floats(self.gains))
         object.__setattr__(self, "thresholds", parse_floats(self.thresholds))
-        if any(not math.isfinite(g) or g < 0 for g in self.gains):
-            raise UsageError(f"--wavelets {self.gains}: gains must be finite and >= 0")
+        # A gain multiplies a float32 layer: 1e30 overflowed the stack to ±inf (or to values
+        # no display can show) and still "succeeded". RegiStax's sliders stop far below 100.
+        if any(not math.isfinite(g) or g < 0 or g > MAX_WAVELET_GAIN for g in self.gains):
+            raise UsageError(f"--wavelets {','.join(f'{g:g}' for g in self.gains)}: "
+                             f"gains must be between 0 and {MAX_WAVELET_GAIN:g}")
         if any(not math.isfinite(t) or t < 0 for t in self.thresholds):
             raise UsageError(f"--wavelet-noise {self.thresholds}: thresholds must be finite and >= 0")
+        # --black nan made every pixel NaN and --white inf every pixel 0, and both "succeeded"
+        for value, what in ((self.black, "--black"), (self.white, "--white")):
+            if value is not None:
+                finite(value, what)
+        if self.black is not None and self.white is not None and float(self.white) <= float(self.black):
+            raise UsageError(f"--black {float(self.black):g} --white {float(self.white):g}: "
+                             "the white point must be above the black point")
         finite(self.midtone, "--midtone", lo=0, hi=1, lo_open=True)
         if self.midtone == 1:
             raise UsageError(f"--midtone {self.midtone}: must be in (0, 1)")
-        finite(self.asinh_beta, "--asinh-beta", lo=0, lo_open=True)
+        # asinh(β·x)/asinh(β) in float32: β = 1e300 overflowed to inf, β = 1e-300 gave 0
+        # everywhere; 1000 is where PixInsight's and Siril's stretch factors end
+        finite(self.asinh_beta, "--asinh-beta", lo=MIN_ASINH_BETA, hi=MAX_ASINH_BETA)
 
 
 @dataclass(frozen=True, kw_only=True)

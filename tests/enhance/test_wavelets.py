@@ -4,7 +4,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given as for_all
+from hypothesis import settings
+from hypothesis import strategies as st
 
+from skystack.enhance import stretch
 from skystack.enhance.wavelets import NOISE_RATIO, apply_stretch, atrous, before_after, enhance, noise_sigma, sharpen
 from skystack.errors import UsageError
 from skystack.options import EnhanceOptions
@@ -111,6 +115,63 @@ def test_options_validation_and_parsing():
             EnhanceOptions(midtone=midtone)
     with pytest.raises(UsageError):
         EnhanceOptions(stretch="fancy")
+
+
+@pytest.mark.parametrize("kw", [
+    {"gains": (1e30,)}, {"gains": (1.0, 101.0)}, {"black": float("nan")}, {"white": float("inf")},
+    {"black": "dark"}, {"black": 5000.0, "white": 10.0}, {"black": 3.0, "white": 3.0},
+    {"asinh_beta": 1e300}, {"asinh_beta": 1e-300}, {"asinh_beta": float("inf")},
+])
+def test_values_that_once_gave_a_blank_or_infinite_image_are_refused(kw):
+    # each of these "succeeded" with an all-NaN, all-inf or all-zero image
+    with pytest.raises(UsageError):
+        EnhanceOptions(**kw)
+
+
+def test_the_midtone_curve_keeps_its_end_points_for_any_midtone():
+    x = np.array([0.0, 1e-30, 0.25, 0.5, 1.0, np.nan], np.float32)
+    for m in (1e-300, 1e-40, 1e-6, 0.25, 0.75, 1 - 1e-7, 1 - 1e-12):
+        y = stretch.mtf(x, m)
+        assert y[0] == 0.0 and y[4] == 1.0 and np.isnan(y[5]), m
+        assert np.all((y[:5] >= 0) & (y[:5] <= 1)) and np.all(np.diff(y[:5]) >= 0), m
+
+
+def test_a_point_past_the_image_is_said(caplog):
+    img = np.linspace(100, 200, 64 * 64, dtype=np.float32).reshape(64, 64)
+    with caplog.at_level("WARNING", logger="skystack"):
+        out = enhance(img, EnhanceOptions(gains=(1.0,), stretch="linear", black=500.0))
+    assert np.all(out == 0)
+    assert "--black 500 is past the image's white point" in caplog.text
+
+
+_gain = st.floats(0, 100)
+_point = st.one_of(st.none(), st.floats(-1e6, 1e6))
+
+
+@settings(max_examples=60, deadline=None)
+@for_all(gains=st.lists(_gain, min_size=1, max_size=6), thresholds=st.lists(st.floats(0, 1e30), max_size=6),
+         stretch_kind=st.sampled_from(["none", "linear", "midtone", "asinh", "auto"]), black=_point,
+         white=_point, midtone=st.floats(0, 1, exclude_min=True, exclude_max=True),
+         beta=st.floats(1e-3, 1000))
+def test_any_accepted_option_values_give_a_finite_image(gains, thresholds, stretch_kind, black, white,
+                                                         midtone, beta):
+    # the attack: every combination the options accept must give a usable image (finite,
+    # in [0, 1] once stretched, NaN only where the input was NaN), never a blank one in disguise
+    try:
+        opts = EnhanceOptions(gains=tuple(gains), thresholds=tuple(thresholds), stretch=stretch_kind,
+                              black=black, white=white, midtone=midtone, asinh_beta=beta)
+    except UsageError:
+        return
+    img = _IMG.copy()
+    out = enhance(img, opts)
+    assert np.isnan(out).sum() == 1 and np.isnan(out[3, 5])
+    assert np.isfinite(np.delete(out.ravel(), 3 * out.shape[1] + 5)).all()
+    if stretch_kind != "none":
+        assert np.nanmin(out) >= 0 and np.nanmax(out) <= 1
+
+
+_IMG = (np.random.default_rng(3).normal(1000, 30, (48, 40)) + np.indices((48, 40))[0] * 20).astype(np.float32)
+_IMG[3, 5] = np.nan
 
 
 

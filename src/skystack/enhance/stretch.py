@@ -18,7 +18,12 @@ def mtf(x: np.ndarray, m: float) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     if m == 0.5:
         return x
-    return ((m - 1.0) * x) / ((2.0 * m - 1.0) * x - m)
+    # In float32 a midtone below ~1e-45 is 0 and one within 6e-8 of 1 is 1, and the formula
+    # is then 0/0 at x = 0 or x = 1 (NaN pixels from --midtone 1e-300). Its limits there are
+    # the curve's own end points, and rounding can carry it a hair outside [0, 1].
+    m = min(max(float(m), float(np.finfo(np.float32).tiny)), 1.0 - float(np.finfo(np.float32).epsneg))
+    out = ((m - 1.0) * x) / ((2.0 * m - 1.0) * x - m)
+    return np.clip(out, 0.0, 1.0, out=out) if isinstance(out, np.ndarray) else min(max(out, 0.0), 1.0)
 
 
 def robust_range(image: np.ndarray, lo_pct: float = 0.1, hi_pct: float = 99.9,

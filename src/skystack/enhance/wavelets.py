@@ -23,6 +23,7 @@ times the B3 layer's response to unit white noise (Starck's table: 0.889, 0.200,
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import cv2
@@ -30,6 +31,8 @@ import numpy as np
 
 from ..options import EnhanceOptions
 from .stretch import asinh_stretch, autostretch_params, levels, to_uint8
+
+log = logging.getLogger("skystack")
 
 _B3 = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 # standard deviation of B3 à-trous detail layers j = 1.. for unit Gaussian white noise
@@ -145,6 +148,13 @@ def _black_white(image: np.ndarray, opts: EnhanceOptions) -> tuple[float, float]
     black = float(lo) if opts.black is None else float(opts.black)
     white = float(hi) if opts.white is None else float(opts.white)
     if white <= black:
+        # only one point was given (both given are checked by EnhanceOptions) and it is past
+        # the image's other end: say so rather than hand back a silently blank image
+        given = f"--black {black:g}" if opts.black is not None else f"--white {white:g}"
+        other = f"white point {white:g}" if opts.black is not None else f"black point {black:g}"
+        log.warning("stretch: %s is past the image's %s (its %s percentile); nearly every pixel comes out "
+                    "%s", given, other, "99.99th" if opts.black is not None else "0.1th",
+                    "black" if opts.black is not None else "white")
         white = black + 1e-6
     return black, white
 
