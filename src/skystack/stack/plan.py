@@ -230,9 +230,9 @@ def plan_tiles(*, height: int, width: int, channels: int, n_frames: int, memory_
             return TilePlan(height=height, width=width, channels=channels, n_frames=n_frames, tile_rows=rows,
                             strips=strips, in_flight=in_flight, tile_bytes=cost(rows))
     raise UsageError(
-        f"--memory-limit {_fmt(memory_limit)} is too small for {n_frames} frames of {width}×{height}"
+        f"--memory-limit {size_text(memory_limit)} is too small for {n_frames} frames of {width}×{height}"
         f"{'×' + str(channels) if channels > 1 else ''}: the smallest tile ({WARP_TILE_ROWS}×{cols}) needs about "
-        f"{_fmt(cost(WARP_TILE_ROWS))}")
+        f"{size_text(cost(WARP_TILE_ROWS))}")
 
 
 def fits_in(plan: TilePlan, memory_limit: int, workers: int, geometry: Geometry,
@@ -292,16 +292,17 @@ def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_
         if available < per_row * WARP_TILE_ROWS:
             need = fixed + per_band_fixed + per_row * WARP_TILE_ROWS
             raise UsageError(
-                f"--memory-limit {_fmt(memory_limit)} is too small for {n} frames of {width}×{height}"
+                f"--memory-limit {size_text(memory_limit)} is too small for {n} frames of {width}×{height}"
                 f"{'×' + str(channels) if channels > 1 else ''}: the smallest band ({WARP_TILE_ROWS} rows) needs about "
-                f"{_fmt(need)} (use at least that, or fewer --workers)")
+                f"{size_text(need)} (use at least that, or fewer --workers)")
         band_rows = int(available // per_row)
     band_rows = max(WARP_TILE_ROWS, band_rows - band_rows % WARP_TILE_ROWS)
     band_rows = min(band_rows, height)
     return BandPlan(height=height, width=width, channels=channels, band_rows=band_rows, n_frames=n)
 
 
-def _fmt(nbytes: float) -> str:
+def size_text(nbytes: float) -> str:
+    """``1536`` → ``"1.5 KiB"``: a byte count as the messages about --memory-limit say it."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"

@@ -32,6 +32,7 @@ from ...runtime.executor import run_tasks
 from ...runtime.memory import current_rss, release_free_memory
 from ...runtime.progress import Progress
 from ...stack.normalize import robust_stats, sample_stats, stat_step
+from ...stack.plan import size_text
 from ...types import Fate, FrameResult, Transform, shape_text
 from .resume import Journal
 from .workspace import Workspace
@@ -368,8 +369,8 @@ def phase1_workers(shape: tuple[int, ...], workers: int, memory_limit: int | Non
         return workers
     per_frame = phase1_frame_bytes(shape, method)
     if per_frame > memory_limit:
-        log.warning("--memory-limit %.0f MiB is below what registering one %s frame needs (about %.0f MiB); "
-                    "phase 1 will use that", memory_limit / 2**20, shape_text(shape), per_frame / 2**20)
+        log.warning("--memory-limit %s is below what registering one %s frame needs (about %s); "
+                    "phase 1 will use that", size_text(memory_limit), shape_text(shape), size_text(per_frame))
     return max(1, min(workers, int(memory_limit // per_frame)))
 
 
