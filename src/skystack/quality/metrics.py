@@ -232,7 +232,13 @@ def fit_cells(log_energy: np.ndarray, log_level: np.ndarray, *, iterations: int 
         loading = np.where(var_q > 0, (rc * qc).sum(axis=0) / n / np.maximum(var_q, _TINY), 0.0)
         res = np.where(ok, rc - loading.astype(np.float32) * qc, np.float32(0))
         res_var = (res * res).sum(axis=0) / n
-        weight = np.where(ok.sum(axis=0) >= 3, np.clip(loading, 0.0, None) / np.maximum(res_var, 1e-6), 0.0)
+        fitted = np.where(ok.sum(axis=0) >= 3, np.clip(loading, 0.0, None) / np.maximum(res_var, 1e-6), 0.0)
+        if not (fitted > 0).any():
+            # fewer than three frames, or no cell that follows the seeing: the regression has
+            # nothing to go on and the plain mean stands (a zero weight everywhere made every
+            # frame's quality NaN: a one-frame video stacked to an all-zero image)
+            break
+        weight = fitted
         q = _weighted(rel, weight)
     return CellModel(med, level, loading, weight)
 

@@ -1,6 +1,8 @@
 """Bad input: clear one-line messages naming the file, nothing lost, the run goes on where it can."""
 from __future__ import annotations
 
+import warnings
+
 import av
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 import skystack
 from skystack.errors import NoFramesError
 from skystack.io import open_frames, write_ser
+from skystack.register.planetary import shift_image
 from skystack.testing.planetary import ArrayFrames, bad_frame, make_lunar_video
 from skystack.types import Fate
 
@@ -112,6 +115,30 @@ def test_clip_shorter_than_keep(tmp_path, small_video):
     r = skystack.lucky([str(p)], None, keep="200", multipoint=False)
     assert r.n_used == 12
     assert any("short.ser" in m and "fewer than --keep 200" in m and "stacking all 12" in m for m in r.messages)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("multipoint", [True, False])
+def test_a_video_of_one_or_two_frames_stacks_its_frame(tmp_path, small_video, n, multipoint):
+    # the quality model needs three frames: with fewer it made every frame's quality NaN,
+    # and a one-frame video "succeeded" with an all-zero stack and NumPy warnings
+    p = tmp_path / "few.ser"
+    write_ser(p, (small_video.frame(i) for i in range(n)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = skystack.lucky([str(p)], None, keep="1", multipoint=multipoint)
+    assert r.n_used == 1 and np.isfinite(r.image).all()
+    if n == 1:  # aligned onto itself (a shift of 1e-7 px): nothing to fill at the edges
+        assert np.abs(r.image - small_video.frame(0)).max() < 0.01 and r.report["edges"]["filled_px"] == 0
+    else:
+        (used,) = [f for f in r.frames if f.fate is Fate.USED]  # shifted onto the 2-frame reference
+        m = used.transform.matrix
+        moved = shift_image(small_video.frame(used.index).astype(np.float32), -m[0, 2], -m[1, 2])
+        inner = (slice(2, -2), slice(2, -2))
+        if multipoint:  # and locally dewarped
+            assert np.corrcoef(r.image[inner].ravel(), moved[inner].ravel())[0, 1] > 0.99
+        else:
+            assert np.abs(r.image - moved)[inner].max() < 1e-3
 
 
 def test_no_input_and_unreadable_only(tmp_path):
