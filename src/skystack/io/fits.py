@@ -149,6 +149,9 @@ class FitsSource(SourceBase):
         self._rgb = len(dims) == 3 and depth == 3 and (not ctype3 or ctype3 in _COLOUR_CTYPES)
         self._n = 1 if (self._rgb or len(dims) == 2) else depth
         self._bitpix = int(h["BITPIX"])
+        if self._bitpix not in (8, 16, 32, 64, -32, -64):  # astropy failed with a KeyError on read
+            raise BadFrameError(self.path, f"BITPIX = {self._bitpix} is not a FITS pixel type "
+                                           "(8, 16, 32, 64, -32 or -64)")
         self._bzero = float(h.get("BZERO", 0.0))
         self._bscale = float(h.get("BSCALE", 1.0))
         blank = h.get("BLANK")

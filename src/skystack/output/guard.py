@@ -154,7 +154,8 @@ def is_product(path: PathLike) -> bool:
             return _png_marked(path)
         if ext in (".tif", ".tiff"):
             return _tiff_marked(path)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - tifffile, given a corrupt file, raises TypeError,
+        # KeyError, struct.error, IndexError, ...: whatever it is, the reader says it later
         return False
     return False
 

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tifffile
 from astropy.io import fits
 
 import skystack
@@ -24,6 +25,19 @@ def good(tmp_path_factory):
     folder = tmp_path_factory.mktemp("good")
     s.write_fits(folder)
     return s, folder
+
+
+def _retype_tiff_tag(path, tag, new_type):
+    """Give one tag of a little-endian TIFF's first IFD another field type."""
+    b = bytearray(path.read_bytes())
+    ifd = int.from_bytes(b[4:8], "little")
+    for k in range(int.from_bytes(b[ifd:ifd + 2], "little")):
+        e = ifd + 2 + 12 * k
+        if int.from_bytes(b[e:e + 2], "little") == tag:
+            b[e + 2:e + 4] = new_type.to_bytes(2, "little")
+            path.write_bytes(bytes(b))
+            return
+    raise AssertionError(f"no tag {tag} in {path}")
 
 
 def _digest(folder):
@@ -61,10 +75,19 @@ def test_a_bad_set_stacks_what_it_can_and_reports_the_rest(good, tmp_path, capsy
     rng = np.random.default_rng(1)
     fits.PrimaryHDU(rng.normal(1000, 5, (200, 260)).astype(np.float32)).writeto(lights / "synth_0103.fits")
     fits.PrimaryHDU(np.full((200, 260), np.nan, np.float32)).writeto(lights / "synth_0104.fits")
+    # a header whose BITPIX is no pixel type (astropy's KeyError crashed the run), and a TIFF
+    # whose SamplesPerPixel tag has a type tifffile cannot compare (its TypeError, raised
+    # while checking whether the file was one of skystack's products, crashed the run too)
+    raw = bytearray(frames[3].read_bytes())
+    at = raw.index(b"BITPIX  =")
+    raw[at:at + 80] = f"{'BITPIX':8}= {14:>20}".ljust(80).encode()
+    (lights / "synth_0105.fits").write_bytes(bytes(raw))
+    tifffile.imwrite(lights / "synth_0106.tif", fits.getdata(frames[3]))
+    _retype_tiff_tag(lights / "synth_0106.tif", 277, 7)
     before = _digest(lights)
 
     out = tmp_path / "out.fits"
-    rc = main(["stack", str(lights), "-o", str(out), "-q", "--method", "winsorized"])
+    rc = main(["stack", str(lights), "-o", str(out), "-q", "--method", "winsorized", "--min-registered", "6"])
     assert rc == 0
     assert _digest(lights) == before
     err = capsys.readouterr().err
@@ -83,6 +106,8 @@ def test_a_bad_set_stacks_what_it_can_and_reports_the_rest(good, tmp_path, capsy
     check("synth_0101.fits", "rejected", "size 120×100 differs")
     check("synth_0103.fits", "failed_registration", "")
     check("synth_0104.fits", "unreadable", "no finite pixel")
+    check("synth_0105.fits", "unreadable", "BITPIX = 14 is not a FITS pixel type")
+    check("synth_0106.tif", "unreadable", "not a readable TIFF file")
     assert by_name["synth_0102.fits"]["fate"] == "used"
     assert by_name["synth_0102.fits"]["metrics"]["nonfinite_px"] == 41
     assert rep["summary"]["stacked"] == 6  # frames 0, 2-5 of the synthetic set and the NaN copy of 2
