@@ -220,6 +220,15 @@ def test_hostile_values_named_in_the_issue_are_refused():
         OutputOptions(output="x.jpg")
 
 
+def test_alignment_points_closer_than_an_eighth_of_a_box_are_refused():
+    # --ap-spacing 1 (210 000 boxes of 96 px) had the kernel kill a worker; 0.001 asked 1.35 TiB
+    for size, spacing in ((96, 1), (96, 0.001), (96, 11.9), (48, 5), (8, 1.5)):
+        with pytest.raises(UsageError, match="--ap-spacing"):
+            build_job(LuckyJob, {"ap_size": size, "ap_spacing": spacing})
+    for size, spacing in ((96, 12), (48, 6), (8, 2), (200, 25)):
+        assert build_job(LuckyJob, {"ap_size": size, "ap_spacing": spacing}).lucky.ap_spacing == spacing
+
+
 def test_min_registered_is_a_fraction_or_a_count():
     assert parse_min_registered("50%").required(5) == 3 and parse_min_registered("50%").required(6) == 3
     assert parse_min_registered(0.5).required(7) == 4 and parse_min_registered("0.25").required(8) == 2

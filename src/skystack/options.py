@@ -360,6 +360,7 @@ class RunOptions(Checked):
 
 
 MAX_WAVELET_GAIN = 100.0
+MIN_AP_SPACING = 2.0
 MIN_ASINH_BETA, MAX_ASINH_BETA = 1e-3, 1000.0
 
 
@@ -478,7 +479,7 @@ class LuckyOptions(Checked):
     ap_size: int = field(default=96, metadata=flag(
         "--ap-size", metavar="PX", parse=int, help="alignment-point box side in pixels"))
     ap_spacing: float | None = field(default=None, metadata=flag(
-        "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: a third of the box)"))
+        "--ap-spacing", metavar="PX", parse=float, help="alignment-point spacing (default: a third of the box; at least an eighth)"))
     ap_min_structure: float = 0.1
     local_weight: float | None = None
     quality_weight: float | None = field(default=None, metadata=flag(
@@ -513,6 +514,13 @@ class LuckyOptions(Checked):
             raise UsageError(f"--ap-size {self.ap_size!r}: at least 8 pixels")
         if self.ap_spacing is not None:
             finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
+            # each point holds a box (its reference, spectrum and the frame's patch): points
+            # closer than an eighth of a box measure the same patch and only cost memory;
+            # --ap-spacing 1 had the kernel kill a worker (210 000 boxes), 0.001 asked 1.35 TiB
+            least = max(MIN_AP_SPACING, self.ap_size / 8)
+            if float(self.ap_spacing) < least:
+                raise UsageError(f"--ap-spacing {float(self.ap_spacing):g}: at least {least:g} px for --ap-size "
+                                 f"{self.ap_size} (an eighth of the box; closer points measure the same patch)")
         if self.local_weight is not None:
             finite(self.local_weight, "local_weight", lo=0)
         if self.quality_weight is not None:
