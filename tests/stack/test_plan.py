@@ -67,6 +67,20 @@ def test_budget_below_one_tile_is_a_clear_error():
         plan_bands(height=2000, width=3000, channels=1, n_frames=100, memory_limit=2 * 2**20)
 
 
+def test_a_refusal_quotes_the_limit_the_user_gave():
+    # the drizzle passed its limit less the weight map: "--memory-limit 1 B is too small"
+    # answered --memory-limit 64M
+    weight = 5568 * 4160 * 4
+    with pytest.raises(UsageError) as e:
+        plan_bands(height=4160, width=5568, channels=1, n_frames=6, memory_limit=64 * 2**20, resident=weight,
+                   subject="a 5568×4160 drizzle of 5 frames")
+    assert str(e.value).startswith("--memory-limit 64.0 MiB is too small for a 5568×4160 drizzle of 5 frames:")
+    need = float(str(e.value).split("needs about ")[1].split(" MiB")[0]) * 2**20
+    plan_bands(height=4160, width=5568, channels=1, n_frames=6, memory_limit=int(need) + 2**20, resident=weight)
+    with pytest.raises(UsageError):
+        plan_bands(height=4160, width=5568, channels=1, n_frames=6, memory_limit=int(need) - 2**20, resident=weight)
+
+
 def test_refined_plans_nest_and_resume_fits_a_smaller_budget():
     g = Geometry.of(ROT2, "cubic")
     p = plan_tiles(height=2000, width=3000, channels=1, n_frames=100, memory_limit=512 * 2**20, workers=2,

@@ -268,14 +268,16 @@ class BandPlan:
 
 
 def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_limit: int,
-               concurrent: int = 1, src_rows_extra: int = 0, band_rows: int | None = None) -> BandPlan:
+               concurrent: int = 1, src_rows_extra: int = 0, band_rows: int | None = None,
+               resident: int = 0, subject: str | None = None) -> BandPlan:
     """Choose the band height so that ``concurrent`` bands in flight fit ``memory_limit``
     (the calibration masters: frames combined pixel for pixel, by rows).
 
     Per band in flight we hold the ``N × h × W × C`` float32 buffer, the kernel's per-band
     outputs (h × W × C float32 + int32) and one frame's source block at a time (``h +
     src_rows_extra`` rows of float32). The output image (H × W × C float32 + int32) is
-    resident as bands are written.
+    resident as bands are written, and so are ``resident`` bytes more of the caller's (a
+    drizzle's weight map).
 
     Raises
     ------
@@ -284,16 +286,18 @@ def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_
     """
     n = max(n_frames, 1)
     row_bytes = width * channels * 4
-    fixed = height * row_bytes * 2  # output image + count, resident as bands are written
+    fixed = height * row_bytes * 2 + resident  # output image + count, resident as bands are written
     per_row = concurrent * row_bytes * (n + 3)  # N warped rows + out + count + a source row
     per_band_fixed = concurrent * row_bytes * (src_rows_extra + 1)
     available = memory_limit - fixed - per_band_fixed
     if band_rows is None:
         if available < per_row * WARP_TILE_ROWS:
             need = fixed + per_band_fixed + per_row * WARP_TILE_ROWS
+            subject = subject or (f"{n} frames of {width}×{height}"
+                                  f"{'×' + str(channels) if channels > 1 else ''}")
             raise UsageError(
-                f"--memory-limit {size_text(memory_limit)} is too small for {n} frames of {width}×{height}"
-                f"{'×' + str(channels) if channels > 1 else ''}: the smallest band ({WARP_TILE_ROWS} rows) needs about "
+                f"--memory-limit {size_text(memory_limit)} is too small for {subject}: "
+                f"the smallest band ({WARP_TILE_ROWS} rows) needs about "
                 f"{size_text(need)} (use at least that, or fewer --workers)")
         band_rows = int(available // per_row)
     band_rows = max(WARP_TILE_ROWS, band_rows - band_rows % WARP_TILE_ROWS)

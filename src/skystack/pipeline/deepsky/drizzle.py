@@ -223,8 +223,10 @@ def run_drizzle(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOpt
         band_rows = int(recorded["band_rows"])
     else:
         band_rows = plan_bands(height=Ho, width=Wo, channels=C, n_frames=units,
-                               memory_limit=max(limit - weight_bytes, 1), concurrent=workers, src_rows_extra=extra,
-                               band_rows=stack.tile_rows).band_rows
+                               memory_limit=limit, resident=weight_bytes, concurrent=workers, src_rows_extra=extra,
+                               band_rows=stack.tile_rows,
+                               subject=f"a {Wo}×{Ho}{'×' + str(C) if C > 1 else ''} drizzle of {len(kept)} frames"
+                               ).band_rows
         journal.save_plan({"engine": "drizzle", "band_rows": band_rows})
     shape = (Ho, Wo, C) if C > 1 else (Ho, Wo)
     img_path, new_i = journal.accumulator("image", shape, "float32", fresh=not resumed)
