@@ -270,8 +270,13 @@ class CalibrationOptions(Checked):
     memory_limit: int | None = None  # bytes for building masters; None: the run's limit
 
     def check(self) -> None:
-        finite(self.hot_sigma, "--hot-sigma", lo=0, lo_open=True)
-        finite(self.cold_sigma, "--cold-sigma", lo=0, lo_open=True)
+        # above 1000 σ nothing is hot; 1e300 overflowed float32 (NumPy warnings): --cosmetic off
+        # is the way to repair nothing
+        for value, what in ((self.hot_sigma, "--hot-sigma"), (self.cold_sigma, "--cold-sigma")):
+            try:
+                finite(value, what, lo=0, hi=1000, lo_open=True)
+            except UsageError as e:
+                raise UsageError(f"{e} (--cosmetic off repairs no pixel)") from None
 
     @property
     def active(self) -> bool:

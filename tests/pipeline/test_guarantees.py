@@ -171,7 +171,7 @@ def _must_not_run(*a, **k):
     ["--scheduler", ""], ["--scheduler", " "], ["--min-registered", "1.5"], ["--min-registered", "-2"],
     ["--memory-limit", "0"], ["--memory-limit=-5M"], ["--keep", "0%"], ["--reference", "-1"],
     ["--max-roundness", "2"], ["--white-balance", "1,0,1"], ["--max-fwhm", "inf"], ["--tile-rows", "0"],
-    ["--hot-sigma", "nan"], ["--report", ""],
+    ["--hot-sigma", "nan"], ["--hot-sigma", "1e300"], ["--cold-sigma", "1e300"], ["--report", ""],
 ], ids=lambda e: " ".join(e) or "empty")
 def test_hostile_options_are_refused_before_a_frame_is_read(extra, work, capsys, monkeypatch):
     s, t = work
