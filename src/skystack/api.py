@@ -189,8 +189,10 @@ def demo(folder: PathLike | None = None, *, n_frames: int = 16, size: tuple[int,
          method: str = "sigma", quiet: bool = False) -> dict[str, Any]:
     """Generate a small synthetic deep-sky set with known transforms, stack it, and
     measure registration error and stack quality against the truth."""
+    from .optionfields import positive_int
     from .pipeline.demo import run_demo
 
+    positive_int(n_frames, "--frames", allow_none=False)  # 0 was a ValueError traceback
     return run_demo(Path(folder) if folder else None, n_frames=n_frames, size=size, method=method, quiet=quiet)
 
 

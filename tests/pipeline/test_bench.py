@@ -226,6 +226,23 @@ def test_cli_exits_10_after_writing_the_figures_when_parity_fails(tmp_path, smal
 
 
 # -- inputs and options ---------------------------------------------------------------------
+@pytest.mark.parametrize("args,words", [
+    (["--frames", "2", "--size", "100000x100000"], "generating one synthetic frame needs about 298.0 GiB"),
+    (["--frames", "2000000", "--size", "3840x2160"], "the synthetic set needs about 30.2 TiB in"),
+])
+def test_a_set_the_machine_cannot_hold_is_refused_before_it_is_written(tmp_path, args, words, capsys, monkeypatch):
+    # --size 100000x100000 was a MemoryError traceback (NumPy asked for 149 GiB)
+    import collections
+
+    import psutil
+    memory = collections.namedtuple("memory", "total available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(32 * 2**30, 16 * 2**30))  # as if 16 GiB free
+    assert main(["bench", *args, "--dir", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_float32_set_is_written_once_and_reused(tmp_path):
     opts = dict(backend="cpu", frames=3, size="128x96", dtype="float32", dir=str(tmp_path), quiet=True, workers=1)
     r = api.bench(**opts)

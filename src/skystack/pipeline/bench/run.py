@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ from astropy.io import fits
 from ...backends._device import simulator_enabled
 from ...backends.base import BandJob
 from ...backends.registry import resolve
-from ...errors import BackendUnavailableError, BadFrameError, RegistrationError
+from ...errors import BackendUnavailableError, BadFrameError, RegistrationError, UsageError
 from ...io import FrameSet, ensure_sliceable, luminance, open_frames
 from ...jobs import BenchJob
 from ...options import BenchOptions, RunOptions, SelectOptions, StackOptions
@@ -30,7 +31,7 @@ from ...runtime.memory import current_rss, default_memory_limit, tune_allocator
 from ...runtime.progress import setup_logging
 from ...stack.blocks import run_blocks
 from ...stack.normalize import robust_stats
-from ...stack.plan import WARP_TILE_ROWS, band_matrix, plan_bands, rotation_extra_rows, source_rows
+from ...stack.plan import WARP_TILE_ROWS, band_matrix, plan_bands, rotation_extra_rows, size_text, source_rows
 from ...testing.synthetic import make_deepsky
 from ...types import Fate
 from ..deepsky.phase1 import Phase1, register_all, workers_of
@@ -152,6 +153,32 @@ def _work_folder(data_dir: str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+# what generating one synthetic frame holds at its peak, per pixel (measured: 3000×3000 frames
+# take 200 MB more than 1000×1000 ones, ~25 B; with a margin)
+_GENERATOR_BYTES_PER_PX = 32
+
+
+def _check_room(folder: Path, opts: BenchOptions) -> None:
+    """Refuse a synthetic set this machine cannot generate or hold (``--size 100000x100000``
+    asked NumPy for 149 GiB: a MemoryError traceback), before anything is written."""
+    import psutil
+
+    w, h = opts.width_height
+    need_ram = w * h * _GENERATOR_BYTES_PER_PX
+    need_disk = opts.frames * w * h * (2 if opts.dtype == "uint16" else 4)
+    try:
+        avail = psutil.virtual_memory().available
+    except Exception:  # an unsupported platform: no check
+        avail = None
+    if avail is not None and need_ram > avail:
+        raise UsageError(f"--size {opts.size}: generating one synthetic frame needs about {size_text(need_ram)}, "
+                         f"{size_text(avail)} of memory is available")
+    free = shutil.disk_usage(folder).free
+    if need_disk > free:
+        raise UsageError(f"--frames {opts.frames} --size {opts.size}: the synthetic set needs about "
+                         f"{size_text(need_disk)} in {folder}, {size_text(free)} is free")
+
+
 def synthetic_set(folder: Path, opts: BenchOptions, quiet: bool) -> list[str]:
     """Write (or reuse, when ``folder`` holds the same set) ``opts.frames`` synthetic
     deep-sky frames of ``opts.size`` as FITS in ``opts.dtype``; returns their paths.
@@ -169,6 +196,7 @@ def synthetic_set(folder: Path, opts: BenchOptions, quiet: bool) -> list[str]:
                 return [str(folder / n) for n in names]
         except ValueError:
             pass  # a damaged manifest: write the set again
+    _check_room(folder, opts)
     # lists in the manifest (JSON has no tuples), tuples for the generator
     synth = make_deepsky(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     dtype = np.uint16 if opts.dtype == "uint16" else np.float32
