@@ -35,3 +35,8 @@ def test_bad_option_values_exit_2(tmp_path, capsys):
     assert "--keep 'lots'" in capsys.readouterr().err
     rc = main(["stack", str(tmp_path), "-o", str(tmp_path / "o.fits"), "--memory-limit", "plenty", "-q"])
     assert rc == 2 and "cannot read 'plenty' as a size" in capsys.readouterr().err
+    for n in ("0", "-3"):  # 0 was a ValueError traceback from the generator
+        assert main(["demo", "--frames", n, "--dir", str(tmp_path / "d"), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"skystack: --frames {n}: expected a whole number of at least 1\n"
+    assert not (tmp_path / "d").exists()
