@@ -73,6 +73,29 @@ def test_calibrate_command_writes_calibrated_frames(data, tmp_path, capsys):
     assert fits.getdata(files[0]).shape == SHAPE and h["BAYERPAT"] == "GRBG"
 
 
+def test_calibrate_refuses_a_folder_that_holds_its_inputs(data, tmp_path, capsys):
+    # `calibrate lights -o lights` wrote *_cal.fits among the lights: a second run calibrated
+    # four frames, two of them twice, and a stack of the folder would mix both
+    root, s = data
+    for what in ("lights", "darks"):
+        folder = tmp_path / what
+        folder.mkdir()
+        for p in (root / what).iterdir():
+            (folder / p.name).write_bytes(p.read_bytes())
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for out in (tmp_path / "lights", tmp_path / "darks", tmp_path / "lights" / "." ):
+        rc = main(["calibrate", str(tmp_path / "lights"), "-o", str(out), "--darks", str(tmp_path / "darks"), "-q"])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds input frames" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    # given file by file, the frames' folder is still theirs
+    lights = [str(p) for p in sorted((tmp_path / "lights").glob("*.fits"))]
+    assert main(["calibrate", *lights, "-o", str(tmp_path / "lights"), "--darks", str(tmp_path / "darks"), "-q"]) == 2
+    assert main(["calibrate", *lights, "-o", str(tmp_path / "cal"), "--darks", str(tmp_path / "darks"), "-q"]) == 0
+    assert len(list((tmp_path / "cal").glob("*_cal.fits"))) == len(lights)
+
+
 def test_colour_command(data, tmp_path, capsys):
     root, s = data
     rgb = (s.ideal_rgb(background=True) * [0.7, 1.0, 0.9]).astype(np.float32)

@@ -99,6 +99,13 @@ def _out_name(frames, i: int) -> str:
     return f"{stem}_cal.fits" if e.n_frames == 1 else f"{stem}_{k:05d}_cal.fits"
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike, job: CalibrateJob
                      ) -> tuple[list[Path], dict[str, Any]]:
     """Calibrate every light and write it as float32 FITS into ``out_folder``.
@@ -127,6 +134,12 @@ def calibrate_frames(lights: PathLike | Sequence[PathLike], out_folder: PathLike
     cache = Path(job.run.cache_dir) if job.run.cache_dir else folder / ".skystack-cache"
     inputs = input_files(list(_paths(lights))) + input_files(
         [*calibration.bias, *calibration.darks, *calibration.flats, *calibration.dark_flats])
+    # calibrated frames among the lights (or darks, flats) would be read as more of them by
+    # the next run over that folder: `calibrate lights -o lights` made a second run calibrate
+    # ten frames, five of them twice, and a stack of the folder would mix both
+    if any(_same_folder(Path(f).parent, folder) for f in inputs):
+        raise UsageError(f"-o {out_folder}: holds input frames; the calibrated frames would be read as "
+                         "inputs by the next run over it: choose another folder (e.g. a 'calibrated' subfolder)")
     # the folder itself first (a file in its place, no permission), then, once the frames'
     # headers tell their output names, every file written into it
     guard_outputs([("report", folder / "calibration.json")], inputs, folders=[("cache", cache)])
