@@ -102,6 +102,48 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]
 
 
+def test_a_write_sweeps_the_temporary_files_its_killed_predecessors_left(tmp_path):
+    # a write killed with SIGKILL cannot delete its temporary file: each is as big as the
+    # output, and re-running the command left them piling up beside it
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = w._owner_tag()
+    host = tag.split("-")[0]
+    out = tmp_path / "m [1].fits"  # glob characters in the name are taken literally
+    stale = tmp_path / f".{out.name}.{host}-{dead.pid}.0badcafe.part.fits"
+    alive = tmp_path / f".{out.name}.{host}-{os.getppid()}.0badcafe.part.fits"  # a live writer's
+    elsewhere = tmp_path / f".{out.name}.abcdef-{dead.pid}.0badcafe.part.fits"  # another machine's
+    other_output = tmp_path / f".other.fits.{host}-{dead.pid}.0badcafe.part.fits"
+    older = tmp_path / f".{out.name}.0badcafe.part.fits"  # the name without an owner
+    for p in (stale, alive, elsewhere, other_output, older):
+        p.write_bytes(b"half a file")
+    w.write_fits(out, np.zeros((4, 4), np.float32))
+    assert not stale.exists()
+    assert all(p.exists() for p in (alive, elsewhere, other_output, older))
+    assert fits.getdata(out).shape == (4, 4)
+
+
+def test_a_write_killed_mid_file_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "stack.fits"
+    killed = ("import os, signal, sys\n"
+              "from skystack.output.write import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n"
+              "    open(tmp, 'wb').write(b'half a stack')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", killed, str(out)])
+    assert r.returncode == -9
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".stack.fits.") and left[0].endswith(".part.fits")
+    w.write_fits(out, np.ones((3, 3), np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.fits"]
+
+
 def test_a_refused_write_says_why_in_words(tmp_path):
     """Each way a disk refuses a file, as the one-line error gives it: the kernel's errors
     for a full disk, a quota and a file too large (FAT32, or a file size limit), and

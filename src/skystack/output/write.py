@@ -77,11 +77,51 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _owner_tag() -> str:
+    """``host-pid`` of this process, as it goes into a temporary name (the host as a short
+    hash: a folder on a network share may be written from several machines)."""
+    import socket
+    import zlib
+
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}-{os.getpid()}"
+
+
+def _sweep_dead_temps(folder: Path, final: Path, tag: str) -> None:
+    """Remove the temporary files of earlier writes of ``final`` whose process is gone: a
+    write killed with SIGKILL (or a power cut) cannot delete its own, and each is as big as
+    the output. Only files this host's processes made are judged, by their pid; a live one,
+    or one whose pid was reused, keeps its file."""
+    host = tag.split("-", 1)[0]
+    head, tail = f".{final.name}.{host}-", f".part{final.suffix}"
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        if not (e.name.startswith(head) and e.name.endswith(tail)):
+            continue
+        pid = e.name[len(head):-len(tail)].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's): not ours to judge
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(e.path)
+
+
 def _create_temp(folder: Path, final: Path) -> Path:
     # A hidden name (never taken for a frame by input discovery) that no one else holds:
-    # O_EXCL fails rather than share a file with another writer.
+    # O_EXCL fails rather than share a file with another writer. The name carries its
+    # writer's host and pid, so a later write of the same output can tell a dead one's.
+    tag = _owner_tag()
+    _sweep_dead_temps(folder, final, tag)
     for _ in range(100):
-        tmp = folder / f".{final.name}.{secrets.token_hex(4)}.part{final.suffix}"
+        tmp = folder / f".{final.name}.{tag}.{secrets.token_hex(4)}.part{final.suffix}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         except FileExistsError:
