@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import example
 from hypothesis import given as for_all
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -149,6 +150,8 @@ _point = st.one_of(st.none(), st.floats(-1e6, 1e6))
 
 
 @settings(max_examples=60, deadline=None)
+@example(gains=[0.0], thresholds=[0.0], stretch_kind="asinh", black=None, white=None, midtone=0.5, beta=0.001)
+@example(gains=[1.0], thresholds=[], stretch_kind="midtone", black=None, white=None, midtone=1e-300, beta=10.0)
 @for_all(gains=st.lists(_gain, min_size=1, max_size=6), thresholds=st.lists(st.floats(0, 1e30), max_size=6),
          stretch_kind=st.sampled_from(["none", "linear", "midtone", "asinh", "auto"]), black=_point,
          white=_point, midtone=st.floats(0, 1, exclude_min=True, exclude_max=True),

@@ -51,7 +51,8 @@ def levels(image: np.ndarray, black: float, white: float, midtone: float = 0.5) 
 def asinh_stretch(image: np.ndarray, black: float, white: float, beta: float = 10.0) -> np.ndarray:
     """asinh stretch (Lupton et al. 2004): keeps star colours, lifts faint signal."""
     x = np.clip((image.astype(np.float32) - black) / max(white - black, 1e-12), 0.0, 1.0)
-    return (np.arcsinh(beta * x) / np.arcsinh(beta)).astype(np.float32)
+    out = (np.arcsinh(beta * x) / np.arcsinh(beta)).astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)  # float32 rounding gave 1.0000001 at x = 1 (β = 0.001)
 
 
 def autostretch_params(image: np.ndarray, *, shadows_sigma: float = -2.8,
