@@ -86,13 +86,31 @@ def _owner_tag() -> str:
     return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}-{os.getpid()}"
 
 
+# what the temporary name adds to the output's: ".", ".hhhhhh-<pid>", ".<8 hex>", ".part"
+# and the suffix again; file systems allow 255 bytes a name
+_TEMP_EXTRA = 48
+
+
+def _temp_stem(final: Path) -> str:
+    """The output's name as its temporary name starts, shortened (with a hash, so outputs
+    stay apart) when the whole would pass 255 bytes: a 240-character output name, legal
+    itself, failed with "File name too long"."""
+    name = final.name
+    if len(name.encode()) + _TEMP_EXTRA <= 255:
+        return name
+    import zlib
+
+    short = name.encode()[:255 - _TEMP_EXTRA - 9].decode("utf-8", "ignore")
+    return f"{short}~{zlib.crc32(name.encode()):08x}"
+
+
 def _sweep_dead_temps(folder: Path, final: Path, tag: str) -> None:
     """Remove the temporary files of earlier writes of ``final`` whose process is gone: a
     write killed with SIGKILL (or a power cut) cannot delete its own, and each is as big as
     the output. Only files this host's processes made are judged, by their pid; a live one,
     or one whose pid was reused, keeps its file."""
     host = tag.split("-", 1)[0]
-    head, tail = f".{final.name}.{host}-", f".part{final.suffix}"
+    head, tail = f".{_temp_stem(final)}.{host}-", f".part{final.suffix}"
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -121,7 +139,7 @@ def _create_temp(folder: Path, final: Path) -> Path:
     tag = _owner_tag()
     _sweep_dead_temps(folder, final, tag)
     for _ in range(100):
-        tmp = folder / f".{final.name}.{tag}.{secrets.token_hex(4)}.part{final.suffix}"
+        tmp = folder / f".{_temp_stem(final)}.{tag}.{secrets.token_hex(4)}.part{final.suffix}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         except FileExistsError:
