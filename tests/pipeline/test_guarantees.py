@@ -190,6 +190,19 @@ def test_hostile_options_are_refused_before_a_frame_is_read(extra, work, capsys,
     assert _tree(t) == before  # no journal, no output
 
 
+def test_an_output_name_too_long_for_its_side_files_is_exit_6_with_one_line(work, capsys):
+    # legal itself (240 bytes), but the journal folder's name passes 255: a traceback (OSError
+    # from the guard) before; the image's own temporary name is shortened (test_write)
+    s, t = work
+    before = _tree(t)
+    out = t / ("s" * 235 + ".fits")
+    assert main(["stack", str(t / "lights"), "-o", str(out), "-q"]) == 6
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "(journal): cannot be made (File name too long: 257 bytes" in err and "shorter output name" in err
+    assert _tree(t) == before
+
+
 def test_unwritable_destinations_are_exit_6_with_one_line(work, capsys):
     s, t = work
     (t / "afile").write_text("x")

@@ -18,6 +18,7 @@ masters are frames, not products, and carry no mark.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -89,7 +90,7 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
         except OSError as e:  # a parent that is a file: ENOTDIR; no permission to look: EACCES
             st = None
             if not isinstance(e, NotADirectoryError):
-                raise OutputError(f"{path} ({role}): cannot be written ({e.strerror})") from None
+                raise OutputError(f"{path} ({role}): cannot be written ({_why(e)})") from None
         if st is not None:
             same = ids.get((st.st_dev, st.st_ino))
             if same is not None:
@@ -101,6 +102,12 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
         _check_writable(path.parent, path, role)
 
     for role, folder in folders:
+        try:
+            os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as e:  # its name too long (the output's plus ".skystack-journal"), EACCES
+            raise OutputError(f"{folder} ({role}): cannot be made ({_why(e)})") from None
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder} ({role}): exists and is not a folder; move it away or choose "
                               "another output name")
@@ -111,6 +118,13 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
                               "this folder, so it refuses to run")
         # not checked for write permission: such a folder is made only when needed (a cache
         # for FITS frames never is), beside files whose folders are checked above
+
+
+def _why(e: OSError) -> str:
+    if e.errno == errno.ENAMETOOLONG:
+        return f"{e.strerror}: {len(os.path.basename(e.filename or '').encode())} bytes, " \
+               "where file systems allow 255; choose a shorter output name"
+    return e.strerror or str(e)
 
 
 def _within(path: str, folder: str) -> bool:
