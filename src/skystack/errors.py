@@ -90,6 +90,10 @@ class ParityError(SkystackError):
 # (each failure is logged with its reason and listed in FOLDER/lucky-summary.json).
 BATCH_PARTIAL = 11
 
+# stdout's reader went away (`skystack ... | head`): 128 + SIGPIPE, as a shell reports a
+# process its pipe ended
+STDOUT_CLOSED = 141
+
 # Exit codes, documented in `skystack --help` and the README.
 EXIT_CODES = {
     0: "success",
@@ -106,4 +110,5 @@ EXIT_CODES = {
     BATCH_PARTIAL: "lucky batch (-o FOLDER/): some videos could not be stacked, the others were "
                    "(see FOLDER/lucky-summary.json); when every video fails, the first one's code",
     130: "interrupted (Ctrl-C); `skystack stack` continues with --resume, the others start over",
+    STDOUT_CLOSED: "stdout was closed by its reader (`| head`); the outputs are written",
 }

@@ -342,3 +342,97 @@ def test_lucky_sharpened_copy_aimed_at_an_input_is_refused(tmp_path, capsys):
     before = _tree(tmp_path)
     rc = main(["lucky", str(folder), "-o", str(folder / "m.tif"), "--wavelets", "1.5,1.2", "--keep", "50%", "-q"])
     assert rc == 6 and _tree(tmp_path) == before
+
+
+# -- outputs that are not files --------------------------------------------------------------
+def _device(path: Path, major: int, minor: int) -> None:
+    try:
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(major, minor))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+
+
+def test_a_report_into_dev_null_leaves_the_device_a_device(work, capsys):
+    # renaming the temporary report onto it replaced the node: as root, /dev/null became a
+    # regular file. A node of /dev/null's kind, made here, stands in for the real one.
+    s, t = work
+    null = t / "null"
+    _device(null, 1, 3)
+    assert main(["register", str(t / "lights"), "--report", str(null), "-q"]) == 0
+    assert stat.S_ISCHR(null.stat().st_mode) and null.stat().st_rdev == os.makedev(1, 3)
+    assert [p.name for p in t.iterdir() if p.name.startswith(".")] == []
+
+
+def test_another_device_is_refused_and_left_alone(work, capsys):
+    s, t = work
+    mem = t / "mem"
+    _device(mem, 1, 1)  # /dev/mem's kind: never opened, never replaced
+    before = _tree(t / "lights")
+    assert main(["register", str(t / "lights"), "--report", str(mem), "-q"]) == 6
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a character device, not a file; refusing to write into it" in err
+    assert stat.S_ISCHR(mem.stat().st_mode) and _tree(t / "lights") == before
+
+
+def test_a_report_into_a_pipe_reaches_its_reader(work):
+    import threading
+
+    s, t = work
+    fifo = t / "report.fifo"
+    os.mkfifo(fifo)
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("text", fifo.read_text()))
+    reader.start()
+    assert main(["register", str(t / "lights"), "--report", str(fifo), "-q"]) == 0
+    reader.join(30)
+    assert len(json.loads(got["text"])["frames"]) == 6 and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def _stdout_link(t: Path) -> Path:
+    # what /dev/stdout is, made here: a failure must not replace the machine's own
+    link = t / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    return link
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="needs Linux's /proc/self/fd")
+def test_stdout_closed_by_its_reader_ends_the_run_quietly(work):
+    # `skystack register lights --report /dev/stdout | head -c 50`: the report went out, then
+    # the closing summary met a closed pipe: a BrokenPipeError traceback
+    import subprocess
+    import sys
+
+    s, t = work
+    out = _stdout_link(t)
+    p = subprocess.Popen([sys.executable, "-m", "skystack.cli", "register", str(t / "lights"), "--report",
+                          str(out), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.read(50).startswith(b"{")
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 141 and err == "", err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="needs Linux's /proc/self/fd")
+def test_a_report_to_stdout_redirected_to_a_file_goes_into_that_file(work):
+    # `--report /dev/stdout > r.json`: the rename replaced the /dev/stdout link with a file
+    import subprocess
+    import sys
+
+    s, t = work
+    out = _stdout_link(t)
+    with open(t / "r.json", "wb") as f:
+        r = subprocess.run([sys.executable, "-m", "skystack.cli", "register", str(t / "lights"), "--report", str(out),
+                            "-q"], stdout=f, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.is_symlink() and os.readlink(out) == "/proc/self/fd/1"
+    assert len(json.loads((t / "r.json").read_text())["frames"]) == 6
+
+
+def test_an_output_that_is_a_link_is_written_through_it(work):
+    s, t = work
+    (t / "night3").mkdir()
+    (t / "night3" / "m13.json").write_text("old")
+    (t / "latest.json").symlink_to(t / "night3" / "m13.json")
+    assert main(["register", str(t / "lights"), "--report", str(t / "latest.json"), "-q"]) == 0
+    assert (t / "latest.json").is_symlink()
+    assert len(json.loads((t / "night3" / "m13.json").read_text())["frames"]) == 6

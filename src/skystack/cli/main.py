@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from ..errors import SkystackError
+from ..errors import STDOUT_CLOSED, SkystackError
 from ..runtime.progress import setup_logging
 from . import bench, calibrate, deepsky, lucky
 from .args import EPILOG, FORMATTER
@@ -53,6 +53,18 @@ def _ignore_interrupts_from_now_on() -> None:
         pass
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error there)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         # The process is this command: a full collection every 100 young ones, not 10. The
@@ -77,6 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             raise
         return e.exit_code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # one of the run's own pipes: a bug, with its traceback
+        # stdout's reader went away (`skystack register ... --report /dev/stdout | head`):
+        # nothing is left to say to it. Python's recipe: point stdout at /dev/null, so the
+        # interpreter's final flush does not fail again
+        if argv is None:
+            _ignore_interrupts_from_now_on()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return STDOUT_CLOSED
     except KeyboardInterrupt:
         # only `skystack stack` keeps a journal to resume from; the others start over
         log.error("interrupted; rerun the same command with --resume to continue" if getattr(args, "resumable", False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -99,6 +100,10 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
                                   "input, nothing was written")
             if os.path.isdir(path):
                 raise OutputError(f"{path} ({role}): is a folder; give a file name")
+            if not stat.S_ISREG(st.st_mode) and stream_target(path) is None:
+                # a disk, /dev/mem, a socket: never written, and never replaced by a file
+                raise OutputError(f"{path} ({role}): is {_kind(st.st_mode)}, not a file; refusing to write "
+                                  "into it (a file, /dev/null, a pipe or a terminal can be)")
         _check_writable(path.parent, path, role)
 
     for role, folder in folders:
@@ -118,6 +123,36 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
                               "this folder, so it refuses to run")
         # not checked for write permission: such a folder is made only when needed (a cache
         # for FITS frames never is), beside files whose folders are checked above
+
+
+def stream_target(path: Path) -> str | None:
+    """What ``path`` is when it is a stream rather than a file: ``"/dev/null"``, ``"a pipe"``
+    or ``"a terminal"`` (``--report /dev/stdout``), else None. Such a path is written into:
+    renaming a temporary file onto it replaced the device node itself (as root, /dev/null
+    became a regular file) or the /dev/stdout link."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISFIFO(st.st_mode):
+        return "a pipe"
+    if not stat.S_ISCHR(st.st_mode):
+        return None
+    if st.st_rdev == os.makedev(1, 3):
+        return "/dev/null"
+    try:  # a terminal answers isatty; opening a device for writing writes nothing
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return "a terminal" if os.isatty(fd) else None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    return ("a block device" if stat.S_ISBLK(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a special file")
 
 
 def _why(e: OSError) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..enhance.stretch import autostretch, autostretch_params, levels, to_uint8
 from ..errors import OutputError
-from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, marked_png_pieces
+from .guard import PRODUCT_CARD, PRODUCT_COMMENT, SOFTWARE, guard_outputs, marked_png_pieces, stream_target
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")  # what write_image writes as FITS
 
@@ -57,6 +57,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file is created with mode 0666 less the umask, so the output gets the
     permissions the user's umask asks for (0644 under umask 022)."""
     final = Path(path)
+    if stream_target(final) is not None:
+        yield from _through_stream(final)
+        return
+    if final.is_symlink():
+        # through the link: renaming onto the link replaced the link itself (a `latest.fits`
+        # link became a file; as root, /dev/stdout -> /proc/self/fd/1 became a regular file
+        # when stdout was one), and its target kept the old contents
+        final = Path(os.path.realpath(final))
     folder = final.parent if str(final.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,6 +83,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _through_stream(final: Path) -> Iterator[Path]:
+    # written whole to a private temporary file first (some writers seek), then copied into
+    # the stream in one pass
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="skystack-") as tmp:
+        part = Path(tmp) / f"out{final.suffix}"
+        yield part
+        try:
+            with open(part, "rb") as src, open(final, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as e:
+            raise OutputError(f"{final}: could not write ({why_not_written(e)})") from e
 
 
 def _owner_tag() -> str:
