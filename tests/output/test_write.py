@@ -116,13 +116,14 @@ def test_a_write_sweeps_the_temporary_files_its_killed_predecessors_left(tmp_pat
     stale = tmp_path / f".{out.name}.{host}-{dead.pid}.0badcafe.part.fits"
     alive = tmp_path / f".{out.name}.{host}-{os.getppid()}.0badcafe.part.fits"  # a live writer's
     elsewhere = tmp_path / f".{out.name}.abcdef-{dead.pid}.0badcafe.part.fits"  # another machine's
-    other_output = tmp_path / f".other.fits.{host}-{dead.pid}.0badcafe.part.fits"
+    other_output = tmp_path / f".other.fits.{host}-{dead.pid}.0badcafe.part.png"  # a dead one's too
     older = tmp_path / f".{out.name}.0badcafe.part.fits"  # the name without an owner
-    for p in (stale, alive, elsewhere, other_output, older):
+    a_frame = tmp_path / f".{out.name}.{host}-{dead.pid}.notahexx.part.fits"  # not a name we make
+    for p in (stale, alive, elsewhere, other_output, older, a_frame):
         p.write_bytes(b"half a file")
     w.write_fits(out, np.zeros((4, 4), np.float32))
-    assert not stale.exists()
-    assert all(p.exists() for p in (alive, elsewhere, other_output, older))
+    assert not stale.exists() and not other_output.exists()
+    assert all(p.exists() for p in (alive, elsewhere, older, a_frame))
     assert fits.getdata(out).shape == (4, 4)
 
 

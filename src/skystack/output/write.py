@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -128,25 +129,31 @@ def _temp_stem(final: Path) -> str:
     return f"{short}~{zlib.crc32(name.encode()):08x}"
 
 
-def _sweep_dead_temps(folder: Path, final: Path, tag: str) -> None:
-    """Remove the temporary files of earlier writes of ``final`` whose process is gone: a
-    write killed with SIGKILL (or a power cut) cannot delete its own, and each is as big as
-    the output. Only files this host's processes made are judged, by their pid; a live one,
-    or one whose pid was reused, keeps its file."""
+_TEMP_NAME = re.compile(r"^\..+\.([0-9a-f]{6})-(\d+)\.[0-9a-f]{8}\.part(\.[^.]*)?$")
+_swept: set[str] = set()  # folders already swept by this process
+
+
+def _sweep_dead_temps(folder: Path, tag: str) -> None:
+    """Remove the temporary files that writes killed with SIGKILL (or a power cut) left in
+    ``folder``: they cannot delete their own, and each is as big as its output. Only names
+    this host's processes made are judged, by their pid; a live one's, or one whose pid was
+    reused, stays. Once per folder and process: a folder of 10 000 calibrated frames is read
+    once, not once per frame."""
+    key = os.path.realpath(folder)
+    if key in _swept:
+        return
+    _swept.add(key)
     host = tag.split("-", 1)[0]
-    head, tail = f".{_temp_stem(final)}.{host}-", f".part{final.suffix}"
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for e in entries:
-        if not (e.name.startswith(head) and e.name.endswith(tail)):
-            continue
-        pid = e.name[len(head):-len(tail)].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        m = _TEMP_NAME.match(e.name)
+        if m is None or m.group(1) != host or int(m.group(2)) == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(m.group(2)), 0)
             continue  # alive (or another user's): not ours to judge
         except ProcessLookupError:
             pass
@@ -161,7 +168,7 @@ def _create_temp(folder: Path, final: Path) -> Path:
     # O_EXCL fails rather than share a file with another writer. The name carries its
     # writer's host and pid, so a later write of the same output can tell a dead one's.
     tag = _owner_tag()
-    _sweep_dead_temps(folder, final, tag)
+    _sweep_dead_temps(folder, tag)
     for _ in range(100):
         tmp = folder / f".{_temp_stem(final)}.{tag}.{secrets.token_hex(4)}.part{final.suffix}"
         try:
