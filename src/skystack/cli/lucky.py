@@ -109,7 +109,8 @@ def _summary(r) -> None:
     # multi-point blends more frames than --keep (each alignment point takes its own best
     # ones): say both, so that "20 of 101 frames" is not read as a broken --keep 10%
     blended = f", blended per point from {r.n_used}" if r.alignment_points and r.n_used != kept else ""
-    where = f"{r.alignment_points} alignment points" if r.alignment_points else "global alignment"
+    where = (f"{r.alignment_points} alignment point{'s' if r.alignment_points != 1 else ''}"
+             if r.alignment_points else "global alignment")
     print(f"kept {kept} of {r.n_frames} frames (--keep {keep}){blended}; {r.mode} mode, {where}; "
           f"{r.timings['total_s']:.1f} s ({r.n_frames / max(r.timings['total_s'], 1e-9):.0f} frames/s), "
           f"peak memory {r.peak_rss_mb:.0f} MiB")

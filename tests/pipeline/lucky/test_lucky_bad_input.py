@@ -141,6 +141,33 @@ def test_a_video_of_one_or_two_frames_stacks_its_frame(tmp_path, small_video, n,
             assert np.abs(r.image - moved)[inner].max() < 1e-3
 
 
+def test_an_odd_sized_first_file_does_not_set_the_clips_geometry(tmp_path, small_video):
+    # the first readable frame set the clip's size: a folder of FITS whose first file was
+    # another size rejected every frame after it
+    from astropy.io import fits
+
+    fits.PrimaryHDU(small_video.frame(0)[:48, :4]).writeto(tmp_path / "f00.fits")
+    for i in range(1, 6):
+        fits.PrimaryHDU(small_video.frame(i)).writeto(tmp_path / f"f{i:02d}.fits")
+    r = skystack.lucky([str(tmp_path)], None, keep="3", multipoint=False)
+    assert r.image.shape == (96, 128) and r.n_used == 3
+    first = r.frames[0]
+    assert first.fate is Fate.UNREADABLE and "frame 0 is 4x48, the clip's frames are 128x96" in first.reason
+
+
+@pytest.mark.parametrize("shape", [(48, 4), (12, 200)])
+def test_frames_too_small_for_alignment_points_are_aligned_globally(tmp_path, shape):
+    # the alignment-point lattice raised a ValueError (a traceback from the command)
+    rng = np.random.default_rng(0)
+    base = rng.integers(20, 200, shape).astype(np.uint8)
+    p = tmp_path / "tiny.ser"
+    write_ser(p, (np.roll(base, i % 2, 1) for i in range(10)))
+    r = skystack.lucky([str(p)], None, keep="3")
+    assert r.n_used == 3 and r.alignment_points == 0 and r.image.shape == shape
+    h, w = shape
+    assert f"frames of {w}x{h} are too small for alignment points" in " ".join(r.messages)
+
+
 def test_no_input_and_unreadable_only(tmp_path):
     with pytest.raises(NoFramesError):
         skystack.lucky(ArrayFrames([bad_frame("x.ser", "truncated")] * 3, name="x.ser"), None, **OPTS)

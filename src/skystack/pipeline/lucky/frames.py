@@ -204,12 +204,25 @@ def finite_frame(img: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(ok, img, np.median(img[ok])).astype(img.dtype, copy=False), n
 
 
+def _common_geometry(frames: Any) -> tuple[int, int] | None:
+    """The (H, W) most of the frames have, from the files' headers, for frames gathered
+    from several files; None for one video. (The first frame's geometry was the clip's: a
+    folder of FITS whose first file was cut to 4×48 rejected every 64×48 frame after it.)"""
+    if len(getattr(frames, "entries", ()) or ()) < 2:
+        return None
+    try:
+        return tuple(int(v) for v in frames.shape[:2])
+    except Exception:  # no readable header at all: the frames themselves will say why
+        return None
+
+
 def first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
     """The first readable, non-blank frame: the clip's geometry, the mode decision and the
     first key frame come from it. (Blank and unreadable frames before it are found again
     and reported by the ranking pass.)"""
     first_err = None
     fallback = None
+    common = _common_geometry(frames)
     for i in range(len(frames)):
         try:
             img, bad = finite_frame(np.asarray(frames.luminance(i), dtype=np.float32))
@@ -218,6 +231,8 @@ def first_frame(frames: Any) -> tuple[int, tuple[int, int], np.ndarray]:
             continue
         if bad == img.size:
             continue  # no finite pixel: the ranking pass reports it
+        if common is not None and tuple(img.shape[:2]) != common:
+            continue  # an odd-sized frame is not the clip's geometry: the ranking pass reports it
         if fallback is None:
             fallback = (i, (int(img.shape[0]), int(img.shape[1])), img)
         if float(img.max()) - float(img.min()) >= BLANK_SPAN:

@@ -422,7 +422,8 @@ def select(run: LuckyRun, mode: str) -> Ranking:
         raise RegistrationError(f"{source}: every frame drifted out of the field")
     n_keep, requested = keep.count(int(order.size)), keep.requested
     if requested is not None and requested > order.size:
-        run.say(f"{source}: only {order.size} usable frames, fewer than --keep {opts.keep}; "
+        run.say(f"{source}: only {order.size} usable frame{'s' if order.size != 1 else ''}, fewer than "
+                f"--keep {opts.keep}; "
                 f"stacking all {order.size}")
     rank = np.zeros(table.n, dtype=np.int64)
     rank[order] = np.arange(1, order.size + 1)

@@ -79,6 +79,8 @@ from .stack import decide_colour, rgb_dispersion, stack_global, stack_points
 
 log = logging.getLogger("skystack")
 
+MIN_POINTS_SIDE = 16  # px: a frame's shorter side below this gets no alignment points
+
 
 def run_lucky(inputs: Any, job: LuckyJob, *, fits_writer: FitsSidecar | None = None) -> LuckyResult:
     """Lucky-imaging stack of a video (or frame sequence).
@@ -169,7 +171,13 @@ def _conduct(run: LuckyRun, job: LuckyJob, src: Source, device=None) -> LuckyRes
     t0, c0 = run.lap("reference_s", c0)
 
     # pass 2: align and stack (multi-point: select per point first)
-    if opts.multipoint:
+    multipoint = opts.multipoint
+    if multipoint and min(run.shape) < MIN_POINTS_SIDE:
+        # the smallest box (8 px) and its margins do not fit: place_alignment_points raised
+        multipoint = False
+        run.say(f"frames of {run.shape[1]}x{run.shape[0]} are too small for alignment points (a side of "
+                f"{MIN_POINTS_SIDE} px or more); aligned globally only")
+    if multipoint:
         grid = place_points(run, ranking, ref)
         choice = choose_points(run, ranking, sharp, grid)
         timings["select_s"] = time.perf_counter() - t0
