@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from skystack.errors import UsageError
-from skystack.runtime.memory import current_rss, default_memory_limit, parse_size, peak_rss_mb
+from skystack.runtime import memory
+from skystack.runtime.memory import current_rss, default_memory_limit, memory_budget, parse_size, peak_rss_mb
 
 
 def test_parse_size():
@@ -19,6 +20,23 @@ def test_parse_size():
     for bad in ("lots", "-5M", "5X", ""):
         with pytest.raises(UsageError, match="cannot read"):
             parse_size(bad)
+
+
+def test_a_limit_above_the_machines_memory_is_bounded_and_said_once(monkeypatch, caplog):
+    # --memory-limit 1T planned bands and tiles a 24 GiB machine could only swap or be killed for
+    import collections
+
+    import psutil
+    machine = collections.namedtuple("machine", "total available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: machine(8 * 2**30, 6 * 2**30))
+    monkeypatch.setattr(memory, "_said_too_big", set())
+    room = 8 * 2**30 - current_rss()
+    with caplog.at_level("WARNING", logger="skystack"):
+        assert memory_budget(2**40) == room and memory_budget(2**40) == room
+    assert caplog.text.count("--memory-limit 1.0 TiB is more than this machine's memory") == 1
+    assert memory_budget(2**30) == 2**30  # within: the user's word
+    assert memory_budget(None) == default_memory_limit() == 3 * 2**30  # half of what is available
+    assert memory_budget(2**40, this_machine=False) == 2**40  # a cluster's workers: not ours to judge
 
 
 def test_default_limit_and_rss_are_sane():

@@ -46,7 +46,7 @@ from ..io.cache import ensure_sliceable
 from ..io.fits import FitsSource
 from ..options import MASTER_KINDS, ReadOptions
 from ..output.write import write_fits
-from ..runtime.memory import default_memory_limit
+from ..runtime.memory import memory_budget
 from ..stack.blocks import run_blocks
 from ..stack.plan import plan_bands
 from ..types import shape_text
@@ -314,7 +314,7 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
     pattern : str, optional
         CFA pattern to normalise a flat by when its frames carry none (the lights').
     memory_limit : int, optional
-        Bytes for the band buffers (default :func:`skystack.stack.plan.default_memory_limit`).
+        Bytes for the band buffers (default :func:`skystack.runtime.memory.default_memory_limit`; bounded by the machine's memory).
     workers : int, optional
         Bands combined in parallel (threads; default: all cores).
     key : str
@@ -349,7 +349,7 @@ def build_master(kind: str, frames, out: str | os.PathLike[str], *, method: str 
                                f"are {shape_text((h, w))}; cannot subtract it from them")
     n = len(sel.use)
     workers = max(1, int(workers or os.cpu_count() or 1))
-    limit = int(memory_limit or default_memory_limit())
+    limit = int(memory_budget(memory_limit))
     plan = plan_bands(height=h, width=w, channels=1, n_frames=n, memory_limit=limit, concurrent=workers)
     off_src = offset.open() if offset is not None else None
 

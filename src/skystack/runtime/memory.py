@@ -26,6 +26,47 @@ def parse_size(text: str | int | None, option: str = "--memory-limit") -> int | 
     return int(value * 1024 ** " kmgt".index(unit or " "))
 
 
+def size_text(nbytes: float) -> str:
+    """``1536`` → ``"1.5 KiB"``: a byte count as the messages about --memory-limit say it."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+_said_too_big: set[int] = set()
+
+
+def memory_budget(given: int | None, *, this_machine: bool = True) -> int:
+    """The working memory a stage may plan for: ``--memory-limit`` when given, bounded by
+    what the machine has (a limit above its RAM planned bands and tiles the machine could
+    only swap or be killed for: `--memory-limit 1T` on a 24 GiB machine; said once), else
+    :func:`default_memory_limit`. ``this_machine=False``: the work runs elsewhere (a Dask
+    cluster's workers), whose memory is not this machine's to judge."""
+    if not given:
+        return default_memory_limit()
+    if not this_machine:
+        return int(given)
+    import psutil
+
+    try:
+        room = psutil.virtual_memory().total - current_rss()
+    except Exception:  # an unsupported platform: the user's word
+        return int(given)
+    room = max(int(room), 128 * 1024**2)
+    if given <= room:
+        return int(given)
+    if given not in _said_too_big:
+        _said_too_big.add(given)
+        import logging
+
+        logging.getLogger("skystack").warning(
+            "--memory-limit %s is more than this machine's memory (%s beyond this process); planning for that",
+            size_text(given), size_text(room))
+    return room
+
+
 def default_memory_limit() -> int:
     """A safe share of the RAM available now: half of it, at most 8 GiB, at least 128 MiB."""
     import psutil  # here: 15 ms of every command's start-up, and `skystack lucky` never asks

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..runtime.memory import size_text
 
 
 # Taps on each side of the sample point for the interpolation kernels (OpenCV Lanczos-4
@@ -303,15 +304,6 @@ def plan_bands(*, height: int, width: int, channels: int, n_frames: int, memory_
     band_rows = max(WARP_TILE_ROWS, band_rows - band_rows % WARP_TILE_ROWS)
     band_rows = min(band_rows, height)
     return BandPlan(height=height, width=width, channels=channels, band_rows=band_rows, n_frames=n)
-
-
-def size_text(nbytes: float) -> str:
-    """``1536`` → ``"1.5 KiB"``: a byte count as the messages about --memory-limit say it."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
 
 
 def rotation_extra_rows(width: int, matrices: list[np.ndarray], interpolation: str) -> int:

@@ -27,11 +27,11 @@ from ...jobs import BenchJob
 from ...options import BenchOptions, RunOptions, SelectOptions, StackOptions
 from ...output.write import write_json
 from ...register.deepsky import Reference, measure_frame, register_frame
-from ...runtime.memory import current_rss, default_memory_limit, tune_allocator
+from ...runtime.memory import current_rss, memory_budget, size_text, tune_allocator
 from ...runtime.progress import setup_logging
 from ...stack.blocks import run_blocks
 from ...stack.normalize import robust_stats
-from ...stack.plan import WARP_TILE_ROWS, band_matrix, plan_bands, rotation_extra_rows, size_text, source_rows
+from ...stack.plan import WARP_TILE_ROWS, band_matrix, plan_bands, rotation_extra_rows, source_rows
 from ...testing.synthetic import make_deepsky
 from ...types import Fate
 from ..deepsky.phase1 import Phase1, register_all, workers_of
@@ -328,7 +328,7 @@ def stack_plan(frames: FrameSet, p1: Phase1, kept: Kept, job: BenchJob) -> Stack
     matrices = tuple(res[i].transform.matrix for i in kept.indices)
     workers = workers_of(RunOptions(workers=job.bench.workers))
     plan = plan_bands(height=h, width=w, channels=p1.channels, n_frames=len(kept),
-                      memory_limit=job.stack.memory_limit or default_memory_limit(), concurrent=workers,
+                      memory_limit=memory_budget(job.stack.memory_limit), concurrent=workers,
                       src_rows_extra=rotation_extra_rows(w, list(matrices), job.stack.interpolation),
                       band_rows=job.stack.tile_rows)
     return StackPlan(spec=frames.spec, kept=kept, matrices=matrices, height=h, width=w, channels=p1.channels,

@@ -39,7 +39,7 @@ from _skystack_kernels.cpu.drizzle import drizzle_affine_add
 from ...backends.cpu import combine_host_band
 from ...errors import InputChangedError
 from ...options import RunOptions, StackOptions
-from ...runtime.memory import default_memory_limit
+from ...runtime.memory import memory_budget
 from ...stack.blocks import run_blocks
 from ...stack.drizzle import cfa_channels, output_matrix, output_shape, source_region
 from ...stack.plan import plan_bands, rotation_extra_rows
@@ -213,7 +213,7 @@ def run_drizzle(frames, p1: Phase1, kept: Kept, stack: StackOptions, run: RunOpt
                      cfa=cfa_channels(frames.pattern(i) if mosaic else None), fingerprint=p1.fingerprints[i])
         for k, i in enumerate(kept.indices))
     workers = workers_of(run)
-    limit = stack.memory_limit or default_memory_limit()
+    limit = memory_budget(stack.memory_limit)
     weight_bytes = Ho * Wo * 4  # the weight map, resident beside the image and count
     units = _MEAN_BLOCK_UNITS if stack.method == "mean" else len(kept) + _REJECT_BLOCK_EXTRA_UNITS
     extra = rotation_extra_rows(W, [res[i].transform.matrix for i in kept.indices], "bilinear")

@@ -32,7 +32,7 @@ from ...runtime.executor import run_tasks
 from ...runtime.memory import current_rss, release_free_memory
 from ...runtime.progress import Progress
 from ...stack.normalize import robust_stats, sample_stats, stat_step
-from ...stack.plan import size_text
+from ...runtime.memory import size_text
 from ...types import Fate, FrameResult, Transform, shape_text
 from .resume import Journal
 from .workspace import Workspace

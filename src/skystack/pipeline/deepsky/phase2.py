@@ -24,7 +24,7 @@ from ...errors import InputChangedError, UsageError
 from ...io.pages import release
 from ...options import RunOptions, StackOptions
 from ...runtime.executor import ClusterShape
-from ...runtime.memory import current_rss, default_memory_limit
+from ...runtime.memory import current_rss, memory_budget
 from ...stack.blocks import run_blocks
 from ...stack.plan import (INTERP_MARGIN, MAX_TILE_BUFFER, MAX_TILE_PIXELS, WARP_TILE_ROWS, Geometry, TilePlan,
                            band_matrix, cells_end, fits_in, plan_tiles, source_block, strip_matrix)
@@ -170,7 +170,7 @@ def plan_phase2(p1: Phase1, kept: Kept, stack: StackOptions, run: RunOptions, jo
     # what the run still holds from phase 1 (the frame index, results, allocator slack)
     # comes out of the budget phase 2 may use
     held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
-    limit = stack.memory_limit or default_memory_limit()
+    limit = memory_budget(stack.memory_limit, this_machine=cluster is None)
     # the tile engine keeps every input file open (workspace.keep_files_open)
     budget = max(limit - held - len(p1.results) * OPEN_FILE_BYTES, 1)
     workers = workers_of(run)

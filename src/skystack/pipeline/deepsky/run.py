@@ -42,7 +42,7 @@ from ...output.products import report_path as report_path_of
 from ...output.products import stack_outputs, write_stack
 from ...output.write import write_json
 from ...runtime.executor import ClusterShape, check_scheduler, cluster_shape
-from ...runtime.memory import current_rss, default_memory_limit, peak_rss_mb, release_free_memory, tune_allocator
+from ...runtime.memory import current_rss, memory_budget, peak_rss_mb, release_free_memory, tune_allocator
 from ...runtime.progress import setup_logging
 from ...types import Fate, StackResult
 from .drizzle import run_drizzle
@@ -272,7 +272,7 @@ def combine(frames: FrameSet, p1: Phase1, kept: Kept, job: StackJob, journal: Jo
         # what the run still holds from phase 1 (the frame index, results, allocator slack)
         # comes out of the budget phase 2 may use
         held = max(0, current_rss() - p1.rss_warm) if p1.rss_warm else 0
-        budget = stack.memory_limit or default_memory_limit()
+        budget = memory_budget(stack.memory_limit)
         phase2 = dataclasses.replace(stack, memory_limit=max(budget - held, 1))
         info: dict[str, Any] = {"method": stack.method, "memory_limit": budget, "held_after_phase1": held}
         img_path, cnt_path, wgt_path, rejected, band_info = run_drizzle(frames, p1, kept, phase2, job.run, journal,
