@@ -122,17 +122,20 @@ def positive_int(value: Any, what: str, *, allow_none: bool = True) -> None:
 
 
 def finite(value: Any, what: str, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> None:
+            lo_open: bool = False, hint: str = "") -> None:
+    """A finite number in [lo, hi] (lo excluded with ``lo_open``), or a UsageError naming
+    the option, the value and the bound, then ``hint`` in parentheses."""
+    tail = f" ({hint})" if hint else ""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{what} {value!r}: expected a number") from None
+        raise UsageError(f"{what} {value!r}: expected a number{tail}") from None
     if not math.isfinite(v):
-        raise UsageError(f"{what} {value!r}: expected a finite number")
+        raise UsageError(f"{what} {value!r}: expected a finite number{tail}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise UsageError(f"{what} {value!r}: must be {'>' if lo_open else '>='} {lo:g}")
+        raise UsageError(f"{what} {value!r}: must be {'>' if lo_open else '>='} {lo:g}{tail}")
     if hi is not None and v > hi:
-        raise UsageError(f"{what} {value!r}: must be <= {hi:g}")
+        raise UsageError(f"{what} {value!r}: must be <= {hi:g}{tail}")
 
 
 def parse_memory(value: Any) -> int | None:

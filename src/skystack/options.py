@@ -273,10 +273,7 @@ class CalibrationOptions(Checked):
         # above 1000 σ nothing is hot; 1e300 overflowed float32 (NumPy warnings): --cosmetic off
         # is the way to repair nothing
         for value, what in ((self.hot_sigma, "--hot-sigma"), (self.cold_sigma, "--cold-sigma")):
-            try:
-                finite(value, what, lo=0, hi=1000, lo_open=True)
-            except UsageError as e:
-                raise UsageError(f"{e} (--cosmetic off repairs no pixel)") from None
+            finite(value, what, lo=0, hi=1000, lo_open=True, hint="--cosmetic off repairs no pixel")
 
     @property
     def active(self) -> bool:
@@ -518,14 +515,11 @@ class LuckyOptions(Checked):
         if isinstance(self.ap_size, bool) or not isinstance(self.ap_size, int) or self.ap_size < 8:
             raise UsageError(f"--ap-size {self.ap_size!r}: at least 8 pixels")
         if self.ap_spacing is not None:
-            finite(self.ap_spacing, "--ap-spacing", lo=0, lo_open=True)
             # each point holds a box (its reference, spectrum and the frame's patch): points
             # closer than an eighth of a box measure the same patch and only cost memory;
             # --ap-spacing 1 had the kernel kill a worker (210 000 boxes), 0.001 asked 1.35 TiB
-            least = max(MIN_AP_SPACING, self.ap_size / 8)
-            if float(self.ap_spacing) < least:
-                raise UsageError(f"--ap-spacing {float(self.ap_spacing):g}: at least {least:g} px for --ap-size "
-                                 f"{self.ap_size} (an eighth of the box; closer points measure the same patch)")
+            finite(self.ap_spacing, "--ap-spacing", lo=max(MIN_AP_SPACING, self.ap_size / 8),
+                   hint=f"an eighth of --ap-size {self.ap_size} at least: closer points measure the same patch")
         if self.local_weight is not None:
             finite(self.local_weight, "local_weight", lo=0)
         if self.quality_weight is not None:
