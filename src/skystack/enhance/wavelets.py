@@ -150,11 +150,12 @@ def _black_white(image: np.ndarray, opts: EnhanceOptions) -> tuple[float, float]
     if white <= black:
         # only one point was given (both given are checked by EnhanceOptions) and it is past
         # the image's other end: say so rather than hand back a silently blank image
-        given = f"--black {black:g}" if opts.black is not None else f"--white {white:g}"
-        other = f"white point {white:g}" if opts.black is not None else f"black point {black:g}"
-        log.warning("stretch: %s is past the image's %s (its %s percentile); nearly every pixel comes out "
-                    "%s", given, other, "99.99th" if opts.black is not None else "0.1th",
-                    "black" if opts.black is not None else "white")
+        if opts.black is not None:
+            log.warning("stretch: --black %g is past the image's white point %g (its 99.99th percentile); "
+                        "nearly every pixel comes out black", black, white)
+        else:
+            log.warning("stretch: --white %g is past the image's black point %g (its 0.1th percentile); "
+                        "nearly every pixel comes out white", white, black)
         white = black + 1e-6
     return black, white
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -108,12 +109,12 @@ def guard_outputs(files: Iterable[tuple[str, PathLike]], inputs: Iterable[PathLi
 
     for role, folder in folders:
         try:
-            os.stat(folder)
+            st = os.stat(folder)
         except (FileNotFoundError, NotADirectoryError):
-            pass
+            st = None
         except OSError as e:  # its name too long (the output's plus ".skystack-journal"), EACCES
             raise OutputError(f"{folder} ({role}): cannot be made ({_why(e)})") from None
-        if folder.exists() and not folder.is_dir():
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise OutputError(f"{folder} ({role}): exists and is not a folder; move it away or choose "
                               "another output name")
         real = os.path.realpath(folder)
@@ -140,14 +141,11 @@ def stream_target(path: Path) -> str | None:
         return None
     if st.st_rdev == os.makedev(1, 3):
         return "/dev/null"
-    try:  # a terminal answers isatty; opening a device for writing writes nothing
-        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        return "a terminal" if os.isatty(fd) else None
-    finally:
-        os.close(fd)
+    # a terminal by its device number, never by opening it (closing a tape drive opened for
+    # writing writes a file mark): Linux's ttys and consoles are majors 4 and 5, its
+    # pseudo-terminals 136 to 143; elsewhere only /dev/null and pipes are streams
+    major = os.major(st.st_rdev)
+    return "a terminal" if sys.platform.startswith("linux") and (major in (4, 5) or 136 <= major <= 143) else None
 
 
 def _kind(mode: int) -> str:

@@ -29,10 +29,9 @@ from ...output.header import frame_start_mjd
 from ...quality.select import quality_score
 from ...register.deepsky import Reference, Registration, detect_frame, load_kernels, register_frame
 from ...runtime.executor import run_tasks
-from ...runtime.memory import current_rss, release_free_memory
+from ...runtime.memory import current_rss, release_free_memory, size_text
 from ...runtime.progress import Progress
 from ...stack.normalize import robust_stats, sample_stats, stat_step
-from ...runtime.memory import size_text
 from ...types import Fate, FrameResult, Transform, shape_text
 from .resume import Journal
 from .workspace import Workspace
