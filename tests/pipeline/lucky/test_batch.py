@@ -51,6 +51,25 @@ def test_batch_all_good_and_all_bad(tmp_path, videos):
     assert rc == 3  # every video failed: the first one's own code (no readable frame)
 
 
+def test_a_folder_of_videos_is_a_batch_of_them_and_a_folder_of_frames_one_clip(tmp_path, videos, capsys):
+    # `skystack lucky night/ -o stacks/` made one clip of every video in the folder
+    from astropy.io import fits
+
+    night = videos[0].parent
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(make_lunar_video(8, (96, 128), seed=3).frames()):
+        fits.PrimaryHDU(f).writeto(frames / f"f{i:02d}.fits")
+    out = tmp_path / "stacks"
+    rc = main(["lucky", str(night), str(frames), "-o", str(out) + "/", "--keep", "25%", "--no-multipoint", "-q"])
+    assert rc == BATCH_PARTIAL  # bad.ser is one of the night's videos
+    assert sorted(p.name for p in out.glob("*.fits")) == ["a.fits", "b.fits", "frames.fits"]
+    summary = json.loads((out / "lucky-summary.json").read_text())
+    assert [it["input"].rsplit("/", 1)[-1] for it in summary["items"]] == ["a.ser", "b.ser", "bad.ser", "frames"]
+    assert json.loads((out / "frames.fits.report.json").read_text())["summary"]["frames"] == 8
+    assert "3 of 4 videos stacked" in capsys.readouterr().out
+
+
 def test_batch_refuses_two_videos_with_one_output_name(tmp_path, videos):
     a, _, _ = videos
     other = tmp_path / "x" / "a.ser"

@@ -57,6 +57,24 @@ class BatchResult:
         return [it for it in self.items if it.result is None]
 
 
+def batch_videos(inputs: Sequence[str]) -> list[str]:
+    """The batch's videos: each input, except that a folder holding only video files (SER,
+    AVI, MP4, ...) stands for each of them, in natural order, as in AutoStakkert's or PSS's
+    batch (`skystack lucky night/ -o stacks/` concatenated a night's videos of different
+    targets and sizes into one clip). A folder of frame images stays one clip."""
+    from ...io.resolve import discover
+
+    out: list[str] = []
+    for v in inputs:
+        if os.path.isdir(v):
+            found = discover([v]).candidates
+            if found and all(c.error is None and c.kind in ("ser", "video") for c in found):
+                out += [c.path for c in found]
+                continue
+        out.append(str(v))
+    return out
+
+
 def batch_output(video: str, folder: Path, suffix: str) -> Path:
     """``folder/<video name without extension><suffix>``; a folder of frames keeps its name."""
     p = Path(video.rstrip("/\\"))
@@ -65,7 +83,8 @@ def batch_output(video: str, folder: Path, suffix: str) -> Path:
 
 def run_batch(videos: Sequence[str], folder: str | os.PathLike, job: LuckyJob, *,
               suffix: str = ".fits", fits_writer: FitsSidecar | None = None) -> BatchResult:
-    """Stack each of ``videos`` (a video file, or a folder of frames) on its own into
+    """Stack each of ``videos`` (a video file, a folder of videos or a folder of frames:
+    see :func:`batch_videos`) on its own into
     ``folder`` (``<name><suffix>`` with its report and previews beside it), then write
     ``folder/lucky-summary.json``.
 
@@ -77,6 +96,7 @@ def run_batch(videos: Sequence[str], folder: str | os.PathLike, job: LuckyJob, *
     UsageError
         No video, or two videos that would write the same output name.
     """
+    videos = batch_videos(videos)
     if not videos:
         raise UsageError("no input video")
     out_dir = Path(folder)
