@@ -164,10 +164,16 @@ def parse_white_balance(value: Any) -> str | tuple[float, float, float]:
         vals = parse_floats(value)
     except (UsageError, TypeError, ValueError):
         vals = ()
-    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise UsageError(f"--white-balance {value!r}: expected none, auto, camera or three positive "
-                         "factors R,G,B (e.g. 1.9,1,1.4)")
+    lo, hi = WHITE_BALANCE_RANGE
+    if len(vals) != 3 or not all(math.isfinite(v) and lo <= v <= hi for v in vals):
+        raise UsageError(f"--white-balance {value!r}: expected none, auto, camera or three factors R,G,B "
+                         f"from {lo:g} to {hi:g} (e.g. 1.9,1,1.4)")
     return (vals[0], vals[1], vals[2])
+
+
+# a white-balance factor: cameras' run 1 to 4; 1e300 made a channel infinite, 1e-300 black,
+# and both "succeeded"
+WHITE_BALANCE_RANGE = (0.01, 100.0)
 
 
 def paths(value: Any) -> tuple[str, ...]:

@@ -82,6 +82,8 @@ def test_given_and_camera_factors(sky):
 def test_parse_white_balance():
     assert parse_white_balance("auto") == "auto" and parse_white_balance("Camera") == "camera"
     assert parse_white_balance("1.9,1,1.4") == (1.9, 1.0, 1.4)
-    for bad in ("1,2", "a,b,c", "1,0,1", "sunny"):
+    assert parse_white_balance("100,1,0.01") == (100.0, 1.0, 0.01)
+    # 1e300 made the red channel infinite, 1e-300 black, and both "succeeded"
+    for bad in ("1,2", "a,b,c", "1,0,1", "sunny", "1e300,1,1", "1e-300,1,1", "101,1,1"):
         with pytest.raises(UsageError):
             parse_white_balance(bad)

@@ -29,6 +29,7 @@ from astropy.stats import sigma_clipped_stats
 
 from ..errors import UsageError
 from ..detect.stars import detect_stars
+from ..optionfields import parse_white_balance
 
 log = logging.getLogger("skystack")
 
@@ -149,20 +150,6 @@ def camera_white_balance(meta: dict[str, Any] | None, source: str = "the referen
     return np.array([wb[0] / wb[1], 1.0, wb[2] / wb[1]], dtype=np.float64)
 
 
-def parse_white_balance(text: str) -> str | tuple[float, float, float]:
-    """``"none"``, ``"auto"``, ``"camera"`` or ``"R,G,B"`` (three positive numbers)."""
-    t = str(text).strip().lower()
-    if t in ("none", "auto", "camera"):
-        return t
-    try:
-        vals = tuple(float(v) for v in t.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
-        raise UsageError(f"--white-balance: expected none, auto, camera or three factors R,G,B, got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
 def colour_balance(image: np.ndarray, *, neutralize: bool = False,
                    white_balance: str | Sequence[float] = "none",
                    meta: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -208,9 +195,7 @@ def colour_balance(image: np.ndarray, *, neutralize: bool = False,
     elif isinstance(white_balance, str):
         raise UsageError(f"--white-balance: unknown mode {white_balance!r} (none, auto, camera, or R,G,B)")
     else:
-        factors = np.asarray(white_balance, dtype=np.float64)
-        if factors.shape != (3,) or not np.all(factors > 0):
-            raise UsageError(f"--white-balance: need three positive factors, got {white_balance!r}")
+        factors = np.asarray(parse_white_balance(white_balance), dtype=np.float64)
         info["white_balance"] = "factors"
     info["factors"] = [float(v) for v in factors]
     sky = bg * factors  # each channel's sky once balanced
