@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ import numpy as np
 from ..errors import BadFrameError, CalibrationError
 from ..io.bayer import pattern_shift
 from ..io.fits import FitsSource
+from ..output.write import atomic_path
 from .cosmetic import find_defects, fix_defects
 from .masters import SAME_EXPOSURE, Master, get_master
 
@@ -405,23 +405,13 @@ def defect_file(dark: Master | None, bias: Master | None, flat: Master | None, *
     arr, info = find_defects(dark=dark, bias=bias, flat=flat, hot_sigma=hot_sigma, cold_sigma=cold_sigma)
     info["source"] = " + ".join(n for n, m in (("master dark", dark), ("master flat", flat)) if m is not None)
     folder.mkdir(parents=True, exist_ok=True)
-    _save_atomic(path, arr)
-    tmp = meta_path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, meta_path)
+    # the outputs' atomic writer: a kill -9 leaves no temporary the next run keeps
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps(info))
     info["cached"] = False
     return os.fspath(path), info
-
-
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the whole preparation ---------------------------------------------------------------------
