@@ -70,6 +70,15 @@ def test_a_folder_of_videos_is_a_batch_of_them_and_a_folder_of_frames_one_clip(t
     assert "3 of 4 videos stacked" in capsys.readouterr().out
 
 
+def test_a_batch_into_a_file_is_refused_in_one_line(tmp_path, videos, capsys):
+    a, _, b = videos
+    (tmp_path / "afile").write_text("x")
+    assert main(["lucky", str(a), str(b), "-o", str(tmp_path / "afile") + "/", "-q"]) == 6
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "afile: is a file, not a folder" in err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_batch_refuses_two_videos_with_one_output_name(tmp_path, videos):
     a, _, _ = videos
     other = tmp_path / "x" / "a.ser"

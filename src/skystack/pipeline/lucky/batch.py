@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...errors import SkystackError, UsageError
+from ...errors import OutputError, SkystackError, UsageError
 from ...jobs import LuckyJob
 from ...output.sidecar import FitsSidecar
 from ...output.write import write_json
@@ -100,6 +100,8 @@ def run_batch(videos: Sequence[str], folder: str | os.PathLike, job: LuckyJob, *
     if not videos:
         raise UsageError("no input video")
     out_dir = Path(folder)
+    if out_dir.exists() and not out_dir.is_dir():  # each video failed on it, then the summary
+        raise OutputError(f"{out_dir}: is a file, not a folder; the stacks of a batch go into a folder")
     outs = [batch_output(v, out_dir, suffix) for v in videos]
     seen: dict[Path, str] = {}
     for v, o in zip(videos, outs):
