@@ -219,3 +219,15 @@ def test_layout_cards_of_a_given_header_are_not_written(tmp_path):
             assert np.array_equal(f[0].data, img)
             assert f[0].header["BITPIX"] == -32 and f[0].header["OBJECT"] == "M13"
             assert "BZERO" not in f[0].header and list(f[0].header.keys()).count("NAXIS1") == 1
+
+
+def test_a_write_into_a_stream_that_fails_is_an_output_error(tmp_path):
+    # the writer's own OSError (its temporary folder's disk full) came out raw: a traceback
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="pipe: could not write \\(disk full\\)"):
+        with w.atomic_path(fifo):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["pipe"]

@@ -92,14 +92,16 @@ def _through_stream(final: Path) -> Iterator[Path]:
     import shutil
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="skystack-") as tmp:
-        part = Path(tmp) / f"out{final.suffix}"
-        yield part
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="skystack-") as tmp:
+            part = Path(tmp) / f"out{final.suffix}"
+            yield part
             with open(part, "rb") as src, open(final, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        except OSError as e:
-            raise OutputError(f"{final}: could not write ({why_not_written(e)})") from e
+    except OutputError:
+        raise
+    except OSError as e:  # the temporary folder's disk full, the pipe's reader gone
+        raise OutputError(f"{final}: could not write ({why_not_written(e)})") from e
 
 
 def _owner_tag() -> str:
