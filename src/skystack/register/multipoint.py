@@ -33,7 +33,7 @@ import numpy as np
 
 from ..options import LuckyOptions, default_of
 from ..quality.metrics import gradient_energy_map
-from .planetary import PhaseCorrelator
+from .planetary import EDGE_TOL, PhaseCorrelator
 
 
 @dataclass(frozen=True)
@@ -390,7 +390,8 @@ def dewarp(image: np.ndarray, sx: np.ndarray, sy: np.ndarray,
                     borderMode=cv2.BORDER_REPLICATE)
     lo_x, hi_x = cv2.minMaxLoc(mx)[:2]
     lo_y, hi_y = cv2.minMaxLoc(my)[:2]
-    if lo_x >= 0 and hi_x <= w - 1 and lo_y >= 0 and hi_y <= h - 1:
+    lo, hx, hy = -EDGE_TOL, w - 1 + EDGE_TOL, h - 1 + EDGE_TOL  # (identical frames lost column 0)
+    if lo_x >= lo and hi_x <= hx and lo_y >= lo and hi_y <= hy:
         return out, None
-    inside = ((mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)).astype(np.float32)
+    inside = ((mx >= lo) & (mx <= hx) & (my >= lo) & (my <= hy)).astype(np.float32)
     return out, inside

@@ -440,14 +440,16 @@ def valid_rect(shape: tuple[int, ...], sx: float, sy: float) -> tuple[int, int, 
     """``(y0, y1, x0, x1)``: reference pixels whose source ``p + s`` lies inside a frame
     of ``shape`` (H, W[, C]) with a pixel to spare for the interpolation kernel."""
     h, w = shape[:2]
-    # a source point within _EDGE_TOL of the last pixel counts as inside: the kernel gives the
-    # replicated pixel beyond it a weight of that order. Exactly, a frame aligned onto itself
-    # (shift 1.5e-7 px, rounding in the correlation peak) lost its last row to the edge fill.
-    x0 = max(0, math.ceil(-sx - _EDGE_TOL))
-    x1 = min(w, math.floor(w - 1 - sx + _EDGE_TOL) + 1)
-    y0 = max(0, math.ceil(-sy - _EDGE_TOL))
-    y1 = min(h, math.floor(h - 1 - sy + _EDGE_TOL) + 1)
+    # a source point within EDGE_TOL of the last pixel counts as inside (a frame aligned onto
+    # itself, shift 1.5e-7 px from rounding in the correlation peak, lost its last row to the
+    # edge fill)
+    x0 = max(0, math.ceil(-sx - EDGE_TOL))
+    x1 = min(w, math.floor(w - 1 - sx + EDGE_TOL) + 1)
+    y0 = max(0, math.ceil(-sy - EDGE_TOL))
+    y1 = min(h, math.floor(h - 1 - sy + EDGE_TOL) + 1)
     return y0, max(y0, y1), x0, max(x0, x1)
 
 
-_EDGE_TOL = 1e-3  # px
+# OpenCV's warps and remaps sample at 1/32 px: a source within half a step of the frame's
+# last pixel is sampled at that pixel itself, so it is inside
+EDGE_TOL = 1.0 / 64
