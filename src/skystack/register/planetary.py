@@ -438,7 +438,8 @@ def shifted_covered(image: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 def valid_rect(shape: tuple[int, ...], sx: float, sy: float) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)``: reference pixels whose source ``p + s`` lies inside a frame
-    of ``shape`` (H, W[, C]) with a pixel to spare for the interpolation kernel."""
+    of ``shape`` (H, W[, C]), its last pixel included to within :data:`EDGE_TOL` (the
+    cubic kernel's outer taps there read the replicated edge)."""
     h, w = shape[:2]
     # a source point within EDGE_TOL of the last pixel counts as inside (a frame aligned onto
     # itself, shift 1.5e-7 px from rounding in the correlation peak, lost its last row to the
